@@ -1,0 +1,263 @@
+"""Typed settings from `bot.toml` and `BOT_*` environment variables.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables
+(`BOT_LLM__MODEL=...`, nested keys joined by `__`), the TOML file, defaults. The
+file is `bot.toml` in the working directory unless `BOT_CONFIG` or `--config`
+names another.
+
+Secrets (API keys, platform tokens) are never read from the TOML file: only from
+the environment, or from a file whose *path* the config names (`api_key_file`).
+They are `SecretStr` everywhere, so they print as `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bot.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+DEFAULT_CONFIG_FILE = Path("bot.toml")
+
+# Keys that hold secrets: refused in the TOML file, masked when shown.
+SECRET_KEYS = frozenset({"llm.api_key", "discord.token", "telegram.token", "telegram.webhook_secret"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseSettings(_Section):
+    """Where the ledger lives. Any SQLAlchemy URL; SQLite runs in WAL mode."""
+
+    url: str = "sqlite:///data/bot.db"
+    migrate_on_start: bool = True
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+
+
+class LLMSettings(_Section):
+    """The model that voices the personas (a persona may override backend and model)."""
+
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    tokenizer: str | None = Field(
+        default=None,
+        description="Hub id or directory of the tokenizer for exact token counts (openai backend).",
+    )
+    timeout_s: float = Field(default=60.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=20)
+    max_concurrency: int = Field(default=16, ge=1, le=10_000)
+    context_window: int = Field(default=4096, ge=256)
+    device: str = "cpu"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    def resolved_api_key(self) -> SecretStr | None:
+        """The API key from the environment, or read from `api_key_file`."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is not None:
+            try:
+                return SecretStr(self.api_key_file.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"llm.api_key_file = {str(self.api_key_file)!r}: cannot read it ({exc.strerror})"
+                ) from exc
+        return None
+
+
+class PersonaSettings(_Section):
+    """Where persona YAML files come from, and which one speaks by default."""
+
+    dirs: list[Path] = Field(default_factory=lambda: [Path("personas")])
+    default: str = "samantha"
+    watch: bool = True
+
+
+class EngineSettings(_Section):
+    """How a turn is assembled and answered."""
+
+    history_messages: int = Field(default=40, ge=0, le=1000)
+    max_input_chars: int = Field(default=4000, ge=100)
+    apology: str = "Sorry, I lost my train of thought for a moment. Could you say that again?"
+    reply_timeout_s: float = Field(default=120.0, gt=0)
+    timezone: str = Field(
+        default="UTC", description="IANA zone for people whose own zone is not known yet."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"an IANA time zone such as 'Europe/Berlin', not {value!r}") from None
+        return value
+
+
+class LoggingSettings(_Section):
+    """structlog output: JSON in production, readable in a terminal."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class ConsoleSettings(_Section):
+    """The terminal adapter: always used by `bot chat`, by `bot run` when enabled."""
+
+    enabled: bool = False
+    user_id: str = "local"
+    display_name: str = Field(default_factory=lambda: os.environ.get("USER", "you") or "you")
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one bot process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    personas: PersonaSettings = Field(default_factory=PersonaSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+
+    #: Highest-priority values (CLI flags); set on the per-call subclass made by load_settings.
+    _overrides: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML data arrives as init kwargs; the environment wins over the file and
+        # the CLI overrides win over both.
+        return (_DictSource(settings_cls, cls._overrides), env_settings, init_settings)
+
+    def shown(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets masked (for `bot config show`)."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        key = self.llm.resolved_api_key() if self.llm.api_key_file else self.llm.api_key
+        data["llm"]["api_key"] = "**********" if key is not None else None
+        return data
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A fixed dict of values, as a settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    for dotted in SECRET_KEYS:
+        section, _, key = dotted.partition(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            env = f"BOT_{section.upper()}__{key.upper()}"
+            raise ConfigError(
+                f"{path}: {dotted}: secrets are not read from the config file; "
+                f"set the environment variable {env} or name a file with {dotted}_file"
+            )
+    return data
+
+
+def _format_validation(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(root)"
+        value = item.get("input")
+        shown = "<missing>" if item["type"] == "missing" else repr(value)
+        if any(key.startswith(s) for s in SECRET_KEYS):
+            shown = "**********"
+        env_name = "BOT_" + "__".join(str(p).upper() for p in item["loc"])
+        where = f"${env_name}" if env_name in os.environ else source
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{where}: {key} = {shown}: unknown key")
+        else:
+            lines.append(f"{where}: {key} = {shown}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings; raise `ConfigError` naming key, value and expectation.
+
+    `path` is the TOML file; when None, `$BOT_CONFIG` or `./bot.toml` if it exists.
+    `overrides` are nested dicts from CLI flags and win over everything else.
+    """
+    if path is None:
+        env_path = os.environ.get("BOT_CONFIG")
+        path = Path(env_path) if env_path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+    elif not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    file_data = _read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    cls: type[Settings] = Settings
+    if overrides:
+        # A throwaway subclass carries the overrides, so no state is shared between calls.
+        cls = type("Settings", (Settings,), {"_overrides": overrides})
+    try:
+        return cls(**file_data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source)) from None
+
+
+def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested override dicts, later layers winning; None values are dropped."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        cleaned = {
+            k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+            for k, v in layer.items()
+            if v is not None
+        }
+        out = _deep_merge(out, cleaned)
+    return out

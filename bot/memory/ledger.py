@@ -1,0 +1,414 @@
+"""The conversation ledger: every message in and out, stored before it is acted on.
+
+All writes go through `Database.run`, so they happen in order on the database thread
+and each call is one transaction. Ids of users and conversations are cached after
+their transaction commits (they never change), which keeps a turn to a handful of
+indexed statements.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bot.db import Database
+from bot.messages import Actor, Incoming, Scope, TurnKind
+from bot.models import Conversation, Direction, Failure, Message, MessageStatus, PersonaVersion, User
+
+__all__ = ["HistoryTurn", "Ledger", "ReplyRecord", "StoredIncoming"]
+
+_users: Table = User.__table__  # type: ignore[assignment]
+_conversations: Table = Conversation.__table__  # type: ignore[assignment]
+_messages: Table = Message.__table__  # type: ignore[assignment]
+_failures: Table = Failure.__table__  # type: ignore[assignment]
+_versions: Table = PersonaVersion.__table__  # type: ignore[assignment]
+
+# Kinds of outgoing rows that are part of the conversation the model should see.
+_SPOKEN_KINDS = (TurnKind.MESSAGE.value, TurnKind.PROACTIVE.value, TurnKind.GREETING.value)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredIncoming:
+    """An incoming message as committed to the ledger."""
+
+    message_id: int
+    conversation_id: int
+    user_id: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryTurn:
+    """One earlier message of a conversation, as the prompt needs it."""
+
+    message_id: int
+    role: str  # "user" or "assistant"
+    text: str
+    display_name: str
+    user_platform_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """What is stored about a reply the persona produced."""
+
+    conversation_id: int
+    user_id: int | None
+    reply_to_id: int | None
+    text: str
+    persona_id: str
+    persona_hash: str | None
+    backend: str | None
+    model: str | None
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    kind: str = TurnKind.MESSAGE.value
+    created_at: datetime | None = None
+
+
+class _LRU(OrderedDict[Any, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Ledger:
+    """Stores and reads conversations; the single writer of the `messages` table."""
+
+    def __init__(self, db: Database, *, cache_size: int = 100_000) -> None:
+        self.db = db
+        self._user_ids = _LRU(cache_size)  # (platform, user id) -> (row id, display name)
+        self._conversation_ids = _LRU(cache_size)  # conversation key -> row id
+
+    # -- writes -----------------------------------------------------------------
+
+    async def record_incoming(
+        self, incoming: Incoming, text: str, *, truncated: bool = False
+    ) -> StoredIncoming:
+        """Commit an incoming message (and its user and conversation) before any answer.
+
+        A platform redelivery of a message already stored (same conversation and
+        platform message id) returns the stored row with `duplicate=True`.
+        """
+        pending: list[Callable[[], None]] = []
+
+        def work(conn: Connection) -> StoredIncoming:
+            now = incoming.received_at
+            user_id = self._ensure_user(conn, incoming.actor, now, pending)
+            conversation_id = self._ensure_conversation(conn, incoming.scope, now, pending)
+            if incoming.platform_message_id is not None:
+                existing = conn.execute(
+                    select(_messages.c.id).where(
+                        _messages.c.conversation_id == conversation_id,
+                        _messages.c.platform_message_id == incoming.platform_message_id,
+                        _messages.c.direction == Direction.IN.value,
+                    )
+                ).scalar()
+                if existing is not None:
+                    return StoredIncoming(existing, conversation_id, user_id, duplicate=True)
+            result = conn.execute(
+                insert(_messages).values(
+                    conversation_id=conversation_id,
+                    user_id=user_id,
+                    direction=Direction.IN.value,
+                    kind=incoming.kind.value,
+                    status=MessageStatus.RECEIVED.value,
+                    text=text,
+                    truncated=truncated,
+                    platform_message_id=incoming.platform_message_id,
+                    persona_id=incoming.scope.persona,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                update(_conversations)
+                .where(_conversations.c.id == conversation_id)
+                .values(last_message_at=now)
+            )
+            return StoredIncoming(int(result.inserted_primary_key[0]), conversation_id, user_id)
+
+        stored = await self.db.run(work)
+        for apply in pending:
+            apply()
+        return stored
+
+    async def record_reply(self, reply: ReplyRecord) -> int:
+        """Store a reply and mark the message it answers as answered; returns its id."""
+
+        def work(conn: Connection) -> int:
+            created = reply.created_at or datetime.now(UTC)
+            result = conn.execute(
+                insert(_messages).values(
+                    conversation_id=reply.conversation_id,
+                    user_id=reply.user_id,
+                    direction=Direction.OUT.value,
+                    kind=reply.kind,
+                    status=MessageStatus.GENERATED.value,
+                    text=reply.text,
+                    reply_to_id=reply.reply_to_id,
+                    persona_id=reply.persona_id,
+                    persona_hash=reply.persona_hash,
+                    backend=reply.backend,
+                    model=reply.model,
+                    latency_ms=reply.latency_ms,
+                    prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens,
+                    created_at=created,
+                )
+            )
+            if reply.reply_to_id is not None and reply.kind != "apology":
+                conn.execute(
+                    update(_messages)
+                    .where(_messages.c.id == reply.reply_to_id)
+                    .values(status=MessageStatus.ANSWERED.value)
+                )
+            return int(result.inserted_primary_key[0])
+
+        return await self.db.run(work)
+
+    async def record_failure(
+        self,
+        *,
+        stage: str,
+        error: BaseException | str,
+        message_id: int | None = None,
+        conversation_id: int | None = None,
+    ) -> int:
+        """Record why something failed; an incoming message it concerns becomes `failed`."""
+        error_type = error if isinstance(error, str) else type(error).__name__
+        reason = str(error) if not isinstance(error, str) else error
+        if not isinstance(error, str) and not reason:
+            reason = repr(error)
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                insert(_failures).values(
+                    message_id=message_id,
+                    conversation_id=conversation_id,
+                    stage=stage,
+                    error_type=error_type[:128],
+                    reason=reason or error_type,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            if message_id is not None:
+                conn.execute(
+                    update(_messages)
+                    .where(
+                        _messages.c.id == message_id,
+                        _messages.c.direction == Direction.IN.value,
+                    )
+                    .values(status=MessageStatus.FAILED.value)
+                )
+            return int(result.inserted_primary_key[0])
+
+        return await self.db.run(work)
+
+    async def mark_incoming(self, message_id: int, status: MessageStatus) -> None:
+        """Set the status of an incoming message (e.g. `ignored` when not addressed)."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_messages).where(_messages.c.id == message_id).values(status=status.value)
+            )
+
+        await self.db.run(work)
+
+    async def mark_delivered(
+        self, message_id: int, platform_message_id: str | None, *, delivered: bool = True
+    ) -> None:
+        """Record that an adapter delivered (or could not deliver) a reply."""
+        status = MessageStatus.DELIVERED if delivered else MessageStatus.UNDELIVERABLE
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_messages)
+                .where(_messages.c.id == message_id)
+                .values(status=status.value, platform_message_id=platform_message_id)
+            )
+
+        await self.db.run(work)
+
+    async def record_persona_version(
+        self, persona_id: str, content_hash: str, path: str, source: str
+    ) -> None:
+        """Keep a persona version (idempotent: a version already stored is left alone)."""
+
+        def work(conn: Connection) -> None:
+            exists = conn.execute(
+                select(_versions.c.id).where(
+                    _versions.c.persona_id == persona_id, _versions.c.content_hash == content_hash
+                )
+            ).scalar()
+            if exists is None:
+                conn.execute(
+                    insert(_versions).values(
+                        persona_id=persona_id,
+                        content_hash=content_hash,
+                        path=path,
+                        source=source,
+                        loaded_at=datetime.now(UTC),
+                    )
+                )
+
+        await self.db.run(work)
+
+    # -- reads ------------------------------------------------------------------
+
+    async def history(
+        self, conversation_id: int, *, before_id: int | None = None, limit: int = 40
+    ) -> list[HistoryTurn]:
+        """The last `limit` spoken messages, oldest first, without people's messages
+        from `before_id` on (the one being answered and any that came after it).
+
+        Deleted messages and stand-in apologies are left out: the model should see
+        the conversation people saw, not our failures.
+        """
+        if limit <= 0:
+            return []
+
+        def work(conn: Connection) -> list[HistoryTurn]:
+            conditions = [
+                _messages.c.conversation_id == conversation_id,
+                _messages.c.deleted_at.is_(None),
+                _messages.c.kind.in_(_SPOKEN_KINDS),
+            ]
+            if before_id is not None:
+                # Replies may carry larger ids than the message being answered (it was
+                # stored while an earlier turn was still generating), so the cut-off
+                # applies to what people said, not to what the persona answered.
+                conditions.append(
+                    or_(_messages.c.id < before_id, _messages.c.direction == Direction.OUT.value)
+                )
+            rows = conn.execute(
+                select(
+                    _messages.c.id,
+                    _messages.c.direction,
+                    _messages.c.text,
+                    _messages.c.created_at,
+                    _users.c.display_name,
+                    _users.c.platform_user_id,
+                )
+                .select_from(_messages.outerjoin(_users, _messages.c.user_id == _users.c.id))
+                .where(and_(*conditions))
+                .order_by(_messages.c.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                HistoryTurn(
+                    message_id=row.id,
+                    role="user" if row.direction == Direction.IN.value else "assistant",
+                    text=row.text,
+                    display_name=row.display_name or "",
+                    user_platform_id=row.platform_user_id,
+                    created_at=_aware(row.created_at),
+                )
+                for row in reversed(rows)
+            ]
+
+        return await self.db.run(work)
+
+    async def conversation_id(self, scope: Scope) -> int:
+        """The row id of the scope's conversation, created if new."""
+        pending: list[Callable[[], None]] = []
+        now = datetime.now(UTC)
+        cid = await self.db.run(lambda conn: self._ensure_conversation(conn, scope, now, pending))
+        for apply in pending:
+            apply()
+        return cid
+
+    # -- helpers (run on the database thread) ---------------------------------------
+
+    def _ensure_user(
+        self, conn: Connection, actor: Actor, now: datetime, pending: list[Callable[[], None]]
+    ) -> int:
+        key = (actor.platform, actor.id)
+        cached = self._user_ids.get(key)
+        if cached is not None:
+            user_id, name = cached
+            if name != actor.display_name:
+                conn.execute(
+                    update(_users)
+                    .where(_users.c.id == user_id)
+                    .values(display_name=actor.display_name, last_seen_at=now)
+                )
+                pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
+            return int(user_id)
+        where = and_(_users.c.platform == actor.platform, _users.c.platform_user_id == actor.id)
+        row = conn.execute(select(_users.c.id, _users.c.display_name).where(where)).first()
+        if row is None:
+            try:
+                with conn.begin_nested():
+                    new_id = conn.execute(
+                        insert(_users).values(
+                            platform=actor.platform,
+                            platform_user_id=actor.id,
+                            display_name=actor.display_name,
+                            is_bot=actor.is_bot,
+                            created_at=now,
+                            last_seen_at=now,
+                        )
+                    ).inserted_primary_key[0]
+            except IntegrityError:  # another process inserted the same user just now
+                new_id = conn.execute(select(_users.c.id).where(where)).scalar_one()
+            user_id = int(new_id)
+        else:
+            user_id = int(row.id)
+            conn.execute(
+                update(_users)
+                .where(_users.c.id == user_id)
+                .values(display_name=actor.display_name, last_seen_at=now)
+            )
+        pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
+        return user_id
+
+    def _ensure_conversation(
+        self, conn: Connection, scope: Scope, now: datetime, pending: list[Callable[[], None]]
+    ) -> int:
+        key = scope.conversation_key
+        cached = self._conversation_ids.get(key)
+        if cached is not None:
+            return int(cached)
+        found = conn.execute(select(_conversations.c.id).where(_conversations.c.key == key)).scalar()
+        if found is None:
+            try:
+                with conn.begin_nested():
+                    found = conn.execute(
+                        insert(_conversations).values(
+                            key=key,
+                            platform=scope.platform,
+                            space=scope.space,
+                            channel=scope.channel,
+                            thread=scope.thread,
+                            persona_id=scope.persona,
+                            is_direct=scope.is_direct,
+                            created_at=now,
+                            last_message_at=now,
+                        )
+                    ).inserted_primary_key[0]
+            except IntegrityError:
+                found = conn.execute(
+                    select(_conversations.c.id).where(_conversations.c.key == key)
+                ).scalar_one()
+        conversation_id = int(found)
+        pending.append(lambda: self._conversation_ids.put(key, conversation_id))
+        return conversation_id

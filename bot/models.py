@@ -1,0 +1,142 @@
+"""The database tables (SQLModel). Migrations in `bot/migrations/` create them.
+
+Every time is stored in UTC. Every message row knows its conversation (and so its
+scope) and, for replies, the persona version, backend, model, latency and token
+counts that produced it, so that exports and audits can say where a line came from.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "Conversation",
+    "Direction",
+    "Failure",
+    "Message",
+    "MessageStatus",
+    "PersonaVersion",
+    "User",
+]
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
+    return Column(DateTime(timezone=True), nullable=nullable, index=index)
+
+
+class Direction(StrEnum):
+    """Who wrote a message: a person (`in`) or the persona (`out`)."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class MessageStatus(StrEnum):
+    """Where a message is in its life.
+
+    Incoming: `received` (stored, not yet answered) → `answered` | `failed` | `ignored`.
+    Outgoing: `generated` (stored, handed to the adapter) → `delivered` | `undeliverable`.
+    """
+
+    RECEIVED = "received"
+    ANSWERED = "answered"
+    FAILED = "failed"
+    IGNORED = "ignored"
+    GENERATED = "generated"
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"
+
+
+class User(SQLModel, table=True):
+    """A person on one platform, keyed by the platform's user id (never the name)."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("platform", "platform_user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    platform_user_id: str = Field(max_length=256)
+    display_name: str = Field(default="", max_length=256)
+    is_bot: bool = False
+    created_at: datetime = Field(sa_column=_ts())
+    last_seen_at: datetime = Field(sa_column=_ts())
+
+
+class Conversation(SQLModel, table=True):
+    """One place a persona talks: a DM, a channel or a thread, with one persona."""
+
+    __tablename__ = "conversations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=1024, unique=True)
+    platform: str = Field(max_length=32)
+    space: str | None = Field(default=None, max_length=256)
+    channel: str = Field(max_length=256)
+    thread: str | None = Field(default=None, max_length=256)
+    persona_id: str = Field(max_length=64, index=True)
+    is_direct: bool
+    created_at: datetime = Field(sa_column=_ts())
+    last_message_at: datetime = Field(sa_column=_ts())
+
+
+class Message(SQLModel, table=True):
+    """A message in either direction: the ledger every other part reads."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_platform_ref", "conversation_id", "platform_message_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversations.id")
+    user_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+    direction: str = Field(max_length=3)
+    kind: str = Field(default="message", max_length=16)
+    status: str = Field(max_length=16)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    truncated: bool = False
+    platform_message_id: str | None = Field(default=None, max_length=256)
+    reply_to_id: int | None = Field(default=None, foreign_key="messages.id")
+    persona_id: str = Field(max_length=64)
+    persona_hash: str | None = Field(default=None, max_length=64)
+    backend: str | None = Field(default=None, max_length=32)
+    model: str | None = Field(default=None, max_length=256)
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    created_at: datetime = Field(sa_column=_ts(index=True))
+    edited_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class Failure(SQLModel, table=True):
+    """Something that went wrong, with its reason: failures are recorded, not swallowed."""
+
+    __tablename__ = "failures"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int | None = Field(default=None, foreign_key="messages.id", index=True)
+    conversation_id: int | None = Field(default=None, foreign_key="conversations.id")
+    stage: str = Field(max_length=32)
+    error_type: str = Field(max_length=128)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=_ts(index=True))
+
+
+class PersonaVersion(SQLModel, table=True):
+    """Every persona file version that was ever served, by content hash."""
+
+    __tablename__ = "persona_versions"
+    __table_args__ = (UniqueConstraint("persona_id", "content_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    persona_id: str = Field(max_length=64)
+    content_hash: str = Field(max_length=64, index=True)
+    path: str = Field(max_length=1024)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    loaded_at: datetime = Field(sa_column=_ts())

@@ -1,0 +1,150 @@
+"""Assembling chat messages for one turn within the model's token budget.
+
+Layout, static first so that vLLM's prefix cache is shared across turns and people
+(DESIGN.md): one system message that starts with the persona's rendered prompt and
+examples and ends with what is specific to this person (memories, added by the
+memory part); then the recent history, oldest first; then the new message. When the
+budget is tight the oldest history goes first; the system prompt and the new message
+are never dropped (the new message is cut, with a note, only if nothing else fits).
+
+Pure functions and one small cache: no I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bot.llm.base import ChatMessage, TokenCounter
+
+__all__ = ["AssembledPrompt", "PromptBuilder", "PromptTurn", "speaker_label"]
+
+_NAME_UNSAFE = re.compile(r"[\n\r\t:\[\]<>|`*_~]+")
+
+
+def speaker_label(display_name: str, fallback: str = "someone") -> str:
+    """A display name made safe to stand before a message in a group transcript.
+
+    Names are data written by strangers: no newlines, brackets or colons that could
+    fake another speaker or a role, and a bounded length.
+    """
+    cleaned = _NAME_UNSAFE.sub(" ", display_name).strip()
+    cleaned = " ".join(cleaned.split())[:48]
+    return cleaned or fallback
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTurn:
+    """A message of the conversation as the prompt shows it."""
+
+    role: str  # "user" | "assistant"
+    text: str
+    speaker: str = ""
+    key: int | None = None  # ledger id, used to cache token counts
+
+
+@dataclass(frozen=True, slots=True)
+class AssembledPrompt:
+    """The messages to send, what they cost, and what had to give way."""
+
+    messages: tuple[ChatMessage, ...]
+    prompt_tokens: int
+    history_used: int
+    history_dropped: int
+    new_message_cut: bool = False
+
+
+@dataclass
+class PromptBuilder:
+    """Packs a turn into a token budget, counting with the model's own tokenizer.
+
+    Token counts of stored history messages are cached by ledger id: the same
+    messages are re-packed on every turn of a conversation.
+    """
+
+    tokens: TokenCounter
+    cache_size: int = 50_000
+    _cache: OrderedDict[tuple[int, bool], int] = field(default_factory=OrderedDict)
+
+    def _content(self, turn: PromptTurn, group: bool) -> str:
+        if group and turn.role == "user" and turn.speaker:
+            return f"{turn.speaker}: {turn.text}"
+        return turn.text
+
+    def _cost(self, turn: PromptTurn, group: bool) -> int:
+        overhead = 4
+        if turn.key is None:
+            return overhead + self.tokens.count_text(self._content(turn, group))
+        ckey = (turn.key, group)
+        cached = self._cache.get(ckey)
+        if cached is None:
+            cached = overhead + self.tokens.count_text(self._content(turn, group))
+            self._cache[ckey] = cached
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return cached
+
+    def build(
+        self,
+        *,
+        system: str,
+        history: Sequence[PromptTurn],
+        new_message: PromptTurn,
+        budget_tokens: int,
+        group: bool = False,
+        dynamic_system: str = "",
+    ) -> AssembledPrompt:
+        """The chat messages for this turn, within `budget_tokens` of prompt.
+
+        `system` is the static persona part; `dynamic_system` (memories) follows it in
+        the same system message. `group` prefixes user messages with speaker names.
+        """
+        system_text = f"{system}\n\n{dynamic_system}" if dynamic_system else system
+        system_msg = ChatMessage("system", system_text)
+        fixed = 3 + 4 + self.tokens.count_text(system_text)
+        new_text = self._content(new_message, group)
+        new_cost = 4 + self.tokens.count_text(new_text)
+        cut = False
+        if fixed + new_cost > budget_tokens:
+            new_text, cut = self._fit(new_text, budget_tokens - fixed - 4)
+            new_cost = 4 + self.tokens.count_text(new_text)
+
+        remaining = budget_tokens - fixed - new_cost
+        chosen: list[PromptTurn] = []
+        for turn in reversed(history):
+            cost = self._cost(turn, group)
+            if cost > remaining:
+                break
+            remaining -= cost
+            chosen.append(turn)
+        chosen.reverse()
+
+        messages = [system_msg]
+        messages.extend(
+            ChatMessage("user" if t.role == "user" else "assistant", self._content(t, group))
+            for t in chosen
+        )
+        messages.append(ChatMessage("user", new_text))
+        return AssembledPrompt(
+            messages=tuple(messages),
+            prompt_tokens=budget_tokens - remaining,
+            history_used=len(chosen),
+            history_dropped=len(history) - len(chosen),
+            new_message_cut=cut,
+        )
+
+    def _fit(self, text: str, budget: int) -> tuple[str, bool]:
+        note = "\n\n[The rest of this message was cut to fit.]"
+        budget -= self.tokens.count_text(note)
+        if budget <= 0:
+            return note.strip(), True
+        lo, hi = 0, len(text)
+        while lo < hi:  # longest prefix that fits, by binary search on characters
+            mid = (lo + hi + 1) // 2
+            if self.tokens.count_text(text[:mid]) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return text[:lo] + note, True

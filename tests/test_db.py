@@ -1,0 +1,97 @@
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel
+
+import bot.models  # noqa: F401
+from bot.db import Database, create_db_engine, current_revision, head_revision, upgrade
+from bot.errors import StorageError
+from bot.memory.ledger import Ledger
+from bot.messages import Actor, Incoming, Scope
+
+
+def test_migrations_reach_head_and_match_the_models(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/m.db")
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == [], f"models and migrations disagree: {diff}"
+    upgrade(engine)  # idempotent
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/w.db")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_database_directory_is_created(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path}/a/b/c.db")
+    upgrade(engine)
+    assert (tmp_path / "a" / "b" / "c.db").exists()
+    engine.dispose()
+
+
+def test_invalid_url_is_a_clear_error() -> None:
+    with pytest.raises(StorageError, match="not a valid SQLAlchemy URL"):
+        create_db_engine("no such url")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_file_is_refused_before_any_write(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    path.chmod(0o444)
+    with pytest.raises(StorageError, match="not writable"):
+        create_db_engine(f"sqlite:///{path}")
+
+
+async def test_read_only_database_gives_clear_error_and_stays_intact(tmp_path: Path) -> None:
+    # Works as root too: SQLite's own read-only mode refuses writes for everyone.
+    path = tmp_path / "ro2.db"
+    engine = create_db_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    db = Database(create_db_engine(f"sqlite:///file:{path}?mode=ro&uri=true"))
+    scope = Scope(platform="console", channel="c", user="u", persona="p")
+    actor = Actor(platform="console", id="u", display_name="U")
+    with pytest.raises(StorageError, match="read-only|readonly"):
+        await Ledger(db).record_incoming(Incoming(scope=scope, actor=actor, text="x"), "x")
+    await db.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def test_locked_database_is_a_clear_error_and_nothing_is_corrupted(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    db = Database(create_db_engine(f"sqlite:///{path}", busy_timeout_ms=100))
+    upgrade(db.engine)
+    ledger = Ledger(db)
+    scope = Scope(platform="console", channel="c", user="u", persona="p")
+    actor = Actor(platform="console", id="u", display_name="U")
+    await ledger.record_incoming(Incoming(scope=scope, actor=actor, text="first"), "first")
+
+    holder = sqlite3.connect(path, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+    try:
+        with pytest.raises(StorageError, match="locked"):
+            await ledger.record_incoming(Incoming(scope=scope, actor=actor, text="second"), "second")
+    finally:
+        holder.rollback()
+        holder.close()
+    stored = await ledger.record_incoming(Incoming(scope=scope, actor=actor, text="third"), "third")
+    history = await ledger.history(stored.conversation_id, limit=10)
+    assert [t.text for t in history] == ["first", "third"]
+    await db.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
