@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bot.llm.base import ChatMessage, TokenCounter
+from bot.personas.schema import Persona
 
-__all__ = ["AssembledPrompt", "PromptBuilder", "PromptTurn", "speaker_label"]
+__all__ = ["AssembledPrompt", "PromptBuilder", "PromptTurn", "persona_guidance", "speaker_label"]
 
 _NAME_UNSAFE = re.compile(r"[\n\r\t:\[\]<>|`*_~]+")
 
@@ -148,3 +149,42 @@ class PromptBuilder:
             else:
                 hi = mid - 1
         return text[:lo] + note, True
+
+
+def persona_guidance(persona: Persona) -> str:
+    """The persona's static guidance that follows its rendered system prompt: style,
+    topics to decline, and example dialogues. Depends only on the persona version,
+    so callers cache it by content hash."""
+    parts: list[str] = []
+    style = persona.style
+    lines = []
+    if style.traits:
+        lines.append("Traits: " + ", ".join(style.traits) + ".")
+    if style.tone:
+        lines.append(f"Tone: {style.tone}.")
+    lines.append(_LENGTH_HINT[style.reply_length])
+    parts.append("\n".join(lines))
+    safety = persona.safety
+    if safety.decline_topics:
+        topics = "; ".join(safety.decline_topics)
+        decline = f"Politely decline to discuss: {topics}."
+        if safety.decline_message:
+            decline += f' When you decline, say something like: "{safety.decline_message}"'
+        parts.append(decline)
+    if persona.examples:
+        shown = ["Example conversations (they show your voice; they are not memories):"]
+        for dialogue in persona.examples:
+            shown.append("")
+            shown.extend(
+                f"{'User' if turn.role == 'user' else persona.name}: {turn.content}"
+                for turn in dialogue
+            )
+        parts.append("\n".join(shown))
+    return "\n\n".join(parts)
+
+
+_LENGTH_HINT = {
+    "short": "Keep replies short: one to three sentences, like a chat message.",
+    "medium": "Keep replies to a short paragraph.",
+    "long": "Replies may run to several paragraphs when the topic needs it.",
+}

@@ -1,0 +1,180 @@
+"""The terminal as a platform: `bot chat`.
+
+Interactive (stdin is a terminal): a prompt with line editing, the reply streamed
+token by token, and the commands `/reset`, `/persona ID`, `/help`, `/quit`.
+Scripted (stdin is a pipe): one message per line in, one reply per line out, with
+newlines inside a reply written as the two characters `\\n` (or JSON lines with
+`--format jsonl`), so another program can drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Literal, TextIO
+
+from adapters.base import Adapter
+from bot.engine import PersonaEngine
+from bot.errors import BotError, PersonaNotFound
+from bot.messages import Actor, Incoming, Outgoing, Scope
+
+__all__ = ["ConsoleAdapter"]
+
+HELP = "commands: /reset (start a fresh conversation), /persona ID (switch), /quit"
+
+
+class ConsoleAdapter(Adapter):
+    """Chat with a persona in the terminal; stored like any other platform."""
+
+    platform = "console"
+    max_message_length = 1_000_000  # a terminal has no limit worth splitting for
+
+    def __init__(
+        self,
+        engine: PersonaEngine,
+        *,
+        persona: str,
+        user_id: str = "local",
+        display_name: str = "you",
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        interactive: bool | None = None,
+        output_format: Literal["text", "jsonl"] = "text",
+    ) -> None:
+        super().__init__(engine)
+        self.persona = persona
+        self.actor = Actor(platform=self.platform, id=user_id, display_name=display_name)
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.interactive = self.stdin.isatty() if interactive is None else interactive
+        self.output_format = output_format
+        self.channel = f"console:{user_id}"
+        self._streamed: set[int] = set()
+        self._counter = 0
+
+    # -- platform side ----------------------------------------------------------------
+
+    def _scope(self) -> Scope:
+        return Scope(platform=self.platform, channel=self.channel, user=self.actor.id, persona=self.persona)
+
+    async def _read_line(self, prompt: str) -> str | None:
+        def read() -> str | None:
+            if self.interactive:
+                try:
+                    return input(prompt)
+                except EOFError:
+                    return None
+            line = self.stdin.readline()
+            return None if line == "" else line.rstrip("\n")
+
+        return await asyncio.to_thread(read)
+
+    def _write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    async def _deliver(self, outgoing: Outgoing, text: str) -> str | None:
+        if outgoing.message_id is not None and outgoing.message_id in self._streamed:
+            self._write("\n")
+        elif not self.interactive and self.output_format == "jsonl":
+            record = {
+                "reply": text,
+                "message_id": outgoing.message_id,
+                "persona": outgoing.scope.persona,
+                "error": outgoing.is_error,
+            }
+            self._write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif not self.interactive:
+            self._write(text.replace("\\", "\\\\").replace("\n", "\\n") + "\n")
+        else:
+            self._write(f"{text}\n")
+        self._counter += 1
+        return f"console-{self._counter}"
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read messages until EOF, `/quit` or `stop`."""
+        if self.interactive:
+            await self._show_greeting()
+        while not stop.is_set():
+            prompt = f"{self.actor.display_name}> " if self.interactive else ""
+            line = await self._read_line(prompt)
+            if line is None:
+                break
+            if self.interactive and line.startswith("/"):
+                if not await self._command(line.strip()):
+                    break
+                continue
+            await self._turn(line)
+
+    async def _turn(self, text: str) -> None:
+        incoming = Incoming(scope=self._scope(), actor=self.actor, text=text)
+        if self.interactive:
+            started = False
+
+            async def on_delta(delta: str) -> None:
+                nonlocal started
+                if not started:
+                    self._write(f"{self.engine.personas.get(self.persona).persona.name}> ")
+                    started = True
+                self._write(delta)
+
+            try:
+                replies = await self.engine.handle(incoming, on_delta=on_delta)
+            except BotError as exc:
+                self._write(f"\n[error] {exc}\n")
+                return
+            for reply in replies:
+                if started and not reply.is_error and reply.message_id is not None:
+                    self._streamed.add(reply.message_id)
+                await self.send(reply)
+            return
+        try:
+            replies = await self.engine.handle(incoming)
+        except BotError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            replies = []
+        if not replies:
+            # Keep one line out per line in, so a script reading replies stays in step.
+            self._write("{}\n" if self.output_format == "jsonl" else "\n")
+        for reply in replies:
+            await self.send(reply)
+
+    async def _show_greeting(self) -> None:
+        try:
+            greeting = await self.engine.greeting(self._scope(), self.actor.display_name)
+        except BotError as exc:
+            self._write(f"[error] {exc}\n")
+            return
+        name = self.engine.personas.get(self.persona).persona.name
+        self._write(f"Chatting with {name} ({self.persona}). {HELP}\n")
+        if greeting is not None:
+            self._write(f"{name}> ")
+            await self.send(greeting)
+
+    async def _command(self, line: str) -> bool:
+        """Run a slash command; False means quit."""
+        name, _, arg = line.partition(" ")
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/reset":
+            self.channel = f"console:{self.actor.id}:{int(time.time() * 1000)}"
+            self._write("[a fresh conversation; earlier ones stay stored]\n")
+        elif name == "/persona":
+            arg = arg.strip()
+            if not arg:
+                self._write(f"[persona: {self.persona}]\n")
+                return True
+            try:
+                self.engine.personas.get(arg)
+            except PersonaNotFound as exc:
+                self._write(f"[{exc}]\n")
+                return True
+            self.persona = arg
+            await self._show_greeting()
+        else:
+            self._write(f"[{HELP}]\n")
+        return True

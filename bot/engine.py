@@ -1,0 +1,446 @@
+"""One turn of conversation: from an `Incoming` to the `Outgoing` that answers it.
+
+    clean → store (committed) → wait for earlier turns of this conversation
+          → history → prompt → generate (global concurrency limit) → clean reply
+          → store reply (or the failure and an apology) → Outgoing
+
+Messages of one conversation are answered in the order they arrived; different
+conversations run concurrently. The engine never calls a platform API and never
+asks which platform a message came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from bot.config import EngineSettings
+from bot.errors import BackendError, EmptyCompletion, PersonaError, StorageError
+from bot.llm.base import ChatRequest, Completion, LLMBackend, Sampling
+from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming
+from bot.messages import Incoming, Outgoing, Scope, TurnKind
+from bot.models import MessageStatus
+from bot.personas import LoadedPersona, PromptContext, render_greeting, render_system_prompt
+from bot.postprocess import StreamCleaner, clean_reply
+from bot.prompt import PromptBuilder, PromptTurn, persona_guidance, speaker_label
+from bot.text import clean_text, truncate
+
+__all__ = ["BackendSource", "DeltaCallback", "PersonaEngine", "PersonaSource", "TurnResult"]
+
+log = structlog.get_logger("bot.engine")
+
+DeltaCallback = Callable[[str], Awaitable[None]]
+
+
+class PersonaSource(Protocol):
+    """Where the engine gets the persona version to serve (the registry)."""
+
+    def get(self, persona_id: str) -> LoadedPersona:
+        """The persona version serving now; raises `PersonaNotFound`."""
+        ...
+
+
+class BackendSource(Protocol):
+    """Where the engine gets the backend for a persona."""
+
+    async def for_persona(self, persona: LoadedPersona) -> LLMBackend:
+        """The backend (and model) this persona is voiced by."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """What a turn produced, with the numbers a benchmark or log wants."""
+
+    outgoing: tuple[Outgoing, ...]
+    stored: StoredIncoming | None
+    overhead_ms: float = 0.0
+    generation_ms: float = 0.0
+
+
+class PersonaEngine:
+    """Answers incoming messages with a persona's voice, storing everything on the way."""
+
+    def __init__(
+        self,
+        *,
+        personas: PersonaSource,
+        ledger: Ledger,
+        backends: BackendSource,
+        settings: EngineSettings,
+        max_concurrency: int = 16,
+        context_window: int = 4096,
+        timezone: str = "UTC",
+    ) -> None:
+        self.personas = personas
+        self.ledger = ledger
+        self.backends = backends
+        self.settings = settings
+        self.context_window = context_window
+        self.timezone = ZoneInfo(timezone)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._tails: dict[str, asyncio.Future[None]] = {}
+        self._builders: dict[int, PromptBuilder] = {}
+        self._guidance: dict[str, str] = {}  # persona content hash -> static guidance
+        self._in_flight: set[asyncio.Task[object]] = set()
+        self._accepting = True
+
+    # -- public ---------------------------------------------------------------------
+
+    async def handle(
+        self, incoming: Incoming, *, on_delta: DeltaCallback | None = None
+    ) -> list[Outgoing]:
+        """Store `incoming` and answer it; returns the replies (none if not addressed).
+
+        Raises `StorageError` only when the message could not be stored (so nothing
+        was accepted); every later failure is recorded and answered with an apology.
+        """
+        result = await self.run_turn(incoming, on_delta=on_delta)
+        return list(result.outgoing)
+
+    async def run_turn(
+        self, incoming: Incoming, *, on_delta: DeltaCallback | None = None
+    ) -> TurnResult:
+        """`handle` with timings: framework overhead and generation measured apart."""
+        if not self._accepting:
+            raise StorageError("the engine is shutting down and accepts no new messages")
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            with structlog.contextvars.bound_contextvars(
+                platform=incoming.scope.platform,
+                conversation=incoming.scope.conversation_key,
+                user=incoming.scope.user,
+                persona=incoming.scope.persona,
+            ):
+                return await self._turn(incoming, on_delta)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
+        """The persona's greeting for a person who just arrived, stored as a turn."""
+        loaded = self.personas.get(scope.persona)
+        text = render_greeting(loaded.persona, self._context(scope, display_name))
+        if not text:
+            return None
+        conversation_id = await self.ledger.conversation_id(scope)
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=conversation_id,
+                user_id=None,
+                reply_to_id=None,
+                text=text,
+                persona_id=loaded.persona.id,
+                persona_hash=loaded.content_hash,
+                backend=None,
+                model=None,
+                latency_ms=0.0,
+                prompt_tokens=None,
+                completion_tokens=None,
+                kind=TurnKind.GREETING.value,
+            )
+        )
+        return Outgoing(
+            scope=scope,
+            text=text,
+            message_id=message_id,
+            persona_hash=loaded.content_hash,
+            kind=TurnKind.GREETING,
+        )
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Stop accepting turns and wait for those in flight; True if all finished."""
+        self._accepting = False
+        pending = [t for t in self._in_flight if t is not asyncio.current_task()]
+        if not pending:
+            return True
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return not still
+
+    # -- the turn -------------------------------------------------------------------
+
+    async def _turn(self, incoming: Incoming, on_delta: DeltaCallback | None) -> TurnResult:
+        started = time.perf_counter()
+        text = clean_text(incoming.text)
+        for attachment in incoming.attachments:
+            label = attachment.kind + (f" {attachment.filename}" if attachment.filename else "")
+            described = clean_text(attachment.description)
+            text += f"\n[{label}{': ' + described if described else ''}]"
+        text = text.strip()
+        if not text:
+            log.info("turn.ignored_empty")
+            return TurnResult(outgoing=(), stored=None)
+
+        key = incoming.scope.conversation_key
+        previous = self._tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[key] = mine  # the next message of this conversation waits for us
+        try:
+            stored = await self.ledger.record_incoming(
+                incoming, text, truncated=len(text) > self.settings.max_input_chars
+            )
+            if stored.duplicate:
+                log.info("turn.duplicate", message_id=stored.message_id)
+                return TurnResult(outgoing=(), stored=stored)
+            if not incoming.addressed_to_bot:
+                await self.ledger.mark_incoming(stored.message_id, MessageStatus.IGNORED)
+                return TurnResult(outgoing=(), stored=stored)
+            if previous is not None:
+                await asyncio.shield(previous)
+            return await self._answer(incoming, text, stored, started, on_delta)
+        finally:
+            mine.set_result(None)
+            if self._tails.get(key) is mine:
+                del self._tails[key]
+
+    async def _answer(
+        self,
+        incoming: Incoming,
+        text: str,
+        stored: StoredIncoming,
+        started: float,
+        on_delta: DeltaCallback | None,
+    ) -> TurnResult:
+        scope = incoming.scope
+        try:
+            loaded = self.personas.get(scope.persona)
+        except PersonaError as exc:
+            return await self._fail(incoming, stored, "persona", exc, None)
+        persona = loaded.persona
+        try:
+            backend = await self.backends.for_persona(loaded)
+        except BackendError as exc:
+            return await self._fail(incoming, stored, "backend", exc, loaded)
+
+        history_limit = persona.memory.history_messages
+        if history_limit is None:
+            history_limit = self.settings.history_messages
+        history = await self.ledger.history(
+            stored.conversation_id, before_id=stored.message_id, limit=history_limit
+        )
+        model_text, cut = truncate(text, self.settings.max_input_chars)
+        if cut:
+            model_text += (
+                f"\n\n[This message was {len(text)} characters long; only the first "
+                f"{len(model_text)} are shown.]"
+            )
+        try:
+            rendered = render_system_prompt(persona, self._context(scope, incoming.actor.display_name))
+        except PersonaError as exc:
+            return await self._fail(incoming, stored, "persona", exc, loaded)
+        guidance = self._guidance.get(loaded.content_hash)
+        if guidance is None:
+            guidance = self._guidance[loaded.content_hash] = persona_guidance(persona)
+        system = f"{rendered.strip()}\n\n{guidance}"
+
+        builder = self._builder(backend)
+        window = persona.model.context_window or self.context_window
+        sampling = persona.sampling
+        group = not scope.is_direct
+        prompt = builder.build(
+            system=system,
+            history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
+            new_message=PromptTurn(
+                "user", model_text, speaker_label(incoming.actor.display_name)
+            ),
+            budget_tokens=max(64, window - sampling.max_tokens),
+            group=group,
+        )
+        extra = dict(sampling.extra)
+        if sampling.repetition_penalty is not None:
+            extra.setdefault("repetition_penalty", sampling.repetition_penalty)
+        request = ChatRequest(
+            messages=prompt.messages,
+            sampling=Sampling(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                stop=tuple(sampling.stop),
+                seed=sampling.seed,
+                extra=extra,
+            ),
+            model=persona.model.name,
+            adapter=persona.model.adapter,
+        )
+        overhead_ms = (time.perf_counter() - started) * 1000
+        names = (persona.name, persona.id)
+        gen_started = time.perf_counter()
+        try:
+            async with self._slots:
+                reply, completion = await asyncio.wait_for(
+                    self._generate(backend, request, names, on_delta),
+                    timeout=self.settings.reply_timeout_s,
+                )
+        except (BackendError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                exc = BackendError(f"no reply within {self.settings.reply_timeout_s:g} s")
+            return await self._fail(incoming, stored, "generate", exc, loaded)
+        generation_ms = (time.perf_counter() - gen_started) * 1000
+        after = time.perf_counter()
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=stored.conversation_id,
+                user_id=stored.user_id,
+                reply_to_id=stored.message_id,
+                text=reply,
+                persona_id=persona.id,
+                persona_hash=loaded.content_hash,
+                backend=backend.name,
+                model=completion.model,
+                latency_ms=round((after - started) * 1000, 3),
+                prompt_tokens=completion.prompt_tokens or prompt.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+            )
+        )
+        overhead_ms += (time.perf_counter() - after) * 1000
+        log.info(
+            "turn.answered",
+            message_id=message_id,
+            generation_ms=round(generation_ms, 1),
+            prompt_tokens=completion.prompt_tokens,
+            history=prompt.history_used,
+        )
+        out = Outgoing(
+            scope=scope,
+            text=reply,
+            reply_to_platform_id=incoming.platform_message_id,
+            message_id=message_id,
+            persona_hash=loaded.content_hash,
+        )
+        return TurnResult((out,), stored, overhead_ms=overhead_ms, generation_ms=generation_ms)
+
+    async def _generate(
+        self,
+        backend: LLMBackend,
+        request: ChatRequest,
+        names: tuple[str, ...],
+        on_delta: DeltaCallback | None,
+    ) -> tuple[str, Completion]:
+        """Generate a clean, non-empty reply; an empty one is retried once."""
+        stops = request.sampling.stop
+        for attempt in range(2):
+            if on_delta is None:
+                completion = await backend.complete(request)
+                text = clean_reply(completion.text, names=names, stops=stops)
+            else:
+                completion, text = await self._stream(backend, request, names, on_delta)
+            if text:
+                return text, completion
+            log.warning("turn.empty_completion", attempt=attempt + 1, raw=completion.text[:200])
+        raise EmptyCompletion("the model produced no text twice in a row")
+
+    async def _stream(
+        self,
+        backend: LLMBackend,
+        request: ChatRequest,
+        names: tuple[str, ...],
+        on_delta: DeltaCallback,
+    ) -> tuple[Completion, str]:
+        cleaner = StreamCleaner(names=names, stops=request.sampling.stop)
+        shown: list[str] = []
+        completion: Completion | None = None
+        async with AsyncExitStack() as stack:
+            chunks = backend.stream(request)
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                stack.push_async_callback(aclose)
+            async for chunk in chunks:
+                piece = cleaner.feed(chunk.delta)
+                if piece:
+                    shown.append(piece)
+                    await on_delta(piece)
+                if chunk.completion is not None:
+                    completion = chunk.completion
+                if cleaner.stopped:
+                    break
+        tail = cleaner.finish()
+        if tail:
+            shown.append(tail)
+            await on_delta(tail)
+        text = "".join(shown).strip()
+        if completion is None:
+            completion = Completion(text=text, model=request.adapter or request.model or backend.model)
+        return completion, text
+
+    async def _fail(
+        self,
+        incoming: Incoming,
+        stored: StoredIncoming,
+        stage: str,
+        error: Exception,
+        loaded: LoadedPersona | None,
+    ) -> TurnResult:
+        log.warning("turn.failed", stage=stage, error=str(error), error_type=type(error).__name__)
+        await self.ledger.record_failure(
+            stage=stage,
+            error=error,
+            message_id=stored.message_id,
+            conversation_id=stored.conversation_id,
+        )
+        apology = self.settings.apology
+        if loaded is not None and loaded.persona.safety.apology:
+            apology = loaded.persona.safety.apology
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=stored.conversation_id,
+                user_id=stored.user_id,
+                reply_to_id=stored.message_id,
+                text=apology,
+                persona_id=incoming.scope.persona,
+                persona_hash=loaded.content_hash if loaded else None,
+                backend=None,
+                model=None,
+                latency_ms=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                kind="apology",
+            )
+        )
+        out = Outgoing(
+            scope=incoming.scope,
+            text=apology,
+            reply_to_platform_id=incoming.platform_message_id,
+            message_id=message_id,
+            persona_hash=loaded.content_hash if loaded else None,
+            is_error=True,
+        )
+        return TurnResult((out,), stored)
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _context(self, scope: Scope, display_name: str) -> PromptContext:
+        now: datetime = datetime.now(self.timezone)
+        return PromptContext(
+            user_display_name=display_name or "friend",
+            user_id=scope.user,
+            platform=scope.platform,
+            now=now,
+            timezone=str(self.timezone),
+            is_direct=scope.is_direct,
+        )
+
+    def _builder(self, backend: LLMBackend) -> PromptBuilder:
+        builder = self._builders.get(id(backend.tokens))
+        if builder is None:
+            builder = PromptBuilder(backend.tokens)
+            self._builders[id(backend.tokens)] = builder
+        return builder
+
+    @staticmethod
+    def _prompt_turn(turn: HistoryTurn, max_chars: int) -> PromptTurn:
+        return PromptTurn(
+            role=turn.role,
+            text=truncate(turn.text, max_chars)[0],
+            speaker=speaker_label(turn.display_name),
+            key=turn.message_id,
+        )

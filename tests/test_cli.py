@@ -1,0 +1,136 @@
+"""The `bot` command driven as a subprocess, the way people and scripts use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAIServer, Reply
+
+REPO = Path(__file__).resolve().parent.parent
+PERSONA = (REPO / "tests" / "test_engine.py").read_text(encoding="utf-8").split('PERSONA = """\\\n')[1].split('"""')[0]
+
+
+def bot(*args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+        encoding="utf-8",
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "tester.yaml").write_text(PERSONA, encoding="utf-8")
+    (tmp_path / "bot.toml").write_text(
+        '[personas]\ndirs = ["personas"]\ndefault = "tester"\nwatch = false\n'
+        '[database]\nurl = "sqlite:///data/bot.db"\n',
+        encoding="utf-8",
+    )
+    return tmp_path
+
+
+def test_chat_scripted_with_the_local_tiny_model(workdir: Path, tiny_model_dir: Path) -> None:
+    result = bot(
+        "chat", "--backend", "transformers", "--model", str(tiny_model_dir),
+        stdin="hello there\n你好，今天怎么样？\n\n", cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert len(lines) == 4 and lines[3] == ""  # one line per input line, the empty one too
+    assert lines[0] and lines[1] and lines[2] == ""
+    with sqlite3.connect(workdir / "data" / "bot.db") as conn:
+        stored = conn.execute(
+            "select m.direction, m.text, c.platform, m.backend from messages m "
+            "join conversations c on c.id = m.conversation_id order by m.id"
+        ).fetchall()
+    assert [row[:3] for row in stored[::2]] == [
+        ("in", "hello there", "console"),
+        ("in", "你好，今天怎么样？", "console"),
+    ]
+    assert all(row[0] == "out" and row[3] == "transformers" for row in stored[1::2]), stored
+    assert [row[1].replace("\\", "\\\\").replace("\n", "\\n") for row in stored[1::2]] == lines[:2]
+
+
+def test_chat_jsonl_against_an_openai_server(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.script(Reply(text="Hi! I'm Tess.\nNice to meet you."))
+    result = bot(
+        "chat", "--backend", "openai", "--base-url", fake_openai.base_url,
+        "--format", "jsonl", "--db", str(workdir / "other.db"), stdin="hi\n", cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    record = json.loads(line)
+    assert record["reply"] == "Hi! I'm Tess.\nNice to meet you." and record["error"] is False
+    assert (workdir / "other.db").exists()
+
+
+def test_chat_with_backend_down_apologises_and_keeps_going(workdir: Path) -> None:
+    result = bot(
+        "chat", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", stdin="one\ntwo\n",
+        cwd=workdir, env={"BOT_LLM__MAX_RETRIES": "0", "BOT_LLM__CONNECT_TIMEOUT_S": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Sorry, I lost my train of thought for a moment. Could you say that again?"] * 2
+    with sqlite3.connect(workdir / "data" / "bot.db") as conn:
+        assert conn.execute("select count(*), min(stage) from failures").fetchone() == (2, "generate")
+
+
+def test_unknown_persona_fails_clearly(workdir: Path) -> None:
+    result = bot("chat", "--persona", "nobody", cwd=workdir, stdin="hi\n")
+    assert result.returncode == 1
+    assert "nobody" in result.stderr and "tester" in result.stderr
+
+
+def test_bad_config_exits_2_naming_key_value_expectation(workdir: Path) -> None:
+    result = bot("config", "show", cwd=workdir, env={"BOT_LLM__MAX_CONCURRENCY": "many"})
+    assert result.returncode == 2
+    assert "llm.max_concurrency = 'many'" in result.stderr and "valid integer" in result.stderr
+    bad = bot("chat", "--backend", "gpt4", cwd=workdir)
+    assert bad.returncode == 2 and "--backend" in bad.stderr
+
+
+def test_config_show_masks_secrets(workdir: Path) -> None:
+    result = bot("config", "show", cwd=workdir, env={"BOT_LLM__API_KEY": "sk-supersecretvalue123"})
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["llm"]["api_key"] == "**********"
+    assert "sk-supersecretvalue123" not in result.stdout + result.stderr
+
+
+def test_personas_check_reports_every_problem_with_location(workdir: Path) -> None:
+    bad = workdir / "personas" / "bad.yaml"
+    bad.write_text("version: 1\nid: Bad Id\nname: 5\ntemperature: 3\n", encoding="utf-8")
+    result = bot("personas", "check", cwd=workdir)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("personas/bad.yaml:2:5: id:") for line in lines), lines
+    assert any(":4:1: temperature:" in line for line in lines), lines
+    assert any("system_prompt" in line for line in lines), lines
+    ok = bot("personas", "check", str(workdir / "personas" / "tester.yaml"), cwd=workdir)
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_personas_schema_and_db_commands(workdir: Path) -> None:
+    schema = bot("personas", "schema", cwd=workdir)
+    assert schema.returncode == 0 and json.loads(schema.stdout)["title"]
+    upgraded = bot("db", "upgrade", "--db", str(workdir / "x.db"), cwd=workdir)
+    assert upgraded.returncode == 0 and "revision" in upgraded.stdout
+    current = bot("db", "current", "--db", str(workdir / "x.db"), cwd=workdir)
+    assert "current: 0001" in current.stdout

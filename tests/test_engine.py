@@ -1,0 +1,387 @@
+"""The engine end to end over a real SQLite file, with scripted backends."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import App, open_app
+from bot.config import Settings, load_settings
+from bot.errors import BackendUnavailable
+from bot.llm.base import ChatRequest, Completion, StreamChunk
+from bot.llm.mock import MockBackend
+from bot.messages import Actor, Attachment, Incoming, Scope
+
+PERSONA = """\
+version: 1
+id: tester
+name: Tess
+description: A test persona.
+language: en
+system_prompt: |
+  You are Tess, talking with {{ user.display_name }} on {{ platform }}.
+greeting: Hi {{ user.display_name }}!
+sampling:
+  temperature: 0.5
+  max_tokens: 64
+  seed: 7
+  stop: ["###"]
+  extra: {min_p: 0.1}
+model:
+  adapter: tess-lora
+safety:
+  ai_disclosure: I am an AI.
+  decline_topics: [medical advice]
+"""
+
+
+def make_settings(tmp_path: Path, **engine: Any) -> Settings:
+    personas = tmp_path / "personas"
+    personas.mkdir(exist_ok=True)
+    if not (personas / "tester.yaml").exists():
+        (personas / "tester.yaml").write_text(PERSONA, encoding="utf-8")
+    return load_settings(
+        None,
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/bot.db"},
+            "personas": {"dirs": [str(personas)], "default": "tester", "watch": False},
+            "engine": engine,
+            "llm": {"max_concurrency": 4},
+        },
+    )
+
+
+@pytest.fixture
+async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[Any] = []
+
+    async def factory(backend: Any, **engine: Any) -> App:
+        cm = open_app(make_settings(tmp_path, **engine), backend=backend, watch=False)
+        app = await cm.__aenter__()
+        opened.append(cm)
+        return app
+
+    yield factory
+    for cm in reversed(opened):
+        await cm.__aexit__(None, None, None)
+
+
+def dm(text: str, user: str = "u1", name: str = "Ann", **kw: Any) -> Incoming:
+    scope = Scope(platform="test", channel=f"dm-{user}", user=user, persona="tester")
+    return Incoming(scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text, **kw)
+
+
+def in_channel(text: str, user: str, name: str) -> Incoming:
+    scope = Scope(platform="test", space="guild", channel="general", user=user, persona="tester")
+    return Incoming(scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text)
+
+
+def rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "bot.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_round_trip_stores_both_directions_with_provenance(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend(lambda req: "Tess: Hello Ann, nice to meet you.")
+    app = await make_app(backend)
+    [out] = await app.engine.handle(dm("hello", platform_message_id="m1"))
+    assert out.text == "Hello Ann, nice to meet you."  # echoed role label stripped
+    loaded = app.personas.get("tester")
+    assert out.persona_hash == loaded.content_hash
+    stored = rows(
+        tmp_path,
+        "select direction, status, text, persona_hash, backend, model, latency_ms, prompt_tokens, "
+        "completion_tokens from messages order by id",
+    )
+    assert stored[0][:3] == ("in", "answered", "hello")
+    direction, status, text, phash, be, model, latency, ptok, ctok = stored[1]
+    assert (direction, status, text, phash, be) == ("out", "generated", out.text, loaded.content_hash, "mock")
+    assert model == "tess-lora"  # the persona's LoRA adapter was asked for
+    assert latency is not None and latency >= 0 and ptok > 0 and ctok > 0
+    assert rows(tmp_path, "select persona_id, content_hash from persona_versions") == [
+        ("tester", loaded.content_hash)
+    ]
+
+
+async def test_request_carries_persona_prompt_sampling_and_history(make_app: Any) -> None:
+    backend = MockBackend(lambda req: "ok " + str(len(req.messages)))
+    app = await make_app(backend)
+    await app.engine.handle(dm("first"))
+    await app.engine.handle(dm("second"))
+    request = backend.requests[-1]
+    system = request.messages[0]
+    assert system.role == "system"
+    assert "You are Tess, talking with Ann on test." in system.content
+    assert "medical advice" in system.content
+    assert [m.content for m in request.messages[1:]] == ["first", "ok 2", "second"]
+    assert request.sampling.temperature == 0.5 and request.sampling.max_tokens == 64
+    assert request.sampling.stop == ("###",) and request.sampling.extra == {"min_p": 0.1}
+    assert request.adapter == "tess-lora"
+
+
+async def test_incoming_is_committed_before_generation_starts(make_app: Any, tmp_path: Path) -> None:
+    seen: list[Any] = []
+
+    def handler(req: ChatRequest) -> str:
+        seen.extend(rows(tmp_path, "select direction, status, text from messages"))
+        return "answer"
+
+    app = await make_app(MockBackend(handler))
+    await app.engine.handle(dm("remember me"))
+    assert seen == [("in", "received", "remember me")]
+
+
+async def test_one_conversation_in_order_others_concurrently(make_app: Any) -> None:
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def handler(req: ChatRequest) -> str:
+        last = req.messages[-1].content
+        started.append(last)
+        if last == "a1":
+            await release.wait()
+        return f"re:{last}"
+
+    app = await make_app(MockBackend(handler))
+    a1 = asyncio.create_task(app.engine.handle(dm("a1", user="a")))
+    await asyncio.sleep(0.05)
+    a2 = asyncio.create_task(app.engine.handle(dm("a2", user="a")))
+    b1 = asyncio.create_task(app.engine.handle(dm("b1", user="b")))
+    await asyncio.wait_for(b1, 5)  # another conversation is not held up by a1
+    await asyncio.sleep(0.05)
+    assert "a2" not in started  # a2 waits for a1's answer
+    release.set()
+    assert (await a1)[0].text == "re:a1" and (await a2)[0].text == "re:a2"
+    assert started.index("a1") < started.index("a2")
+
+
+async def test_history_for_a_queued_message_includes_the_earlier_reply(make_app: Any) -> None:
+    release = asyncio.Event()
+    backend = MockBackend(lambda req: "reply")
+
+    async def handler(req: ChatRequest) -> str:
+        if req.messages[-1].content == "one":
+            await release.wait()
+        return f"re:{req.messages[-1].content}"
+
+    backend = MockBackend(handler)
+    app = await make_app(backend)
+    t1 = asyncio.create_task(app.engine.handle(dm("one")))
+    await asyncio.sleep(0.05)
+    t2 = asyncio.create_task(app.engine.handle(dm("two")))
+    await asyncio.sleep(0.05)
+    release.set()
+    await t1
+    await t2
+    assert [m.content for m in backend.requests[-1].messages[1:]] == ["one", "re:one", "two"]
+
+
+async def test_global_concurrency_limit(make_app: Any) -> None:
+    active = 0
+    peak = 0
+
+    async def handler(req: ChatRequest) -> str:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.02)
+        active -= 1
+        return "ok"
+
+    app = await make_app(MockBackend(handler))  # llm.max_concurrency = 4
+    await asyncio.gather(*(app.engine.handle(dm("hi", user=f"p{i}")) for i in range(12)))
+    assert peak == 4
+
+
+class FailingBackend(MockBackend):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        raise self.error
+
+
+async def test_backend_down_gives_apology_and_records_failure(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(FailingBackend(BackendUnavailable("connection refused to 127.0.0.1:9")))
+    [out] = await app.engine.handle(dm("are you there?"))
+    assert out.is_error and out.text == app.settings.engine.apology
+    assert rows(tmp_path, "select stage, error_type, reason from failures") == [
+        ("generate", "BackendUnavailable", "connection refused to 127.0.0.1:9")
+    ]
+    assert rows(tmp_path, "select direction, status, kind from messages order by id") == [
+        ("in", "failed", "message"),
+        ("out", "generated", "apology"),
+    ]
+    # The process keeps going: the next turn works once the backend is back.
+    app.backends._fixed = MockBackend(lambda req: "back again")
+    [out] = await app.engine.handle(dm("now?"))
+    assert out.text == "back again"
+    history = [m.content for m in app.backends._fixed.requests[-1].messages[1:]]
+    assert history == ["are you there?", "now?"]  # the apology is not shown to the model
+
+
+async def test_backend_timeout_is_recorded(make_app: Any, tmp_path: Path) -> None:
+    async def slow(req: ChatRequest) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    app = await make_app(MockBackend(slow), reply_timeout_s=0.1)
+    [out] = await app.engine.handle(dm("quick?"))
+    assert out.is_error
+    assert rows(tmp_path, "select stage, reason from failures") == [("generate", "no reply within 0.1 s")]
+
+
+async def test_empty_completion_is_retried_then_apologised(make_app: Any, tmp_path: Path) -> None:
+    answers = iter(["", "  Tess:  ", "finally"])
+    app = await make_app(MockBackend(lambda req: next(answers)))
+    [out] = await app.engine.handle(dm("hi"))
+    assert out.is_error
+    assert rows(tmp_path, "select error_type from failures") == [("EmptyCompletion",)]
+    [out] = await app.engine.handle(dm("hi again"))
+    assert out.text == "finally"
+
+
+class BrokenStream(MockBackend):
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:  # type: ignore[override]
+        yield StreamChunk(delta="I was saying")
+        raise BackendUnavailable("stream ended without [DONE]")
+
+
+async def test_stream_that_stops_midway_is_a_failure_not_a_reply(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(BrokenStream())
+    shown: list[str] = []
+
+    async def on_delta(piece: str) -> None:
+        shown.append(piece)
+
+    [out] = await app.engine.handle(dm("tell me a story"), on_delta=on_delta)
+    assert out.is_error
+    assert rows(tmp_path, "select reason from failures") == [("stream ended without [DONE]",)]
+    assert rows(tmp_path, "select count(*) from messages where kind = 'message' and direction = 'out'") == [(0,)]
+
+
+async def test_streaming_deltas_join_to_the_stored_reply(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(MockBackend(lambda req: "Tess: one two three four five six seven eight"))
+    shown: list[str] = []
+
+    async def on_delta(piece: str) -> None:
+        shown.append(piece)
+
+    [out] = await app.engine.handle(dm("count"), on_delta=on_delta)
+    assert "".join(shown) == out.text == "one two three four five six seven eight"
+    assert len(shown) > 1
+
+
+async def test_empty_message_is_not_accepted(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend()
+    app = await make_app(backend)
+    assert await app.engine.handle(dm("")) == []
+    assert await app.engine.handle(dm("  \x00 \n")) == []
+    assert rows(tmp_path, "select count(*) from messages") == [(0,)]
+    assert backend.requests == []
+
+
+async def test_attachment_only_message_is_described_as_text(make_app: Any) -> None:
+    backend = MockBackend()
+    app = await make_app(backend)
+    msg = dm("", attachments=(Attachment(kind="image", filename="cat.png", description="a cat"),))
+    [out] = await app.engine.handle(msg)
+    assert backend.requests[-1].messages[-1].content == "[image cat.png: a cat]"
+    assert not out.is_error
+
+
+async def test_huge_message_is_stored_whole_and_truncated_for_the_model(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend()
+    app = await make_app(backend, max_input_chars=1000)
+    text = "lorem ipsum " * 9000  # ~100 KB
+    [out] = await app.engine.handle(dm(text))
+    assert not out.is_error
+    sent = backend.requests[-1].messages[-1].content
+    assert len(sent) < 1200 and "characters long; only the first" in sent
+    [(stored_len, truncated)] = rows(tmp_path, "select length(text), truncated from messages where direction='in'")
+    assert stored_len == len(text.strip()) and truncated == 1
+
+
+async def test_control_characters_nul_and_surrogates_are_cleaned(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend()
+    app = await make_app(backend)
+    [out] = await app.engine.handle(dm("he\x00llo\x07 \ud83d world 你好"))
+    assert not out.is_error
+    [(text,)] = rows(tmp_path, "select text from messages where direction='in'")
+    assert text == "hello \ufffd world 你好"
+
+
+async def test_not_addressed_message_is_stored_as_context_only(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend()
+    app = await make_app(backend)
+    scope = Scope(platform="test", space="guild", channel="general", user="u2", persona="tester")
+    msg = Incoming(scope=scope, actor=Actor(platform="test", id="u2", display_name="Bo"), text="chatter", addressed_to_bot=False)
+    assert await app.engine.handle(msg) == []
+    assert rows(tmp_path, "select status from messages") == [("ignored",)]
+    await app.engine.handle(in_channel("hey Tess", "u3", "Cy"))
+    assert [m.content for m in backend.requests[-1].messages[1:]] == ["Bo: chatter", "Cy: hey Tess"]
+
+
+async def test_redelivered_platform_message_is_answered_once(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend()
+    app = await make_app(backend)
+    assert len(await app.engine.handle(dm("once", platform_message_id="42"))) == 1
+    assert await app.engine.handle(dm("once", platform_message_id="42")) == []
+    assert len(backend.requests) == 1
+
+
+async def test_unknown_persona_is_recorded_and_apologised(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(MockBackend())
+    scope = Scope(platform="test", channel="x", user="u", persona="nobody")
+    [out] = await app.engine.handle(Incoming(scope=scope, actor=Actor(platform="test", id="u"), text="hi"))
+    assert out.is_error
+    assert rows(tmp_path, "select stage, error_type from failures") == [("persona", "PersonaNotFound")]
+
+
+async def test_greeting_is_rendered_and_stored(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(MockBackend())
+    scope = Scope(platform="test", channel="dm-g", user="g", persona="tester")
+    out = await app.engine.greeting(scope, "Gus")
+    assert out is not None and out.text == "Hi Gus!"
+    assert rows(tmp_path, "select direction, kind, text from messages") == [("out", "greeting", "Hi Gus!")]
+
+
+async def test_reply_records_the_persona_version_that_produced_it(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(MockBackend(lambda req: "v"))
+    first = app.personas.get("tester").content_hash
+    await app.engine.handle(dm("before"))
+    path = tmp_path / "personas" / "tester.yaml"
+    path.write_text(PERSONA.replace("name: Tess", "name: Tessa"), encoding="utf-8")
+    await app.personas.reload(path)
+    second = app.personas.get("tester").content_hash
+    assert second != first
+    await app.engine.handle(dm("after"))
+    assert rows(tmp_path, "select persona_hash from messages where direction='out' order by id") == [
+        (first,),
+        (second,),
+    ]
+    assert {h for (h,) in rows(tmp_path, "select content_hash from persona_versions")} == {first, second}
+
+
+async def test_drain_waits_for_in_flight_turns(make_app: Any) -> None:
+    release = asyncio.Event()
+
+    async def handler(req: ChatRequest) -> str:
+        await release.wait()
+        return "done"
+
+    app = await make_app(MockBackend(handler))
+    turn = asyncio.create_task(app.engine.handle(dm("slow")))
+    await asyncio.sleep(0.05)
+    drain = asyncio.create_task(app.engine.drain(timeout=5))
+    await asyncio.sleep(0.05)
+    assert not drain.done()
+    release.set()
+    assert await drain is True
+    assert (await turn)[0].text == "done"
