@@ -57,7 +57,9 @@ class ConsoleAdapter(Adapter):
     # -- platform side ----------------------------------------------------------------
 
     def _scope(self) -> Scope:
-        return Scope(platform=self.platform, channel=self.channel, user=self.actor.id, persona=self.persona)
+        return Scope(
+            platform=self.platform, channel=self.channel, user=self.actor.id, persona=self.persona
+        )
 
     async def _read_line(self, prompt: str) -> str | None:
         def read() -> str | None:

@@ -50,7 +50,11 @@ def percentile(values: list[float], q: float) -> float:
 def incoming(conv: int, text: str) -> Incoming:
     user = f"u{conv}"
     scope = Scope(platform="bench", channel=f"dm-{conv}", user=user, persona="samantha")
-    return Incoming(scope=scope, actor=Actor(platform="bench", id=user, display_name=f"Person {conv}"), text=text)
+    return Incoming(
+        scope=scope,
+        actor=Actor(platform="bench", id=user, display_name=f"Person {conv}"),
+        text=text,
+    )
 
 
 async def seed(app: object, conversations: int, per_conversation: int) -> None:
@@ -74,7 +78,12 @@ async def seed(app: object, conversations: int, per_conversation: int) -> None:
                     "direction": "out" if out else "in",
                     "kind": "message",
                     "status": "generated" if out else "answered",
-                    "text": ("Of course, tell me more about that. " if out else "I went for a walk by the river today and thought of you. ") * 2,
+                    "text": (
+                        "Of course, tell me more about that. "
+                        if out
+                        else "I went for a walk by the river today and thought of you. "
+                    )
+                    * 2,
                     "truncated": False,
                     "persona_id": "samantha",
                     "created_at": start + timedelta(minutes=i),
@@ -158,7 +167,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--turns", type=int, default=3000)
     parser.add_argument("--out", type=Path, default=RESULTS / "engine_overhead.json")
@@ -167,7 +178,8 @@ def main() -> None:
     for level in result["levels"]:  # type: ignore[attr-defined]
         print(
             f"concurrency {level['concurrency']:>3}: {level['turns_per_s']:>8.1f} turns/s  "
-            f"overhead p50 {level['overhead_p50_ms']:.2f} ms p99 {level['overhead_p99_ms']:.2f} ms  "
+            f"overhead p50 {level['overhead_p50_ms']:.2f} ms "
+            f"p99 {level['overhead_p99_ms']:.2f} ms  "
             f"latency p50 {level['latency_p50_ms']:.2f} ms p99 {level['latency_p99_ms']:.2f} ms"
         )
     print(f"peak RSS {result['peak_rss_mb']} MB; {result['stored_messages']} stored messages")

@@ -107,9 +107,7 @@ async def open_app(
             )
 
         registry = PersonaRegistry(settings.personas.dirs, on_loaded=remember)
-        problems = await registry.load_all()
-        for problem in problems:
-            log.error("persona.invalid", problem=str(problem))
+        await registry.load_all()  # the registry logs each problem, file:line first
         backends = BackendPool(settings.llm, fixed=backend)
         stack.push_async_callback(backends.aclose)
         engine = PersonaEngine(

@@ -38,7 +38,9 @@ app.add_typer(models_app, name="models")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="BOT_CONFIG", help="TOML config file (default ./bot.toml)."),
+    typer.Option(
+        "--config", "-c", envvar="BOT_CONFIG", help="TOML config file (default ./bot.toml)."
+    ),
 ]
 
 
@@ -51,7 +53,11 @@ def _logging(settings: Settings, *, quiet: bool = False) -> None:
     key = settings.llm.api_key
     if key is not None:
         secrets.append(key.get_secret_value())
-    level = "WARNING" if quiet and settings.logging.level in ("INFO", "DEBUG") else settings.logging.level
+    level = (
+        "WARNING"
+        if quiet and settings.logging.level in ("INFO", "DEBUG")
+        else settings.logging.level
+    )
     configure_logging(level=level, fmt=settings.logging.format, secrets=secrets)
 
 
@@ -64,7 +70,9 @@ def _db_url(db: Path | None) -> str | None:
 
 @app.command()
 def chat(
-    persona: Annotated[str | None, typer.Option(help="Persona id (default: personas.default).")] = None,
+    persona: Annotated[
+        str | None, typer.Option(help="Persona id (default: personas.default).")
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="transformers (local) or openai (a vLLM server).")
     ] = None,
@@ -225,7 +233,9 @@ def db_upgrade(
     from bot.db import create_db_engine, current_revision, upgrade
 
     settings = _settings(config, {"database": {"url": _db_url(db)}})
-    engine = create_db_engine(settings.database.url, busy_timeout_ms=settings.database.busy_timeout_ms)
+    engine = create_db_engine(
+        settings.database.url, busy_timeout_ms=settings.database.busy_timeout_ms
+    )
     try:
         upgrade(engine)
         typer.echo(f"database at revision {current_revision(engine)}")
@@ -259,7 +269,9 @@ def config_show(config: ConfigOption = None) -> None:
 
 
 @models_app.command("tiny")
-def models_tiny(directory: Annotated[Path, typer.Argument(help="Where to write the model.")]) -> None:
+def models_tiny(
+    directory: Annotated[Path, typer.Argument(help="Where to write the model.")],
+) -> None:
     """Build a tiny random-weight model (for tests and offline demos; it babbles)."""
     from bot.llm.tiny import build_tiny_model
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -28,7 +28,9 @@ __all__ = ["Settings", "load_settings"]
 DEFAULT_CONFIG_FILE = Path("bot.toml")
 
 # Keys that hold secrets: refused in the TOML file, masked when shown.
-SECRET_KEYS = frozenset({"llm.api_key", "discord.token", "telegram.token", "telegram.webhook_secret"})
+SECRET_KEYS = frozenset(
+    {"llm.api_key", "discord.token", "telegram.token", "telegram.webhook_secret"}
+)
 
 
 class _Section(BaseModel):
@@ -72,7 +74,8 @@ class LLMSettings(_Section):
                 return SecretStr(self.api_key_file.read_text(encoding="utf-8").strip())
             except OSError as exc:
                 raise ConfigError(
-                    f"llm.api_key_file = {str(self.api_key_file)!r}: cannot read it ({exc.strerror})"
+                    f"llm.api_key_file = {str(self.api_key_file)!r}: "
+                    f"cannot read it ({exc.strerror})"
                 ) from exc
         return None
 
@@ -235,7 +238,11 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     """
     if path is None:
         env_path = os.environ.get("BOT_CONFIG")
-        path = Path(env_path) if env_path else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+        path = (
+            Path(env_path)
+            if env_path
+            else (DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.exists() else None)
+        )
     elif not path.exists():
         raise ConfigError(f"{path}: config file not found")
     file_data = _read_toml(path) if path is not None else {}

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,11 +94,20 @@ def create_db_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = Fals
     if parsed.get_backend_name() == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms, wal=not in_memory))
+        # pysqlite's own transaction handling breaks SAVEPOINT and begins lazily, so a
+        # read-then-write transaction can fail with SQLITE_BUSY without waiting; we
+        # begin ourselves, IMMEDIATE, so writers queue on the busy timeout instead.
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool) -> Any:
     def on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_begin)
         cur = dbapi_conn.cursor()
         try:
             if wal:
@@ -152,17 +165,34 @@ def _sqlite_reason(exc: OperationalError) -> str:
 class Database:
     """An engine plus the thread its blocking work runs on, so callers can `await` it.
 
-    SQLite takes one writer at a time, so its work runs on a single dedicated thread
-    (which also keeps statements of one conversation in order); other databases get a
-    small pool. Every call runs in its own transaction; SQLAlchemy errors come out as
+    Every `run(work)` executes `work(connection)` in a transaction and resolves only
+    after that transaction has committed. SQLAlchemy errors come out as
     `StorageError` with a reason a person can act on.
+
+    SQLite takes one writer at a time, so its work runs on one dedicated writer thread
+    that applies *group commit*: work that queued up while the previous transaction
+    ran is executed together, each piece in its own savepoint (one failing piece rolls
+    back alone), under a single commit. Under load this turns hundreds of small
+    transactions into a few, and one thread hop per batch instead of per call. Other
+    databases get a small thread pool and one transaction per call.
     """
+
+    #: Most pieces of work committed together.
+    max_batch = 128
 
     def __init__(self, engine: Engine, *, workers: int | None = None) -> None:
         self.engine = engine
-        if workers is None:
-            workers = 1 if engine.dialect.name == "sqlite" else 8
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bot-db")
+        self._queue: queue.SimpleQueue[_Job | None] | None = None
+        self._writer: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        if engine.dialect.name == "sqlite" and workers in (None, 1):
+            self._queue = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write_loop, name="bot-db", daemon=True)
+            self._writer.start()
+        else:
+            self._executor = ThreadPoolExecutor(
+                max_workers=workers or 8, thread_name_prefix="bot-db"
+            )
 
     @classmethod
     def open(cls, url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> Database:
@@ -173,21 +203,96 @@ class Database:
         return cls(engine)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work(connection)` in a transaction on the database thread."""
+        """Run `work(connection)` in a transaction on the database thread; return its
+        result once the transaction is committed."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._in_transaction, work)
+        if self._queue is None:
+            assert self._executor is not None
+            return await loop.run_in_executor(self._executor, self._in_transaction, work)
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(work, future, loop))
+        return await future
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         try:
             with self.engine.begin() as conn:
                 return work(conn)
-        except OperationalError as exc:
-            raise StorageError(f"database error: {_sqlite_reason(exc)}") from exc
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc}") from exc
+            raise _storage_error(exc) from exc
+
+    def _write_loop(self) -> None:
+        assert self._queue is not None
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            with self.engine.begin() as conn:
+                if len(batch) == 1:
+                    outcomes.append((batch[0], batch[0].work(conn), None))
+                else:
+                    for job in batch:
+                        try:
+                            with conn.begin_nested():
+                                outcomes.append((job, job.work(conn), None))
+                        except Exception as exc:  # this piece alone rolls back
+                            error = _storage_error(exc) if isinstance(exc, SQLAlchemyError) else exc
+                            outcomes.append((job, None, error))
+        except Exception as exc:  # the commit (or a single piece) failed: nothing is stored
+            error = _storage_error(exc) if isinstance(exc, SQLAlchemyError) else exc
+            outcomes = [(job, None, error) for job in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, items in by_loop.items():
+            with suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_resolve, items)
 
     async def aclose(self) -> None:
         """Finish queued work, then close every connection."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._executor.shutdown, True)
+        if self._queue is not None and self._writer is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._writer.join)
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True)
         self.engine.dispose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    work: Callable[[Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in items:
+        if job.future.done():  # the caller was cancelled
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+
+def _storage_error(exc: SQLAlchemyError) -> StorageError:
+    if isinstance(exc, OperationalError):
+        return StorageError(f"database error: {_sqlite_reason(exc)}")
+    return StorageError(f"database error: {exc}")

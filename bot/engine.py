@@ -158,13 +158,14 @@ class PersonaEngine:
             kind=TurnKind.GREETING,
         )
 
-    async def drain(self, timeout: float = 30.0) -> bool:
-        """Stop accepting turns and wait for those in flight; True if all finished."""
+    async def drain(self, grace_s: float = 30.0) -> bool:
+        """Stop accepting turns and wait up to `grace_s` for those in flight; True if
+        all finished."""
         self._accepting = False
         pending = [t for t in self._in_flight if t is not asyncio.current_task()]
         if not pending:
             return True
-        _, still = await asyncio.wait(pending, timeout=timeout)
+        _, still = await asyncio.wait(pending, timeout=grace_s)
         return not still
 
     # -- the turn -------------------------------------------------------------------
@@ -186,14 +187,22 @@ class PersonaEngine:
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[key] = mine  # the next message of this conversation waits for us
         try:
+            addressed = incoming.addressed_to_bot
             stored = await self.ledger.record_incoming(
-                incoming, text, truncated=len(text) > self.settings.max_input_chars
+                incoming,
+                text,
+                truncated=len(text) > self.settings.max_input_chars,
+                status=MessageStatus.RECEIVED if addressed else MessageStatus.IGNORED,
+                # With no earlier turn in flight the history is final now: read it in
+                # the same round trip as the insert.
+                with_history=self._history_limit(incoming.scope.persona)
+                if previous is None and addressed
+                else None,
             )
             if stored.duplicate:
                 log.info("turn.duplicate", message_id=stored.message_id)
                 return TurnResult(outgoing=(), stored=stored)
-            if not incoming.addressed_to_bot:
-                await self.ledger.mark_incoming(stored.message_id, MessageStatus.IGNORED)
+            if not addressed:
                 return TurnResult(outgoing=(), stored=stored)
             if previous is not None:
                 await asyncio.shield(previous)
@@ -222,12 +231,15 @@ class PersonaEngine:
         except BackendError as exc:
             return await self._fail(incoming, stored, "backend", exc, loaded)
 
-        history_limit = persona.memory.history_messages
-        if history_limit is None:
-            history_limit = self.settings.history_messages
-        history = await self.ledger.history(
-            stored.conversation_id, before_id=stored.message_id, limit=history_limit
-        )
+        history = stored.history
+        if history is None:
+            history = tuple(
+                await self.ledger.history(
+                    stored.conversation_id,
+                    before_id=stored.message_id,
+                    limit=self._history_limit(persona.id),
+                )
+            )
         model_text, cut = truncate(text, self.settings.max_input_chars)
         if cut:
             model_text += (
@@ -235,7 +247,9 @@ class PersonaEngine:
                 f"{len(model_text)} are shown.]"
             )
         try:
-            rendered = render_system_prompt(persona, self._context(scope, incoming.actor.display_name))
+            rendered = render_system_prompt(
+                persona, self._context(scope, incoming.actor.display_name)
+            )
         except PersonaError as exc:
             return await self._fail(incoming, stored, "persona", exc, loaded)
         guidance = self._guidance.get(loaded.content_hash)
@@ -250,9 +264,7 @@ class PersonaEngine:
         prompt = builder.build(
             system=system,
             history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
-            new_message=PromptTurn(
-                "user", model_text, speaker_label(incoming.actor.display_name)
-            ),
+            new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
             group=group,
         )
@@ -369,7 +381,9 @@ class PersonaEngine:
             await on_delta(tail)
         text = "".join(shown).strip()
         if completion is None:
-            completion = Completion(text=text, model=request.adapter or request.model or backend.model)
+            completion = Completion(
+                text=text, model=request.adapter or request.model or backend.model
+            )
         return completion, text
 
     async def _fail(
@@ -428,6 +442,13 @@ class PersonaEngine:
             timezone=str(self.timezone),
             is_direct=scope.is_direct,
         )
+
+    def _history_limit(self, persona_id: str) -> int:
+        try:
+            limit = self.personas.get(persona_id).persona.memory.history_messages
+        except PersonaError:
+            limit = None
+        return self.settings.history_messages if limit is None else limit
 
     def _builder(self, backend: LLMBackend) -> PromptBuilder:
         builder = self._builders.get(id(backend.tokens))

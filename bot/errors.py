@@ -3,7 +3,10 @@
     BotError
     ├── ConfigError            bad bot.toml / BOT_* values (exit code 2)
     ├── PersonaError           a persona file that cannot be used
-    │   └── PersonaNotFound    no persona with that id is loaded
+    │   ├── PersonaNotFound    no persona with that id is loaded
+    │   ├── PersonaFileError   a file with problems (bot.personas; `.problems` has them all)
+    │   └── PersonaTemplateError  a template that fails to render
+    │       └── TemplateSecurityError  a template reaching for Python internals
     ├── StorageError           the database cannot be opened or written
     └── BackendError           the LLM backend failed a request
         ├── BackendUnavailable connection refused, timeouts, 5xx after retries

@@ -111,7 +111,7 @@ class Incoming(_Frozen):
     reply_to_platform_id: str | None = None
     addressed_to_bot: bool = Field(
         default=True,
-        description="Mentioned, replied to, in a DM or an always-on channel: the bot should answer.",
+        description="Mentioned, replied to, in a DM or an always-on channel: answer it.",
     )
     received_at: datetime = Field(default_factory=utcnow)
     kind: TurnKind = TurnKind.MESSAGE

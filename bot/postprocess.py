@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 __all__ = ["StreamCleaner", "clean_reply"]
 
-_TEMPLATE_TOKENS = re.compile(r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>")
+_TEMPLATE_TOKENS = re.compile(
+    r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id)\|>"
+)
 
 
 def _label_pattern(names: Sequence[str]) -> re.Pattern[str]:
@@ -55,7 +57,7 @@ class StreamCleaner:
 
     def __init__(self, *, names: Sequence[str] = (), stops: Sequence[str] = ()) -> None:
         self._names = tuple(names)
-        self._stops = tuple(s for s in stops if s) + ("<|",)
+        self._stops = (*(s for s in stops if s), "<|")
         self._pattern = _label_pattern(self._names)
         self._buffer = ""
         self._emitted = 0

@@ -14,12 +14,25 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 
 REPO = Path(__file__).resolve().parent.parent
-PERSONA = (REPO / "tests" / "test_engine.py").read_text(encoding="utf-8").split('PERSONA = """\\\n')[1].split('"""')[0]
+PERSONA = (
+    (REPO / "tests" / "test_engine.py")
+    .read_text(encoding="utf-8")
+    .split('PERSONA = """\\\n')[1]
+    .split('"""')[0]
+)
 
 
-def bot(*args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def bot(
+    *args: str,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
-    full_env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"})
+    full_env.update(
+        {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
+    )
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", *args],
@@ -48,8 +61,13 @@ def workdir(tmp_path: Path) -> Path:
 
 def test_chat_scripted_with_the_local_tiny_model(workdir: Path, tiny_model_dir: Path) -> None:
     result = bot(
-        "chat", "--backend", "transformers", "--model", str(tiny_model_dir),
-        stdin="hello there\n你好，今天怎么样？\n\n", cwd=workdir,
+        "chat",
+        "--backend",
+        "transformers",
+        "--model",
+        str(tiny_model_dir),
+        stdin="hello there\n你好，今天怎么样？\n\n",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
@@ -71,8 +89,17 @@ def test_chat_scripted_with_the_local_tiny_model(workdir: Path, tiny_model_dir: 
 def test_chat_jsonl_against_an_openai_server(workdir: Path, fake_openai: FakeOpenAIServer) -> None:
     fake_openai.script(Reply(text="Hi! I'm Tess.\nNice to meet you."))
     result = bot(
-        "chat", "--backend", "openai", "--base-url", fake_openai.base_url,
-        "--format", "jsonl", "--db", str(workdir / "other.db"), stdin="hi\n", cwd=workdir,
+        "chat",
+        "--backend",
+        "openai",
+        "--base-url",
+        fake_openai.base_url,
+        "--format",
+        "jsonl",
+        "--db",
+        str(workdir / "other.db"),
+        stdin="hi\n",
+        cwd=workdir,
     )
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
@@ -83,13 +110,25 @@ def test_chat_jsonl_against_an_openai_server(workdir: Path, fake_openai: FakeOpe
 
 def test_chat_with_backend_down_apologises_and_keeps_going(workdir: Path) -> None:
     result = bot(
-        "chat", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", stdin="one\ntwo\n",
-        cwd=workdir, env={"BOT_LLM__MAX_RETRIES": "0", "BOT_LLM__CONNECT_TIMEOUT_S": "1"},
+        "chat",
+        "--backend",
+        "openai",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        stdin="one\ntwo\n",
+        cwd=workdir,
+        env={"BOT_LLM__MAX_RETRIES": "0", "BOT_LLM__CONNECT_TIMEOUT_S": "1"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["Sorry, I lost my train of thought for a moment. Could you say that again?"] * 2
+    assert (
+        result.stdout.splitlines()
+        == ["Sorry, I lost my train of thought for a moment. Could you say that again?"] * 2
+    )
     with sqlite3.connect(workdir / "data" / "bot.db") as conn:
-        assert conn.execute("select count(*), min(stage) from failures").fetchone() == (2, "generate")
+        assert conn.execute("select count(*), min(stage) from failures").fetchone() == (
+            2,
+            "generate",
+        )
 
 
 def test_unknown_persona_fails_clearly(workdir: Path) -> None:

@@ -20,11 +20,17 @@ def test_defaults_are_the_embedded_ones(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.database.url.startswith("sqlite:///")
 
 
-def test_file_then_environment_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_file_then_environment_then_overrides(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     path = write(tmp_path, '[llm]\nmodel = "from-file"\nbackend = "openai"\ntimeout_s = 9\n')
     monkeypatch.setenv("BOT_LLM__MODEL", "from-env")
     settings = load_settings(path)
-    assert (settings.llm.model, settings.llm.backend, settings.llm.timeout_s) == ("from-env", "openai", 9)
+    assert (settings.llm.model, settings.llm.backend, settings.llm.timeout_s) == (
+        "from-env",
+        "openai",
+        9,
+    )
     settings = load_settings(path, {"llm": {"model": "from-flag"}})
     assert settings.llm.model == "from-flag"
     assert load_settings(path).llm.model == "from-env"  # overrides do not leak between calls
@@ -39,22 +45,28 @@ def test_bad_value_names_key_value_and_expectation(tmp_path: Path) -> None:
     assert str(path) in message
 
 
-def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_bad_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BOT_LLM__BACKEND", "gpt")
-    with pytest.raises(ConfigError, match=r"\$BOT_LLM__BACKEND: llm.backend = 'gpt': .*'transformers' or 'openai'"):
+    with pytest.raises(
+        ConfigError, match=r"\$BOT_LLM__BACKEND: llm.backend = 'gpt': .*'transformers' or 'openai'"
+    ):
         load_settings()
 
 
 def test_unknown_key_and_unknown_zone(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="llm.modle .*unknown key"):
+    with pytest.raises(ConfigError, match=r"llm\.modle .*unknown key"):
         load_settings(write(tmp_path, '[llm]\nmodle = "x"\n'))
-    with pytest.raises(ConfigError, match="engine.timezone .*IANA"):
+    with pytest.raises(ConfigError, match=r"engine\.timezone .*IANA"):
         load_settings(write(tmp_path, '[engine]\ntimezone = "Mars/Olympus"\n'))
 
 
 def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="secrets are not read from the config file.*BOT_LLM__API_KEY"):
+    with pytest.raises(
+        ConfigError, match=r"secrets are not read from the config file.*BOT_LLM__API_KEY"
+    ):
         load_settings(write(tmp_path, '[llm]\napi_key = "sk-abc"\n'))
 
 

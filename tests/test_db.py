@@ -65,7 +65,7 @@ async def test_read_only_database_gives_clear_error_and_stays_intact(tmp_path: P
     db = Database(create_db_engine(f"sqlite:///file:{path}?mode=ro&uri=true"))
     scope = Scope(platform="console", channel="c", user="u", persona="p")
     actor = Actor(platform="console", id="u", display_name="U")
-    with pytest.raises(StorageError, match="read-only|readonly"):
+    with pytest.raises(StorageError, match=r"read-only|readonly"):
         await Ledger(db).record_incoming(Incoming(scope=scope, actor=actor, text="x"), "x")
     await db.aclose()
     with sqlite3.connect(path) as conn:
@@ -85,7 +85,9 @@ async def test_locked_database_is_a_clear_error_and_nothing_is_corrupted(tmp_pat
     holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
     try:
         with pytest.raises(StorageError, match="locked"):
-            await ledger.record_incoming(Incoming(scope=scope, actor=actor, text="second"), "second")
+            await ledger.record_incoming(
+                Incoming(scope=scope, actor=actor, text="second"), "second"
+            )
     finally:
         holder.rollback()
         holder.close()

@@ -73,12 +73,16 @@ async def make_app(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 def dm(text: str, user: str = "u1", name: str = "Ann", **kw: Any) -> Incoming:
     scope = Scope(platform="test", channel=f"dm-{user}", user=user, persona="tester")
-    return Incoming(scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text, **kw)
+    return Incoming(
+        scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text, **kw
+    )
 
 
 def in_channel(text: str, user: str, name: str) -> Incoming:
     scope = Scope(platform="test", space="guild", channel="general", user=user, persona="tester")
-    return Incoming(scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text)
+    return Incoming(
+        scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text
+    )
 
 
 def rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
@@ -86,7 +90,9 @@ def rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
-async def test_round_trip_stores_both_directions_with_provenance(make_app: Any, tmp_path: Path) -> None:
+async def test_round_trip_stores_both_directions_with_provenance(
+    make_app: Any, tmp_path: Path
+) -> None:
     backend = MockBackend(lambda req: "Tess: Hello Ann, nice to meet you.")
     app = await make_app(backend)
     [out] = await app.engine.handle(dm("hello", platform_message_id="m1"))
@@ -100,7 +106,13 @@ async def test_round_trip_stores_both_directions_with_provenance(make_app: Any, 
     )
     assert stored[0][:3] == ("in", "answered", "hello")
     direction, status, text, phash, be, model, latency, ptok, ctok = stored[1]
-    assert (direction, status, text, phash, be) == ("out", "generated", out.text, loaded.content_hash, "mock")
+    assert (direction, status, text, phash, be) == (
+        "out",
+        "generated",
+        out.text,
+        loaded.content_hash,
+        "mock",
+    )
     assert model == "tess-lora"  # the persona's LoRA adapter was asked for
     assert latency is not None and latency >= 0 and ptok > 0 and ctok > 0
     assert rows(tmp_path, "select persona_id, content_hash from persona_versions") == [
@@ -124,7 +136,9 @@ async def test_request_carries_persona_prompt_sampling_and_history(make_app: Any
     assert request.adapter == "tess-lora"
 
 
-async def test_incoming_is_committed_before_generation_starts(make_app: Any, tmp_path: Path) -> None:
+async def test_incoming_is_committed_before_generation_starts(
+    make_app: Any, tmp_path: Path
+) -> None:
     seen: list[Any] = []
 
     def handler(req: ChatRequest) -> str:
@@ -207,7 +221,9 @@ class FailingBackend(MockBackend):
         raise self.error
 
 
-async def test_backend_down_gives_apology_and_records_failure(make_app: Any, tmp_path: Path) -> None:
+async def test_backend_down_gives_apology_and_records_failure(
+    make_app: Any, tmp_path: Path
+) -> None:
     app = await make_app(FailingBackend(BackendUnavailable("connection refused to 127.0.0.1:9")))
     [out] = await app.engine.handle(dm("are you there?"))
     assert out.is_error and out.text == app.settings.engine.apology
@@ -234,7 +250,9 @@ async def test_backend_timeout_is_recorded(make_app: Any, tmp_path: Path) -> Non
     app = await make_app(MockBackend(slow), reply_timeout_s=0.1)
     [out] = await app.engine.handle(dm("quick?"))
     assert out.is_error
-    assert rows(tmp_path, "select stage, reason from failures") == [("generate", "no reply within 0.1 s")]
+    assert rows(tmp_path, "select stage, reason from failures") == [
+        ("generate", "no reply within 0.1 s")
+    ]
 
 
 async def test_empty_completion_is_retried_then_apologised(make_app: Any, tmp_path: Path) -> None:
@@ -253,7 +271,9 @@ class BrokenStream(MockBackend):
         raise BackendUnavailable("stream ended without [DONE]")
 
 
-async def test_stream_that_stops_midway_is_a_failure_not_a_reply(make_app: Any, tmp_path: Path) -> None:
+async def test_stream_that_stops_midway_is_a_failure_not_a_reply(
+    make_app: Any, tmp_path: Path
+) -> None:
     app = await make_app(BrokenStream())
     shown: list[str] = []
 
@@ -263,7 +283,9 @@ async def test_stream_that_stops_midway_is_a_failure_not_a_reply(make_app: Any, 
     [out] = await app.engine.handle(dm("tell me a story"), on_delta=on_delta)
     assert out.is_error
     assert rows(tmp_path, "select reason from failures") == [("stream ended without [DONE]",)]
-    assert rows(tmp_path, "select count(*) from messages where kind = 'message' and direction = 'out'") == [(0,)]
+    assert rows(
+        tmp_path, "select count(*) from messages where kind = 'message' and direction = 'out'"
+    ) == [(0,)]
 
 
 async def test_streaming_deltas_join_to_the_stored_reply(make_app: Any, tmp_path: Path) -> None:
@@ -296,7 +318,9 @@ async def test_attachment_only_message_is_described_as_text(make_app: Any) -> No
     assert not out.is_error
 
 
-async def test_huge_message_is_stored_whole_and_truncated_for_the_model(make_app: Any, tmp_path: Path) -> None:
+async def test_huge_message_is_stored_whole_and_truncated_for_the_model(
+    make_app: Any, tmp_path: Path
+) -> None:
     backend = MockBackend()
     app = await make_app(backend, max_input_chars=1000)
     text = "lorem ipsum " * 9000  # ~100 KB
@@ -304,11 +328,15 @@ async def test_huge_message_is_stored_whole_and_truncated_for_the_model(make_app
     assert not out.is_error
     sent = backend.requests[-1].messages[-1].content
     assert len(sent) < 1200 and "characters long; only the first" in sent
-    [(stored_len, truncated)] = rows(tmp_path, "select length(text), truncated from messages where direction='in'")
+    [(stored_len, truncated)] = rows(
+        tmp_path, "select length(text), truncated from messages where direction='in'"
+    )
     assert stored_len == len(text.strip()) and truncated == 1
 
 
-async def test_control_characters_nul_and_surrogates_are_cleaned(make_app: Any, tmp_path: Path) -> None:
+async def test_control_characters_nul_and_surrogates_are_cleaned(
+    make_app: Any, tmp_path: Path
+) -> None:
     backend = MockBackend()
     app = await make_app(backend)
     [out] = await app.engine.handle(dm("he\x00llo\x07 \ud83d world 你好"))
@@ -317,11 +345,18 @@ async def test_control_characters_nul_and_surrogates_are_cleaned(make_app: Any, 
     assert text == "hello \ufffd world 你好"
 
 
-async def test_not_addressed_message_is_stored_as_context_only(make_app: Any, tmp_path: Path) -> None:
+async def test_not_addressed_message_is_stored_as_context_only(
+    make_app: Any, tmp_path: Path
+) -> None:
     backend = MockBackend()
     app = await make_app(backend)
     scope = Scope(platform="test", space="guild", channel="general", user="u2", persona="tester")
-    msg = Incoming(scope=scope, actor=Actor(platform="test", id="u2", display_name="Bo"), text="chatter", addressed_to_bot=False)
+    msg = Incoming(
+        scope=scope,
+        actor=Actor(platform="test", id="u2", display_name="Bo"),
+        text="chatter",
+        addressed_to_bot=False,
+    )
     assert await app.engine.handle(msg) == []
     assert rows(tmp_path, "select status from messages") == [("ignored",)]
     await app.engine.handle(in_channel("hey Tess", "u3", "Cy"))
@@ -339,9 +374,13 @@ async def test_redelivered_platform_message_is_answered_once(make_app: Any, tmp_
 async def test_unknown_persona_is_recorded_and_apologised(make_app: Any, tmp_path: Path) -> None:
     app = await make_app(MockBackend())
     scope = Scope(platform="test", channel="x", user="u", persona="nobody")
-    [out] = await app.engine.handle(Incoming(scope=scope, actor=Actor(platform="test", id="u"), text="hi"))
+    [out] = await app.engine.handle(
+        Incoming(scope=scope, actor=Actor(platform="test", id="u"), text="hi")
+    )
     assert out.is_error
-    assert rows(tmp_path, "select stage, error_type from failures") == [("persona", "PersonaNotFound")]
+    assert rows(tmp_path, "select stage, error_type from failures") == [
+        ("persona", "PersonaNotFound")
+    ]
 
 
 async def test_greeting_is_rendered_and_stored(make_app: Any, tmp_path: Path) -> None:
@@ -349,10 +388,14 @@ async def test_greeting_is_rendered_and_stored(make_app: Any, tmp_path: Path) ->
     scope = Scope(platform="test", channel="dm-g", user="g", persona="tester")
     out = await app.engine.greeting(scope, "Gus")
     assert out is not None and out.text == "Hi Gus!"
-    assert rows(tmp_path, "select direction, kind, text from messages") == [("out", "greeting", "Hi Gus!")]
+    assert rows(tmp_path, "select direction, kind, text from messages") == [
+        ("out", "greeting", "Hi Gus!")
+    ]
 
 
-async def test_reply_records_the_persona_version_that_produced_it(make_app: Any, tmp_path: Path) -> None:
+async def test_reply_records_the_persona_version_that_produced_it(
+    make_app: Any, tmp_path: Path
+) -> None:
     app = await make_app(MockBackend(lambda req: "v"))
     first = app.personas.get("tester").content_hash
     await app.engine.handle(dm("before"))
@@ -362,11 +405,16 @@ async def test_reply_records_the_persona_version_that_produced_it(make_app: Any,
     second = app.personas.get("tester").content_hash
     assert second != first
     await app.engine.handle(dm("after"))
-    assert rows(tmp_path, "select persona_hash from messages where direction='out' order by id") == [
+    assert rows(
+        tmp_path, "select persona_hash from messages where direction='out' order by id"
+    ) == [
         (first,),
         (second,),
     ]
-    assert {h for (h,) in rows(tmp_path, "select content_hash from persona_versions")} == {first, second}
+    assert {h for (h,) in rows(tmp_path, "select content_hash from persona_versions")} == {
+        first,
+        second,
+    }
 
 
 async def test_drain_waits_for_in_flight_turns(make_app: Any) -> None:
@@ -379,7 +427,7 @@ async def test_drain_waits_for_in_flight_turns(make_app: Any) -> None:
     app = await make_app(MockBackend(handler))
     turn = asyncio.create_task(app.engine.handle(dm("slow")))
     await asyncio.sleep(0.05)
-    drain = asyncio.create_task(app.engine.drain(timeout=5))
+    drain = asyncio.create_task(app.engine.drain(grace_s=5))
     await asyncio.sleep(0.05)
     assert not drain.done()
     release.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from bot.llm.base import ChatMessage, ChatRequest, Completion, StreamChunk
+from bot.llm.base import ChatMessage, ChatRequest, Completion, StreamChunk, TokenCounter
 from bot.llm.tokens import ApproxTokenCounter
 
 __all__ = ["MockBackend", "echo_handler"]
@@ -32,7 +32,7 @@ class MockBackend:
     def __init__(self, handler: Handler = echo_handler, *, model: str = "mock") -> None:
         self._handler = handler
         self.model = model
-        self.tokens = ApproxTokenCounter()
+        self.tokens: TokenCounter = ApproxTokenCounter()
         self.requests: list[ChatRequest] = []
 
     async def _text(self, request: ChatRequest) -> str:

@@ -14,23 +14,78 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, insert, or_, select, update
+from sqlalchemy import Connection, CursorResult, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
 
 from bot.db import Database
 from bot.messages import Actor, Incoming, Scope, TurnKind
-from bot.models import Conversation, Direction, Failure, Message, MessageStatus, PersonaVersion, User
+from bot.models import (
+    Conversation,
+    Direction,
+    Failure,
+    Message,
+    MessageStatus,
+    PersonaVersion,
+    User,
+)
 
 __all__ = ["HistoryTurn", "Ledger", "ReplyRecord", "StoredIncoming"]
 
-_users: Table = User.__table__  # type: ignore[assignment]
-_conversations: Table = Conversation.__table__  # type: ignore[assignment]
-_messages: Table = Message.__table__  # type: ignore[assignment]
-_failures: Table = Failure.__table__  # type: ignore[assignment]
-_versions: Table = PersonaVersion.__table__  # type: ignore[assignment]
+_tables = SQLModel.metadata.tables
+_users: Table = _tables[User.__tablename__]
+_conversations: Table = _tables[Conversation.__tablename__]
+_messages: Table = _tables[Message.__tablename__]
+_failures: Table = _tables[Failure.__tablename__]
+_versions: Table = _tables[PersonaVersion.__tablename__]
 
 # Kinds of outgoing rows that are part of the conversation the model should see.
 _SPOKEN_KINDS = (TurnKind.MESSAGE.value, TurnKind.PROACTIVE.value, TurnKind.GREETING.value)
+
+# Statements on the hot path are built once: SQLAlchemy then reuses their compiled
+# form, which halves the cost of a turn's queries compared to building them per call.
+_INSERT_MESSAGE = insert(_messages)
+_FIND_INCOMING = select(_messages.c.id).where(
+    _messages.c.conversation_id == bindparam("conversation_id"),
+    _messages.c.platform_message_id == bindparam("platform_message_id"),
+    _messages.c.direction == Direction.IN.value,
+)
+_TOUCH_CONVERSATION = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("cid"))
+    .values(last_message_at=bindparam("at"))
+)
+_SET_STATUS = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("mid"))
+    .values(status=bindparam("new_status"))
+)
+_HISTORY_COLUMNS = (
+    _messages.c.id,
+    _messages.c.direction,
+    _messages.c.text,
+    _messages.c.created_at,
+    _users.c.display_name,
+    _users.c.platform_user_id,
+)
+_HISTORY_BASE = (
+    select(*_HISTORY_COLUMNS)
+    .select_from(_messages.outerjoin(_users, _messages.c.user_id == _users.c.id))
+    .where(
+        _messages.c.conversation_id == bindparam("conversation_id"),
+        _messages.c.deleted_at.is_(None),
+        _messages.c.kind.in_(_SPOKEN_KINDS),
+    )
+    .order_by(_messages.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_HISTORY_ALL = _HISTORY_BASE
+# Replies may carry larger ids than the message being answered (it was stored while an
+# earlier turn was still generating), so the cut-off applies to what people said, not
+# to what the persona answered.
+_HISTORY_BEFORE = _HISTORY_BASE.where(
+    or_(_messages.c.id < bindparam("before_id"), _messages.c.direction == Direction.OUT.value)
+)
 
 
 def _aware(value: datetime) -> datetime:
@@ -46,6 +101,8 @@ class StoredIncoming:
     conversation_id: int
     user_id: int
     duplicate: bool = False
+    #: The conversation before this message, when asked for with `with_history`.
+    history: tuple[HistoryTurn, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +159,20 @@ class Ledger:
     # -- writes -----------------------------------------------------------------
 
     async def record_incoming(
-        self, incoming: Incoming, text: str, *, truncated: bool = False
+        self,
+        incoming: Incoming,
+        text: str,
+        *,
+        truncated: bool = False,
+        status: MessageStatus = MessageStatus.RECEIVED,
+        with_history: int | None = None,
     ) -> StoredIncoming:
         """Commit an incoming message (and its user and conversation) before any answer.
 
         A platform redelivery of a message already stored (same conversation and
         platform message id) returns the stored row with `duplicate=True`.
+        `with_history=N` also reads the N messages before it in the same round trip
+        (what `history(..., before_id=...)` would return), saving a turn one query.
         """
         pending: list[Callable[[], None]] = []
 
@@ -117,34 +182,35 @@ class Ledger:
             conversation_id = self._ensure_conversation(conn, incoming.scope, now, pending)
             if incoming.platform_message_id is not None:
                 existing = conn.execute(
-                    select(_messages.c.id).where(
-                        _messages.c.conversation_id == conversation_id,
-                        _messages.c.platform_message_id == incoming.platform_message_id,
-                        _messages.c.direction == Direction.IN.value,
-                    )
+                    _FIND_INCOMING,
+                    {
+                        "conversation_id": conversation_id,
+                        "platform_message_id": incoming.platform_message_id,
+                    },
                 ).scalar()
                 if existing is not None:
                     return StoredIncoming(existing, conversation_id, user_id, duplicate=True)
             result = conn.execute(
-                insert(_messages).values(
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    direction=Direction.IN.value,
-                    kind=incoming.kind.value,
-                    status=MessageStatus.RECEIVED.value,
-                    text=text,
-                    truncated=truncated,
-                    platform_message_id=incoming.platform_message_id,
-                    persona_id=incoming.scope.persona,
-                    created_at=now,
-                )
+                _INSERT_MESSAGE,
+                {
+                    "conversation_id": conversation_id,
+                    "user_id": user_id,
+                    "direction": Direction.IN.value,
+                    "kind": incoming.kind.value,
+                    "status": status.value,
+                    "text": text,
+                    "truncated": truncated,
+                    "platform_message_id": incoming.platform_message_id,
+                    "persona_id": incoming.scope.persona,
+                    "created_at": now,
+                },
             )
-            conn.execute(
-                update(_conversations)
-                .where(_conversations.c.id == conversation_id)
-                .values(last_message_at=now)
-            )
-            return StoredIncoming(int(result.inserted_primary_key[0]), conversation_id, user_id)
+            conn.execute(_TOUCH_CONVERSATION, {"cid": conversation_id, "at": now})
+            message_id = _new_id(result)
+            history = None
+            if with_history is not None:
+                history = tuple(_read_history(conn, conversation_id, message_id, with_history))
+            return StoredIncoming(message_id, conversation_id, user_id, history=history)
 
         stored = await self.db.run(work)
         for apply in pending:
@@ -157,31 +223,32 @@ class Ledger:
         def work(conn: Connection) -> int:
             created = reply.created_at or datetime.now(UTC)
             result = conn.execute(
-                insert(_messages).values(
-                    conversation_id=reply.conversation_id,
-                    user_id=reply.user_id,
-                    direction=Direction.OUT.value,
-                    kind=reply.kind,
-                    status=MessageStatus.GENERATED.value,
-                    text=reply.text,
-                    reply_to_id=reply.reply_to_id,
-                    persona_id=reply.persona_id,
-                    persona_hash=reply.persona_hash,
-                    backend=reply.backend,
-                    model=reply.model,
-                    latency_ms=reply.latency_ms,
-                    prompt_tokens=reply.prompt_tokens,
-                    completion_tokens=reply.completion_tokens,
-                    created_at=created,
-                )
+                _INSERT_MESSAGE,
+                {
+                    "conversation_id": reply.conversation_id,
+                    "user_id": reply.user_id,
+                    "direction": Direction.OUT.value,
+                    "kind": reply.kind,
+                    "status": MessageStatus.GENERATED.value,
+                    "text": reply.text,
+                    "truncated": False,
+                    "reply_to_id": reply.reply_to_id,
+                    "persona_id": reply.persona_id,
+                    "persona_hash": reply.persona_hash,
+                    "backend": reply.backend,
+                    "model": reply.model,
+                    "latency_ms": reply.latency_ms,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "created_at": created,
+                },
             )
             if reply.reply_to_id is not None and reply.kind != "apology":
                 conn.execute(
-                    update(_messages)
-                    .where(_messages.c.id == reply.reply_to_id)
-                    .values(status=MessageStatus.ANSWERED.value)
+                    _SET_STATUS,
+                    {"mid": reply.reply_to_id, "new_status": MessageStatus.ANSWERED.value},
                 )
-            return int(result.inserted_primary_key[0])
+            return _new_id(result)
 
         return await self.db.run(work)
 
@@ -219,7 +286,7 @@ class Ledger:
                     )
                     .values(status=MessageStatus.FAILED.value)
                 )
-            return int(result.inserted_primary_key[0])
+            return _new_id(result)
 
         return await self.db.run(work)
 
@@ -286,46 +353,9 @@ class Ledger:
         if limit <= 0:
             return []
 
-        def work(conn: Connection) -> list[HistoryTurn]:
-            conditions = [
-                _messages.c.conversation_id == conversation_id,
-                _messages.c.deleted_at.is_(None),
-                _messages.c.kind.in_(_SPOKEN_KINDS),
-            ]
-            if before_id is not None:
-                # Replies may carry larger ids than the message being answered (it was
-                # stored while an earlier turn was still generating), so the cut-off
-                # applies to what people said, not to what the persona answered.
-                conditions.append(
-                    or_(_messages.c.id < before_id, _messages.c.direction == Direction.OUT.value)
-                )
-            rows = conn.execute(
-                select(
-                    _messages.c.id,
-                    _messages.c.direction,
-                    _messages.c.text,
-                    _messages.c.created_at,
-                    _users.c.display_name,
-                    _users.c.platform_user_id,
-                )
-                .select_from(_messages.outerjoin(_users, _messages.c.user_id == _users.c.id))
-                .where(and_(*conditions))
-                .order_by(_messages.c.id.desc())
-                .limit(limit)
-            ).all()
-            return [
-                HistoryTurn(
-                    message_id=row.id,
-                    role="user" if row.direction == Direction.IN.value else "assistant",
-                    text=row.text,
-                    display_name=row.display_name or "",
-                    user_platform_id=row.platform_user_id,
-                    created_at=_aware(row.created_at),
-                )
-                for row in reversed(rows)
-            ]
-
-        return await self.db.run(work)
+        return await self.db.run(
+            lambda conn: _read_history(conn, conversation_id, before_id, limit)
+        )
 
     async def conversation_id(self, scope: Scope) -> int:
         """The row id of the scope's conversation, created if new."""
@@ -358,19 +388,20 @@ class Ledger:
         if row is None:
             try:
                 with conn.begin_nested():
-                    new_id = conn.execute(
-                        insert(_users).values(
-                            platform=actor.platform,
-                            platform_user_id=actor.id,
-                            display_name=actor.display_name,
-                            is_bot=actor.is_bot,
-                            created_at=now,
-                            last_seen_at=now,
+                    user_id = _new_id(
+                        conn.execute(
+                            insert(_users).values(
+                                platform=actor.platform,
+                                platform_user_id=actor.id,
+                                display_name=actor.display_name,
+                                is_bot=actor.is_bot,
+                                created_at=now,
+                                last_seen_at=now,
+                            )
                         )
-                    ).inserted_primary_key[0]
+                    )
             except IntegrityError:  # another process inserted the same user just now
-                new_id = conn.execute(select(_users.c.id).where(where)).scalar_one()
-            user_id = int(new_id)
+                user_id = int(conn.execute(select(_users.c.id).where(where)).scalar_one())
         else:
             user_id = int(row.id)
             conn.execute(
@@ -388,23 +419,27 @@ class Ledger:
         cached = self._conversation_ids.get(key)
         if cached is not None:
             return int(cached)
-        found = conn.execute(select(_conversations.c.id).where(_conversations.c.key == key)).scalar()
+        found: int | None = conn.execute(
+            select(_conversations.c.id).where(_conversations.c.key == key)
+        ).scalar()
         if found is None:
             try:
                 with conn.begin_nested():
-                    found = conn.execute(
-                        insert(_conversations).values(
-                            key=key,
-                            platform=scope.platform,
-                            space=scope.space,
-                            channel=scope.channel,
-                            thread=scope.thread,
-                            persona_id=scope.persona,
-                            is_direct=scope.is_direct,
-                            created_at=now,
-                            last_message_at=now,
+                    found = _new_id(
+                        conn.execute(
+                            insert(_conversations).values(
+                                key=key,
+                                platform=scope.platform,
+                                space=scope.space,
+                                channel=scope.channel,
+                                thread=scope.thread,
+                                persona_id=scope.persona,
+                                is_direct=scope.is_direct,
+                                created_at=now,
+                                last_message_at=now,
+                            )
                         )
-                    ).inserted_primary_key[0]
+                    )
             except IntegrityError:
                 found = conn.execute(
                     select(_conversations.c.id).where(_conversations.c.key == key)
@@ -412,3 +447,36 @@ class Ledger:
         conversation_id = int(found)
         pending.append(lambda: self._conversation_ids.put(key, conversation_id))
         return conversation_id
+
+
+def _read_history(
+    conn: Connection, conversation_id: int, before_id: int | None, limit: int
+) -> list[HistoryTurn]:
+    if limit <= 0:
+        return []
+    params: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit}
+    statement = _HISTORY_ALL
+    if before_id is not None:
+        statement = _HISTORY_BEFORE
+        params["before_id"] = before_id
+    rows = conn.execute(statement, params).all()
+    return [
+        HistoryTurn(
+            message_id=row.id,
+            role="user" if row.direction == _IN else "assistant",
+            text=row.text,
+            display_name=row.display_name or "",
+            user_platform_id=row.platform_user_id,
+            created_at=_aware(row.created_at),
+        )
+        for row in reversed(rows)
+    ]
+
+
+_IN = Direction.IN.value
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None, "an INSERT of one row returns its primary key"
+    return int(key[0])

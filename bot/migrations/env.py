@@ -14,7 +14,9 @@ target_metadata = SQLModel.metadata
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("bot.db.upgrade passes a connection; run migrations through `bot db upgrade`")
+        raise RuntimeError(
+            "bot.db.upgrade passes a connection; run migrations through `bot db upgrade`"
+        )
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -1,0 +1,484 @@
+"""In-process generation with transformers: the backend that needs no server.
+
+One model per backend, on one dedicated worker thread: loading and every generation
+run there, one at a time, so the event loop never blocks and concurrent requests
+queue in arrival order. Streamed text reaches the event loop through
+`loop.call_soon_threadsafe` into an `asyncio.Queue`.
+
+LoRA: a request whose `adapter` is a local directory (peft's `adapter_config.json` +
+weights) is answered with that adapter, loaded with peft on first use and kept (the
+`max_adapters` most recently used). Requests without one use the bare base model, and
+so do requests naming an adapter that is no local directory (such as the served name
+of a vLLM adapter): those log a warning once and their `Completion.model` is the base
+model's.
+
+torch, transformers (and peft for adapters) come with the `local` extra; this module
+imports them only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import importlib
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from bot.errors import BackendError, BackendUnavailable
+from bot.llm.base import ChatMessage, ChatRequest, Completion, StreamChunk, TokenCounter
+from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter
+
+if TYPE_CHECKING:
+    from bot.config import LLMSettings
+
+__all__ = ["TransformersBackend"]
+
+_log = structlog.get_logger(__name__)
+
+_INSTALL_HINT = "install the local extra: pip install 'personabot[local]'"
+_TINY_HINT = (
+    "Pass a local model directory (llm.model in bot.toml, BOT_LLM__MODEL, or --model), "
+    "or for tests build the tiny random model with `bot models tiny DIR` "
+    "(bot.llm.tiny.build_tiny_model)."
+)
+
+
+def _lazy(module: str) -> Any:
+    # Heavy optional dependencies are imported on first use, and typed as Any so that
+    # nothing here depends on their stubs.
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the transformers backend needs {module}: {_INSTALL_HINT}"
+        ) from exc
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or Path(name).exists() or "\\" in name
+
+
+@dataclass
+class _Loaded:
+    """What the worker thread owns once the model is loaded."""
+
+    tokenizer: Any
+    model: Any
+    device: Any
+    context: int | None
+    # adapter dir -> peft adapter name, least recently used first; non-empty once the
+    # model is wrapped by peft.
+    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    adapter_serial: int = 0
+
+
+class _TextFeed:
+    """Turns the growing list of generated token ids into safe text deltas.
+
+    Holds back an incomplete UTF-8 character and any tail that could be the start of
+    a stop string; cuts at the first stop string and then says `stopped`.
+    """
+
+    def __init__(
+        self, tokenizer: Any, stops: Sequence[str], emit: Callable[[str], None] | None
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._stops = tuple(s for s in stops if s)
+        self._emit = emit
+        self._sent: list[str] = []
+        self._sent_len = 0
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self._sent)
+
+    def update(self, ids: Sequence[int], *, final: bool = False) -> None:
+        if self.stopped:
+            return
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return  # the rest of a multi-byte character is still to come
+        cut = self._first_stop(text)
+        if cut is not None:
+            text, self.stopped = text[:cut], True
+            safe = len(text)
+        elif final:
+            safe = len(text)
+        else:
+            safe = len(text) - self._held_back(text)
+        if safe > self._sent_len:
+            delta = text[self._sent_len : safe]
+            self._sent.append(delta)
+            self._sent_len = safe
+            if self._emit is not None:
+                self._emit(delta)
+
+    def _first_stop(self, text: str) -> int | None:
+        # Only the unsent tail can hold a new stop string (sent text was checked).
+        start = max(0, self._sent_len - max((len(s) for s in self._stops), default=0))
+        found = [i for s in self._stops if (i := text.find(s, start)) != -1]
+        return min(found) if found else None
+
+    def _held_back(self, text: str) -> int:
+        # The longest tail of `text` that a stop string starts with.
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+
+@dataclass(eq=False)  # identity: jobs live in a set
+class _Job:
+    """One generation, as the worker thread sees it."""
+
+    request: ChatRequest
+    emit: Callable[[str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class TransformersBackend:
+    """Local generation with a transformers causal LM and its chat template.
+
+    Build it with `await TransformersBackend.create(model)` (or construct, then
+    `await load()`); `model` is a local directory or a hub id. Temperature 0 means
+    greedy decoding; a `seed` makes sampling repeatable without touching the
+    process's global random state. `Sampling.extra` keys that are generation options
+    (`top_k`, `repetition_penalty`, …) are applied; others are ignored.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_adapters: int = 4,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.max_adapters = max_adapters
+        self.tokens: TokenCounter = ApproxTokenCounter()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-transformers")
+        self._loaded: _Loaded | None = None  # touched only on the worker thread, and by aclose
+        self._jobs: set[_Job] = set()
+        self._warned_adapters: set[str] = set()  # touched only on the worker thread
+        self._closed = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: LLMSettings, *, model: str | None = None
+    ) -> TransformersBackend:
+        """An unloaded backend configured by `settings` (`model` overrides theirs)."""
+        return cls(model or settings.model, device=settings.device, dtype=settings.dtype)
+
+    @classmethod
+    async def create(
+        cls, model: str, *, device: str = "cpu", dtype: str = "auto", max_adapters: int = 4
+    ) -> TransformersBackend:
+        """A loaded backend; raises `BackendUnavailable` when the model cannot be loaded."""
+        backend = cls(model, device=device, dtype=dtype, max_adapters=max_adapters)
+        try:
+            await backend.load()
+        except BaseException:
+            await backend.aclose()
+            raise
+        return backend
+
+    async def load(self) -> None:
+        """Load tokenizer and model on the worker thread (once; later calls return at once).
+
+        Raises `BackendUnavailable` when the model cannot be found or loaded.
+        """
+        await self._submit(self._load_sync)
+
+    async def _submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise BackendUnavailable(f"transformers backend for {self.model!r} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    # -- worker thread ----------------------------------------------------------------
+
+    def _load_sync(self) -> _Loaded:
+        if self._loaded is not None:
+            return self._loaded
+        torch = _lazy("torch")
+        transformers = _lazy("transformers")
+        source = self.model
+        if _looks_like_path(source) and not Path(source).expanduser().is_dir():
+            raise BackendUnavailable(f"model {source!r}: no such directory. {_TINY_HINT}")
+        if _looks_like_path(source):
+            source = str(Path(source).expanduser())
+        device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if self.device == "auto"
+            else self.device
+        )
+        if self.dtype == "auto":
+            # CPUs are slow at half precision; elsewhere take the dtype the model ships in.
+            dtype: Any = torch.float32 if device.type == "cpu" else "auto"
+        else:
+            dtype = getattr(torch, self.dtype)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            # The event loop counts tokens while this thread generates; fast tokenizers
+            # are not safe to share across threads, so the counter gets its own copy.
+            counter_tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model.to(device).eval()
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"model {self.model!r} cannot be loaded: it is not a local model directory "
+                f"and could not be fetched from the Hugging Face hub or found in its cache "
+                f"(offline? HF_HUB_OFFLINE is honoured). {_TINY_HINT} ({exc})"
+            ) from exc
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"model {self.model!r} cannot be loaded on {device}: {type(exc).__name__}: {exc}"
+            ) from exc
+        context = getattr(model.config, "max_position_embeddings", None)
+        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, context=context)
+        self.tokens = HFTokenCounter(counter_tokenizer)
+        _log.info("llm_model_loaded", backend=self.name, model=self.model, device=str(device))
+        return self._loaded
+
+    def _adapter_dir(self, adapter: str | None) -> Path | None:
+        """The adapter directory to use, or None for the base model.
+
+        A name that is no local adapter directory (a persona written for vLLM names the
+        adapter vLLM serves) cannot be loaded here: the base model answers, with a
+        warning the first time, and the `Completion` names the base model.
+        """
+        if adapter is None:
+            return None
+        path = Path(adapter).expanduser()
+        if (path / "adapter_config.json").is_file():
+            return path
+        if adapter not in self._warned_adapters:
+            self._warned_adapters.add(adapter)
+            _log.warning(
+                "llm_adapter_skipped",
+                backend=self.name,
+                adapter=adapter,
+                reason="not a LoRA adapter directory (no adapter_config.json); "
+                "the transformers backend loads adapters from local directories",
+                fallback=f"base model {self.model}",
+            )
+        return None
+
+    def _use_adapter(self, loaded: _Loaded, path: Path | None) -> AbstractContextManager[Any]:
+        """Point the model at the adapter in `path` (loaded once); a context for generating."""
+        if path is None:
+            if loaded.adapters:  # the model is wrapped by peft: switch the adapters off
+                return cast(AbstractContextManager[Any], loaded.model.disable_adapter())
+            return contextlib.nullcontext()
+        key = str(path.resolve())
+        name = loaded.adapters.get(key)
+        if name is None:
+            peft = _lazy("peft")
+            loaded.adapter_serial += 1
+            name = f"adapter{loaded.adapter_serial}"
+            try:
+                if loaded.adapters:
+                    loaded.model.load_adapter(key, adapter_name=name)
+                else:
+                    loaded.model = peft.PeftModel.from_pretrained(
+                        loaded.model, key, adapter_name=name
+                    )
+                loaded.model.eval()
+            except Exception as exc:
+                raise BackendError(f"adapter {str(path)!r} cannot be loaded: {exc}") from exc
+            loaded.adapters[key] = name
+            while len(loaded.adapters) > self.max_adapters:
+                _, old = loaded.adapters.popitem(last=False)
+                loaded.model.delete_adapter(old)
+        loaded.adapters.move_to_end(key)
+        loaded.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    def _generation_config(self, loaded: _Loaded, request: ChatRequest) -> Any:
+        sampling = request.sampling
+        config = copy.deepcopy(loaded.model.generation_config)
+        config.max_new_tokens = sampling.max_tokens
+        if sampling.temperature <= 0:
+            config.do_sample = False
+            # Unset sampling options so transformers does not warn they are unused.
+            config.temperature = config.top_p = config.top_k = None
+        else:
+            config.do_sample = True
+            config.temperature = sampling.temperature
+            config.top_p = sampling.top_p
+        tokenizer = loaded.tokenizer
+        if config.pad_token_id is None:
+            config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+        if config.eos_token_id is None:
+            config.eos_token_id = tokenizer.eos_token_id
+        for key, value in sampling.extra.items():
+            if hasattr(config, key) and key not in {"max_new_tokens", "streamer"}:
+                setattr(config, key, value)
+            else:
+                _log.debug("llm_option_ignored", backend=self.name, option=key)
+        return config
+
+    def _prompt_ids(self, loaded: _Loaded, messages: Sequence[ChatMessage]) -> Any:
+        tokenizer = loaded.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            encoded = tokenizer.apply_chat_template(
+                [{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+            )
+            return encoded["input_ids"]
+        text = "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "
+        return tokenizer(text, return_tensors="pt")["input_ids"]
+
+    def _generate_sync(self, job: _Job) -> Completion:
+        request = job.request
+        loaded = self._load_sync()
+        torch = _lazy("torch")
+        transformers = _lazy("transformers")
+        input_ids = self._prompt_ids(loaded, request.messages).to(loaded.device)
+        prompt_len = int(input_ids.shape[1])
+        if loaded.context and prompt_len + request.sampling.max_tokens > loaded.context:
+            raise BackendError(
+                f"prompt of {prompt_len} tokens plus max_tokens {request.sampling.max_tokens} "
+                f"exceeds the context of {loaded.context} tokens of {self.model!r}"
+            )
+        feed = _TextFeed(loaded.tokenizer, request.sampling.stop, job.emit)
+        stopping_criteria: Any = transformers.StoppingCriteria
+
+        class _Watch(stopping_criteria):  # type: ignore[misc]
+            # Runs after every new token: feeds the text out and stops at a stop string
+            # or when the caller went away. (A streamer's put() comes a step later in
+            # some transformers versions, which would overshoot the stop by a token.)
+            def __call__(self, ids: Any, scores: Any, **kwargs: Any) -> Any:
+                feed.update(ids[0, prompt_len:].tolist())
+                done = feed.stopped or job.cancel.is_set()
+                return torch.full((ids.shape[0],), done, dtype=torch.bool, device=ids.device)
+
+        config = self._generation_config(loaded, request)
+        adapter = self._adapter_dir(request.adapter)
+        seed = request.sampling.seed
+        # fork_rng: a seeded request must not reset the process's random state.
+        cuda = loaded.device.type == "cuda"
+        devices = [loaded.device.index or 0] if cuda else []
+        with (
+            torch.random.fork_rng(devices=devices, enabled=seed is not None),
+            torch.inference_mode(),
+            self._use_adapter(loaded, adapter),
+        ):
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = loaded.model.generate(
+                input_ids=input_ids,
+                # One unpadded sequence; explicit so models whose pad is eos don't warn.
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=config,
+                stopping_criteria=transformers.StoppingCriteriaList([_Watch()]),
+            )
+        generated = output[0, prompt_len:].tolist()
+        feed.update(generated, final=True)
+        eos = config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        if feed.stopped or (generated and generated[-1] in eos_ids):
+            finish = "stop"
+        elif job.cancel.is_set():
+            finish = "cancelled"
+        else:
+            finish = "length"
+        return Completion(
+            text=feed.text,
+            model=self.model if adapter is None else (request.adapter or self.model),
+            prompt_tokens=prompt_len,
+            completion_tokens=len(generated),
+            finish_reason=finish,
+        )
+
+    # -- protocol ---------------------------------------------------------------------
+
+    def _check(self, request: ChatRequest) -> None:
+        if request.model is not None and request.model != self.model:
+            raise BackendError(
+                f"this transformers backend serves {self.model!r}, not {request.model!r}; "
+                "create a backend for that model"
+            )
+
+    async def _run(self, job: _Job) -> Completion:
+        self._jobs.add(job)
+        try:
+            result: Completion = await self._submit(self._generate_sync, job)
+            return result
+        finally:
+            # Cancelled callers stop the generation at the next token.
+            job.cancel.set()
+            self._jobs.discard(job)
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        """The whole answer, generated on the worker thread."""
+        self._check(request)
+        return await self._run(_Job(request))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """The answer as it is generated; the last chunk carries the `Completion`.
+
+        Leaving the iteration early stops the generation at the next token.
+        """
+        self._check(request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def emit(delta: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, delta)
+
+        job = _Job(request, emit=emit)
+        task = asyncio.ensure_future(self._run(job))
+        # Queued after every delta (call_soon_threadsafe keeps order), so None comes last.
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (delta := await queue.get()) is not None:
+                yield StreamChunk(delta=delta)
+            yield StreamChunk(delta="", completion=await task)
+        finally:
+            job.cancel.set()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def aclose(self) -> None:
+        """Stop running generations, shut the worker thread down, and drop the model."""
+        if self._closed:
+            return
+        self._closed = True
+        for job in list(self._jobs):
+            job.cancel.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        self._loaded = None
+
+    async def __aenter__(self) -> TransformersBackend:
+        await self.load()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,71 @@
+"""Personas: the YAML schema, loading with file:line problems, rendering, hot reload.
+
+    schema     `Persona` and its sections; `persona_json_schema()` for editors
+    loader     `load_persona`, `check_paths`: every problem as file:line:column
+    render     `render_system_prompt`, `render_greeting` in a Jinja2 sandbox
+    registry   `PersonaRegistry`: serves personas by id, reloads them on change
+
+This package knows nothing about platforms.
+"""
+
+from __future__ import annotations
+
+from bot.personas.loader import (
+    LoadedPersona,
+    check_paths,
+    find_persona_files,
+    load_persona,
+    parse_persona,
+)
+from bot.personas.problems import PersonaFileError, Problem
+from bot.personas.registry import OnLoaded, PersonaRegistry
+from bot.personas.render import (
+    TEMPLATE_VARIABLES,
+    PersonaTemplateError,
+    PromptContext,
+    TemplateSecurityError,
+    render_greeting,
+    render_system_prompt,
+    template_variables,
+)
+from bot.personas.schema import (
+    SCHEMA_ID,
+    Memory,
+    ModelChoice,
+    Persona,
+    Safety,
+    Sampling,
+    Style,
+    Turn,
+    persona_json_schema,
+    persona_json_schema_text,
+)
+
+__all__ = [
+    "SCHEMA_ID",
+    "TEMPLATE_VARIABLES",
+    "LoadedPersona",
+    "Memory",
+    "ModelChoice",
+    "OnLoaded",
+    "Persona",
+    "PersonaFileError",
+    "PersonaRegistry",
+    "PersonaTemplateError",
+    "Problem",
+    "PromptContext",
+    "Safety",
+    "Sampling",
+    "Style",
+    "TemplateSecurityError",
+    "Turn",
+    "check_paths",
+    "find_persona_files",
+    "load_persona",
+    "parse_persona",
+    "persona_json_schema",
+    "persona_json_schema_text",
+    "render_greeting",
+    "render_system_prompt",
+    "template_variables",
+]

@@ -1,0 +1,298 @@
+"""The typed shape of a persona YAML file (schema version 1).
+
+A file is parsed into a frozen `Persona` once, at load; nothing downstream reads raw
+YAML. Unknown fields are errors, so a typo (`temprature:`) is caught instead of
+silently ignored. Every field carries a description: `persona_json_schema()` turns
+them into the JSON Schema that editors use for completion and hover help.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from bot.personas._templates import check_template
+
+__all__ = [
+    "SCHEMA_ID",
+    "ExampleDialogue",
+    "Memory",
+    "ModelChoice",
+    "Persona",
+    "Safety",
+    "Sampling",
+    "Style",
+    "Turn",
+    "persona_json_schema",
+    "persona_json_schema_text",
+]
+
+#: Identifies the persona JSON Schema (`$id`); bump the version with `Persona.version`.
+SCHEMA_ID = "urn:personabot:persona:1"
+
+#: The pydantic error type of template problems; its context has `template_line`.
+TEMPLATE_ERROR = "persona_template"
+
+PersonaId = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description=(
+            "Stable identifier: lowercase letters, digits, '-' and '_', at most 64 characters. "
+            "Memories and training data are keyed by it, so do not rename a persona in use."
+        ),
+        examples=["samantha"],
+    ),
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Style(_Section):
+    """How the persona talks."""
+
+    traits: tuple[str, ...] = Field(
+        default=(), description="Personality traits, e.g. 'curious', 'playful'."
+    )
+    tone: str = Field(default="", description="The overall tone, e.g. 'warm and teasing'.")
+    reply_length: Literal["short", "medium", "long"] = Field(
+        default="medium", description="How long replies usually are."
+    )
+
+
+class Sampling(_Section):
+    """Sampling options for the persona's replies."""
+
+    temperature: float = Field(default=0.8, ge=0, le=2, description="Randomness, 0 to 2.")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass, (0, 1].")
+    max_tokens: int = Field(
+        default=256, ge=1, le=8192, description="Upper bound on tokens per reply."
+    )
+    stop: tuple[str, ...] = Field(default=(), description="Strings that end a reply.")
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        description="Penalty for repeated tokens (1.0 = none); unset: server default.",
+    )
+    seed: int | None = Field(default=None, description="Fixed seed for reproducible sampling.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further options passed to the server unchanged (vLLM's extra_body), "
+        "e.g. {min_p: 0.05}.",
+    )
+
+
+class ModelChoice(_Section):
+    """Which model voices the persona; unset fields use the bot's configuration."""
+
+    backend: Literal["openai", "transformers"] | None = Field(
+        default=None, description="LLM backend; unset: the configured default (llm.backend)."
+    )
+    name: str | None = Field(
+        default=None, description="Model name or path; unset: the configured llm.model."
+    )
+    adapter: str | None = Field(
+        default=None,
+        description="LoRA adapter name (for vLLM: the served name of an adapter loaded with "
+        "--lora-modules).",
+    )
+    context_window: int | None = Field(
+        default=None, ge=256, description="Context size in tokens; unset: llm.context_window."
+    )
+
+
+class Safety(_Section):
+    """What the persona tells people about itself and what it will not discuss."""
+
+    ai_disclosure: str = Field(
+        default="You are talking with an AI character, not a person.",
+        description="Shown to people so they know they are talking with an AI.",
+    )
+    decline_topics: tuple[str, ...] = Field(
+        default=(), description="Topics the persona declines to discuss."
+    )
+    decline_message: str = Field(
+        default="That's not something I can talk about. Can we talk about something else?",
+        description="What the persona says when it declines.",
+    )
+    apology: str | None = Field(
+        default=None,
+        description="What the persona says when it fails to produce a reply; unset: the "
+        "bot's engine.apology.",
+    )
+
+
+class Memory(_Section):
+    """How much of the past the persona sees; unset fields use the engine's settings."""
+
+    history_messages: int | None = Field(
+        default=None, ge=0, le=1000, description="Recent messages included in each prompt."
+    )
+    budget_tokens: int | None = Field(
+        default=None, ge=0, description="Token budget for recalled memories."
+    )
+
+
+class Turn(_Section):
+    """One turn of an example dialogue: exactly one of `user` or `assistant`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: _one_of_turn_schema(schema),
+    )
+
+    user: str | None = Field(default=None, description="What the person says.")
+    assistant: str | None = Field(default=None, description="What the persona answers.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Turn:
+        if (self.user is None) == (self.assistant is None):
+            raise ValueError("a turn has exactly one key: 'user' or 'assistant'")
+        return self
+
+    @property
+    def role(self) -> Literal["user", "assistant"]:
+        """Who speaks this turn."""
+        return "user" if self.user is not None else "assistant"
+
+    @property
+    def content(self) -> str:
+        """What is said."""
+        return self.user if self.user is not None else (self.assistant or "")
+
+
+def _one_of_turn_schema(schema: dict[str, Any]) -> None:
+    # Editors should see "one string-valued key", not two optional nullable ones.
+    for key in ("user", "assistant"):
+        prop = schema["properties"][key]
+        schema["properties"][key] = {"type": "string", "description": prop["description"]}
+    schema["minProperties"] = 1
+    schema["maxProperties"] = 1
+
+
+def _check_dialogue(dialogue: tuple[Turn, ...]) -> tuple[Turn, ...]:
+    # Chat templates of many models reject two turns of one role in a row.
+    roles = [turn.role for turn in dialogue]
+    expected = ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))]
+    if len(roles) < 2 or roles != expected or roles[-1] != "assistant":
+        raise PydanticCustomError(
+            "persona_dialogue",
+            "a dialogue starts with 'user', alternates, and ends with 'assistant' (got {roles})",
+            {"roles": ", ".join(roles) or "no turns"},
+        )
+    return dialogue
+
+
+ExampleDialogue = Annotated[
+    tuple[Turn, ...],
+    # The length is checked by _check_dialogue, after the turns: pydantic's own
+    # min_length would also fire, confusingly, when a turn is invalid.
+    Field(
+        json_schema_extra={"minItems": 2},
+        description="A short exchange that starts with 'user', alternates, and ends with "
+        "'assistant'.",
+    ),
+    AfterValidator(_check_dialogue),
+]
+
+
+class Persona(_Section):
+    """A persona file: who the persona is, how it speaks, and what it runs on.
+
+    `system_prompt` and `greeting` are Jinja2 templates rendered in a sandbox; see
+    `bot.personas.render` for their variables. `schedule` and `platforms` are
+    reserved: any mapping is accepted for now and later schema additions will type
+    them, so write them as data, not prose.
+    """
+
+    model_config = ConfigDict(
+        title="Persona",
+        json_schema_extra={
+            "description": "A persona for personabot. system_prompt and greeting are Jinja2 "
+            "templates with the variables persona, user (display_name, id), platform, now, "
+            "date, time, weekday, timezone and is_direct."
+        },
+    )
+
+    version: Literal[1] = Field(
+        default=1, description="Schema version of this file; this bot reads version 1."
+    )
+    id: PersonaId
+    name: str = Field(min_length=1, max_length=100, description="Display name.")
+    description: str = Field(
+        default="", description="One or two sentences for people choosing a persona."
+    )
+    language: str = Field(
+        default="en",
+        pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="Main language as a BCP 47 tag, e.g. 'en', 'zh', 'pt-BR'.",
+    )
+    system_prompt: str = Field(
+        min_length=1,
+        description="Jinja2 template of the system prompt: who the persona is and how it "
+        "behaves. Put the parts that use per-turn variables (user, now, ...) last, so the "
+        "model server can reuse the cached prefix across turns and people.",
+    )
+    greeting: str | None = Field(
+        default=None,
+        description="Jinja2 template of the first message to someone new; unset: no greeting.",
+    )
+    examples: tuple[ExampleDialogue, ...] = Field(
+        default=(),
+        description="Example dialogues shown to the model after the system prompt.",
+    )
+    style: Style = Field(
+        default_factory=Style, description="How the persona talks: traits, tone, reply length."
+    )
+    sampling: Sampling = Field(default_factory=Sampling, description="Sampling options.")
+    model: ModelChoice = Field(
+        default_factory=ModelChoice, description="Model overrides for this persona."
+    )
+    safety: Safety = Field(default_factory=Safety, description="Disclosure and declined topics.")
+    memory: Memory = Field(default_factory=Memory, description="History and memory budgets.")
+    schedule: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Reserved: the persona's habits and proactive messages (any mapping for "
+        "now; a later schema version types it).",
+    )
+    platforms: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Reserved: per-platform settings (any mapping for now; a later schema "
+        "version types it).",
+    )
+
+    @field_validator("system_prompt", "greeting")
+    @classmethod
+    def _valid_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        issues = check_template(value)
+        if issues:
+            raise PydanticCustomError(
+                TEMPLATE_ERROR,
+                "{detail}",
+                {
+                    "detail": "; ".join(f"{i.message} (template line {i.line})" for i in issues),
+                    "template_line": issues[0].line,
+                },
+            )
+        return value
+
+
+def persona_json_schema() -> dict[str, Any]:
+    """The JSON Schema of persona files, for editors (`bot personas schema` writes it)."""
+    schema = Persona.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+    }
+
+
+def persona_json_schema_text() -> str:
+    """`persona_json_schema()` as the exact text of `personas/persona.schema.json`."""
+    return json.dumps(persona_json_schema(), indent=2, ensure_ascii=False) + "\n"
