@@ -10,8 +10,10 @@ newlines inside a reply written as the two characters `\\n` (or JSON lines with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+import threading
 import time
 from typing import Literal, TextIO
 
@@ -61,17 +63,49 @@ class ConsoleAdapter(Adapter):
             platform=self.platform, channel=self.channel, user=self.actor.id, persona=self.persona
         )
 
-    async def _read_line(self, prompt: str) -> str | None:
+    async def _read_line(self, prompt: str, stop: asyncio.Event) -> str | None:
+        """The next line, or None at end of input or when `stop` is set first.
+
+        Each read runs on its own daemon thread, not the default executor: a read
+        blocked on a silent terminal must not keep the process alive after SIGTERM.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+
+        def deliver(value: str | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+
+        def read_in_thread() -> None:
+            try:
+                value, error = read(), None
+            except BaseException as exc:  # handed to the loop, raised there
+                value, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(deliver, value, error)
+
         def read() -> str | None:
-            if self.interactive:
+            if self.interactive and self.stdin is sys.stdin:
                 try:
-                    return input(prompt)
+                    return input(prompt)  # line editing and history through readline
                 except EOFError:
                     return None
+            if prompt:
+                self._write(prompt)
             line = self.stdin.readline()
             return None if line == "" else line.rstrip("\n")
 
-        return await asyncio.to_thread(read)
+        threading.Thread(target=read_in_thread, name="console-read", daemon=True).start()
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([future, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        return future.result() if future.done() else None
 
     def _write(self, text: str) -> None:
         self.stdout.write(text)
@@ -103,7 +137,7 @@ class ConsoleAdapter(Adapter):
             await self._show_greeting()
         while not stop.is_set():
             prompt = f"{self.actor.display_name}> " if self.interactive else ""
-            line = await self._read_line(prompt)
+            line = await self._read_line(prompt, stop)
             if line is None:
                 break
             if self.interactive and line.startswith("/"):

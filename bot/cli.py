@@ -156,10 +156,15 @@ async def _run(settings: Settings) -> None:
         log.info("bot.started", adapters=[a.platform for a in adapters])
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        await asyncio.wait(tasks, timeout=30)
-        waiter.cancel()
         log.info("bot.stopping")
+        stop.set()  # adapters stop taking messages and finish the replies in hand
+        _, stuck = await asyncio.wait(tasks, timeout=settings.engine.reply_timeout_s)
+        for task in stuck:
+            task.cancel()
+        waiter.cancel()
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("adapter.crashed", adapter=task.get_name(), error=str(task.exception()))
 
 
 def _on_signals(stop: asyncio.Event) -> None:

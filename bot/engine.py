@@ -30,7 +30,7 @@ from bot.messages import Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
 from bot.personas import LoadedPersona, PromptContext, render_greeting, render_system_prompt
 from bot.postprocess import StreamCleaner, clean_reply
-from bot.prompt import PromptBuilder, PromptTurn, persona_guidance, speaker_label
+from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, speaker_label
 from bot.text import clean_text, truncate
 
 __all__ = ["BackendSource", "DeltaCallback", "PersonaEngine", "PersonaSource", "TurnResult"]
@@ -89,8 +89,10 @@ class PersonaEngine:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._builders: dict[int, PromptBuilder] = {}
-        self._guidance: dict[str, str] = {}  # persona content hash -> static guidance
-        self._in_flight: set[asyncio.Task[object]] = set()
+        self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._accepting = True
 
     # -- public ---------------------------------------------------------------------
@@ -112,9 +114,8 @@ class PersonaEngine:
         """`handle` with timings: framework overhead and generation measured apart."""
         if not self._accepting:
             raise StorageError("the engine is shutting down and accepts no new messages")
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
+        self._active += 1
+        self._idle.clear()
         try:
             with structlog.contextvars.bound_contextvars(
                 platform=incoming.scope.platform,
@@ -124,8 +125,9 @@ class PersonaEngine:
             ):
                 return await self._turn(incoming, on_delta)
         finally:
-            if task is not None:
-                self._in_flight.discard(task)
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
 
     async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
         """The persona's greeting for a person who just arrived, stored as a turn."""
@@ -162,11 +164,12 @@ class PersonaEngine:
         """Stop accepting turns and wait up to `grace_s` for those in flight; True if
         all finished."""
         self._accepting = False
-        pending = [t for t in self._in_flight if t is not asyncio.current_task()]
-        if not pending:
-            return True
-        _, still = await asyncio.wait(pending, timeout=grace_s)
-        return not still
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        except TimeoutError:
+            log.warning("engine.drain_timeout", turns_in_flight=self._active)
+            return False
+        return True
 
     # -- the turn -------------------------------------------------------------------
 
@@ -252,10 +255,10 @@ class PersonaEngine:
             )
         except PersonaError as exc:
             return await self._fail(incoming, stored, "persona", exc, loaded)
-        guidance = self._guidance.get(loaded.content_hash)
-        if guidance is None:
-            guidance = self._guidance[loaded.content_hash] = persona_guidance(persona)
-        system = f"{rendered.strip()}\n\n{guidance}"
+        layout = self._layouts.get(loaded.content_hash)
+        if layout is None:
+            layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(persona)
+        system = layout.compose(rendered)
 
         builder = self._builder(backend)
         window = persona.model.context_window or self.context_window

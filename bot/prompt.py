@@ -12,15 +12,26 @@ Pure functions and one small cache: no I/O here.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from bot.llm.base import ChatMessage, TokenCounter
+from bot.personas.render import PromptContext, render_system_prompt
 from bot.personas.schema import Persona
 
-__all__ = ["AssembledPrompt", "PromptBuilder", "PromptTurn", "persona_guidance", "speaker_label"]
+__all__ = [
+    "AssembledPrompt",
+    "PromptBuilder",
+    "PromptTurn",
+    "SystemLayout",
+    "persona_guidance",
+    "speaker_label",
+]
 
 _NAME_UNSAFE = re.compile(r"[\n\r\t:\[\]<>|`*_~]+")
 
@@ -188,3 +199,49 @@ _LENGTH_HINT = {
     "medium": "Keep replies to a short paragraph.",
     "long": "Replies may run to several paragraphs when the topic needs it.",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SystemLayout:
+    """Where the static guidance goes inside a persona's rendered system prompt.
+
+    Moderators write per-person variables (name, local time) wherever they like.
+    vLLM reuses a cached prefix only up to the first character that differs between
+    requests, so everything static must come before anything per-person. We find
+    the static head of a template by rendering it for two contexts that differ in
+    every variable: their common prefix cannot depend on who is talking or when.
+    The system message is then: static head, guidance, the rest of the rendering.
+    """
+
+    static_head: str
+    guidance: str
+
+    @classmethod
+    def for_persona(cls, persona: Persona) -> SystemLayout:
+        """Work out the layout once per persona version (two renders)."""
+        zone_a, zone_b = ZoneInfo("UTC"), ZoneInfo("Pacific/Kiritimati")
+        a = render_system_prompt(
+            persona,
+            PromptContext(
+                "\x01a", "\x01a", "\x01a", datetime(2001, 1, 1, 1, 1, tzinfo=zone_a), "UTC", True
+            ),
+        )
+        b = render_system_prompt(
+            persona,
+            PromptContext(
+                "\x02b", "\x02b", "\x02b", datetime(2002, 6, 15, 14, 30, tzinfo=zone_b), "X", False
+            ),
+        )
+        common = os.path.commonprefix([a, b])  # noqa: RUF071  (characters, not paths)
+        # Cut at the last line break of the shared part, so no line is split in two.
+        cut = common.rfind("\n") + 1
+        return cls(static_head=common[:cut], guidance=persona_guidance(persona))
+
+    def compose(self, rendered: str) -> str:
+        """The full system text for one turn's rendering of the template."""
+        if self.static_head and rendered.startswith(self.static_head):
+            head, tail = self.static_head, rendered[len(self.static_head) :]
+        else:  # a template whose head depends on something we did not vary
+            head, tail = "", rendered
+        parts = [head.strip(), self.guidance, tail.strip()]
+        return "\n\n".join(p for p in parts if p)

@@ -173,3 +173,48 @@ def test_personas_schema_and_db_commands(workdir: Path) -> None:
     assert upgraded.returncode == 0 and "revision" in upgraded.stdout
     current = bot("db", "current", "--db", str(workdir / "x.db"), cwd=workdir)
     assert "current: 0001" in current.stdout
+
+
+def test_run_without_any_adapter_is_a_config_error(workdir: Path) -> None:
+    result = bot("run", cwd=workdir)
+    assert result.returncode == 2 and "no adapter is enabled" in result.stderr
+
+
+def test_run_answers_then_stops_cleanly_on_sigterm(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    env.update(
+        {
+            "BOT_CONSOLE__ENABLED": "true",
+            "BOT_LLM__BACKEND": "openai",
+            "BOT_LLM__BASE_URL": fake_openai.base_url,
+            "BOT_LOGGING__FORMAT": "json",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=workdir,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("hello from run\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "Hello there!"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # stdin stays open: the read must not hold us
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert "bot.started" in events and "bot.stopping" in events

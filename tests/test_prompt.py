@@ -72,3 +72,25 @@ def test_group_prefixes_speaker_names_as_data() -> None:
 def test_speaker_label_fallback_and_length() -> None:
     assert speaker_label("   ") == "someone"
     assert len(speaker_label("n" * 500)) == 48
+
+
+def test_system_layout_puts_static_guidance_before_per_person_text() -> None:
+    from datetime import datetime
+    from pathlib import Path
+    from zoneinfo import ZoneInfo
+
+    from bot.personas import PromptContext, load_persona, render_system_prompt
+    from bot.prompt import SystemLayout
+
+    persona = load_persona(Path(__file__).parent.parent / "personas" / "samantha.yaml").persona
+    layout = SystemLayout.for_persona(persona)
+    texts = []
+    for name, zone in (("Ann", "Europe/Berlin"), ("Bo", "Asia/Tokyo")):
+        ctx = PromptContext(name, name, "telegram", datetime.now(ZoneInfo(zone)), zone, True)
+        texts.append(layout.compose(render_system_prompt(persona, ctx)))
+    ann, bo = texts
+    assert "Example conversations" in ann and "Ann" in ann and "Bo" in bo
+    shared = len(__import__("os").path.commonprefix([ann, bo]))
+    # Everything static (prompt head, style, examples) is shared by both people.
+    assert ann.index("Example conversations") < shared
+    assert ann.index("Ann") >= shared
