@@ -100,9 +100,10 @@ class ConsoleAdapter(Adapter):
             return None if line == "" else line.rstrip("\n")
 
         threading.Thread(target=read_in_thread, name="console-read", daemon=True).start()
-        stopped = asyncio.create_task(stop.wait())
+        stopped: asyncio.Future[object] = asyncio.ensure_future(stop.wait())
+        waiting: list[asyncio.Future[object]] = [future, stopped]  # type: ignore[list-item]
         try:
-            await asyncio.wait([future, stopped], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
         return future.result() if future.done() else None

@@ -11,8 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 
-import structlog
-
 from bot.config import LLMSettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
@@ -21,8 +19,6 @@ from bot.memory.ledger import Ledger
 from bot.personas import LoadedPersona, PersonaRegistry
 
 __all__ = ["App", "BackendPool", "open_app"]
-
-log = structlog.get_logger("bot.app")
 
 
 class BackendPool:

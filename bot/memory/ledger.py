@@ -290,16 +290,6 @@ class Ledger:
 
         return await self.db.run(work)
 
-    async def mark_incoming(self, message_id: int, status: MessageStatus) -> None:
-        """Set the status of an incoming message (e.g. `ignored` when not addressed)."""
-
-        def work(conn: Connection) -> None:
-            conn.execute(
-                update(_messages).where(_messages.c.id == message_id).values(status=status.value)
-            )
-
-        await self.db.run(work)
-
     async def mark_delivered(
         self, message_id: int, platform_message_id: str | None, *, delivered: bool = True
     ) -> None:
