@@ -134,6 +134,9 @@ class ConsoleAdapter(Adapter):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read messages until EOF, `/quit` or `stop`."""
+        if self.interactive and self.stdin is sys.stdin:
+            with contextlib.suppress(ImportError):  # line editing and ↑ history in input()
+                import readline  # noqa: F401
         if self.interactive:
             await self._show_greeting()
         while not stop.is_set():

@@ -133,15 +133,24 @@ class PromptBuilder:
             chosen.append(turn)
         chosen.reverse()
 
-        messages = [system_msg]
-        messages.extend(
-            ChatMessage("user" if t.role == "user" else "assistant", self._content(t, group))
-            for t in chosen
-        )
-        messages.append(ChatMessage("user", new_text))
+        def render(turns: list[PromptTurn]) -> tuple[ChatMessage, ...]:
+            middle = (
+                ChatMessage("user" if t.role == "user" else "assistant", self._content(t, group))
+                for t in turns
+            )
+            return (system_msg, *middle, ChatMessage("user", new_text))
+
+        # The per-message sums above are an estimate of the template's framing; the
+        # exact count renders the chat template once. Trim further if it disagrees.
+        messages = render(chosen)
+        total = self.tokens.count_messages(messages)
+        while total > budget_tokens and chosen:
+            chosen.pop(0)
+            messages = render(chosen)
+            total = self.tokens.count_messages(messages)
         return AssembledPrompt(
-            messages=tuple(messages),
-            prompt_tokens=budget_tokens - remaining,
+            messages=messages,
+            prompt_tokens=total,
             history_used=len(chosen),
             history_dropped=len(history) - len(chosen),
             new_message_cut=cut,

@@ -94,3 +94,35 @@ def test_system_layout_puts_static_guidance_before_per_person_text() -> None:
     # Everything static (prompt head, style, examples) is shared by both people.
     assert ann.index("Example conversations") < shared
     assert ann.index("Ann") >= shared
+
+
+def test_exact_count_with_the_chat_template_trims_what_the_estimate_let_through() -> None:
+    class TemplateHeavy(ApproxTokenCounter):
+        # A template that frames each message with far more tokens than estimated.
+        def count_messages(self, messages):  # type: ignore[no-untyped-def]
+            return sum(40 + self.count_text(m.content) for m in messages)
+
+    counter = TemplateHeavy()
+    built = PromptBuilder(counter).build(
+        system="sys",
+        history=turns(20, 20),
+        new_message=PromptTurn("user", "now"),
+        budget_tokens=400,
+    )
+    assert built.prompt_tokens == counter.count_messages(built.messages) <= 400
+    assert built.history_used < 20 and built.messages[-1].content == "now"
+
+
+def test_real_tokenizer_and_chat_template_bound_the_prompt(tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    from bot.llm.tokens import load_token_counter
+
+    counter = load_token_counter(str(tiny_model_dir))
+    assert type(counter).__name__ == "HFTokenCounter"
+    built = PromptBuilder(counter).build(
+        system="You are Sam. " * 20,
+        history=turns(60, 80),
+        new_message=PromptTurn("user", "你好，最近怎么样？"),
+        budget_tokens=700,
+    )
+    assert counter.count_messages(built.messages) == built.prompt_tokens <= 700
+    assert built.history_dropped > 0 and built.messages[-1].content == "你好，最近怎么样？"
