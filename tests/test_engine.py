@@ -433,3 +433,32 @@ async def test_drain_waits_for_in_flight_turns(make_app: Any) -> None:
     release.set()
     assert await drain is True
     assert (await turn)[0].text == "done"
+
+
+async def test_hot_reload_through_the_app_keeps_serving_and_records_versions(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    path = tmp_path / "personas" / "tester.yaml"
+    async with open_app(settings, backend=MockBackend(lambda req: "ok"), watch=True) as app:
+        first = app.personas.get("tester").content_hash
+        await asyncio.sleep(0.3)  # let the watcher start
+        path.write_text(PERSONA.replace("name: Tess", "name: Tessa"), encoding="utf-8")
+        for _ in range(200):
+            if app.personas.get("tester").content_hash != first:
+                break
+            await asyncio.sleep(0.05)
+        second = app.personas.get("tester").content_hash
+        assert second != first and app.personas.get("tester").persona.name == "Tessa"
+        attempts = app.personas.reload_count
+        path.write_text("id: [broken", encoding="utf-8")  # an invalid edit
+        for _ in range(200):
+            if app.personas.reload_count > attempts:
+                break
+            await asyncio.sleep(0.05)
+        assert app.personas.reload_count > attempts
+        assert app.personas.get("tester").content_hash == second  # last good version serves
+        [out] = await app.engine.handle(dm("still there?"))
+        assert out.persona_hash == second and not out.is_error
+    hashes = {h for (h,) in rows(tmp_path, "select content_hash from persona_versions")}
+    assert hashes == {first, second}
