@@ -24,7 +24,7 @@ import structlog
 
 from bot.config import EngineSettings
 from bot.errors import BackendError, EmptyCompletion, PersonaError, StorageError
-from bot.llm.base import ChatRequest, Completion, LLMBackend, Sampling
+from bot.llm.base import ChatRequest, Completion, LLMBackend, Sampling, TokenCounter
 from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming
 from bot.messages import Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
@@ -33,7 +33,16 @@ from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, speaker_label
 from bot.text import clean_text, truncate
 
-__all__ = ["BackendSource", "DeltaCallback", "PersonaEngine", "PersonaSource", "TurnResult"]
+__all__ = [
+    "BackendSource",
+    "DeltaCallback",
+    "MemorySource",
+    "PersonaEngine",
+    "PersonaSource",
+    "RecallRequest",
+    "TurnRecord",
+    "TurnResult",
+]
 
 log = structlog.get_logger("bot.engine")
 
@@ -45,6 +54,54 @@ class PersonaSource(Protocol):
 
     def get(self, persona_id: str) -> LoadedPersona:
         """The persona version serving now; raises `PersonaNotFound`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecallRequest:
+    """What the memory part gets to choose what this turn should remember."""
+
+    scope: Scope
+    user_id: int
+    conversation_id: int
+    message_id: int
+    query: str
+    budget_tokens: int
+    tokens: TokenCounter
+    now: datetime
+    #: Ledger ids already in the prompt as recent history (no need to recall them).
+    history_ids: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """A finished turn, handed to the memory part to learn from (after the reply)."""
+
+    scope: Scope
+    user_id: int
+    conversation_id: int
+    incoming_id: int
+    reply_id: int
+    incoming_text: str
+    reply_text: str
+    at: datetime
+
+
+class MemorySource(Protocol):
+    """Long-term memory: what to put in the prompt, and what to learn from a turn.
+
+    `recall` returns text for the end of the system message (dated facts, summaries,
+    recalled messages), within `budget_tokens`; it must only use memories the
+    speaker may see in this scope. `observe` runs after the reply is stored and must
+    not delay it (index, extract facts in the background).
+    """
+
+    async def recall(self, request: RecallRequest) -> str:
+        """Memory text for this turn's prompt ("" for none)."""
+        ...
+
+    async def observe(self, turn: TurnRecord) -> None:
+        """Learn from a finished turn."""
         ...
 
 
@@ -79,7 +136,9 @@ class PersonaEngine:
         max_concurrency: int = 16,
         context_window: int = 4096,
         timezone: str = "UTC",
+        memory: MemorySource | None = None,
     ) -> None:
+        self.memory = memory
         self.personas = personas
         self.ledger = ledger
         self.backends = backends
@@ -90,7 +149,8 @@ class PersonaEngine:
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
-        self._active = 0
+        self._active = 0  # turns and background observations in flight
+        self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._accepting = True
@@ -125,9 +185,7 @@ class PersonaEngine:
             ):
                 return await self._turn(incoming, on_delta)
         finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
+            self._settle()
 
     async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
         """The persona's greeting for a person who just arrived, stored as a turn."""
@@ -264,8 +322,30 @@ class PersonaEngine:
         window = persona.model.context_window or self.context_window
         sampling = persona.sampling
         group = not scope.is_direct
+        remembered = ""
+        if self.memory is not None:
+            try:
+                remembered = await self.memory.recall(
+                    RecallRequest(
+                        scope=scope,
+                        user_id=stored.user_id,
+                        conversation_id=stored.conversation_id,
+                        message_id=stored.message_id,
+                        query=model_text,
+                        budget_tokens=persona.memory.budget_tokens or window // 4,
+                        tokens=backend.tokens,
+                        now=incoming.received_at,
+                        history_ids=frozenset(turn.message_id for turn in history),
+                    )
+                )
+            except Exception as exc:  # a turn without memories beats no turn at all
+                log.warning("memory.recall_failed", error=str(exc), error_type=type(exc).__name__)
+                await self.ledger.record_failure(
+                    stage="recall", error=exc, conversation_id=stored.conversation_id
+                )
         prompt = builder.build(
             system=system,
+            dynamic_system=remembered,
             history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
             new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
@@ -317,6 +397,19 @@ class PersonaEngine:
                 completion_tokens=completion.completion_tokens,
             )
         )
+        if self.memory is not None:
+            self._observe(
+                TurnRecord(
+                    scope=scope,
+                    user_id=stored.user_id,
+                    conversation_id=stored.conversation_id,
+                    incoming_id=stored.message_id,
+                    reply_id=message_id,
+                    incoming_text=text,
+                    reply_text=reply,
+                    at=incoming.received_at,
+                )
+            )
         overhead_ms += (time.perf_counter() - after) * 1000
         log.info(
             "turn.answered",
@@ -445,6 +538,33 @@ class PersonaEngine:
             timezone=str(self.timezone),
             is_direct=scope.is_direct,
         )
+
+    def _observe(self, turn: TurnRecord) -> None:
+        """Hand a finished turn to memory in the background; drain waits for it."""
+        assert self.memory is not None
+        memory = self.memory
+
+        async def observe() -> None:
+            try:
+                await memory.observe(turn)
+            except Exception as exc:
+                log.warning("memory.observe_failed", error=str(exc), error_type=type(exc).__name__)
+                await self.ledger.record_failure(
+                    stage="observe", error=exc, conversation_id=turn.conversation_id
+                )
+            finally:
+                self._background.discard(task)
+                self._settle()
+
+        self._active += 1
+        self._idle.clear()
+        task = asyncio.create_task(observe(), name=f"observe-{turn.reply_id}")
+        self._background.add(task)
+
+    def _settle(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     def _history_limit(self, persona_id: str) -> int:
         try:

@@ -462,3 +462,46 @@ async def test_hot_reload_through_the_app_keeps_serving_and_records_versions(
         assert out.persona_hash == second and not out.is_error
     hashes = {h for (h,) in rows(tmp_path, "select content_hash from persona_versions")}
     assert hashes == {first, second}
+
+
+class ScriptedMemory:
+    def __init__(self, text: str = "", fail: bool = False) -> None:
+        self.text, self.fail = text, fail
+        self.recalls: list[Any] = []
+        self.observed: list[Any] = []
+
+    async def recall(self, request: Any) -> str:
+        self.recalls.append(request)
+        if self.fail:
+            raise RuntimeError("index unavailable")
+        return self.text
+
+    async def observe(self, turn: Any) -> None:
+        await asyncio.sleep(0.01)
+        self.observed.append(turn)
+
+
+async def test_memory_seam_recall_goes_after_static_prompt_and_turns_are_observed(
+    make_app: Any, tmp_path: Path
+) -> None:
+    backend = MockBackend(lambda req: "Rex, of course!")
+    app = await make_app(backend)
+    memory = ScriptedMemory("What you remember about Ann:\n- 2026-11-01: Ann's dog is called Rex.")
+    app.engine.memory = memory
+    await app.engine.handle(dm("what is my dog called?"))
+    system = backend.requests[-1].messages[0].content
+    assert system.endswith("- 2026-11-01: Ann's dog is called Rex.")
+    assert system.index("You are Tess") < system.index("What you remember")
+    [request] = memory.recalls
+    assert request.query == "what is my dog called?" and request.scope.user == "u1"
+    assert await app.engine.drain(grace_s=5)
+    [turn] = memory.observed
+    assert (turn.incoming_text, turn.reply_text) == ("what is my dog called?", "Rex, of course!")
+
+
+async def test_failing_recall_still_answers_and_records_why(make_app: Any, tmp_path: Path) -> None:
+    app = await make_app(MockBackend(lambda req: "hello"))
+    app.engine.memory = ScriptedMemory(fail=True)
+    [out] = await app.engine.handle(dm("hi"))
+    assert out.text == "hello" and not out.is_error
+    assert rows(tmp_path, "select stage, reason from failures") == [("recall", "index unavailable")]
