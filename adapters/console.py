@@ -17,8 +17,7 @@ import threading
 import time
 from typing import Literal, TextIO
 
-from adapters.base import Adapter
-from bot.engine import PersonaEngine
+from adapters.base import Adapter, AdapterServices
 from bot.errors import BotError, PersonaNotFound
 from bot.messages import Actor, Incoming, Outgoing, Scope
 
@@ -35,7 +34,7 @@ class ConsoleAdapter(Adapter):
 
     def __init__(
         self,
-        engine: PersonaEngine,
+        services: AdapterServices,
         *,
         persona: str,
         user_id: str = "local",
@@ -45,7 +44,7 @@ class ConsoleAdapter(Adapter):
         interactive: bool | None = None,
         output_format: Literal["text", "jsonl"] = "text",
     ) -> None:
-        super().__init__(engine)
+        super().__init__(services)
         self.persona = persona
         self.actor = Actor(platform=self.platform, id=user_id, display_name=display_name)
         self.stdin = stdin or sys.stdin

@@ -10,13 +10,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from bot.commands import Commands
 from bot.config import LLMSettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
 from bot.llm.base import LLMBackend
 from bot.memory.ledger import Ledger
+from bot.people import People
 from bot.personas import LoadedPersona, PersonaRegistry
+
+if TYPE_CHECKING:
+    from adapters.base import AdapterServices
 
 __all__ = ["App", "BackendPool", "open_app"]
 
@@ -73,6 +79,15 @@ class App:
     personas: PersonaRegistry
     backends: BackendPool
     engine: PersonaEngine
+    people: People
+    commands: Commands
+
+    @property
+    def services(self) -> AdapterServices:
+        """What adapters are built with."""
+        from adapters.base import AdapterServices
+
+        return AdapterServices(engine=self.engine, commands=self.commands, people=self.people)
 
 
 @asynccontextmanager
@@ -126,4 +141,6 @@ async def open_app(
 
             stack.push_async_callback(stop_watching)
         stack.push_async_callback(engine.drain)
-        yield App(settings, db, ledger, registry, backends, engine)
+        people = People(db)
+        commands = Commands(engine=engine, people=people, personas=registry)
+        yield App(settings, db, ledger, registry, backends, engine, people, commands)

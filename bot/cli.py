@@ -1,7 +1,7 @@
 """The `bot` command: wiring only; the work happens in the parts it calls.
 
 Exit codes: 0 ok, 1 problems found (e.g. `personas check`), 2 bad configuration
-or arguments, 3 storage or backend unavailable.
+or arguments, 3 storage, backend or every platform unavailable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from bot.config import Settings, load_settings, merge_overrides
-from bot.errors import BackendError, ConfigError, PersonaError, StorageError
+from bot.errors import AdapterError, BackendError, ConfigError, PersonaError, StorageError
 from bot.logs import configure_logging
 
 __all__ = ["app", "main"]
@@ -107,7 +107,7 @@ async def _chat(settings: Settings, persona: str, output: str) -> None:
     async with open_app(settings) as bot:
         bot.personas.get(persona)  # unknown persona: fail before reading any input
         console = ConsoleAdapter(
-            bot.engine,
+            bot.services,
             persona=persona,
             user_id=settings.console.user_id,
             display_name=settings.console.display_name,
@@ -130,41 +130,70 @@ async def _run(settings: Settings) -> None:
     import structlog
 
     from adapters.base import Adapter
-    from adapters.console import ConsoleAdapter
     from bot.app import open_app
 
     log = structlog.get_logger("bot.run")
     async with open_app(settings) as bot:
         adapters: list[Adapter] = []
         if settings.console.enabled:
+            from adapters.console import ConsoleAdapter
+
             adapters.append(
                 ConsoleAdapter(
-                    bot.engine,
+                    bot.services,
                     persona=settings.personas.default,
                     user_id=settings.console.user_id,
                     display_name=settings.console.display_name,
                 )
             )
+        if settings.discord.token is not None:
+            from adapters.discord import DiscordAdapter
+
+            adapters.append(
+                DiscordAdapter(
+                    bot.services, settings.discord, default_persona=settings.personas.default
+                )
+            )
+        if settings.telegram.token is not None:
+            from adapters.telegram import TelegramAdapter
+
+            adapters.append(
+                TelegramAdapter(
+                    bot.services, settings.telegram, default_persona=settings.personas.default
+                )
+            )
         if not adapters:
             raise ConfigError(
-                "no adapter is enabled: set console.enabled = true (Discord and Telegram "
-                "start when their tokens are in the environment)"
+                "no adapter is enabled: set DISCORD_TOKEN or TELEGRAM_TOKEN in the environment, "
+                "or console.enabled = true"
             )
         stop = asyncio.Event()
         _on_signals(stop)
-        tasks = [asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}") for a in adapters]
+        tasks: dict[asyncio.Future[Any], Adapter] = {
+            asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}"): a for a in adapters
+        }
         log.info("bot.started", adapters=[a.platform for a in adapters])
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+        running: set[asyncio.Future[Any]] = set(tasks)
+        while running and not stop.is_set():
+            done, running = await asyncio.wait(
+                running | {waiter}, return_when=asyncio.FIRST_COMPLETED
+            )
+            running.discard(waiter)
+            for task in done - {waiter}:
+                # One adapter failing (a bad token, say) must not take the others down.
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    log.error("adapter.stopped", adapter=tasks[task].platform, error=str(error))
         log.info("bot.stopping")
         stop.set()  # adapters stop taking messages and finish the replies in hand
-        _, stuck = await asyncio.wait(tasks, timeout=settings.engine.reply_timeout_s)
-        for task in stuck:
-            task.cancel()
+        if running:
+            _, stuck = await asyncio.wait(running, timeout=settings.engine.reply_timeout_s)
+            for task in stuck:
+                task.cancel()
         waiter.cancel()
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("adapter.crashed", adapter=task.get_name(), error=str(task.exception()))
+        if all(not t.cancelled() and t.exception() is not None for t in tasks):
+            raise AdapterError("every adapter stopped with an error; see the log above")
 
 
 def _on_signals(stop: asyncio.Event) -> None:
@@ -293,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (StorageError, BackendError) as exc:
+    except (StorageError, BackendError, AdapterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(3)
     except PersonaError as exc:

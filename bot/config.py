@@ -129,6 +129,59 @@ class ConsoleSettings(_Section):
     display_name: str = Field(default_factory=lambda: os.environ.get("USER", "you") or "you")
 
 
+class MemorySettings(_Section):
+    """Long-term memory: search indexes, embeddings, fact extraction and summaries."""
+
+    enabled: bool = True
+    embedding_model: str | None = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers model name or directory; none: BM25 only.",
+    )
+    extract_facts: bool = Field(default=False, description="Ask the LLM for facts after turns.")
+    summary_window: int = Field(default=60, ge=4, description="Messages per summary.")
+    quiet_after_minutes: float = Field(default=60.0, gt=0)
+    recency_half_life_days: float = Field(default=30.0, gt=0)
+
+
+class DiscordSettings(_Section):
+    """The Discord adapter; it starts when `DISCORD_TOKEN` is in the environment."""
+
+    token: SecretStr | None = None
+    #: Persona per place: "GUILD_ID" or "GUILD_ID/CHANNEL_ID" -> persona id; "dm" for DMs.
+    personas: dict[str, str] = Field(default_factory=dict)
+    #: Channel ids where every message is answered, not only mentions and replies.
+    always_on: list[str] = Field(default_factory=list)
+    #: Words that make the persona answer a message that does not mention it.
+    keywords: list[str] = Field(default_factory=list)
+    ignore_bots: bool = True
+    #: People with this Discord permission (or the role below) may /reload and upload.
+    moderator_permission: str = "manage_guild"
+    moderator_role: str | None = None
+    #: Whether people may switch the persona of a channel with /persona ID.
+    allow_switch: bool = False
+    #: Shards: None for one connection, 0 for Discord's recommendation, N for N.
+    shard_count: int | None = Field(default=None, ge=0)
+
+
+class TelegramSettings(_Section):
+    """The Telegram adapter; it starts when `TELEGRAM_TOKEN` is in the environment."""
+
+    token: SecretStr | None = None
+    persona: str | None = Field(
+        default=None, description="Persona here (default: personas.default)."
+    )
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = Field(default=None, description="Public HTTPS URL Telegram posts to.")
+    webhook_secret: SecretStr | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8081, ge=1, le=65535)
+    webhook_path: str = "/telegram"
+    #: A self-hosted Bot API server, e.g. "http://127.0.0.1:8081/bot".
+    base_url: str | None = None
+    moderators: list[int] = Field(default_factory=list)
+    allow_switch: bool = False
+
+
 class Settings(BaseSettings):
     """The effective configuration of one bot process."""
 
@@ -145,6 +198,9 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     #: Highest-priority values (CLI flags); set on the per-call subclass made by load_settings.
     _overrides: ClassVar[dict[str, Any]] = {}
@@ -167,6 +223,10 @@ class Settings(BaseSettings):
         data: dict[str, Any] = self.model_dump(mode="json")
         key = self.llm.resolved_api_key() if self.llm.api_key_file else self.llm.api_key
         data["llm"]["api_key"] = "**********" if key is not None else None
+        for section in ("discord", "telegram"):
+            for name, value in data[section].items():
+                if name in ("token", "webhook_secret") and value is not None:
+                    data[section][name] = "**********"
         return data
 
 
@@ -247,6 +307,12 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         raise ConfigError(f"{path}: config file not found")
     file_data = _read_toml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
+    # The platforms' conventional variable names, as well as BOT_DISCORD__TOKEN etc.
+    platform_tokens: dict[str, Any] = {}
+    for env, section in (("DISCORD_TOKEN", "discord"), ("TELEGRAM_TOKEN", "telegram")):
+        if os.environ.get(env) and not os.environ.get(f"BOT_{section.upper()}__TOKEN"):
+            platform_tokens[section] = {"token": os.environ[env]}
+    overrides = merge_overrides(platform_tokens, overrides or {})
     cls: type[Settings] = Settings
     if overrides:
         # A throwaway subclass carries the overrides, so no state is shared between calls.

@@ -8,6 +8,7 @@
     │   └── PersonaTemplateError  a template that fails to render
     │       └── TemplateSecurityError  a template reaching for Python internals
     ├── StorageError           the database cannot be opened or written
+    ├── AdapterError           a platform connection cannot start (bad token, missing intent)
     └── BackendError           the LLM backend failed a request
         ├── BackendUnavailable connection refused, timeouts, 5xx after retries
         └── EmptyCompletion    the backend answered with no usable text
@@ -18,6 +19,7 @@ Errors carry a message written for the person who has to fix the problem.
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BackendError",
     "BackendUnavailable",
     "BotError",
@@ -43,6 +45,10 @@ class PersonaError(BotError):
 
 class PersonaNotFound(PersonaError):
     """No persona with the requested id is loaded."""
+
+
+class AdapterError(BotError):
+    """A platform adapter cannot start or keep running; the message says why."""
 
 
 class StorageError(BotError):

@@ -14,11 +14,14 @@ from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ConsentEvent",
     "Conversation",
     "Direction",
     "Failure",
+    "Feedback",
     "Message",
     "MessageStatus",
+    "PersonaBinding",
     "PersonaVersion",
     "User",
 ]
@@ -64,6 +67,10 @@ class User(SQLModel, table=True):
     is_bot: bool = False
     created_at: datetime = Field(sa_column=_ts())
     last_seen_at: datetime = Field(sa_column=_ts())
+    opted_out: bool = Field(default=False, description="No training use, no proactive messages.")
+    timezone: str | None = Field(default=None, max_length=64)
+    unreachable_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    unreachable_reason: str | None = Field(default=None, max_length=512)
 
 
 class Conversation(SQLModel, table=True):
@@ -140,3 +147,39 @@ class PersonaVersion(SQLModel, table=True):
     path: str = Field(max_length=1024)
     source: str = Field(sa_column=Column(Text, nullable=False))
     loaded_at: datetime = Field(sa_column=_ts())
+
+
+class ConsentEvent(SQLModel, table=True):
+    """Every opt-out and opt-in, in order: exports read consent as of each message."""
+
+    __tablename__ = "consent_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    opted_in: bool
+    at: datetime = Field(sa_column=_ts())
+
+
+class Feedback(SQLModel, table=True):
+    """A reaction a person put on (or took off) one of the persona's messages."""
+
+    __tablename__ = "feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(foreign_key="messages.id", index=True)
+    user_id: int = Field(foreign_key="users.id")
+    emoji: str = Field(max_length=64)
+    added: bool = True
+    at: datetime = Field(sa_column=_ts())
+
+
+class PersonaBinding(SQLModel, table=True):
+    """Which persona speaks in a place, when someone switched it with `/persona`."""
+
+    __tablename__ = "persona_bindings"
+
+    id: int | None = Field(default=None, primary_key=True)
+    place: str = Field(max_length=1024, unique=True)
+    persona_id: str = Field(max_length=64)
+    set_by: int | None = Field(default=None, foreign_key="users.id")
+    at: datetime = Field(sa_column=_ts())

@@ -44,7 +44,7 @@ async def test_interactive_session_streams_and_runs_commands(tmp_path: Path) -> 
     stdout = io.StringIO()
     async with open_app(settings_for(tmp_path), backend=backend, watch=False) as app:
         console = ConsoleAdapter(
-            app.engine,
+            app.services,
             persona="tester",
             display_name="Ann",
             stdin=stdin,

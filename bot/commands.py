@@ -1,0 +1,261 @@
+"""Slash commands, the same on every platform: `/start`, `/help`, `/persona`,
+`/memory`, `/forget`, `/optout`, `/optin`, `/timezone`, and for moderators
+`/reload` and `/persona upload`.
+
+Adapters parse the platform's command event into a name, an argument string and a
+`CommandContext`, and send back the text `Commands.run` returns. Nothing here
+knows which platform it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+
+from bot.engine import PersonaEngine
+from bot.errors import PersonaError, PersonaNotFound
+from bot.messages import Actor, Scope
+from bot.people import People, place_key
+from bot.personas import PersonaFileError, PersonaRegistry, parse_persona
+
+__all__ = ["CommandContext", "Commands", "MemoryControl", "MemoryItem"]
+
+log = structlog.get_logger("bot.commands")
+
+HELP = """\
+/persona: who you are talking with (/persona ID to switch, where allowed)
+/memory: what I remember about you
+/forget ID or /forget all: delete it
+/optout: keep your messages out of training data and stop messages I send first
+/optin: undo /optout
+/timezone Europe/Berlin: your time zone, for greetings at the right hour"""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """One thing the persona remembers about a person, as `/memory` lists it."""
+
+    id: str
+    text: str
+    at: datetime
+
+
+class MemoryControl(Protocol):
+    """What `/memory` and `/forget` need of the memory part."""
+
+    async def list_memories(self, platform: str, user_id: str, persona: str) -> list[MemoryItem]:
+        """What the persona remembers about this person."""
+        ...
+
+    async def forget(self, platform: str, user_id: str, persona: str, item: str) -> int:
+        """Delete one memory by id, or everything with "all"; returns how many went.
+
+        Raises `KeyError` for an id that does not exist or belongs to someone else.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Who runs a command, where, and what they may do."""
+
+    scope: Scope
+    actor: Actor
+    is_moderator: bool = False
+    allow_switch: bool = False
+    #: A file sent with the command (the YAML of `/persona upload`), as text.
+    attachment_text: str | None = None
+    attachment_name: str | None = None
+
+
+class Commands:
+    """Runs commands; every answer is plain text for the adapter to send."""
+
+    names: Sequence[str] = (
+        "start",
+        "help",
+        "persona",
+        "memory",
+        "forget",
+        "optout",
+        "optin",
+        "timezone",
+        "reload",
+    )
+
+    def __init__(
+        self,
+        *,
+        engine: PersonaEngine,
+        people: People,
+        personas: PersonaRegistry,
+        memory: MemoryControl | None = None,
+    ) -> None:
+        self.engine = engine
+        self.people = people
+        self.personas = personas
+        self.memory = memory
+
+    async def run(self, name: str, args: str, ctx: CommandContext) -> str:
+        """The answer to `/name args`."""
+        handler = getattr(self, f"_cmd_{name.lower().lstrip('/')}", None)
+        if handler is None:
+            return f"Unknown command /{name}.\n{HELP}"
+        log.info("command", command=name, user=ctx.actor.id, platform=ctx.scope.platform)
+        answer: str = await handler(args.strip(), ctx)
+        return answer
+
+    # -- everyone -----------------------------------------------------------------------
+
+    async def _cmd_start(self, args: str, ctx: CommandContext) -> str:
+        loaded = self.personas.get(ctx.scope.persona)
+        await self.people.mark_reachable(ctx.scope.platform, ctx.actor.id)
+        greeting = await self.engine.greeting(ctx.scope, ctx.actor.display_name)
+        lines = [greeting.text] if greeting is not None else []
+        safety = loaded.persona.safety
+        if safety.ai_disclosure:
+            lines.append(safety.ai_disclosure)
+        lines.append(
+            "What I keep: our messages and what I learn about you from them, so I can "
+            "remember you. See it with /memory, delete it with /forget all. Messages may "
+            "help train future versions of me; /optout keeps yours out and stops messages "
+            "I send first."
+        )
+        return "\n\n".join(lines)
+
+    async def _cmd_help(self, args: str, ctx: CommandContext) -> str:
+        return HELP
+
+    async def _cmd_persona(self, args: str, ctx: CommandContext) -> str:
+        if not args:
+            persona = self.personas.get(ctx.scope.persona).persona
+            others = ", ".join(sorted(i for i in self.personas.ids() if i != persona.id))
+            text = f"You are talking with {persona.name} ({persona.id}): {persona.description}"
+            return f"{text}\nOthers: {others}" if others else text
+        if args.split()[0] == "upload":
+            return await self._upload(ctx)
+        if not (ctx.allow_switch or ctx.is_moderator):
+            return "Switching personas is not allowed here."
+        target = args.split()[0]
+        try:
+            persona = self.personas.get(target).persona
+        except PersonaNotFound:
+            return f"No persona {target!r}. Available: {', '.join(sorted(self.personas.ids()))}"
+        place = place_key(ctx.scope.platform, ctx.scope.space, ctx.scope.channel)
+        await self.people.bind_persona(
+            place, persona.id, platform=ctx.scope.platform, by_user=ctx.actor.id
+        )
+        return f"{persona.name} is here now."
+
+    async def _cmd_memory(self, args: str, ctx: CommandContext) -> str:
+        if self.memory is None:
+            return "I keep our conversation history; long-term memories are not enabled here."
+        items = await self.memory.list_memories(ctx.scope.platform, ctx.actor.id, ctx.scope.persona)
+        if not items:
+            return "I don't remember anything particular about you yet."
+        lines = [f"[{i.id}] {i.at:%Y-%m-%d}: {i.text}" for i in items[:50]]
+        more = f"\n…and {len(items) - 50} more." if len(items) > 50 else ""
+        return (
+            "What I remember about you:\n" + "\n".join(lines) + more + "\n/forget ID deletes one."
+        )
+
+    async def _cmd_forget(self, args: str, ctx: CommandContext) -> str:
+        if not args:
+            return "Say /forget ID (from /memory) or /forget all."
+        item = "all" if args.lower() == "all" else args.split()[0]
+        if self.memory is None:
+            if item != "all":
+                return "There are no separate memories to forget; /forget all deletes our messages."
+            count = await self.people.forget_messages(ctx.scope.platform, ctx.actor.id)
+            return f"Done: deleted {count} stored messages."
+        try:
+            count = await self.memory.forget(
+                ctx.scope.platform, ctx.actor.id, ctx.scope.persona, item
+            )
+        except KeyError:
+            return f"I have no memory {item!r} of yours."
+        return (
+            "Done: I forgot everything about you." if item == "all" else f"Forgot {count} memory."
+        )
+
+    async def _cmd_optout(self, args: str, ctx: CommandContext) -> str:
+        await self.people.set_opted_out(ctx.scope.platform, ctx.actor.id, True)
+        return (
+            "Opted out: your messages stay out of training data and I won't message you "
+            "first. I still answer when you write. /optin undoes this."
+        )
+
+    async def _cmd_optin(self, args: str, ctx: CommandContext) -> str:
+        await self.people.set_opted_out(ctx.scope.platform, ctx.actor.id, False)
+        return "Opted in again. Thank you!"
+
+    async def _cmd_timezone(self, args: str, ctx: CommandContext) -> str:
+        if not args:
+            return "Say /timezone followed by a zone such as Europe/Berlin or Asia/Shanghai."
+        try:
+            ZoneInfo(args.split()[0])
+        except (ZoneInfoNotFoundError, ValueError):
+            return f"{args.split()[0]!r} is not a time zone I know; try Europe/Berlin."
+        await self.people.set_timezone(ctx.scope.platform, ctx.actor.id, args.split()[0])
+        return f"Time zone set to {args.split()[0]}."
+
+    # -- moderators ---------------------------------------------------------------------
+
+    async def _cmd_reload(self, args: str, ctx: CommandContext) -> str:
+        if not ctx.is_moderator:
+            return "Only moderators can reload personas."
+        problems = await self.personas.load_all()
+        if problems:
+            shown = "\n".join(str(p) for p in problems[:20])
+            return (
+                f"Reloaded with {len(problems)} problem(s); the last good versions serve:\n{shown}"
+            )
+        return f"Reloaded {len(self.personas)} persona(s)."
+
+    async def _upload(self, ctx: CommandContext) -> str:
+        if not ctx.is_moderator:
+            return "Only moderators can upload personas."
+        if ctx.attachment_text is None:
+            return "Attach the persona's YAML file to /persona upload."
+        name = Path(ctx.attachment_name or "upload.yaml").name
+        try:
+            loaded = parse_persona(ctx.attachment_text.encode("utf-8"), Path(name))
+        except PersonaFileError as exc:
+            return "The persona has problems:\n" + "\n".join(str(p) for p in exc.problems[:30])
+        persona_id = loaded.persona.id
+        target = self._file_for(persona_id)
+        await asyncio.to_thread(_write_atomically, target, ctx.attachment_text)
+        problems = await self.personas.reload(target)
+        if problems:
+            return "Saved, but it did not load:\n" + "\n".join(str(p) for p in problems[:30])
+        serving = self.personas.get(persona_id)
+        return f"{serving.persona.name} ({persona_id}) is now version {serving.content_hash[:12]}."
+
+    def _file_for(self, persona_id: str) -> Path:
+        try:
+            return self.personas.get(persona_id).path
+        except PersonaError:
+            directory = self.personas.dirs[0]
+            return directory / f"{persona_id}.yaml"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    # The watcher must never see half a file: write beside it, then rename over it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
