@@ -63,7 +63,7 @@ async def test_persona_show_and_switch_where_allowed(app: App) -> None:
     assert "No persona 'ghost'" in await app.commands.run(
         "persona", "ghost", ctx(allow_switch=True)
     )
-    assert "Otto is here now." == await app.commands.run("persona", "other", ctx(allow_switch=True))
+    assert await app.commands.run("persona", "other", ctx(allow_switch=True)) == "Otto is here now."
     assert await app.people.bound_persona("test/-/dm-ann") == "other"
 
 
@@ -106,7 +106,7 @@ async def test_moderator_commands_are_refused_to_others(app: App) -> None:
     assert "Only moderators" in await app.commands.run(
         "persona", "upload", ctx(attachment_text="x")
     )
-    assert "Reloaded 2 persona(s)." == await app.commands.run("reload", "", ctx(is_moderator=True))
+    assert await app.commands.run("reload", "", ctx(is_moderator=True)) == "Reloaded 2 persona(s)."
 
 
 async def test_persona_upload_reports_problems_with_lines_or_applies(
