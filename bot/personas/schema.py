@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from bot.personas._templates import check_template
+from bot.personas.schedule import Schedule
 
 __all__ = [
     "SCHEMA_ID",
@@ -204,9 +205,8 @@ class Persona(_Section):
     """A persona file: who the persona is, how it speaks, and what it runs on.
 
     `system_prompt` and `greeting` are Jinja2 templates rendered in a sandbox; see
-    `bot.personas.render` for their variables. `schedule` and `platforms` are
-    reserved: any mapping is accepted for now and later schema additions will type
-    them, so write them as data, not prose.
+    `bot.personas.render` for their variables. `platforms` is reserved: any
+    mapping is accepted for now and a later schema addition will type it.
     """
 
     model_config = ConfigDict(
@@ -254,10 +254,10 @@ class Persona(_Section):
     )
     safety: Safety = Field(default_factory=Safety, description="Disclosure and declined topics.")
     memory: Memory = Field(default_factory=Memory, description="History and memory budgets.")
-    schedule: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Reserved: the persona's habits and proactive messages (any mapping for "
-        "now; a later schema version types it).",
+    schedule: Schedule | None = Field(
+        default=None,
+        description="When the persona speaks first: habits at local times, check-ins after "
+        "silence, follow-ups, quiet hours and caps. Unset: it only answers.",
     )
     platforms: dict[str, Any] = Field(
         default_factory=dict,

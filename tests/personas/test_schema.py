@@ -31,7 +31,7 @@ def test_minimal_persona_has_documented_defaults() -> None:
     assert persona.style.reply_length == "medium"
     assert persona.model.backend is None
     assert persona.memory.history_messages is None
-    assert persona.schedule == {} and persona.platforms == {}
+    assert persona.schedule is None and persona.platforms == {}
     assert persona.safety.ai_disclosure
 
 
@@ -60,11 +60,12 @@ def test_out_of_range_values_are_refused(fields: dict[str, Any], loc: tuple[str,
     assert [e[0] for e in errors(**fields)] == [loc]
 
 
-def test_reserved_sections_accept_any_mapping() -> None:
-    schedule = {"habits": [{"name": "walk", "cron": "30 7 * * *"}], "anything": {"goes": 1}}
+def test_platforms_section_accepts_any_mapping_and_schedule_is_typed() -> None:
+    schedule = {"habits": [{"name": "walk", "cron": "30 7 * * *", "prompt": "walk!"}]}
     persona = Persona.model_validate({**MINIMAL, "schedule": schedule, "platforms": {"x": 1}})
-    assert persona.schedule == schedule
+    assert persona.schedule is not None and persona.schedule.habits[0].name == "walk"
     assert [e[0] for e in errors(schedule=["not", "a", "mapping"])] == [("schedule",)]
+    assert [e[0] for e in errors(schedule={"anything": 1})] == [("schedule", "anything")]
 
 
 def test_sampling_extra_passes_through() -> None:

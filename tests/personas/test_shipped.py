@@ -86,7 +86,8 @@ def test_xiaoyu_speaks_simplified_chinese() -> None:
 def test_biscuit_keeps_its_habits_in_prompt_and_schedule() -> None:
     persona = load_persona(SHIPPED_DIR / "biscuit.yaml").persona
     assert "07:30" in persona.system_prompt and "18:00" in persona.system_prompt
-    habits = {h["name"]: h["cron"] for h in persona.schedule["habits"]}
+    assert persona.schedule is not None
+    habits = {h.name: h.cron for h in persona.schedule.habits}
     assert habits == {"walk": "30 7 * * *", "dinner": "0 18 * * *"}
     ctx = PromptContext(
         "Sam", "u", "console", datetime(2024, 5, 4, 7, 35, tzinfo=ZoneInfo("UTC")), "UTC", True
