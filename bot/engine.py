@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -24,9 +24,16 @@ import structlog
 
 from bot.config import EngineSettings
 from bot.errors import BackendError, EmptyCompletion, PersonaError, StorageError
-from bot.llm.base import ChatRequest, Completion, LLMBackend, Sampling, TokenCounter
+from bot.llm.base import (
+    ChatMessage,
+    ChatRequest,
+    Completion,
+    LLMBackend,
+    Sampling,
+    TokenCounter,
+)
 from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming
-from bot.messages import Incoming, Outgoing, Scope, TurnKind
+from bot.messages import Actor, Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
 from bot.personas import LoadedPersona, PromptContext, render_greeting, render_system_prompt
 from bot.postprocess import StreamCleaner, clean_reply
@@ -218,6 +225,137 @@ class PersonaEngine:
             kind=TurnKind.GREETING,
         )
 
+    async def proactive(
+        self,
+        scope: Scope,
+        *,
+        instruction: str,
+        display_name: str = "",
+        kind: TurnKind = TurnKind.PROACTIVE,
+        now: datetime | None = None,
+    ) -> Outgoing | None:
+        """A message the persona starts itself (a habit, a check-in, a follow-up).
+
+        It is generated like any turn, with the conversation's history and memories,
+        but as a turn of its own kind: the instruction goes to the system message,
+        no user message is faked, and the reply is stored with `kind`. Returns None
+        when generation failed (the failure is recorded; nothing is sent).
+        """
+        self._active += 1
+        self._idle.clear()
+        key = scope.conversation_key
+        previous = self._tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[key] = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            with structlog.contextvars.bound_contextvars(
+                platform=scope.platform, conversation=key, user=scope.user, persona=scope.persona
+            ):
+                return await self._proactive(scope, instruction, display_name, kind, now)
+        finally:
+            mine.set_result(None)
+            if self._tails.get(key) is mine:
+                del self._tails[key]
+            self._settle()
+
+    async def _proactive(
+        self,
+        scope: Scope,
+        instruction: str,
+        display_name: str,
+        kind: TurnKind,
+        now: datetime | None,
+    ) -> Outgoing | None:
+        at = now or datetime.now(UTC)
+        conversation_id = await self.ledger.conversation_id(scope)
+        try:
+            loaded = self.personas.get(scope.persona)
+            backend = await self.backends.for_persona(loaded)
+            system = self._system_text(loaded, scope, display_name)
+        except (PersonaError, BackendError) as exc:
+            await self.ledger.record_failure(
+                stage="proactive", error=exc, conversation_id=conversation_id
+            )
+            return None
+        persona = loaded.persona
+        user_id = await self.ledger.user_id(
+            Actor(platform=scope.platform, id=scope.user, display_name=display_name)
+        )
+        history = await self.ledger.history(conversation_id, limit=self._history_limit(persona.id))
+        window = persona.model.context_window or self.context_window
+        remembered = ""
+        if self.memory is not None:
+            try:
+                remembered = await self.memory.recall(
+                    RecallRequest(
+                        scope=scope,
+                        user_id=user_id,
+                        conversation_id=conversation_id,
+                        message_id=0,
+                        query=instruction,
+                        budget_tokens=persona.memory.budget_tokens or window // 4,
+                        tokens=backend.tokens,
+                        now=at,
+                        history_ids=frozenset(turn.message_id for turn in history),
+                    )
+                )
+            except Exception as exc:
+                log.warning("memory.recall_failed", error=str(exc))
+        cue = (
+            "Now you write first, without being asked. "
+            f"{instruction.strip()}\nWrite only the message you send, in your own voice."
+        )
+        prompt = self._builder(backend).build(
+            system=system,
+            dynamic_system=f"{remembered}\n\n{cue}" if remembered else cue,
+            history=[self._prompt_turn(t, self.settings.max_input_chars) for t in history],
+            new_message=None,
+            budget_tokens=max(64, window - persona.sampling.max_tokens),
+            group=not scope.is_direct,
+        )
+        request = self._chat_request(loaded, prompt.messages)
+        started = time.perf_counter()
+        try:
+            async with self._slots:
+                text, completion = await asyncio.wait_for(
+                    self._generate(backend, request, (persona.name, persona.id), None),
+                    timeout=self.settings.reply_timeout_s,
+                )
+        except (BackendError, TimeoutError) as exc:
+            error = exc if isinstance(exc, BackendError) else BackendError("timed out")
+            log.warning("proactive.failed", error=str(error))
+            await self.ledger.record_failure(
+                stage="proactive", error=error, conversation_id=conversation_id
+            )
+            return None
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                reply_to_id=None,
+                text=text,
+                persona_id=persona.id,
+                persona_hash=loaded.content_hash,
+                backend=backend.name,
+                model=completion.model,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                prompt_tokens=completion.prompt_tokens or prompt.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
+                kind=kind.value,
+                created_at=at,
+            )
+        )
+        log.info("proactive.generated", message_id=message_id, kind=kind.value)
+        return Outgoing(
+            scope=scope,
+            text=text,
+            message_id=message_id,
+            persona_hash=loaded.content_hash,
+            kind=kind,
+        )
+
     async def drain(self, grace_s: float = 30.0) -> bool:
         """Stop accepting turns and wait up to `grace_s` for those in flight; True if
         all finished."""
@@ -308,15 +446,9 @@ class PersonaEngine:
                 f"{len(model_text)} are shown.]"
             )
         try:
-            rendered = render_system_prompt(
-                persona, self._context(scope, incoming.actor.display_name)
-            )
+            system = self._system_text(loaded, scope, incoming.actor.display_name)
         except PersonaError as exc:
             return await self._fail(incoming, stored, "persona", exc, loaded)
-        layout = self._layouts.get(loaded.content_hash)
-        if layout is None:
-            layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(persona)
-        system = layout.compose(rendered)
 
         builder = self._builder(backend)
         window = persona.model.context_window or self.context_window
@@ -351,22 +483,7 @@ class PersonaEngine:
             budget_tokens=max(64, window - sampling.max_tokens),
             group=group,
         )
-        extra = dict(sampling.extra)
-        if sampling.repetition_penalty is not None:
-            extra.setdefault("repetition_penalty", sampling.repetition_penalty)
-        request = ChatRequest(
-            messages=prompt.messages,
-            sampling=Sampling(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                stop=tuple(sampling.stop),
-                seed=sampling.seed,
-                extra=extra,
-            ),
-            model=persona.model.name,
-            adapter=persona.model.adapter,
-        )
+        request = self._chat_request(loaded, prompt.messages)
         overhead_ms = (time.perf_counter() - started) * 1000
         names = (persona.name, persona.id)
         gen_started = time.perf_counter()
@@ -537,6 +654,35 @@ class PersonaEngine:
             now=now,
             timezone=str(self.timezone),
             is_direct=scope.is_direct,
+        )
+
+    def _system_text(self, loaded: LoadedPersona, scope: Scope, display_name: str) -> str:
+        """The system message's persona part: static head, guidance, per-person tail."""
+        rendered = render_system_prompt(loaded.persona, self._context(scope, display_name))
+        layout = self._layouts.get(loaded.content_hash)
+        if layout is None:
+            layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(loaded.persona)
+        return layout.compose(rendered)
+
+    @staticmethod
+    def _chat_request(loaded: LoadedPersona, messages: tuple[ChatMessage, ...]) -> ChatRequest:
+        persona = loaded.persona
+        sampling = persona.sampling
+        extra = dict(sampling.extra)
+        if sampling.repetition_penalty is not None:
+            extra.setdefault("repetition_penalty", sampling.repetition_penalty)
+        return ChatRequest(
+            messages=messages,
+            sampling=Sampling(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                stop=tuple(sampling.stop),
+                seed=sampling.seed,
+                extra=extra,
+            ),
+            model=persona.model.name,
+            adapter=persona.model.adapter,
         )
 
     def _observe(self, turn: TurnRecord) -> None:

@@ -103,7 +103,7 @@ class PromptBuilder:
         *,
         system: str,
         history: Sequence[PromptTurn],
-        new_message: PromptTurn,
+        new_message: PromptTurn | None,
         budget_tokens: int,
         group: bool = False,
         dynamic_system: str = "",
@@ -112,14 +112,16 @@ class PromptBuilder:
 
         `system` is the static persona part; `dynamic_system` (memories) follows it in
         the same system message. `group` prefixes user messages with speaker names.
+        `new_message` is None for a turn the persona starts itself (a proactive message):
+        the prompt then ends with the history and the model speaks next.
         """
         system_text = f"{system}\n\n{dynamic_system}" if dynamic_system else system
         system_msg = ChatMessage("system", system_text)
         fixed = 3 + 4 + self.tokens.count_text(system_text)
-        new_text = self._content(new_message, group)
-        new_cost = 4 + self.tokens.count_text(new_text)
+        new_text = self._content(new_message, group) if new_message is not None else ""
+        new_cost = 4 + self.tokens.count_text(new_text) if new_message is not None else 0
         cut = False
-        if fixed + new_cost > budget_tokens:
+        if new_message is not None and fixed + new_cost > budget_tokens:
             new_text, cut = self._fit(new_text, budget_tokens - fixed - 4)
             new_cost = 4 + self.tokens.count_text(new_text)
 
@@ -138,7 +140,8 @@ class PromptBuilder:
                 ChatMessage("user" if t.role == "user" else "assistant", self._content(t, group))
                 for t in turns
             )
-            return (system_msg, *middle, ChatMessage("user", new_text))
+            last = (ChatMessage("user", new_text),) if new_message is not None else ()
+            return (system_msg, *middle, *last)
 
         # The per-message sums above are an estimate of the template's framing; the
         # exact count renders the chat template once. Trim further if it disagrees.

@@ -505,3 +505,41 @@ async def test_failing_recall_still_answers_and_records_why(make_app: Any, tmp_p
     [out] = await app.engine.handle(dm("hi"))
     assert out.text == "hello" and not out.is_error
     assert rows(tmp_path, "select stage, reason from failures") == [("recall", "index unavailable")]
+
+
+async def test_proactive_turn_is_its_own_kind_with_history_and_no_fake_user_message(
+    make_app: Any, tmp_path: Path
+) -> None:
+    backend = MockBackend(lambda req: "Tess: Good morning, Ann! Ready for the exam?")
+    app = await make_app(backend)
+    await app.engine.handle(dm("I have an exam on Friday"))
+    scope = dm("x").scope
+    out = await app.engine.proactive(scope, instruction="Say good morning.", display_name="Ann")
+    assert out is not None and out.kind == "proactive"
+    assert out.text == "Good morning, Ann! Ready for the exam?"
+    request = backend.requests[-1]
+    assert request.messages[-1].role == "assistant"  # history ends it; nothing faked
+    assert "Now you write first" in request.messages[0].content
+    assert "Say good morning." in request.messages[0].content
+    assert rows(tmp_path, "select direction, kind, reply_to_id from messages order by id")[-1] == (
+        "out",
+        "proactive",
+        None,
+    )
+    await app.engine.handle(dm("yes!"))
+    assert [m.content for m in backend.requests[-1].messages[1:]] == [
+        "I have an exam on Friday",
+        "Good morning, Ann! Ready for the exam?",
+        "Good morning, Ann! Ready for the exam?",
+        "yes!",
+    ]
+
+
+async def test_failed_proactive_turn_sends_nothing_and_records_why(
+    make_app: Any, tmp_path: Path
+) -> None:
+    app = await make_app(FailingBackend(BackendUnavailable("down")))
+    out = await app.engine.proactive(dm("x").scope, instruction="Check in.", display_name="Ann")
+    assert out is None
+    assert rows(tmp_path, "select stage, reason from failures") == [("proactive", "down")]
+    assert rows(tmp_path, "select count(*) from messages") == [(0,)]

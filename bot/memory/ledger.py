@@ -347,6 +347,15 @@ class Ledger:
             lambda conn: _read_history(conn, conversation_id, before_id, limit)
         )
 
+    async def user_id(self, actor: Actor) -> int:
+        """The row id of a person, created if new (display name kept up to date)."""
+        pending: list[Callable[[], None]] = []
+        now = datetime.now(UTC)
+        uid = await self.db.run(lambda conn: self._ensure_user(conn, actor, now, pending))
+        for apply in pending:
+            apply()
+        return uid
+
     async def conversation_id(self, scope: Scope) -> int:
         """The row id of the scope's conversation, created if new."""
         pending: list[Callable[[], None]] = []
