@@ -29,7 +29,7 @@ DEFAULT_CONFIG_FILE = Path("bot.toml")
 
 # Keys that hold secrets: refused in the TOML file, masked when shown.
 SECRET_KEYS = frozenset(
-    {"llm.api_key", "discord.token", "telegram.token", "telegram.webhook_secret"}
+    {"llm.api_key", "discord.token", "telegram.token", "telegram.webhook_secret", "export.hmac_key"}
 )
 
 
@@ -143,6 +143,26 @@ class MemorySettings(_Section):
     recency_half_life_days: float = Field(default=30.0, gt=0)
 
 
+class SchedulerSettings(_Section):
+    """Proactive messages, follow-ups and upkeep jobs (run by `bot run`)."""
+
+    enabled: bool = True
+    #: A job that missed its time by more than this is skipped, not run late: a bot
+    #: that was down must not flood people when it comes back.
+    misfire_grace_s: int = Field(default=15 * 60, ge=1)
+    #: How often people's silences are checked for check-ins, and habits re-synced.
+    sweep_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    #: Follow-ups dated further ahead than this are clamped to it.
+    followup_horizon_days: int = Field(default=60, ge=1, le=3650)
+    #: Delete messages older than this many days (summaries and exports stay); None keeps all.
+    retention_days: int | None = Field(default=None, ge=1)
+    backup_dir: Path | None = Field(default=None, description="Nightly SQLite backups go here.")
+    backup_keep: int = Field(default=7, ge=1, le=365)
+    backup_cron: str = "30 3 * * *"
+    export_cron: str = Field(default="0 4 * * mon", description="Weekly fine-tune export (UTC).")
+    export_dir: Path | None = Field(default=None, description="Scheduled exports; None: off.")
+
+
 class DiscordSettings(_Section):
     """The Discord adapter; it starts when `DISCORD_TOKEN` is in the environment."""
 
@@ -182,6 +202,42 @@ class TelegramSettings(_Section):
     allow_switch: bool = False
 
 
+class ExportSettings(_Section):
+    """Fine-tune data exports (`bot export`, and the scheduled job); see docs/export.md."""
+
+    out_dir: Path = Path("data/exports")
+    #: Key of the HMAC pseudonyms: only from `BOT_EXPORT__HMAC_KEY` or `hmac_key_file`.
+    hmac_key: SecretStr | None = None
+    hmac_key_file: Path | None = None
+    validation_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    split_seed: str = "personabot-split-v1"
+    #: Names replaced by <NAME> in every text (people, places, whatever must not leak).
+    deny_names: list[str] = Field(default_factory=list)
+    min_reply_chars: int = Field(default=1, ge=1)
+    window_messages: int = Field(default=16, ge=2, le=1000, description="Messages per record.")
+    prompt_messages: int = Field(default=8, ge=1, le=1000, description="History in DPO prompts.")
+
+    def resolved_hmac_key(self) -> SecretStr:
+        """The pseudonym key from the environment or `hmac_key_file`; required."""
+        if self.hmac_key is not None:
+            key = self.hmac_key
+        elif self.hmac_key_file is not None:
+            try:
+                key = SecretStr(self.hmac_key_file.read_text(encoding="utf-8").strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"export.hmac_key_file = {str(self.hmac_key_file)!r}: "
+                    f"cannot read it ({exc.strerror})"
+                ) from exc
+        else:
+            raise ConfigError(
+                "export needs a pseudonym key: set BOT_EXPORT__HMAC_KEY or export.hmac_key_file"
+            )
+        if len(key.get_secret_value()) < 16:
+            raise ConfigError("export.hmac_key: at least 16 characters, please")
+        return key
+
+
 class Settings(BaseSettings):
     """The effective configuration of one bot process."""
 
@@ -198,9 +254,11 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
 
     #: Highest-priority values (CLI flags); set on the per-call subclass made by load_settings.
     _overrides: ClassVar[dict[str, Any]] = {}

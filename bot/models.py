@@ -10,11 +10,22 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Index,
+    LargeBinary,
+    Text,
+    Unicode,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ConsentEvent",
+    "FollowUp",
+    "SchedulerJob",
     "Conversation",
     "Direction",
     "Failure",
@@ -108,7 +119,7 @@ class Message(SQLModel, table=True):
     text: str = Field(sa_column=Column(Text, nullable=False))
     truncated: bool = False
     platform_message_id: str | None = Field(default=None, max_length=256)
-    reply_to_id: int | None = Field(default=None, foreign_key="messages.id")
+    reply_to_id: int | None = Field(default=None, foreign_key="messages.id", index=True)
     persona_id: str = Field(max_length=64)
     persona_hash: str | None = Field(default=None, max_length=64)
     backend: str | None = Field(default=None, max_length=32)
@@ -119,6 +130,9 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts(index=True))
     edited_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: Set by a moderator: the message stays in the ledger but never in training data.
+    flagged_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    flag_reason: str | None = Field(default=None, max_length=512)
 
 
 class Failure(SQLModel, table=True):
@@ -183,3 +197,32 @@ class PersonaBinding(SQLModel, table=True):
     persona_id: str = Field(max_length=64)
     set_by: int | None = Field(default=None, foreign_key="users.id")
     at: datetime = Field(sa_column=_ts())
+
+
+class FollowUp(SQLModel, table=True):
+    """Something the persona decided to ask about later ("how did the exam go?")."""
+
+    __tablename__ = "followups"
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True)
+    user_id: int = Field(foreign_key="users.id")
+    persona_id: str = Field(max_length=64)
+    source_message_id: int | None = Field(default=None, foreign_key="messages.id")
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    due_at: datetime = Field(sa_column=_ts(index=True))
+    #: pending -> sent | skipped (the policy said no) | failed
+    status: str = Field(default="pending", max_length=16)
+    reason: str | None = Field(default=None, max_length=256)
+    created_at: datetime = Field(sa_column=_ts())
+    fired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class SchedulerJob(SQLModel, table=True):
+    """APScheduler's job store table, declared here so migrations own its shape."""
+
+    __tablename__ = "apscheduler_jobs"
+
+    id: str = Field(sa_column=Column("id", Unicode(191), primary_key=True))
+    next_run_time: float | None = Field(default=None, sa_column=Column(Float(25), index=True))
+    job_state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -1,0 +1,237 @@
+"""The scheduler over a real app and SQLite file, with time passed in (never slept)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import App, open_app
+from bot.config import SchedulerSettings, load_settings
+from bot.llm.mock import MockBackend
+from bot.messages import Actor, Incoming, Outgoing, Scope
+from bot.scheduler import Scheduler, job_ids
+from tests.test_engine import PERSONA
+
+SCHEDULED = (
+    PERSONA
+    + """\
+schedule:
+  habits:
+    - {name: walk, cron: "30 7 * * *", prompt: "It is walk time."}
+  checkins:
+    - {after_hours: 48, prompt: "Say you miss them."}
+  quiet_hours: {start: "22:00", end: "07:00"}
+  daily_cap: 2
+  max_unanswered: 2
+"""
+)
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    async def send(self, outgoing: Outgoing) -> list[str | None]:
+        self.sent.append(outgoing)
+        return ["x"]
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "tester.yaml").write_text(SCHEDULED, encoding="utf-8")
+    settings = load_settings(
+        None,
+        {"database": {"url": f"sqlite:///{tmp_path}/s.db"}, "personas": {"dirs": [str(personas)]}},
+    )
+    async with open_app(
+        settings, backend=MockBackend(lambda r: "Woof! Walk?"), watch=False
+    ) as opened:
+        yield opened
+
+
+def make_scheduler(app: App, tmp_path: Path, sender: Sender, **settings: Any) -> Scheduler:
+    return Scheduler(
+        db=app.db,
+        engine=app.engine,
+        personas=app.personas,
+        settings=SchedulerSettings(backup_dir=tmp_path / "backups", **settings),
+        default_zone="UTC",
+        senders={"test": sender},
+        name=f"test-{id(app)}",
+    )
+
+
+async def person_writes(app: App, user: str, at: datetime, zone: str | None = None) -> None:
+    scope = Scope(platform="test", channel=f"dm-{user}", user=user, persona="tester")
+    actor = Actor(platform="test", id=user, display_name=user.title())
+    await app.engine.handle(Incoming(scope=scope, actor=actor, text="hi", received_at=at))
+    if zone:
+        await app.people.set_timezone("test", user, zone)
+
+
+def db(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+NOW = datetime(2026, 6, 1, 7, 30, tzinfo=UTC)
+
+
+async def test_sync_makes_one_job_per_person_habit_in_their_zone(app: App, tmp_path: Path) -> None:
+    await person_writes(app, "ann", NOW - timedelta(hours=1), "Europe/Berlin")
+    await person_writes(app, "bo", NOW - timedelta(hours=1), "America/New_York")
+    scheduler = make_scheduler(app, tmp_path, Sender())
+    await scheduler.start(paused=True)
+    try:
+        assert await scheduler.sync(NOW) == 2
+        assert await scheduler.sync(NOW) == 0  # unchanged jobs are left alone
+        zones = {
+            str(j.trigger.timezone) for j in scheduler.aps.get_jobs() if j.id.startswith("habit:")
+        }
+        assert zones == {"Europe/Berlin", "America/New_York"}
+        await app.people.set_timezone("test", "bo", "Asia/Tokyo")
+        assert await scheduler.sync(NOW) == 1  # re-timed for the new zone
+    finally:
+        await scheduler.stop()
+
+
+async def test_habit_fires_within_policy_and_is_stored_as_proactive(
+    app: App, tmp_path: Path
+) -> None:
+    await person_writes(app, "ann", NOW - timedelta(hours=1))
+    sender = Sender()
+    scheduler = make_scheduler(app, tmp_path, sender)
+    cid = await app.engine.ledger.conversation_id(
+        Scope(platform="test", channel="dm-ann", user="ann", persona="tester")
+    )
+    assert await scheduler.fire_habit("tester", "walk", cid, NOW)
+    assert [o.text for o in sender.sent] == ["Woof! Walk?"] and sender.sent[0].kind == "proactive"
+    assert db(tmp_path, "select kind from messages where direction='out' order by id")[-1] == (
+        "proactive",
+    )
+    # Second in a row without an answer: allowed (max 2); the third is not.
+    assert await scheduler.fire_habit("tester", "walk", cid, NOW + timedelta(minutes=1))
+    assert not await scheduler.fire_habit("tester", "walk", cid, NOW + timedelta(minutes=2))
+    await person_writes(app, "ann", NOW + timedelta(minutes=3))
+    # They answered, but the daily cap of 2 holds until their midnight.
+    assert not await scheduler.fire_habit("tester", "walk", cid, NOW + timedelta(minutes=4))
+    assert await scheduler.fire_habit("tester", "walk", cid, NOW + timedelta(days=1))
+    assert len(sender.sent) == 3
+
+
+async def test_quiet_hours_and_opt_out_in_the_middle_of_a_schedule(
+    app: App, tmp_path: Path
+) -> None:
+    await person_writes(app, "ann", NOW - timedelta(hours=1))
+    sender = Sender()
+    scheduler = make_scheduler(app, tmp_path, sender)
+    scope = Scope(platform="test", channel="dm-ann", user="ann", persona="tester")
+    cid = await app.engine.ledger.conversation_id(scope)
+    assert not await scheduler.fire_habit("tester", "walk", cid, NOW.replace(hour=23))
+    await app.people.set_opted_out("test", "ann", True)
+    assert not await scheduler.fire_habit("tester", "walk", cid, NOW)
+    assert sender.sent == []
+    await app.people.set_opted_out("test", "ann", False)
+    assert await scheduler.fire_habit("tester", "walk", cid, NOW)
+
+
+async def test_unreachable_people_are_skipped(app: App, tmp_path: Path) -> None:
+    await person_writes(app, "ann", NOW - timedelta(hours=1))
+    await app.people.mark_unreachable("test", "ann", "bot was blocked by the user")
+    sender = Sender()
+    scheduler = make_scheduler(app, tmp_path, sender)
+    cid = await app.engine.ledger.conversation_id(
+        Scope(platform="test", channel="dm-ann", user="ann", persona="tester")
+    )
+    assert not await scheduler.fire_habit("tester", "walk", cid, NOW)
+    assert sender.sent == []
+
+
+async def test_checkin_after_silence_fires_once_per_silence(app: App, tmp_path: Path) -> None:
+    await person_writes(app, "ann", NOW - timedelta(hours=50))
+    await person_writes(app, "bo", NOW - timedelta(hours=10))
+    sender = Sender()
+    scheduler = make_scheduler(app, tmp_path, sender)
+    await scheduler.start(paused=True)
+    try:
+        assert await scheduler.sweep(NOW) == 1
+        assert [o.scope.user for o in sender.sent] == ["ann"]
+        assert await scheduler.sweep(NOW + timedelta(hours=1)) == 0
+    finally:
+        await scheduler.stop()
+
+
+async def test_followup_fires_once_and_respects_the_policy(app: App, tmp_path: Path) -> None:
+    await person_writes(app, "ann", NOW - timedelta(days=2))
+    sender = Sender()
+    scheduler = make_scheduler(app, tmp_path, sender)
+    cid = await app.engine.ledger.conversation_id(
+        Scope(platform="test", channel="dm-ann", user="ann", persona="tester")
+    )
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        for text in ("the exam on Friday", "the job interview"):
+            conn.execute(
+                "insert into followups (conversation_id, user_id, persona_id, text, due_at,"
+                " status, created_at) values (?, 1, 'tester', ?, ?, 'pending', ?)",
+                (cid, text, NOW.isoformat(" "), NOW.isoformat(" ")),
+            )
+    assert await scheduler.fire_followup(1, NOW) == "sent"
+    assert await scheduler.fire_followup(1, NOW) == "sent"  # already fired: not again
+    assert len(sender.sent) == 1
+    await app.people.set_opted_out("test", "ann", True)
+    assert await scheduler.fire_followup(2, NOW) == "skipped"
+    assert db(tmp_path, "select status, reason from followups order by id") == [
+        ("sent", "ok"),
+        ("skipped", "opted out"),
+    ]
+
+
+async def test_jobs_survive_a_restart_and_a_missed_window_sends_nothing(
+    app: App, tmp_path: Path
+) -> None:
+    await person_writes(app, "ann", datetime.now(UTC) - timedelta(hours=1))
+    sender = Sender()
+    first = make_scheduler(app, tmp_path, sender, misfire_grace_s=60)
+    await first.start(paused=True)
+    await first.sync(datetime.now(UTC))
+    job_id = job_ids("tester", "walk", 1)
+    # The bot goes down; the walk was due two hours ago.
+    first.aps.modify_job(job_id, next_run_time=datetime.now(UTC) - timedelta(hours=2))
+    await first.stop()
+    assert db(tmp_path, "select id from apscheduler_jobs where id like 'habit:%'") == [(job_id,)]
+
+    second = make_scheduler(app, tmp_path, sender, misfire_grace_s=60)
+    await second.start()  # not paused: due jobs are processed at once
+    try:
+        for _ in range(100):
+            job = second.aps.get_job(job_id)
+            if job is not None and job.next_run_time > datetime.now(UTC):
+                break
+            await asyncio.sleep(0.02)
+        job = second.aps.get_job(job_id)
+        assert job is not None and job.next_run_time > datetime.now(UTC)  # moved on
+        assert sender.sent == []  # too late: skipped, not sent
+    finally:
+        await second.stop()
+
+
+async def test_retention_and_backup(app: App, tmp_path: Path) -> None:
+    await person_writes(app, "ann", NOW - timedelta(days=400))
+    await person_writes(app, "ann", NOW - timedelta(days=1))
+    scheduler = make_scheduler(app, tmp_path, Sender(), retention_days=365, backup_keep=2)
+    assert await scheduler.run_upkeep("nightly", NOW) == 1  # the old incoming message
+    assert db(tmp_path, "select count(*) from messages where direction='in'") == [(1,)]
+    paths = [await scheduler.backup(NOW + timedelta(seconds=i)) for i in range(3)]
+    kept = sorted((tmp_path / "backups").glob("*.db"))
+    assert kept == sorted(p for p in paths[1:] if p is not None)
+    with sqlite3.connect(kept[-1]) as conn:
+        assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
+        assert conn.execute("select count(*) from messages").fetchone()[0] >= 1
