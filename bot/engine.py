@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +47,7 @@ __all__ = [
     "PersonaEngine",
     "PersonaSource",
     "RecallRequest",
+    "TurnObserver",
     "TurnRecord",
     "TurnResult",
 ]
@@ -92,6 +93,14 @@ class TurnRecord:
     incoming_text: str
     reply_text: str
     at: datetime
+
+
+class TurnObserver(Protocol):
+    """Something that learns from finished turns (memory, follow-up extraction)."""
+
+    async def observe(self, turn: TurnRecord) -> None:
+        """Learn from a finished turn (runs in the background, after the reply)."""
+        ...
 
 
 class MemorySource(Protocol):
@@ -144,8 +153,10 @@ class PersonaEngine:
         context_window: int = 4096,
         timezone: str = "UTC",
         memory: MemorySource | None = None,
+        observers: Sequence[TurnObserver] = (),
     ) -> None:
         self.memory = memory
+        self.observers = list(observers)
         self.personas = personas
         self.ledger = ledger
         self.backends = backends
@@ -514,7 +525,7 @@ class PersonaEngine:
                 completion_tokens=completion.completion_tokens,
             )
         )
-        if self.memory is not None:
+        if self.memory is not None or self.observers:
             self._observe(
                 TurnRecord(
                     scope=scope,
@@ -648,7 +659,8 @@ class PersonaEngine:
     def _context(self, scope: Scope, display_name: str) -> PromptContext:
         now: datetime = datetime.now(self.timezone)
         return PromptContext(
-            user_display_name=display_name or "friend",
+            # Names are strangers' data: the template sees them as a speaker label only.
+            user_display_name=speaker_label(display_name, fallback="friend"),
             user_id=scope.user,
             platform=scope.platform,
             now=now,
@@ -686,18 +698,25 @@ class PersonaEngine:
         )
 
     def _observe(self, turn: TurnRecord) -> None:
-        """Hand a finished turn to memory in the background; drain waits for it."""
-        assert self.memory is not None
-        memory = self.memory
+        """Hand a finished turn to memory and the other observers in the background;
+        `drain` waits for them. One failing observer does not stop the others."""
+        observers: list[TurnObserver] = [*([self.memory] if self.memory else []), *self.observers]
 
         async def observe() -> None:
             try:
-                await memory.observe(turn)
-            except Exception as exc:
-                log.warning("memory.observe_failed", error=str(exc), error_type=type(exc).__name__)
-                await self.ledger.record_failure(
-                    stage="observe", error=exc, conversation_id=turn.conversation_id
-                )
+                for observer in observers:
+                    try:
+                        await observer.observe(turn)
+                    except Exception as exc:
+                        log.warning(
+                            "turn.observe_failed",
+                            observer=type(observer).__name__,
+                            error=str(exc),
+                            error_type=type(exc).__name__,
+                        )
+                        await self.ledger.record_failure(
+                            stage="observe", error=exc, conversation_id=turn.conversation_id
+                        )
             finally:
                 self._background.discard(task)
                 self._settle()

@@ -24,16 +24,16 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ConsentEvent",
-    "FollowUp",
-    "SchedulerJob",
     "Conversation",
     "Direction",
     "Failure",
     "Feedback",
+    "FollowUp",
     "Message",
     "MessageStatus",
     "PersonaBinding",
     "PersonaVersion",
+    "SchedulerJob",
     "User",
 ]
 
