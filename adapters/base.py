@@ -207,8 +207,17 @@ class Pacer:
             self._next_chat[chat] = sent + self.policy.per_chat_interval_s
             if group:
                 self._group_sends[chat].append(sent)
-            if len(self._locks) > 10_000 and not lock.locked():  # forget idle chats
+        if len(self._locks) > 10_000:
+            self._forget_idle(time.monotonic())
+
+    def _forget_idle(self, now: float) -> None:
+        # Chats nobody is sending to and whose spacing has run out need no state.
+        for chat in [c for c, lock in self._locks.items() if not lock.locked()]:
+            recent = any(now - t < 60 for t in self._group_sends.get(chat, ()))
+            if self._next_chat.get(chat, 0.0) <= now and not recent:
                 self._locks.pop(chat, None)
+                self._next_chat.pop(chat, None)
+                self._group_sends.pop(chat, None)
 
     async def _take_global(self) -> None:
         async with self._global:
@@ -242,12 +251,15 @@ class Adapter(abc.ABC):
     max_message_length: int = 4000
     #: How often the typing indicator is renewed while a reply is generated.
     typing_interval_s: float = 4.0
+    #: A reply ready sooner than this shows no typing indicator (saves an API call).
+    typing_delay_s: float = 0.0
     pacing: PacingPolicy = PacingPolicy()
 
     def __init__(self, services: AdapterServices) -> None:
         self.services = services
         self.engine = services.engine
         self.pacer = Pacer(self.pacing)
+        self._sending: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- what each platform implements ----------------------------------------------------
 
@@ -294,6 +306,8 @@ class Adapter(abc.ABC):
             return
 
         async def keep_typing() -> None:
+            if self.typing_delay_s > 0:
+                await asyncio.sleep(self.typing_delay_s)
             while True:
                 try:
                     await self._send_typing(scope)
@@ -320,8 +334,11 @@ class Adapter(abc.ABC):
         chat = self.chat_key(outgoing.scope)
         group = not outgoing.scope.is_direct
         try:
-            for part in split_message(outgoing.text, self.max_message_length):
-                ids.append(await self._send_part(outgoing, part, chat, group))
+            # One reply at a time per chat: a reply waiting out a 429 must not be
+            # overtaken by the next one, nor its parts interleaved with another's.
+            async with self._in_order(chat):
+                for part in split_message(outgoing.text, self.max_message_length):
+                    ids.append(await self._send_part(outgoing, part, chat, group))
         except DeliveryError as exc:
             log.warning(
                 "deliver.failed",
@@ -340,6 +357,23 @@ class Adapter(abc.ABC):
         if outgoing.message_id is not None:
             await ledger.mark_delivered(outgoing.message_id, ids[0] if ids else None)
         return ids
+
+    @asynccontextmanager
+    async def _in_order(self, chat: str) -> AsyncIterator[None]:
+        """Hold `chat` for one reply; waiters go in the order they came (asyncio.Lock
+        is FIFO). The entry is dropped when nobody holds or waits for it."""
+        entry = self._sending.get(chat)
+        if entry is None:
+            entry = self._sending[chat] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._sending[chat]
 
     async def _send_part(self, outgoing: Outgoing, text: str, chat: str, group: bool) -> str | None:
         attempts = 0

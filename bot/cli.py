@@ -12,13 +12,17 @@ import signal
 import sys
 from contextlib import suppress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from bot.config import Settings, load_settings, merge_overrides
 from bot.errors import AdapterError, BackendError, ConfigError, PersonaError, StorageError
 from bot.logs import configure_logging
+
+if TYPE_CHECKING:
+    from adapters.base import Adapter
+    from bot.app import App
 
 __all__ = ["app", "main"]
 
@@ -35,6 +39,9 @@ app.add_typer(personas_app, name="personas")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+app.add_typer(__import__("bot.export.cli", fromlist=["_"]).export_app, name="export")
+app.add_typer(__import__("bot.memory.cli", fromlist=["_"]).memory_app, name="memory")
+app.add_typer(__import__("bot.scheduler.cli", fromlist=["_"]).schedule_app, name="schedule")
 
 ConfigOption = Annotated[
     Path | None,
@@ -129,7 +136,6 @@ def run(config: ConfigOption = None) -> None:
 async def _run(settings: Settings) -> None:
     import structlog
 
-    from adapters.base import Adapter
     from bot.app import open_app
 
     log = structlog.get_logger("bot.run")
@@ -169,6 +175,7 @@ async def _run(settings: Settings) -> None:
             )
         stop = asyncio.Event()
         _on_signals(stop)
+        scheduler = await _start_scheduler(bot, settings, adapters)
         tasks: dict[asyncio.Future[Any], Adapter] = {
             asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}"): a for a in adapters
         }
@@ -192,8 +199,40 @@ async def _run(settings: Settings) -> None:
             for task in stuck:
                 task.cancel()
         waiter.cancel()
+        if scheduler is not None:
+            await scheduler.stop()
         if all(not t.cancelled() and t.exception() is not None for t in tasks):
             raise AdapterError("every adapter stopped with an error; see the log above")
+
+
+async def _start_scheduler(bot: App, settings: Settings, adapters: list[Adapter]) -> Any:
+    """Proactive messages and upkeep, sending through the running adapters."""
+    if not settings.scheduler.enabled:
+        return None
+    from bot.scheduler.followups import FollowUpExtractor
+    from bot.scheduler.service import Scheduler
+
+    scheduler = Scheduler(
+        db=bot.db,
+        engine=bot.engine,
+        personas=bot.personas,
+        settings=settings.scheduler,
+        default_zone=settings.engine.timezone,
+        senders={adapter.platform: adapter for adapter in adapters},
+        upkeep=bot.upkeep,
+    )
+    bot.engine.observers.append(
+        FollowUpExtractor(
+            db=bot.db,
+            personas=bot.personas,
+            backends=bot.backends,
+            default_zone=settings.engine.timezone,
+            horizon_days=settings.scheduler.followup_horizon_days,
+            on_created=scheduler.schedule_followup,
+        )
+    )
+    await scheduler.start()
+    return scheduler
 
 
 def _on_signals(stop: asyncio.Event) -> None:

@@ -1,0 +1,711 @@
+"""Discord through discord.py 2.x: guild text channels, threads and DMs.
+
+Events become `Incoming`, `Reaction` and edit/delete calls at once; replies go out
+through `Adapter.send` (split at 2,000 characters, paced per channel on top of
+discord.py's own rate limiter) with mentions that can never ping @everyone, @here or
+a role. Slash commands run through `Adapter.command`, like on every platform.
+
+Which persona speaks in a place, first match wins:
+a `/persona` switch of the channel (`People.bound_persona`) → config
+`"GUILD/CHANNEL"` → config `"GUILD"` → config `"dm"` (DMs) → the default persona.
+A thread is its parent channel's place, so it inherits the parent's persona.
+A switch comes first because it is only possible where config allows it, and an
+answer "X is here now" that config then overrides would be a lie.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aiohttp
+import discord
+import structlog
+from discord import app_commands
+
+from adapters.base import (
+    Adapter,
+    AdapterServices,
+    DeliveryError,
+    PacingPolicy,
+    RateLimited,
+    Unreachable,
+    split_message,
+)
+from bot.commands import CommandContext
+from bot.config import DiscordSettings
+from bot.errors import AdapterError, ConfigError
+from bot.messages import Actor, Attachment, Incoming, Outgoing, Reaction, Scope
+from bot.people import place_key
+
+__all__ = ["DiscordAdapter"]
+
+log = structlog.get_logger("adapters.discord")
+
+#: Discord answers these when a DM cannot reach the person: DMs closed or blocked
+#: (50007), no server in common any more (50278).
+_UNREACHABLE_CODES = frozenset({50007, 50278})
+#: The largest persona file /persona upload reads.
+_MAX_UPLOAD_BYTES = 256 * 1024
+#: Discord wants an interaction answered within 3 s; past this we defer and follow up.
+_ANSWER_WITHIN_S = 2.0
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+
+_INTENTS_HELP = (
+    "Discord refused the gateway connection because the MESSAGE CONTENT intent is not "
+    "enabled for this bot (close code 4014). Enable it in the Discord Developer Portal: "
+    "your application → Bot → Privileged Gateway Intents → MESSAGE CONTENT INTENT, save, "
+    "and start the bot again."
+)
+_LOGIN_REFUSED_HELP = (
+    "Discord rejected the bot token (DISCORD_TOKEN): copy a fresh one from the Developer "
+    "Portal (your application → Bot → Reset Token) and set DISCORD_TOKEN again."
+)
+
+
+class DiscordAdapter(Adapter):
+    """One bot account on Discord (one process; sharded when `shard_count` is set)."""
+
+    platform = "discord"
+    max_message_length = 2000
+    typing_interval_s = 8.0  # a Discord typing indicator lasts 10 s
+    #: Discord allows 5 messages per 5 s per channel and 50 requests/s per bot; the
+    #: library waits out buckets it knows are empty, this keeps bursts from emptying them.
+    pacing = PacingPolicy(
+        per_chat_interval_s=0.25,
+        group_per_minute=60,
+        global_per_second=45.0,
+        max_rate_limit_retries=3,
+        max_retry_after_s=60.0,
+    )
+
+    def __init__(
+        self,
+        services: AdapterServices,
+        settings: DiscordSettings,
+        *,
+        default_persona: str,
+        pacing: PacingPolicy | None = None,
+        guild_ready_timeout: float = 2.0,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        """`pacing` replaces the class's policy (benchmarks); `guild_ready_timeout` is
+        how long discord.py waits for more guilds before READY (tests shorten it);
+        `drain_timeout_s` bounds how long `run` finishes replies in hand on stop."""
+        if pacing is not None:
+            self.pacing = pacing
+        super().__init__(services)
+        if settings.moderator_permission not in discord.Permissions.VALID_FLAGS:
+            raise ConfigError(
+                f"discord.moderator_permission = {settings.moderator_permission!r} is not a "
+                "Discord permission; use one such as manage_guild or manage_messages"
+            )
+        self.settings = settings
+        self.default_persona = default_persona
+        self.guild_ready_timeout = guild_ready_timeout
+        self.drain_timeout_s = drain_timeout_s
+        self._always_on = frozenset(settings.always_on)
+        words = [re.escape(w.casefold()) for w in settings.keywords if w.strip()]
+        # Whole words only ("tess" must not fire on "contessa"); \b fails next to non-Latin
+        # letters, lookarounds on \w do not.
+        self._keywords = re.compile(rf"(?<!\w)(?:{'|'.join(words)})(?!\w)") if words else None
+        self._client: discord.Client | None = None
+        self._accepting = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._threads: dict[int, int | None] = {}  # channel id -> parent id (None: not a thread)
+        #: Set once the gateway session is ready (guilds received).
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, answer until `stop` is set, finish the replies in hand, disconnect.
+
+        Raises `AdapterError` (one, with what to do) for a rejected token, a missing
+        MESSAGE_CONTENT intent, or a connection that cannot be kept.
+        """
+        if self.settings.token is None:
+            raise AdapterError("no Discord token: set DISCORD_TOKEN")
+        token = self.settings.token.get_secret_value()
+        self._warn_unknown_personas()
+        client = self._client = self._make_client()
+        tree = self._build_tree(client)
+        connection: asyncio.Task[None] | None = None
+        try:
+            try:
+                await client.login(token)
+            except discord.LoginFailure:
+                raise AdapterError(_LOGIN_REFUSED_HELP) from None
+            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                raise AdapterError(f"cannot log in to Discord: {exc}") from exc
+            await self._sync_commands(tree)
+            self._accepting = True
+            connection = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
+            stopping = asyncio.create_task(stop.wait(), name="discord-stop")
+            try:
+                await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if connection.done():
+                raise self._connection_error(connection)
+            log.info("discord.stopping", replies_in_hand=self._busy)
+            self._accepting = False
+            await self._drain()
+        finally:
+            self._accepting = False
+            self.ready.clear()
+            await client.close()
+            if connection is not None and not connection.done():
+                connection.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await connection
+
+    def _make_client(self) -> discord.Client:
+        intents = discord.Intents.default()
+        intents.message_content = True  # privileged: see _INTENTS_HELP
+        intents.members = False
+        intents.presences = False
+        intents.typing = False  # people's typing is noise to us
+        options: dict[str, Any] = {
+            "intents": intents,
+            "chunk_guilds_at_startup": False,
+            "member_cache_flags": discord.MemberCacheFlags.none(),
+            # Belt and braces: every send passes its own, this covers anything else.
+            "allowed_mentions": discord.AllowedMentions.none(),
+            # Waits longer than this come back to Adapter.send as RateLimited.
+            "max_ratelimit_timeout": 30.0,
+            "guild_ready_timeout": self.guild_ready_timeout,
+        }
+        client: discord.Client
+        if self.settings.shard_count is None:
+            client = discord.Client(**options)
+        else:  # 0: as many shards as Discord recommends
+            client = discord.AutoShardedClient(
+                shard_count=self.settings.shard_count or None, **options
+            )
+        handlers: dict[str, Callable[..., Awaitable[None]]] = {
+            "on_ready": self._on_ready,
+            "on_message": self._on_message,
+            "on_raw_reaction_add": self._on_raw_reaction,
+            "on_raw_reaction_remove": self._on_raw_reaction,
+            "on_raw_message_edit": self._on_raw_edit,
+            "on_raw_message_delete": self._on_raw_delete,
+            "on_raw_bulk_message_delete": self._on_raw_bulk_delete,
+        }
+        for name, handler in handlers.items():
+            setattr(client, name, handler)  # what Client.event does, without the decorator
+        return client
+
+    def _connection_error(self, connection: asyncio.Task[None]) -> AdapterError:
+        exc = None if connection.cancelled() else connection.exception()
+        if isinstance(exc, discord.PrivilegedIntentsRequired):
+            return AdapterError(_INTENTS_HELP)
+        if isinstance(exc, discord.ConnectionClosed) and exc.code == 4004:
+            return AdapterError(_LOGIN_REFUSED_HELP)
+        if isinstance(exc, discord.ConnectionClosed) and exc.code in (4013, 4014):
+            return AdapterError(_INTENTS_HELP)
+        if exc is None:
+            return AdapterError("the Discord connection closed unexpectedly")
+        return AdapterError(f"the Discord connection failed: {type(exc).__name__}: {exc}")
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
+        except TimeoutError:
+            log.warning("discord.drain_timeout", replies_in_hand=self._busy)
+
+    @asynccontextmanager
+    async def _in_hand(self) -> AsyncIterator[bool]:
+        """Counts an event as in hand while it runs; yields False once stopping."""
+        if not self._accepting:
+            yield False
+            return
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield True
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+
+    def _warn_unknown_personas(self) -> None:
+        personas = self.services.commands.personas
+        for place, persona in self.settings.personas.items():
+            if persona not in personas.ids():
+                log.warning("discord.unknown_persona", place=place, persona=persona)
+
+    async def _on_ready(self) -> None:
+        client = self._require_client()
+        log.info("discord.ready", user=str(client.user), guilds=len(client.guilds))
+        self.ready.set()
+
+    def _require_client(self) -> discord.Client:
+        if self._client is None:
+            raise DeliveryError("the Discord adapter is not running")
+        return self._client
+
+    def _me(self) -> int:
+        user = self._require_client().user
+        if user is None:
+            raise DeliveryError("not logged in to Discord")
+        return user.id
+
+    # -- where things happen --------------------------------------------------------------
+
+    async def _persona_for(self, guild: int | None, channel: int) -> str:
+        bound = await self.services.people.bound_persona(
+            place_key(self.platform, None if guild is None else str(guild), str(channel))
+        )
+        if bound is not None:
+            return bound
+        configured = self.settings.personas
+        if guild is None:
+            return configured.get("dm", self.default_persona)
+        return (
+            configured.get(f"{guild}/{channel}")
+            or configured.get(str(guild))
+            or self.default_persona
+        )
+
+    async def _locate(self, channel_id: int, guild: int | None) -> tuple[int, int | None]:
+        """(channel, thread) for a channel id: a thread is located in its parent."""
+        if guild is None:
+            return channel_id, None
+        if channel_id not in self._threads:
+            client = self._require_client()
+            found: Any = client.get_channel(channel_id)
+            if found is None:
+                # A raw event about a thread we never saw: ask once, then remember.
+                try:
+                    found = await client.fetch_channel(channel_id)
+                except (discord.HTTPException, aiohttp.ClientError) as exc:
+                    # Taken as a channel this once; not remembered, so it is asked again.
+                    log.info("discord.channel_unknown", channel=channel_id, error=str(exc))
+                    return channel_id, None
+            parent = found.parent_id if isinstance(found, discord.Thread) else None
+            if len(self._threads) > 50_000:
+                self._threads.clear()
+            self._threads[channel_id] = parent
+        parent = self._threads[channel_id]
+        return (parent, channel_id) if parent is not None else (channel_id, None)
+
+    async def _scope(self, guild: int | None, channel_id: int, user: int) -> Scope:
+        channel, thread = await self._locate(channel_id, guild)
+        return Scope(
+            platform=self.platform,
+            space=None if guild is None else str(guild),
+            channel=str(channel),
+            thread=None if thread is None else str(thread),
+            user=str(user),
+            persona=await self._persona_for(guild, channel),
+        )
+
+    def _actor(self, user: discord.abc.User) -> Actor:
+        return Actor(
+            platform=self.platform,
+            id=str(user.id),
+            display_name=user.display_name[:256],
+            is_bot=user.bot,
+        )
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def _on_message(self, message: discord.Message) -> None:
+        async with self._in_hand() as taking:
+            if not taking:
+                return
+            try:
+                await self._handle_message(message)
+            except Exception:  # one bad event must not stop the others
+                log.exception("discord.message_failed", message_id=message.id)
+
+    async def _handle_message(self, message: discord.Message) -> None:
+        me = self._me()
+        author = message.author
+        if author.id == me or (author.bot and self.settings.ignore_bots):
+            return
+        # Joins, pins, boosts, thread starters and the like are not conversation.
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        guild = message.guild.id if message.guild is not None else None
+        scope = await self._scope(guild, message.channel.id, author.id)
+        if guild is None:  # they wrote to us: a refused DM earlier no longer counts
+            await self.services.people.mark_reachable(self.platform, str(author.id))
+        reference = message.reference
+        incoming = Incoming(
+            scope=scope,
+            actor=self._actor(author),
+            text=self._text(message, me),
+            attachments=self._attachments(message),
+            platform_message_id=str(message.id),
+            reply_to_platform_id=(
+                str(reference.message_id)
+                if reference is not None and reference.message_id
+                else None
+            ),
+            addressed_to_bot=self._addressed(message, me, scope),
+        )
+        await self.answer(incoming)
+
+    def _addressed(self, message: discord.Message, me: int, scope: Scope) -> bool:
+        """DMs, mentions (not @everyone), replies to the bot, always-on channels, keywords."""
+        if scope.is_direct:
+            return True
+        if any(user.id == me for user in message.mentions):
+            return True
+        reference = message.reference
+        if reference is not None:
+            replied = reference.resolved or reference.cached_message
+            if isinstance(replied, discord.Message) and replied.author.id == me:
+                return True
+        if scope.channel in self._always_on or (scope.thread or "") in self._always_on:
+            return True
+        return bool(self._keywords and self._keywords.search(message.content.casefold()))
+
+    def _text(self, message: discord.Message, me: int) -> str:
+        """The content with mentions as names: `<@id>` means nothing to the model."""
+        text = message.content.strip()
+        # A leading mention of the bot says who is addressed, not what is said (but a
+        # bare mention is all that was said: keep it, it reads "@name" below).
+        text = re.sub(rf"^<@!?{me}>[\s,:]*", "", text) or text
+        users = {u.id: u.display_name for u in message.mentions}
+        client_user = self._require_client().user
+        if client_user is not None:
+            users.setdefault(me, client_user.display_name)
+        roles = {r.id: r.name for r in message.role_mentions}
+        guild = message.guild
+
+        def user(match: re.Match[str]) -> str:
+            return "@" + users.get(int(match[1]), "someone")
+
+        def role(match: re.Match[str]) -> str:
+            return "@" + roles.get(int(match[1]), "role")
+
+        def channel(match: re.Match[str]) -> str:
+            found = guild.get_channel_or_thread(int(match[1])) if guild is not None else None
+            return "#" + (found.name if found is not None else "channel")
+
+        text = _USER_MENTION.sub(user, text)
+        text = _ROLE_MENTION.sub(role, text)
+        return _CHANNEL_MENTION.sub(channel, text)
+
+    @staticmethod
+    def _attachments(message: discord.Message) -> tuple[Attachment, ...]:
+        found: list[Attachment] = []
+        for item in message.attachments:
+            kind = (item.content_type or "").split("/")[0]
+            if item.is_voice_message():
+                kind = "voice"
+            elif kind not in ("image", "video", "audio"):
+                kind = "file"
+            found.append(
+                Attachment(
+                    kind=kind,
+                    filename=item.filename[:256],
+                    description=item.description or "",
+                    size_bytes=item.size,
+                )
+            )
+        for sticker in message.stickers:
+            found.append(Attachment(kind="sticker", description=sticker.name))
+        return tuple(found)
+
+    # -- delivery -----------------------------------------------------------------------
+
+    async def _deliver(self, outgoing: Outgoing, text: str) -> str | None:
+        client = self._require_client()
+        scope = outgoing.scope
+        target = client.get_partial_messageable(int(scope.thread or scope.channel))
+        reference: discord.MessageReference | None = None
+        # In a busy channel a reply says whom it answers; only its first part needs to.
+        # (The first part of a split is a prefix of the text, except for a re-fenced
+        # code block, where going without the reference is harmless.)
+        if (
+            not scope.is_direct
+            and outgoing.reply_to_platform_id
+            and outgoing.text.strip().startswith(text)
+        ):
+            reference = discord.MessageReference(
+                message_id=int(outgoing.reply_to_platform_id),
+                channel_id=target.id,
+                fail_if_not_exists=False,
+            )
+        mentions = discord.AllowedMentions(
+            everyone=False,
+            roles=False,
+            users=[discord.Object(int(scope.user))] if reference is not None else False,
+            replied_user=reference is not None,
+        )
+        try:
+            if reference is not None:
+                sent = await target.send(text, reference=reference, allowed_mentions=mentions)
+            else:
+                sent = await target.send(text, allowed_mentions=mentions)
+        except discord.RateLimited as exc:  # longer than discord.py is willing to wait
+            raise RateLimited(exc.retry_after, "(Discord)") from exc
+        except discord.Forbidden as exc:
+            if exc.code in _UNREACHABLE_CODES:
+                raise Unreachable(f"Discord {exc.code}: {exc.text}") from exc
+            raise DeliveryError(
+                f"Discord refused the message (403, code {exc.code}): {exc.text}"
+            ) from exc
+        except discord.HTTPException as exc:
+            if exc.status == 429:  # a 429 discord.py would not retry (no Via: Cloudflare)
+                raise RateLimited(
+                    _retry_after(exc), "(Discord, not retried by discord.py)"
+                ) from exc
+            raise DeliveryError(
+                f"Discord refused the message ({exc.status}, code {exc.code}): {exc.text}"
+            ) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DeliveryError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
+        return str(sent.id)
+
+    async def _send_typing(self, scope: Scope) -> None:
+        client = self._require_client()
+        await client.get_partial_messageable(int(scope.thread or scope.channel)).typing()
+
+    # -- reactions, edits, deletions ----------------------------------------------------
+
+    async def _on_raw_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        async with self._in_hand() as taking:
+            if not taking:
+                return
+            try:
+                me = self._me()
+                if payload.user_id == me:
+                    return
+                if payload.message_author_id is not None and payload.message_author_id != me:
+                    return  # only reactions on the persona's messages are feedback
+                member = payload.member
+                if member is not None and member.bot and self.settings.ignore_bots:
+                    return
+                scope = await self._scope(payload.guild_id, payload.channel_id, payload.user_id)
+                actor = (
+                    self._actor(member)
+                    if member is not None
+                    else Actor(platform=self.platform, id=str(payload.user_id))
+                )
+                stored = await self.on_reaction(
+                    Reaction(
+                        scope=scope,
+                        actor=actor,
+                        platform_message_id=str(payload.message_id),
+                        emoji=str(payload.emoji),
+                        added=payload.event_type == "REACTION_ADD",
+                    )
+                )
+                log.debug("discord.reaction", stored=stored, message_id=payload.message_id)
+            except Exception:
+                log.exception("discord.reaction_failed", message_id=payload.message_id)
+
+    async def _on_raw_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        async with self._in_hand() as taking:
+            if not taking:
+                return
+            try:
+                message = payload.message
+                me = self._me()
+                # Link previews arrive as updates too; only a person's edit has a timestamp.
+                if message.edited_at is None or "content" not in payload.data:
+                    return
+                if message.author.id == me or (message.author.bot and self.settings.ignore_bots):
+                    return
+                scope = await self._scope(payload.guild_id, payload.channel_id, message.author.id)
+                await self.on_edit(scope, str(payload.message_id), self._text(message, me))
+            except Exception:
+                log.exception("discord.edit_failed", message_id=payload.message_id)
+
+    async def _on_raw_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._deleted(payload.guild_id, payload.channel_id, [payload.message_id])
+
+    async def _on_raw_bulk_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._deleted(payload.guild_id, payload.channel_id, sorted(payload.message_ids))
+
+    async def _deleted(self, guild: int | None, channel: int, ids: list[int]) -> None:
+        async with self._in_hand() as taking:
+            if not taking:
+                return
+            try:
+                # Who wrote it is unknown for uncached messages and not needed: the
+                # lookup is by conversation and message id, persons' messages only.
+                scope = await self._scope(guild, channel, 0)
+                for message_id in ids:
+                    await self.on_delete(scope, str(message_id))
+            except Exception:
+                log.exception("discord.delete_failed", channel=channel)
+
+    # -- slash commands -----------------------------------------------------------------
+
+    def _build_tree(self, client: discord.Client) -> app_commands.CommandTree[discord.Client]:
+        tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
+        adapter = self
+
+        @tree.command(name="persona", description="Who you are talking with; switch or upload one")
+        @app_commands.describe(
+            switch="A persona id to switch this channel to (where allowed)",
+            upload="Moderators: a persona YAML file to validate and apply",
+        )
+        async def persona(
+            interaction: discord.Interaction,
+            switch: str | None = None,
+            upload: discord.Attachment | None = None,
+        ) -> None:
+            if upload is not None:
+                await adapter._slash(interaction, "persona", "upload", upload=upload)
+            elif switch:
+                # A switch changes the channel for everyone: say so where they see it.
+                await adapter._slash(interaction, "persona", switch, ephemeral=False)
+            else:
+                await adapter._slash(interaction, "persona", "")
+
+        @tree.command(name="memory", description="What the persona remembers about you")
+        async def memory(interaction: discord.Interaction) -> None:
+            await adapter._slash(interaction, "memory", "")
+
+        @tree.command(name="forget", description="Delete a memory (an id from /memory) or all")
+        @app_commands.describe(what="A memory id from /memory, or all")
+        async def forget(interaction: discord.Interaction, what: str) -> None:
+            await adapter._slash(interaction, "forget", what)
+
+        @tree.command(name="optout", description="Keep your messages out of training data")
+        async def optout(interaction: discord.Interaction) -> None:
+            await adapter._slash(interaction, "optout", "")
+
+        @tree.command(name="optin", description="Undo /optout")
+        async def optin(interaction: discord.Interaction) -> None:
+            await adapter._slash(interaction, "optin", "")
+
+        @tree.command(name="timezone", description="Your time zone, e.g. Europe/Berlin")
+        @app_commands.describe(zone="An IANA time zone such as Europe/Berlin")
+        async def timezone(interaction: discord.Interaction, zone: str) -> None:
+            await adapter._slash(interaction, "timezone", zone)
+
+        @tree.command(name="help", description="What the persona's commands do")
+        async def help_(interaction: discord.Interaction) -> None:
+            await adapter._slash(interaction, "help", "")
+
+        @tree.command(name="reload", description="Moderators: reload every persona file")
+        async def reload(interaction: discord.Interaction) -> None:
+            await adapter._slash(interaction, "reload", "")
+
+        return tree
+
+    async def _sync_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        # Idempotent on Discord's side (unchanged commands are not re-created). A bot
+        # invited without the applications.commands scope still chats: log, go on.
+        try:
+            synced = await tree.sync()
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            log.error("discord.commands_not_synced", error=str(exc))
+            return
+        log.info("discord.commands_synced", commands=[c.name for c in synced])
+
+    def _is_moderator(self, interaction: discord.Interaction) -> bool:
+        user = interaction.user
+        if not isinstance(user, discord.Member):  # a DM: no server roles to check
+            return False
+        if getattr(interaction.permissions, self.settings.moderator_permission, False) is True:
+            return True
+        wanted = self.settings.moderator_role
+        return wanted is not None and any(wanted in (str(r.id), r.name) for r in user.roles)
+
+    async def _slash(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        args: str,
+        *,
+        ephemeral: bool = True,
+        upload: discord.Attachment | None = None,
+    ) -> None:
+        """Run `/name args` and answer it: at once when quick, else defer and follow up."""
+        async with self._in_hand() as taking:
+            if taking:
+                await self._answer_command(interaction, name, args, ephemeral, upload)
+                return
+        with suppress(discord.HTTPException, aiohttp.ClientError):
+            await interaction.response.send_message(
+                "I am restarting; try again in a minute.", ephemeral=True
+            )
+
+    async def _answer_command(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        args: str,
+        ephemeral: bool,
+        upload: discord.Attachment | None,
+    ) -> None:
+        work = asyncio.ensure_future(self._run_command(interaction, name, args, upload))
+        deferred = False
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(work), timeout=_ANSWER_WITHIN_S)
+        except TimeoutError:
+            try:
+                await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                # Too late to answer (the interaction expired): the command still runs.
+                log.error("discord.command_defer_failed", command=name, error=str(exc))
+                return
+            deferred = True
+            answer = await work
+        parts = split_message(answer, self.max_message_length) or ["(nothing to say)"]
+        none = discord.AllowedMentions.none()
+        try:
+            if not deferred:
+                await interaction.response.send_message(
+                    parts[0], ephemeral=ephemeral, allowed_mentions=none
+                )
+                parts = parts[1:]
+            for part in parts:
+                await interaction.followup.send(part, ephemeral=ephemeral, allowed_mentions=none)
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            log.error("discord.command_answer_failed", command=name, error=str(exc))
+
+    async def _run_command(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        args: str,
+        upload: discord.Attachment | None,
+    ) -> str:
+        try:
+            channel = interaction.channel_id or 0
+            scope = await self._scope(interaction.guild_id, channel, interaction.user.id)
+            text: str | None = None
+            if upload is not None:
+                if upload.size > _MAX_UPLOAD_BYTES:
+                    return f"{upload.filename} is too large for a persona file (over 256 KiB)."
+                try:
+                    text = (await upload.read()).decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{upload.filename} is not UTF-8 text; save the YAML as UTF-8."
+            ctx = CommandContext(
+                scope=scope,
+                actor=self._actor(interaction.user),
+                is_moderator=self._is_moderator(interaction),
+                allow_switch=self.settings.allow_switch,
+                attachment_text=text,
+                attachment_name=None if upload is None else upload.filename,
+            )
+            return await self.command(name, args, ctx)
+        except Exception as exc:  # the person still gets an answer; the log gets the rest
+            log.exception("discord.command_failed", command=name)
+            return f"Sorry, /{name} failed: {type(exc).__name__}."
+
+
+def _retry_after(exc: discord.HTTPException) -> float:
+    header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+    try:
+        return float(header) if header is not None else 5.0
+    except ValueError:
+        return 5.0
