@@ -172,7 +172,7 @@ def test_personas_schema_and_db_commands(workdir: Path) -> None:
     upgraded = bot("db", "upgrade", "--db", str(workdir / "x.db"), cwd=workdir)
     assert upgraded.returncode == 0 and "revision" in upgraded.stdout
     current = bot("db", "current", "--db", str(workdir / "x.db"), cwd=workdir)
-    assert "current: 0001" in current.stdout
+    assert "current: 0005" in current.stdout
 
 
 def test_run_without_any_adapter_is_a_config_error(workdir: Path) -> None:
