@@ -1,0 +1,400 @@
+"""Load through a platform adapter end to end: simulated people, a fake platform
+server, the real client library, the real adapter and engine, an instant backend.
+
+Telegram (`--platform telegram`): `--people` (1,000) simulated people each send
+`--messages` (10) messages in their own private chat, one after the other: a person
+waits for the reply, reads it for `--think` seconds (1 s, which is also Telegram's
+pacing of about one message per second in a chat) and writes the next one. Starts
+are spread over the first second. Updates are injected into the fake Bot API
+(tests/fakes/telegram_api.py, in a child process with the simulated people, so
+the bot process is measured alone), python-telegram-bot long-polls them over sockets,
+the adapter runs each turn (SQLite ledger, `MockBackend`, typing action, pacing,
+delivery) and the reply arrives at the fake as a `sendMessage`.
+
+Telegram's overall limit of about 30 messages/s for one bot is raised for the run
+(the fake does not enforce it): with it, no bot could exceed 30 replies/s, and the
+point is to measure what the framework sustains. The per-chat pacing of 1 s stays.
+
+Measured: messages/s (replies delivered over the wall time from the first message
+to the last reply), latency p50/p99 from the update being injected to its reply
+arriving at the fake, and that nothing was lost: every message sent was stored and
+either answered with a delivered reply or has a recorded failure.
+
+Prints, and writes to bench/results/platform_load.json.
+
+    python bench/platform_load.py [--platform telegram|discord|all]
+                                  [--people 1000] [--messages 10] [--think 1.0]
+
+Target on the 2-core reference machine: >= 200 messages/s, zero lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform as platform_module
+import random
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))  # tests.fakes lives beside the package, not inside it
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _telegram_people(
+    conn: Connection, people: int, messages: int, think_s: float, first_user: int
+) -> None:
+    """The child process: the fake Bot API and the simulated people.
+
+    Sends its port, waits for "go", then runs the people; sends back the latencies
+    and how many messages went in once every reply arrived (or on "stop").
+    """
+    from tests.fakes.telegram_api import FakeTelegramAPI, SentMessage
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        injected: dict[int, list[float]] = {}
+        replies: dict[int, int] = {}
+        latencies: list[float] = []
+        total = people * messages
+        done = asyncio.Event()
+        async with FakeTelegramAPI() as api:
+            api.record_calls = False
+
+            def inject(user: int) -> None:
+                count = len(injected.setdefault(user, []))
+                injected[user].append(time.monotonic())
+                api.private_message(user, f"message {count + 1} from person {user}")
+
+            def on_sent(sent: SentMessage) -> None:
+                user = sent.chat_id
+                index = replies.get(user, 0)
+                times = injected.get(user, [])
+                if index < len(times):
+                    latencies.append(sent.at - times[index])
+                replies[user] = index + 1
+                if len(latencies) >= total:
+                    done.set()
+                elif replies[user] < messages:
+                    loop.call_later(think_s, inject, user)
+
+            api.on_sent = on_sent
+            conn.send({"token": api.token, "base_url": api.base_url})
+            await loop.run_in_executor(None, conn.recv)  # "go"
+            started = time.monotonic()
+            rng = random.Random(7)
+            for i in range(people):
+                loop.call_later(rng.random(), inject, first_user + i)
+            stop = loop.run_in_executor(None, conn.poll, messages * (think_s + 5) + 120)
+            finished: asyncio.Future[Any] = asyncio.ensure_future(done.wait())
+            waiting: list[asyncio.Future[Any]] = [finished, stop]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            conn.send(
+                {
+                    "elapsed": time.monotonic() - started,
+                    "latencies": latencies,
+                    "sent": sum(len(v) for v in injected.values()),
+                    "typing_actions": len(api.actions),
+                    "cpu_s": time.process_time(),
+                }
+            )
+            await loop.run_in_executor(None, conn.recv)  # "stop": the adapter has shut down
+
+    asyncio.run(main())
+
+
+async def run_telegram(people: int, messages: int, think_s: float) -> dict[str, Any]:
+    """The Telegram run; returns its numbers. The fake server and the people run in
+    a child process, so the bot process measured is the bot alone."""
+    from adapters.base import PacingPolicy
+    from adapters.telegram import TELEGRAM_PACING, TelegramAdapter
+    from bot.app import open_app
+    from bot.config import TelegramSettings, load_settings
+    from bot.llm.mock import MockBackend
+    from bot.logs import configure_logging
+
+    configure_logging(level="WARNING", fmt="console", secrets=[])
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(
+        target=_telegram_people, args=(child, people, messages, think_s, 10_000), daemon=True
+    )
+    process.start()
+    loop = asyncio.get_running_loop()
+    fake = await loop.run_in_executor(None, parent.recv)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            None,
+            {
+                "database": {"url": f"sqlite:///{tmp}/load.db"},
+                "personas": {"dirs": [str(REPO / "personas")], "watch": False},
+                "llm": {"max_concurrency": 1000},
+                "memory": {"enabled": False},  # the platform layer is measured, not memory
+                "logging": {"level": "WARNING"},
+            },
+        )
+        telegram = TelegramSettings.model_validate(
+            {**settings.telegram.model_dump(), "token": fake["token"], "base_url": fake["base_url"]}
+        )
+        async with open_app(settings, backend=MockBackend(), watch=False) as app:
+            # Telegram's overall 30/s is lifted (see the module docstring); per chat stays.
+            pacing = PacingPolicy(
+                per_chat_interval_s=TELEGRAM_PACING.per_chat_interval_s,
+                group_per_minute=TELEGRAM_PACING.group_per_minute,
+                global_per_second=1_000_000,
+            )
+            adapter = TelegramAdapter(
+                app.services, telegram, default_persona="samantha", pacing=pacing
+            )
+            stop = asyncio.Event()
+            runner = asyncio.create_task(adapter.run(stop))
+            await asyncio.wait_for(adapter.ready.wait(), 30)
+            cpu0 = time.process_time()
+            parent.send("go")
+            report = await loop.run_in_executor(None, parent.recv)
+            cpu = time.process_time() - cpu0
+            stop.set()
+            await runner
+            parent.send("stop")
+            sent = report["sent"]
+            lost = await _telegram_lost(app, sent)
+    process.join(10)
+    latencies: list[float] = report["latencies"]
+    elapsed: float = report["elapsed"]
+    return {
+        "platform": "telegram",
+        "people": people,
+        "messages_per_person": messages,
+        "think_s": think_s,
+        "messages_sent": sent,
+        "replies_delivered": len(latencies),
+        "elapsed_s": round(elapsed, 2),
+        "messages_per_s": round(len(latencies) / elapsed, 1),
+        "latency_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "latency_p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "latency_max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
+        "typing_actions": report["typing_actions"],
+        "bot_cpu_s": round(cpu, 2),
+        "bot_cpu_per_message_ms": round(cpu / max(1, len(latencies)) * 1000, 2),
+        "fake_and_people_cpu_s": round(report["cpu_s"], 2),
+        **lost,
+    }
+
+
+async def _telegram_lost(app: Any, sent: int | dict[Any, list[float]]) -> dict[str, Any]:
+    """Every message sent must be stored and answered, or have a recorded failure."""
+
+    def work(conn: Any) -> dict[str, int]:
+        row = conn.exec_driver_sql(
+            "select "
+            " (select count(*) from messages where direction = 'in'),"
+            " (select count(*) from messages where direction = 'in' and status = 'answered'),"
+            " (select count(*) from messages where direction = 'out' and status = 'delivered'),"
+            " (select count(distinct message_id) from failures where message_id is not null),"
+            " (select count(*) from failures)"
+        ).one()
+        return {
+            "stored": row[0],
+            "answered": row[1],
+            "delivered": row[2],
+            "failed_messages": row[3],
+            "failures": row[4],
+        }
+
+    counts: dict[str, int] = await app.db.run(work)
+    if not isinstance(sent, int):  # person -> injection times
+        sent = sum(len(times) for times in sent.values())
+    accounted = min(counts["answered"], counts["delivered"]) + counts["failed_messages"]
+    return {**counts, "lost": max(0, sent - accounted)}
+
+
+async def run_discord(people: int, messages: int, think_s: float) -> dict[str, Any]:
+    """The Discord run; returns its numbers.
+
+    Like the Telegram run, each person writes in their own DM channel: MESSAGE_CREATE
+    events go out over the fake gateway (tests/fakes/discord_api.py), discord.py
+    parses them, the adapter runs each turn and the reply arrives at the fake's REST
+    API. Discord's per-channel pacing stays; its overall 50 requests/s per bot is
+    raised (the fake does not enforce it), as for Telegram.
+    """
+    import discord.gateway
+    import discord.http
+
+    from adapters.base import PacingPolicy
+    from adapters.discord import DiscordAdapter
+    from bot.app import open_app
+    from bot.config import load_settings
+    from bot.llm.mock import MockBackend
+    from bot.logs import configure_logging
+    from tests.fakes.discord_api import TOKEN, FakeDiscord, FakeUser
+
+    configure_logging(level="WARNING", fmt="console", secrets=[])
+    total = people * messages
+    users = [FakeUser(300_000_000_000_000_000 + i, f"person{i}") for i in range(people)]
+    injected: dict[int, list[float]] = {}  # channel -> injection times, in order
+    latencies: list[float] = []
+    replies: dict[int, int] = {}
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            None,
+            {
+                "database": {"url": f"sqlite:///{tmp}/load.db"},
+                "personas": {"dirs": [str(REPO / "personas")], "watch": False},
+                "llm": {"max_concurrency": 1000},
+                "memory": {"enabled": False},  # the platform layer is measured, not memory
+                "logging": {"level": "WARNING"},
+                "discord": {"token": TOKEN},
+            },
+        )
+        async with FakeDiscord() as fake:
+            fake.record = False
+            saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+            for target, name, value in fake.patch_targets():
+                setattr(target, name, value)
+            channels = {fake.dm_channel(user): user for user in users}
+
+            def inject(channel: int) -> None:
+                count = len(injected.setdefault(channel, []))
+                injected[channel].append(time.monotonic())
+                data = fake.message(channel, channels[channel], f"message {count + 1}")
+                task = loop.create_task(fake.dispatch("MESSAGE_CREATE", data))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+            def on_created(channel: int, message: dict[str, Any]) -> None:
+                index = replies.get(channel, 0)
+                times = injected.get(channel, [])
+                if index < len(times):
+                    latencies.append(time.monotonic() - times[index])
+                replies[channel] = index + 1
+                if len(latencies) >= total:
+                    done.set()
+                elif replies[channel] < messages:
+                    loop.call_later(think_s, inject, channel)
+
+            fake.on_created = on_created
+            try:
+                async with open_app(settings, backend=MockBackend(), watch=False) as app:
+                    pacing = PacingPolicy(
+                        per_chat_interval_s=DiscordAdapter.pacing.per_chat_interval_s,
+                        group_per_minute=DiscordAdapter.pacing.group_per_minute,
+                        global_per_second=1_000_000,
+                    )
+                    adapter = DiscordAdapter(
+                        app.services,
+                        settings.discord,
+                        default_persona="samantha",
+                        pacing=pacing,
+                        guild_ready_timeout=0.1,
+                    )
+                    stop = asyncio.Event()
+                    runner = asyncio.create_task(adapter.run(stop))
+                    await asyncio.wait_for(adapter.ready.wait(), 30)
+                    cpu0 = time.process_time()
+                    started = time.monotonic()
+                    rng = random.Random(7)
+                    for channel in channels:
+                        loop.call_later(rng.random(), inject, channel)
+                    timeout = messages * (think_s + 5) + 120
+                    try:
+                        await asyncio.wait_for(done.wait(), timeout)
+                    except TimeoutError:
+                        print(f"timed out after {timeout:.0f} s", file=sys.stderr)
+                    elapsed = time.monotonic() - started
+                    cpu = time.process_time() - cpu0
+                    stop.set()
+                    await runner
+                    lost = await _telegram_lost(app, injected)  # the same ledger check
+            finally:
+                discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+            delivered = len(latencies)
+
+    return {
+        "platform": "discord",
+        "people": people,
+        "messages_per_person": messages,
+        "think_s": think_s,
+        "messages_sent": sum(len(v) for v in injected.values()),
+        "replies_delivered": delivered,
+        "elapsed_s": round(elapsed, 2),
+        "messages_per_s": round(delivered / elapsed, 1),
+        "latency_p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "latency_p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "latency_max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
+        "cpu_s": round(cpu, 2),
+        "cpu_utilisation": round(cpu / elapsed, 2),
+        **lost,
+    }
+
+
+RUNS: dict[str, Callable[[int, int, float], Coroutine[Any, Any, dict[str, Any]]]] = {
+    "telegram": run_telegram,
+    "discord": run_discord,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--platform", choices=["telegram", "discord", "all"], default="telegram")
+    parser.add_argument("--people", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=10)
+    parser.add_argument("--think", type=float, default=1.0, help="seconds between reply and next")
+    args = parser.parse_args()
+    names = list(RUNS) if args.platform == "all" else [args.platform]
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "machine": f"{platform_module.machine()}, {os.cpu_count()} CPUs",
+        "runs": {},
+    }
+    for name in names:
+        try:
+            result = asyncio.run(RUNS[name](args.people, args.messages, args.think))
+        except NotImplementedError as exc:
+            print(f"{name}: skipped ({exc})")
+            continue
+        results["runs"][name] = result
+        print(f"\n{name}:")
+        for key, value in result.items():
+            print(f"  {key:>22}: {value}")
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "platform_load.json"
+    previous: dict[str, Any] = {}
+    if out.exists():  # keep other platforms' last runs when only one is run now
+        try:
+            previous = json.loads(out.read_text(encoding="utf-8")).get("runs", {})
+        except (OSError, ValueError):
+            previous = {}
+    results["runs"] = {**previous, **results["runs"]}
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

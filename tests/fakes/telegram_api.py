@@ -1,0 +1,663 @@
+"""A fake Telegram Bot API server that python-telegram-bot talks to over sockets.
+
+It is a real aiohttp server on 127.0.0.1 (a random free port) that runs on the
+caller's event loop, and it enforces the platform rules our adapter must respect:
+
+- `sendMessage` longer than 4,096 characters: 400 "message is too long"; empty: 400;
+  a `parse_mode` whose markup does not parse: 400 "can't parse entities";
+- a private chat whose user never started the bot: 403 "bot can't initiate
+  conversation with a user"; a user who blocked the bot: 403 "bot was blocked";
+- one scripted 429 with `retry_after` (`fail_next`);
+- `getUpdates` long-polls, honouring `timeout`, `offset`, `limit` and
+  `allowed_updates` (reactions are only delivered when asked for, as on Telegram);
+  while a webhook is set it answers 409, and pushes updates to the webhook instead,
+  with the `X-Telegram-Bot-Api-Secret-Token` header;
+- `getFile` and the file download endpoint, `sendChatAction`, `setWebhook`,
+  `deleteWebhook`, `setMyCommands`; an unknown token gets 401, an unknown method 404.
+
+Every sent message is kept in `sent` with its arrival time (`time.monotonic()`), so
+tests can assert pacing; `actions` holds chat actions. Updates are injected with the
+helpers (`private_message`, `group_message`, `edit`, `reaction`, `poll`,
+`member_join`, `sticker`, `photo`, `document`), which return the update dict.
+
+    async with FakeTelegramAPI() as api:
+        app = ApplicationBuilder().token(api.token).base_url(api.base_url)
+              .base_file_url(api.base_file_url).build()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["FakeTelegramAPI", "SentMessage"]
+
+TOKEN = "123456:TEST-token_for-the-fake"
+MAX_TEXT = 4096
+# Telegram delivers every kind except these when `allowed_updates` is not given.
+_NOT_BY_DEFAULT = {"chat_member", "message_reaction", "message_reaction_count"}
+_MARKDOWN_V2_RESERVED = set("_*[]()~`>#+-=|{}.!")
+_HTML_TAG = re.compile(r"</?(b|strong|i|em|u|ins|s|strike|del|code|pre|a|tg-spoiler|span)\b[^>]*>")
+
+
+@dataclass
+class SentMessage:
+    """A message the bot sent, as the fake received it."""
+
+    chat_id: int
+    text: str
+    message_id: int
+    at: float
+    parse_mode: str | None = None
+    reply_to: int | None = None
+    thread: int | None = None
+
+
+@dataclass
+class _Failure:
+    method: str
+    status: int
+    description: str
+    retry_after: int | None = None
+    chat_id: int | None = None
+
+
+class FakeTelegramAPI:
+    """The Bot API's HTTP surface, in memory; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        token: str = TOKEN,
+        bot_id: int = 4242,
+        username: str = "persona_test_bot",
+        first_name: str = "Tess",
+    ) -> None:
+        self.token = token
+        self.bot_user = {
+            "id": bot_id,
+            "is_bot": True,
+            "first_name": first_name,
+            "username": username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+        self.port = 0
+        self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
+        self.sent: list[SentMessage] = []
+        self.actions: list[tuple[int, str, float]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.started: set[int] = set()  # private chats whose user started the bot
+        self.blocked: set[int] = set()
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+        self.webhook_allowed: list[str] | None = None
+        self.webhook_responses: list[int] = []
+        self.allowed_updates: list[str] | None = None
+        self.commands: list[dict[str, Any]] = []
+        #: Called with each SentMessage as it is accepted (benchmarks hook this).
+        self.on_sent: Callable[[SentMessage], None] | None = None
+        self.record_calls = True
+        self._failures: list[_Failure] = []
+        self._next_update = itertools.count(1)
+        self._next_message = itertools.count(1000)
+        self._new_update = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._push_task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._date = int(time.time())
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """For `ApplicationBuilder.base_url` (PTB appends the token)."""
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        """For `ApplicationBuilder.base_file_url`."""
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    async def start(self) -> None:
+        """Serve on a random free port of 127.0.0.1."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/bot{token}/{method}", self._api)
+        app.router.add_get("/bot{token}/{method}", self._api)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._file)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        """Stop serving (long polls in progress are answered first)."""
+        self._closing = True
+        self._new_update.set()
+        if self._push_task is not None:
+            self._push_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._push_task
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeTelegramAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- scripting ---------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        method: str = "sendMessage",
+        *,
+        status: int = 429,
+        retry_after: int | None = 1,
+        description: str | None = None,
+        chat_id: int | None = None,
+    ) -> None:
+        """The next call of `method` (to `chat_id`, if given) fails once like this."""
+        if description is None:
+            description = (
+                f"Too Many Requests: retry after {retry_after}" if status == 429 else "scripted"
+            )
+        self._failures.append(_Failure(method, status, description, retry_after, chat_id))
+
+    def add_file(self, content: bytes, file_name: str = "file.bin") -> str:
+        """Store a file the bot can fetch with getFile; returns its file_id."""
+        file_id = f"file-{len(self.files) + 1}"
+        self.files[file_id] = (file_name, content)
+        return file_id
+
+    def sent_to(self, chat_id: int) -> list[SentMessage]:
+        """Messages sent to one chat, in order."""
+        return [m for m in self.sent if m.chat_id == chat_id]
+
+    async def wait_for(
+        self, condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.01
+    ) -> None:
+        """Poll `condition` until it is true; fail after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not met within {timeout} s")
+            await asyncio.sleep(interval)
+
+    # -- injecting updates --------------------------------------------------------------
+
+    def user(self, user_id: int, name: str = "Ann", last: str | None = None) -> dict[str, Any]:
+        """A user object."""
+        data: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": name}
+        if last:
+            data["last_name"] = last
+        return data
+
+    def _chat(self, chat_id: int, title: str | None = None) -> dict[str, Any]:
+        if chat_id > 0:
+            return {"id": chat_id, "type": "private", "first_name": "Someone"}
+        return {"id": chat_id, "type": "supergroup", "title": title or f"group {chat_id}"}
+
+    def message(
+        self,
+        chat_id: int,
+        user_id: int,
+        text: str | None = "",
+        *,
+        name: str = "Ann",
+        entities: list[dict[str, Any]] | None = None,
+        reply_to: dict[str, Any] | None = None,
+        thread: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A message object (not yet an update)."""
+        msg: dict[str, Any] = {
+            "message_id": next(self._next_message),
+            "date": self._date,
+            "chat": self._chat(chat_id),
+            "from": self.user(user_id, name),
+        }
+        if text is not None:
+            msg["text"] = text
+        if entities:
+            msg["entities"] = entities
+        if text and text.startswith("/") and not entities:
+            command = text.split()[0]
+            msg["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        if reply_to is not None:
+            msg["reply_to_message"] = reply_to
+        if thread is not None:
+            msg["message_thread_id"] = thread
+            msg["is_topic_message"] = True
+        msg.update(extra or {})
+        return msg
+
+    def push(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Queue an update of `kind` ("message", "edited_message", ...)."""
+        update = {"update_id": next(self._next_update), kind: payload}
+        if kind in ("message", "edited_message"):
+            chat = payload["chat"]
+            if chat["type"] == "private" and payload.get("text", "").startswith("/start"):
+                self.started.add(chat["id"])
+        self.updates.append(update)
+        self._new_update.set()
+        if self.webhook_url is not None:
+            self._ensure_pusher()
+        return update
+
+    def private_message(
+        self, user_id: int, text: str | None, *, name: str = "Ann", start: bool = True, **kw: Any
+    ) -> dict[str, Any]:
+        """A person writes to the bot in a private chat (having started it, by default)."""
+        if start:
+            self.started.add(user_id)
+        return self.push("message", self.message(user_id, user_id, text, name=name, **kw))
+
+    def group_message(
+        self,
+        chat_id: int,
+        user_id: int,
+        text: str,
+        *,
+        mention: bool = False,
+        name: str = "Bob",
+        **kw: Any,
+    ) -> dict[str, Any]:
+        """A message in a group; with `mention`, "@botname " is put in front of it."""
+        entities = None
+        if mention:
+            handle = f"@{self.bot_user['username']}"
+            text = f"{handle} {text}"
+            entities = [{"type": "mention", "offset": 0, "length": len(handle)}]
+        msg = self.message(chat_id, user_id, text, name=name, entities=entities, **kw)
+        return self.push("message", msg)
+
+    def bot_message(self, sent: SentMessage) -> dict[str, Any]:
+        """The message object of something the bot sent (to reply to it)."""
+        return {
+            "message_id": sent.message_id,
+            "date": self._date,
+            "chat": self._chat(sent.chat_id),
+            "from": self.bot_user,
+            "text": sent.text,
+        }
+
+    def edit(self, original: dict[str, Any], text: str) -> dict[str, Any]:
+        """The person edits a message they sent earlier (the update's message)."""
+        message = dict(original["message"])
+        message["text"] = text
+        message["edit_date"] = self._date + 5
+        return self.push("edited_message", message)
+
+    def reaction(
+        self,
+        chat_id: int,
+        user_id: int,
+        message_id: int,
+        new: list[str],
+        old: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A person changes their reaction on a message (Telegram sends old and new)."""
+        return self.push(
+            "message_reaction",
+            {
+                "chat": self._chat(chat_id),
+                "message_id": message_id,
+                "user": self.user(user_id),
+                "date": self._date,
+                "old_reaction": [{"type": "emoji", "emoji": e} for e in old or []],
+                "new_reaction": [{"type": "emoji", "emoji": e} for e in new],
+            },
+        )
+
+    def poll(self) -> dict[str, Any]:
+        """A poll update (the bot does not handle polls)."""
+        return self.push(
+            "poll",
+            {
+                "id": "poll-1",
+                "question": "Tea or coffee?",
+                "options": [
+                    {"text": "tea", "voter_count": 1},
+                    {"text": "coffee", "voter_count": 2},
+                ],
+                "total_voter_count": 3,
+                "is_closed": False,
+                "is_anonymous": True,
+                "type": "regular",
+                "allows_multiple_answers": False,
+            },
+        )
+
+    def member_join(self, chat_id: int, user_id: int) -> dict[str, Any]:
+        """A service message: someone joined the group."""
+        msg = self.message(
+            chat_id, user_id, None, extra={"new_chat_members": [self.user(user_id, "Neo")]}
+        )
+        return self.push("message", msg)
+
+    def sticker(
+        self, user_id: int, emoji: str = "😀", chat_id: int | None = None
+    ) -> dict[str, Any]:
+        """A sticker and nothing else."""
+        sticker = {
+            "file_id": "sticker-1",
+            "file_unique_id": "s1",
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+            "emoji": emoji,
+            "set_name": "CuteCats",
+        }
+        msg = self.message(chat_id or user_id, user_id, None, extra={"sticker": sticker})
+        self.started.add(user_id)
+        return self.push("message", msg)
+
+    def photo(self, user_id: int, caption: str | None = None) -> dict[str, Any]:
+        """A photo, with or without a caption."""
+        sizes = [
+            {"file_id": "photo-s", "file_unique_id": "p1", "width": 90, "height": 90},
+            {"file_id": "photo-l", "file_unique_id": "p2", "width": 800, "height": 800},
+        ]
+        extra: dict[str, Any] = {"photo": sizes}
+        if caption is not None:
+            extra["caption"] = caption
+        self.started.add(user_id)
+        return self.push("message", self.message(user_id, user_id, None, extra=extra))
+
+    def document(
+        self,
+        chat_id: int,
+        user_id: int,
+        content: bytes,
+        file_name: str,
+        caption: str | None = None,
+        *,
+        name: str = "Mo",
+    ) -> dict[str, Any]:
+        """A file sent with an optional caption (a command in the caption counts)."""
+        file_id = self.add_file(content, file_name)
+        extra: dict[str, Any] = {
+            "document": {
+                "file_id": file_id,
+                "file_unique_id": file_id + "-u",
+                "file_name": file_name,
+                "file_size": len(content),
+            }
+        }
+        if caption is not None:
+            extra["caption"] = caption
+            if caption.startswith("/"):
+                command = caption.split()[0]
+                extra["caption_entities"] = [
+                    {"type": "bot_command", "offset": 0, "length": len(command)}
+                ]
+        if chat_id > 0:
+            self.started.add(chat_id)
+        msg = self.message(chat_id, user_id, None, name=name, extra=extra)
+        return self.push("message", msg)
+
+    # -- the HTTP side ------------------------------------------------------------------
+
+    @staticmethod
+    def _error(status: int, description: str, **parameters: Any) -> web.Response:
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if parameters:
+            body["parameters"] = parameters
+        return web.json_response(body, status=status)
+
+    @staticmethod
+    def _ok(result: Any) -> web.Response:
+        return web.json_response({"ok": True, "result": result})
+
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type == "application/json":
+            data: dict[str, Any] = await request.json()
+            return data
+        form = await request.post()
+        return dict(form.items())
+
+    def _take_failure(self, method: str, chat_id: int | None) -> _Failure | None:
+        for failure in self._failures:
+            if failure.method == method and failure.chat_id in (None, chat_id):
+                self._failures.remove(failure)
+                return failure
+        return None
+
+    async def _api(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return self._error(401, "Unauthorized")
+        method = request.match_info["method"]
+        try:
+            params = await self._params(request)
+        except (ConnectionResetError, aiohttp.ClientPayloadError):
+            # The client gave up mid-request (PTB cancels a typing action when the
+            # reply is ready first): nothing to answer.
+            return web.Response(status=400)
+        if self.record_calls:
+            self.calls.append((method, params))
+        chat_id = _int(params.get("chat_id"))
+        failure = self._take_failure(method, chat_id)
+        if failure is not None:
+            if failure.status == 429:
+                return self._error(429, failure.description, retry_after=failure.retry_after)
+            return self._error(failure.status, failure.description)
+        handler = getattr(self, f"_m_{method.lower()}", None)
+        if handler is None:
+            return self._error(404, "Not Found")
+        result: web.Response = await handler(params)
+        return result
+
+    async def _m_getme(self, params: dict[str, Any]) -> web.Response:
+        return self._ok(self.bot_user)
+
+    async def _m_getupdates(self, params: dict[str, Any]) -> web.Response:
+        if self.webhook_url is not None:
+            return self._error(409, "Conflict: can't use getUpdates method while webhook is active")
+        offset = _int(params.get("offset")) or 0
+        limit = _int(params.get("limit")) or 100
+        timeout = float(params.get("timeout") or 0)
+        allowed = params.get("allowed_updates")
+        if allowed is not None:
+            self.allowed_updates = json.loads(allowed) if isinstance(allowed, str) else allowed
+        if offset:
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = [u for u in self.updates if self._wanted(u, self.allowed_updates)][:limit]
+            remaining = deadline - time.monotonic()
+            if ready or remaining <= 0 or self._closing:
+                return self._ok(ready)
+            self._new_update.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_update.wait(), remaining)
+
+    @staticmethod
+    def _wanted(update: dict[str, Any], allowed: list[str] | None) -> bool:
+        kind = next(k for k in update if k != "update_id")
+        if not allowed:
+            return kind not in _NOT_BY_DEFAULT
+        return kind in allowed
+
+    async def _m_sendmessage(self, params: dict[str, Any]) -> web.Response:
+        chat_id = _int(params.get("chat_id"))
+        text = str(params.get("text", ""))
+        parse_mode = params.get("parse_mode") or None
+        if chat_id is None:
+            return self._error(400, "Bad Request: chat_id is empty")
+        if not text.strip():
+            return self._error(400, "Bad Request: message text is empty")
+        if len(text) > MAX_TEXT:
+            return self._error(400, "Bad Request: message is too long")
+        if parse_mode is not None and not _markup_parses(text, str(parse_mode)):
+            return self._error(400, "Bad Request: can't parse entities: unsupported markup")
+        if chat_id > 0:
+            if chat_id in self.blocked:
+                return self._error(403, "Forbidden: bot was blocked by the user")
+            if chat_id not in self.started:
+                return self._error(403, "Forbidden: bot can't initiate conversation with a user")
+        reply = params.get("reply_parameters")
+        reply_to = None
+        if reply:
+            reply_to = (json.loads(reply) if isinstance(reply, str) else reply).get("message_id")
+        sent = SentMessage(
+            chat_id=chat_id,
+            text=text,
+            message_id=next(self._next_message),
+            at=time.monotonic(),
+            parse_mode=str(parse_mode) if parse_mode else None,
+            reply_to=reply_to,
+            thread=_int(params.get("message_thread_id")),
+        )
+        self.sent.append(sent)
+        if self.on_sent is not None:
+            self.on_sent(sent)
+        result: dict[str, Any] = {
+            "message_id": sent.message_id,
+            "date": self._date,
+            "chat": self._chat(chat_id),
+            "from": self.bot_user,
+            "text": text,
+        }
+        if sent.thread is not None:
+            result["message_thread_id"] = sent.thread
+        return self._ok(result)
+
+    async def _m_sendchataction(self, params: dict[str, Any]) -> web.Response:
+        chat_id = _int(params.get("chat_id"))
+        assert chat_id is not None
+        if chat_id > 0 and (chat_id in self.blocked or chat_id not in self.started):
+            return self._error(403, "Forbidden: bot was blocked by the user")
+        self.actions.append((chat_id, str(params.get("action")), time.monotonic()))
+        return self._ok(True)
+
+    async def _m_getfile(self, params: dict[str, Any]) -> web.Response:
+        file_id = str(params.get("file_id"))
+        if file_id not in self.files:
+            return self._error(400, "Bad Request: invalid file_id")
+        name, content = self.files[file_id]
+        return self._ok(
+            {
+                "file_id": file_id,
+                "file_unique_id": file_id + "-u",
+                "file_size": len(content),
+                "file_path": f"documents/{file_id}/{name}",
+            }
+        )
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401)
+        parts = request.match_info["path"].split("/")
+        if len(parts) < 2 or parts[1] not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[parts[1]][1])
+
+    async def _m_setwebhook(self, params: dict[str, Any]) -> web.Response:
+        self.webhook_url = str(params["url"]) or None
+        self.webhook_secret = params.get("secret_token")
+        allowed = params.get("allowed_updates")
+        self.webhook_allowed = json.loads(allowed) if isinstance(allowed, str) else allowed
+        if self.webhook_url and self.updates:
+            self._ensure_pusher()
+        return self._ok(True)
+
+    async def _m_deletewebhook(self, params: dict[str, Any]) -> web.Response:
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self.updates.clear()
+        self.webhook_url = None
+        return self._ok(True)
+
+    async def _m_setmycommands(self, params: dict[str, Any]) -> web.Response:
+        raw = params.get("commands", "[]")
+        self.commands = json.loads(raw) if isinstance(raw, str) else raw
+        return self._ok(True)
+
+    # -- webhook delivery --------------------------------------------------------------
+
+    def _ensure_pusher(self) -> None:
+        if self._push_task is None or self._push_task.done():
+            self._push_task = asyncio.get_running_loop().create_task(self._push_webhook())
+
+    async def _push_webhook(self) -> None:
+        """Post pending updates to the webhook, one at a time, like Telegram does."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        while self.webhook_url is not None and self.updates:
+            update = self.updates[0]
+            if not self._wanted(update, self.webhook_allowed):
+                self.updates.pop(0)
+                continue
+            headers = {}
+            if self.webhook_secret:
+                headers["X-Telegram-Bot-Api-Secret-Token"] = str(self.webhook_secret)
+            try:
+                async with self._session.post(
+                    self.webhook_url, json=update, headers=headers
+                ) as response:
+                    self.webhook_responses.append(response.status)
+                    ok = response.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                self.updates.pop(0)
+            else:  # Telegram retries later; so do we, a little sooner
+                await asyncio.sleep(0.05)
+
+
+def _int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _markup_parses(text: str, parse_mode: str) -> bool:
+    """Roughly Telegram's own check: would this text parse in that mode?"""
+    mode = parse_mode.lower()
+    if mode == "markdownv2":
+        escaped = False
+        for char in text:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char in _MARKDOWN_V2_RESERVED:
+                return False  # strict: every reserved character must be escaped
+        return True
+    if mode == "html":
+        stripped = _HTML_TAG.sub("", text)
+        return "<" not in stripped and not re.search(r"&(?!(lt|gt|amp|quot);)", stripped)
+    if mode == "markdown":
+        return text.count("*") % 2 == 0 and text.count("_") % 2 == 0 and text.count("`") % 2 == 0
+    return False
