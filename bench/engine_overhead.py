@@ -143,7 +143,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         from bot.logs import configure_logging
 
         configure_logging(level="WARNING", fmt="json")
-        async with open_app(settings, backend=MockBackend(), watch=False) as app:
+        async with open_app(settings, backend=MockBackend(), watch=False, memory=False) as app:
             conversations = max(100, args.messages // 100)
             t0 = time.perf_counter()
             await seed(app, conversations, args.messages // conversations)

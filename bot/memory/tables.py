@@ -1,0 +1,95 @@
+"""The memory tables: facts, summaries and embedding vectors (SQLModel).
+
+Every row carries the person (`user_id`), the persona and the conversation it was
+learned in, which is what recall filters on (see `bot.memory.scopes`). The FTS5
+indexes over messages and facts are virtual tables created by migration 0002 with
+raw SQL and kept in sync by triggers; SQLAlchemy does not model them, so
+`include_object` hides them from Alembic's comparison.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = ["FTS_TABLES", "Embedding", "Fact", "Summary", "include_object"]
+
+#: The FTS5 virtual tables migration 0002 creates (their shadow tables share the prefix).
+FTS_TABLES = ("messages_fts", "messages_fts_tri", "facts_fts", "facts_fts_tri")
+
+
+def _ts(*, nullable: bool = False) -> Column[datetime]:
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+class Fact(SQLModel, table=True):
+    """Something a person told the persona, extracted from their messages.
+
+    `superseded_by` points at the newer fact that replaced this one ("moved to
+    Berlin" supersedes "lives in Paris"); a superseded fact is never recalled.
+    """
+
+    __tablename__ = "facts"
+    __table_args__ = (Index("ix_facts_user_persona", "user_id", "persona_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+    persona_id: str = Field(max_length=64)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True)
+    is_direct: bool
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    #: JSON list of the ledger message ids the fact was read from.
+    source_ids: str = Field(sa_column=Column(Text, nullable=False))
+    confidence: float = 1.0
+    importance: float = 0.5
+    created_at: datetime = Field(sa_column=_ts())
+    updated_at: datetime = Field(sa_column=_ts())
+    superseded_by: int | None = Field(default=None, foreign_key="facts.id")
+
+
+class Summary(SQLModel, table=True):
+    """A summary of one person's stretch of a conversation (messages first..last)."""
+
+    __tablename__ = "summaries"
+    __table_args__ = (Index("ix_summaries_conversation_user", "conversation_id", "user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    persona_id: str = Field(max_length=64)
+    conversation_id: int = Field(foreign_key="conversations.id")
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    first_message_id: int
+    last_message_id: int
+    start_at: datetime = Field(sa_column=_ts())
+    end_at: datetime = Field(sa_column=_ts())
+    created_at: datetime = Field(sa_column=_ts())
+
+
+class Embedding(SQLModel, table=True):
+    """A dense vector (float32, little-endian) of a message, fact or summary."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        UniqueConstraint("kind", "item_id", "model"),
+        Index("ix_embeddings_user_model_id", "user_id", "model", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)
+    item_id: int
+    user_id: int = Field(foreign_key="users.id")
+    conversation_id: int = Field(foreign_key="conversations.id")
+    model: str = Field(max_length=256)
+    dim: int
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(sa_column=_ts())
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic hook: leave the FTS5 virtual tables (and their shadow tables) alone."""
+    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLES))

@@ -1,0 +1,183 @@
+"""SQLiteMemory: search, packing, forgetting, degradation and bad input."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from bot.llm.tokens import ApproxTokenCounter
+from bot.memory.ledger import Ledger
+from bot.memory.query import match_expression, trigram_expression
+from bot.memory.store import ForgetRefused, MemoryHit, SQLiteMemory, pack_memories
+from tests.memory.conftest import T0, BrokenEmbedder, HashEmbedder, say, scope_for
+
+NOW = T0 + timedelta(days=40)  # 10 June
+
+
+async def test_finds_the_right_message_and_only_the_speakers(
+    memory: SQLiteMemory, ledger: Ledger
+) -> None:
+    mine, dog, _ = await say(ledger, scope_for("ann"), "My dog is called Rex", reply="Cute!")
+    await say(ledger, scope_for("ann"), "I work as a nurse in Leeds")
+    theirs, _, _ = await say(ledger, scope_for("bob"), "My dog is called Bella")
+    hits = await memory.search(mine, "what is my dog called?", now=NOW)
+    assert hits and hits[0].id == dog
+    assert all("Bella" not in h.text for h in hits)
+    other = await memory.search(theirs, "dog", now=NOW)
+    assert [h.text for h in other] == ["My dog is called Bella"]
+
+
+async def test_dm_memories_stay_out_of_channels(memory: SQLiteMemory, ledger: Ledger) -> None:
+    await say(ledger, scope_for("ann"), "my secret diagnosis is migraine")
+    in_channel, _, _ = await say(ledger, scope_for("ann", "general"), "hello all")
+    assert await memory.search(in_channel, "secret diagnosis migraine", now=NOW) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "   ",
+        "?!.,;:-",
+        "🙂🐶🎉",
+        '"',
+        '"unbalanced',
+        "dog*",
+        "NEAR(dog cat)",
+        "dog AND cat OR NOT x",
+        "(((",
+        "col:dog",
+        "^dog",
+        "x" * 100_000,
+        "dog " * 5000,
+        "\x00 dog \x1f",
+        "上周 我的狗 叫 什么",
+        "犬",
+    ],
+)
+async def test_odd_queries_never_raise(memory: SQLiteMemory, ledger: Ledger, query: str) -> None:
+    scope, _, _ = await say(ledger, scope_for("ann"), 'my dog "Rex" AND (cat*) NEAR 我的狗叫小黑')
+    hits = await memory.search(scope, query, now=NOW)
+    assert isinstance(hits, list)
+
+
+async def test_fts_syntax_in_stored_text_is_searchable(
+    memory: SQLiteMemory, ledger: Ledger
+) -> None:
+    scope, mid, _ = await say(ledger, scope_for("ann"), 'I said "NEAR" AND * (really)')
+    hits = await memory.search(scope, 'what about "NEAR" AND *?', now=NOW)
+    assert [h.id for h in hits] == [mid]
+
+
+def test_match_expressions_are_quoted_tokens() -> None:
+    assert match_expression('dog" OR *') == '"dog"'
+    assert match_expression("?!") is None
+    assert match_expression("the") == '"the"'  # only stopwords: keep them
+    assert trigram_expression("我的狗叫小黑") == '"我的狗" OR "的狗叫" OR "狗叫小" OR "叫小黑"'
+
+
+async def test_chinese_text_is_found_through_trigrams(memory: SQLiteMemory, ledger: Ledger) -> None:
+    scope, mid, _ = await say(ledger, scope_for("li"), "我的狗叫小黑，它三岁了")
+    await say(ledger, scope_for("li"), "今天天气很好")
+    hits = await memory.search(scope, "我的狗叫什么名字", now=NOW)
+    assert hits[0].id == mid
+    short = await memory.search(scope, "小黑", now=NOW)  # two characters: substring scan
+    assert short[0].id == mid
+
+
+async def test_time_expressions_boost_their_period(memory: SQLiteMemory, ledger: Ledger) -> None:
+    scope, old, _ = await say(ledger, scope_for("ann"), "went hiking in the hills", at=T0)
+    _, recent, _ = await say(
+        ledger, scope_for("ann"), "went hiking by the sea", at=NOW - timedelta(days=1)
+    )
+    assert (await memory.search(scope, "hiking yesterday", now=NOW))[0].id == recent
+    assert (await memory.search(scope, "hiking in May", now=NOW))[0].id == old
+
+
+async def test_dense_search_and_batched_embeddings(db, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    embedder = HashEmbedder()
+    memory = SQLiteMemory(db, embedder=embedder, embed_delay_s=60)
+    ids = []
+    for i in range(10):
+        scope, a, b = await say(ledger, scope_for("ann"), f"note {i} about gardening", reply="ok")
+        memory.enqueue([("message", a), ("message", b)])
+        ids.append(a)
+    await memory.flush()
+    assert embedder.calls == [20]  # one batch for all queued turns
+    hits = await memory.search(scope, "gardening note 3", k=3, now=NOW)
+    assert hits[0].id == ids[3]
+    await memory.aclose()
+
+
+async def test_failing_model_falls_back_to_bm25_and_logs_once(db, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    embedder = BrokenEmbedder()
+    memory = SQLiteMemory(db, embedder=embedder)
+    scope, mid, _ = await say(ledger, scope_for("ann"), "my cat is Tom")
+    with capture_logs() as logs:
+        memory.enqueue([("message", mid)])
+        await memory.flush()
+        for _ in range(3):
+            hits = await memory.search(scope, "cat", now=NOW)
+            assert [h.id for h in hits] == [mid]
+    assert [e["event"] for e in logs].count("memory.dense_off") == 1
+    await memory.aclose()
+
+
+async def test_missing_model_directory_falls_back(db, ledger: Ledger, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bot.memory.embeddings import SentenceTransformerEmbedder
+
+    memory = SQLiteMemory(db, embedder=SentenceTransformerEmbedder(str(tmp_path / "nope")))
+    scope, mid, _ = await say(ledger, scope_for("ann"), "my cat is Tom")
+    with capture_logs() as logs:
+        memory.enqueue([("message", mid)])
+        await memory.flush()  # loading fails here: logged, and embedding stays off
+        assert [h.id for h in await memory.search(scope, "cat", now=NOW)] == [mid]
+        assert [h.id for h in await memory.search(scope, "cat", now=NOW)] == [mid]
+    assert [e["event"] for e in logs].count("memory.dense_off") == 1
+    await memory.aclose()
+
+
+def test_packing_respects_the_budget_and_dates_every_line() -> None:
+    tokens = ApproxTokenCounter()
+    hits = [
+        MemoryHit("fact", 1, "Has a dog named Rex.", 1.0, T0),
+        *[MemoryHit("message", i, f"message number {i} " * 5, 0.5, T0, "Ann") for i in range(50)],
+    ]
+    summaries = [MemoryHit("summary", 9, "They talked about dogs.", 0.0, T0)]
+    text = pack_memories(hits, summaries, 120, tokens)
+    assert tokens.count_text(text) <= 120
+    assert "Has a dog named Rex." in text and "They talked about dogs." in text
+    for line in text.splitlines():
+        assert line.endswith(":") or "(2026-05-01)" in line
+    assert pack_memories(hits, summaries, 0, tokens) == ""
+
+
+async def test_forget_all_deletes_everything_of_that_person_only(db, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    memory = SQLiteMemory(db, embedder=HashEmbedder())
+    ann, a, b = await say(ledger, scope_for("ann"), "I love jazz", reply="Me too")
+    bob, c, _ = await say(ledger, scope_for("bob"), "I love jazz as well")
+    memory.enqueue([("message", a), ("message", b), ("message", c)])
+    await memory.flush()
+    counts = await memory.forget(ann.user_id, "all")
+    assert counts["messages"] == 2 and counts["embeddings"] == 2
+    assert await memory.search(ann, "jazz", now=NOW) == []
+    assert [h.id for h in await memory.search(bob, "jazz", now=NOW)] == [c]
+    await memory.aclose()
+
+
+async def test_forget_of_someone_elses_id_is_refused_and_deletes_nothing(
+    memory: SQLiteMemory, ledger: Ledger
+) -> None:
+    ann, a, _ = await say(ledger, scope_for("ann"), "I love jazz")
+    bob, _, _ = await say(ledger, scope_for("bob"), "hi")
+    with pytest.raises(ForgetRefused):
+        await memory.forget(bob.user_id, f"m{a}")
+    with pytest.raises(KeyError):
+        await memory.forget(bob.user_id, "f999")
+    with pytest.raises(ValueError, match="not a memory id"):
+        await memory.forget(bob.user_id, "DROP TABLE")
+    assert [h.id for h in await memory.search(ann, "jazz", now=NOW)] == [a]
+    await memory.forget(ann.user_id, f"m{a}")
+    assert await memory.search(ann, "jazz", now=NOW) == []
