@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from bot.commands import Commands
+from bot.commands import Commands, StoreMemoryControl
 from bot.config import LLMSettings, MemorySettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
@@ -163,10 +163,43 @@ async def open_app(
             stack.push_async_callback(stop_watching)
         stack.push_async_callback(engine.drain)
         people = People(db)
-        commands = Commands(engine=engine, people=people, personas=registry)
-        yield App(
-            settings, db, ledger, registry, backends, engine, people, commands, memory=long_term
+        commands = Commands(
+            engine=engine,
+            people=people,
+            personas=registry,
+            memory=StoreMemoryControl(long_term) if long_term is not None else None,
         )
+        yield App(
+            settings,
+            db,
+            ledger,
+            registry,
+            backends,
+            engine,
+            people,
+            commands,
+            memory=long_term,
+            upkeep=_upkeep_jobs(settings, long_term),
+        )
+
+
+def _upkeep_jobs(
+    settings: Settings, memory: SQLiteMemory | None
+) -> dict[str, Callable[[datetime], Awaitable[Any]]]:
+    """Upkeep the scheduler runs besides its own (retention, backups)."""
+    jobs: dict[str, Callable[[datetime], Awaitable[Any]]] = {}
+    if memory is not None:
+        jobs["memory"] = memory.summarise_quiet  # summaries of conversations gone quiet
+    export_dir = settings.scheduler.export_dir
+    if export_dir is not None:
+        from bot.export import export_datasets
+
+        async def export(now: datetime) -> Any:
+            out = export_dir / now.strftime("%Y%m%dT%H%M%SZ")
+            return await asyncio.to_thread(export_datasets, settings, now, out=out)
+
+        jobs["export"] = export
+    return jobs
 
 
 def build_memory(

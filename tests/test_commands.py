@@ -147,3 +147,42 @@ async def test_reactions_edits_and_deletes(app: App, tmp_path: Path) -> None:
     conversation = await app.engine.ledger.conversation_id(SCOPE)
     history = await app.engine.ledger.history(conversation)
     assert [t.text for t in history] == ["reply"]
+
+
+async def test_memory_commands_go_to_the_long_term_store(tmp_path: Path) -> None:
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "tester.yaml").write_text(PERSONA, encoding="utf-8")
+    settings = load_settings(
+        None,
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/m.db"},
+            "personas": {"dirs": [str(personas)]},
+            "memory": {"embedding_model": "none"},
+        },
+    )
+    async with open_app(settings, backend=MockBackend(lambda r: "ok"), watch=False) as app:
+        assert app.memory is not None and "memory" in app.upkeep
+        await app.engine.handle(Incoming(scope=SCOPE, actor=ANN, text="my dog is Rex"))
+        with sqlite3.connect(tmp_path / "m.db") as conn:
+            conn.execute(
+                "insert into facts (user_id, persona_id, conversation_id, is_direct, text,"
+                " source_ids, confidence, importance, created_at, updated_at) values"
+                " (1, 'tester', 1, 1, 'Ann has a dog called Rex', '[1]', 0.9, 0.5,"
+                " '2026-11-01 10:00:00',"
+                " '2026-11-01 10:00:00')"
+            )
+        listed = await app.commands.run("memory", "", ctx())
+        assert "Ann has a dog called Rex" in listed and "[f1]" in listed
+        bo = CommandContext(
+            scope=SCOPE.model_copy(update={"user": "bo"}), actor=Actor(platform="test", id="bo")
+        )
+        await app.engine.handle(Incoming(scope=bo.scope, actor=bo.actor, text="hello"))
+        assert "no memory 'f1'" in await app.commands.run("forget", "f1", bo)  # not theirs
+        assert "Forgot" in await app.commands.run("forget", "f1", ctx())
+        assert "Done: I forgot everything" in await app.commands.run("forget", "all", ctx())
+        with sqlite3.connect(tmp_path / "m.db") as conn:
+            assert conn.execute("select count(*) from messages where user_id = 1").fetchone() == (
+                0,
+            )
+            assert conn.execute("select count(*) from facts").fetchone() == (0,)

@@ -235,3 +235,43 @@ async def test_retention_and_backup(app: App, tmp_path: Path) -> None:
     with sqlite3.connect(kept[-1]) as conn:
         assert conn.execute("pragma integrity_check").fetchone() == ("ok",)
         assert conn.execute("select count(*) from messages").fetchone()[0] >= 1
+
+
+async def test_scheduled_export_and_memory_upkeep_run_through_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_EXPORT__HMAC_KEY", "a-test-key-that-is-long-enough-123456")
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "tester.yaml").write_text(SCHEDULED, encoding="utf-8")
+    settings = load_settings(
+        None,
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/s.db"},
+            "personas": {"dirs": [str(personas)]},
+            "memory": {"embedding_model": "none"},
+            "scheduler": {"export_dir": str(tmp_path / "exports")},
+        },
+    )
+    async with open_app(settings, backend=MockBackend(lambda r: "Woof!"), watch=False) as app:
+        assert set(app.upkeep) == {"memory", "export"}
+        await person_writes(app, "ann", NOW - timedelta(days=3))
+        scheduler = Scheduler(
+            db=app.db,
+            engine=app.engine,
+            personas=app.personas,
+            settings=settings.scheduler,
+            default_zone="UTC",
+            senders={},
+            upkeep=app.upkeep,
+            name="export-test",
+        )
+        await scheduler.start(paused=True)
+        try:
+            assert "upkeep:export" in {j.id for j in scheduler.aps.get_jobs()}
+            manifest = await scheduler.run_upkeep("export", NOW)
+            await scheduler.run_upkeep("memory", NOW)
+        finally:
+            await scheduler.stop()
+    [out] = list((tmp_path / "exports").iterdir())
+    assert (out / "manifest.json").exists() and manifest is not None
