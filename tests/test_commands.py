@@ -27,7 +27,12 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     )
     settings = load_settings(
         None,
-        {"database": {"url": f"sqlite:///{tmp_path}/c.db"}, "personas": {"dirs": [str(personas)]}},
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/c.db"},
+            "personas": {"dirs": [str(personas)]},
+            # These tests cover the commands without long-term memory; see the last one.
+            "memory": {"enabled": False},
+        },
     )
     async with open_app(settings, backend=MockBackend(lambda r: "reply"), watch=False) as opened:
         yield opened
