@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import final
+from typing import Generic, TypeVar, final
 
 import structlog
 
@@ -31,6 +31,7 @@ __all__ = [
     "Adapter",
     "AdapterServices",
     "DeliveryError",
+    "KeyedLocks",
     "Pacer",
     "PacingPolicy",
     "RateLimited",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("adapters")
+
+K = TypeVar("K")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s*")
 _FENCE = "```"
@@ -161,6 +164,33 @@ def _split_code_block(rest: str, start: int, limit: int, parts: list[str]) -> in
     return end
 
 
+class KeyedLocks(Generic[K]):
+    """One FIFO lock per key (asyncio.Lock wakes waiters in order), forgotten as soon
+    as nobody holds or waits for it, so a bot that met a million chats keeps none."""
+
+    def __init__(self) -> None:
+        self._entries: dict[K, tuple[asyncio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        """Hold `key`'s lock for the block, after those who asked before."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._entries[key]
+
+
 @dataclass(frozen=True)
 class PacingPolicy:
     """How fast one adapter may send: per chat, per group chat, and overall."""
@@ -259,7 +289,7 @@ class Adapter(abc.ABC):
         self.services = services
         self.engine = services.engine
         self.pacer = Pacer(self.pacing)
-        self._sending: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._sending: KeyedLocks[str] = KeyedLocks()
 
     # -- what each platform implements ----------------------------------------------------
 
@@ -336,7 +366,7 @@ class Adapter(abc.ABC):
         try:
             # One reply at a time per chat: a reply waiting out a 429 must not be
             # overtaken by the next one, nor its parts interleaved with another's.
-            async with self._in_order(chat):
+            async with self._sending.hold(chat):
                 for part in split_message(outgoing.text, self.max_message_length):
                     ids.append(await self._send_part(outgoing, part, chat, group))
         except DeliveryError as exc:
@@ -357,23 +387,6 @@ class Adapter(abc.ABC):
         if outgoing.message_id is not None:
             await ledger.mark_delivered(outgoing.message_id, ids[0] if ids else None)
         return ids
-
-    @asynccontextmanager
-    async def _in_order(self, chat: str) -> AsyncIterator[None]:
-        """Hold `chat` for one reply; waiters go in the order they came (asyncio.Lock
-        is FIFO). The entry is dropped when nobody holds or waits for it."""
-        entry = self._sending.get(chat)
-        if entry is None:
-            entry = self._sending[chat] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._sending[chat]
 
     async def _send_part(self, outgoing: Outgoing, text: str, chat: str, group: bool) -> str | None:
         attempts = 0

@@ -55,6 +55,7 @@ from adapters.base import (
     Adapter,
     AdapterServices,
     DeliveryError,
+    KeyedLocks,
     PacingPolicy,
     RateLimited,
     Unreachable,
@@ -144,7 +145,7 @@ class TelegramAdapter(Adapter):
         self.ready = asyncio.Event()
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._order: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+        self._order: KeyedLocks[int] = KeyedLocks()
         self._typing: set[asyncio.Future[Any]] = set()
         self._http = asyncio.Semaphore(_POOL_SIZE)
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -339,18 +340,8 @@ class TelegramAdapter(Adapter):
         if chat is None:
             yield
             return
-        entry = self._order.get(chat)
-        if entry is None:
-            entry = self._order[chat] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._order[chat]
+        async with self._order.hold(chat):
+            yield
 
     async def _parse(self, update: Update) -> Awaitable[object] | None:
         if update.message_reaction is not None:
