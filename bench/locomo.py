@@ -140,12 +140,6 @@ async def ingest(
                         reply_to_id=last_in,
                         text=text + (f"\n[image: {caption}]" if caption else ""),
                         persona_id=persona,
-                        persona_hash=None,
-                        backend=None,
-                        model=None,
-                        latency_ms=None,
-                        prompt_tokens=None,
-                        completion_tokens=None,
                         created_at=at,
                     )
                 )

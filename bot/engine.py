@@ -220,11 +220,7 @@ class PersonaEngine:
                 text=text,
                 persona_id=loaded.persona.id,
                 persona_hash=loaded.content_hash,
-                backend=None,
-                model=None,
                 latency_ms=0.0,
-                prompt_tokens=None,
-                completion_tokens=None,
                 kind=TurnKind.GREETING.value,
             )
         )
@@ -636,11 +632,6 @@ class PersonaEngine:
                 text=apology,
                 persona_id=incoming.scope.persona,
                 persona_hash=loaded.content_hash if loaded else None,
-                backend=None,
-                model=None,
-                latency_ms=None,
-                prompt_tokens=None,
-                completion_tokens=None,
                 kind="apology",
             )
         )

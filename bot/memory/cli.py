@@ -220,12 +220,6 @@ def import_file(
                         reply_to_id=known[2] if known else None,
                         text=line.text,
                         persona_id=line.persona,
-                        persona_hash=None,
-                        backend=None,
-                        model=None,
-                        latency_ms=None,
-                        prompt_tokens=None,
-                        completion_tokens=None,
                         created_at=at,
                     )
                 )

@@ -126,12 +126,12 @@ class ReplyRecord:
     reply_to_id: int | None
     text: str
     persona_id: str
-    persona_hash: str | None
-    backend: str | None
-    model: str | None
-    latency_ms: float | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
+    persona_hash: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     kind: str = TurnKind.MESSAGE.value
     created_at: datetime | None = None
 

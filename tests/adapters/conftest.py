@@ -45,14 +45,10 @@ def write_personas(tmp_path: Path) -> Path:
     return personas
 
 
-@dataclass
-class TelegramBot:
-    """A running `TelegramAdapter` against the fake Bot API, with its app."""
+class _RunningBot:
+    """What both platforms' running-adapter fixtures offer tests."""
 
-    api: FakeTelegramAPI
     app: App
-    adapter: TelegramAdapter
-    backend: MockBackend
     stop: asyncio.Event
     task: asyncio.Task[None]
 
@@ -65,6 +61,18 @@ class TelegramBot:
         """Set `stop` and wait for `run` to return (idempotent)."""
         self.stop.set()
         await asyncio.wait_for(asyncio.shield(self.task), timeout)
+
+
+@dataclass
+class TelegramBot(_RunningBot):
+    """A running `TelegramAdapter` against the fake Bot API, with its app."""
+
+    api: FakeTelegramAPI
+    app: App
+    adapter: TelegramAdapter
+    backend: MockBackend
+    stop: asyncio.Event
+    task: asyncio.Task[None]
 
 
 @pytest.fixture
@@ -153,7 +161,7 @@ DISCORD_FAST_PACING = PacingPolicy(
 
 
 @dataclass
-class DiscordBot:
+class DiscordBot(_RunningBot):
     """A running `DiscordAdapter` against the fake Discord, with its app."""
 
     fake: Any  # tests.fakes.discord_api.FakeDiscord
@@ -162,16 +170,6 @@ class DiscordBot:
     backend: MockBackend
     stop: asyncio.Event
     task: asyncio.Task[None]
-
-    async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Rows of a raw SQL query against the bot's database."""
-        result = await self.app.db.run(lambda c: c.exec_driver_sql(sql, params).all())
-        return [tuple(r) for r in result]
-
-    async def shutdown(self, timeout: float = 20.0) -> None:
-        """Set `stop` and wait for `run` to return (idempotent)."""
-        self.stop.set()
-        await asyncio.wait_for(asyncio.shield(self.task), timeout)
 
 
 @pytest.fixture

@@ -100,12 +100,6 @@ async def say(
                 reply_to_id=stored.message_id,
                 text=reply,
                 persona_id=scope.persona,
-                persona_hash=None,
-                backend=None,
-                model=None,
-                latency_ms=None,
-                prompt_tokens=None,
-                completion_tokens=None,
                 created_at=at + timedelta(seconds=1),
             )
         )
