@@ -21,6 +21,7 @@ from bot.config import LLMSettings, MemorySettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
 from bot.llm.base import LLMBackend
+from bot.memory.embeddings import Embedder
 from bot.memory.ledger import Ledger
 from bot.memory.store import SearchWeights, SQLiteMemory
 from bot.people import People
@@ -202,6 +203,20 @@ def _upkeep_jobs(
     return jobs
 
 
+def _embedder(model: str, settings: MemorySettings) -> Embedder:
+    """ONNX Runtime when asked for (or installed, with `auto`), falling back to torch."""
+    from bot.memory.embeddings import FallbackEmbedder, SentenceTransformerEmbedder
+    from bot.memory.onnx import OnnxEmbedder, onnx_available
+
+    torch_model = SentenceTransformerEmbedder(model)
+    runtime = settings.embedding_runtime
+    if runtime == "torch" or (runtime == "auto" and not onnx_available()):
+        return torch_model
+    return FallbackEmbedder(
+        OnnxEmbedder(model, cache_dir=settings.embedding_cache_dir), torch_model
+    )
+
+
 def build_memory(
     db: Database,
     settings: MemorySettings,
@@ -210,15 +225,13 @@ def build_memory(
 ) -> SQLiteMemory:
     """The long-term memory for `settings`; the embedding model loads on first use,
     and without the `memory` extra (or with `embedding_model` unset) search is BM25."""
-    embedder = None
+    embedder: Embedder | None = None
     model = settings.embedding_model
     if model and model.lower() != "none":
         if importlib.util.find_spec("sentence_transformers") is None:
             log.info("memory.no_embeddings", reason="the memory extra is not installed")
         else:
-            from bot.memory.embeddings import SentenceTransformerEmbedder
-
-            embedder = SentenceTransformerEmbedder(model)
+            embedder = _embedder(model, settings)
     return SQLiteMemory(
         db,
         embedder=embedder,

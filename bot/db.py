@@ -75,8 +75,14 @@ def _check_sqlite_file(path: Path) -> None:
         raise StorageError(f"cannot create database {path}: directory {parent} is not writable")
 
 
-def create_db_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = False) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection."""
+def create_db_engine(
+    url: str, *, busy_timeout_ms: int = 5000, echo: bool = False, read_only: bool = False
+) -> Engine:
+    """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection.
+
+    `read_only` engines refuse writes (PRAGMA query_only) and begin deferred
+    transactions, for readers beside the single writer (`Database.read`).
+    """
     try:
         parsed = make_url(url)
     except SQLAlchemyError as exc:
@@ -93,11 +99,17 @@ def create_db_engine(url: str, *, busy_timeout_ms: int = 5000, echo: bool = Fals
         raise StorageError(f"database.url = {url!r}: cannot create an engine ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
-        event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms, wal=not in_memory))
+        event.listen(
+            engine,
+            "connect",
+            _sqlite_pragmas(
+                busy_timeout_ms, wal=not in_memory and not read_only, query_only=read_only
+            ),
+        )
         # pysqlite's own transaction handling breaks SAVEPOINT and begins lazily, so a
         # read-then-write transaction can fail with SQLITE_BUSY without waiting; we
         # begin ourselves, IMMEDIATE, so writers queue on the busy timeout instead.
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
     return engine
 
 
@@ -105,7 +117,13 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool) -> Any:
+def _sqlite_begin_read(conn: Connection) -> None:
+    # A reader takes a plain (deferred) transaction: a WAL snapshot that neither
+    # blocks the writer nor waits for it.
+    conn.exec_driver_sql("BEGIN")
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool, query_only: bool = False) -> Any:
     def on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_begin)
         cur = dbapi_conn.cursor()
@@ -117,6 +135,8 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool) -> Any:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            if query_only:
+                cur.execute("PRAGMA query_only=ON")
         finally:
             cur.close()
 
@@ -180,15 +200,26 @@ class Database:
     #: Most pieces of work committed together.
     max_batch = 128
 
-    def __init__(self, engine: Engine, *, workers: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, workers: int | None = None, readers: int = 2) -> None:
         self.engine = engine
         self._queue: queue.SimpleQueue[_Job | None] | None = None
         self._writer: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._read_engine: Engine | None = None
         if engine.dialect.name == "sqlite" and workers in (None, 1):
             self._queue = queue.SimpleQueue()
             self._writer = threading.Thread(target=self._write_loop, name="bot-db", daemon=True)
             self._writer.start()
+            # A WAL file lets readers run beside the writer on their own connections;
+            # an in-memory database exists once per connection, so it has no readers.
+            if readers > 0 and _is_wal_file(engine):
+                self._read_engine = create_db_engine(
+                    engine.url.render_as_string(hide_password=False), read_only=True
+                )
+                self._readers = ThreadPoolExecutor(
+                    max_workers=readers, thread_name_prefix="bot-db-read"
+                )
         else:
             self._executor = ThreadPoolExecutor(
                 max_workers=workers or 8, thread_name_prefix="bot-db"
@@ -212,6 +243,27 @@ class Database:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop))
         return await future
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run read-only `work(connection)` on a committed snapshot, beside the writer.
+
+        With a SQLite file this runs on a reader thread with its own connection, so a
+        search neither waits behind queued writes nor holds them up; it sees everything
+        committed before it began (so every awaited `run` before it). Elsewhere it is
+        `run`. `work` must not write: on a reader connection SQLite refuses it.
+        """
+        if self._readers is None:
+            return await self.run(work)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_transaction, work)
+
+    def _read_transaction(self, work: Callable[[Connection], T]) -> T:
+        assert self._read_engine is not None
+        try:
+            with self._read_engine.begin() as conn:
+                return work(conn)
+        except SQLAlchemyError as exc:
+            raise _storage_error(exc) from exc
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         try:
@@ -272,7 +324,23 @@ class Database:
             await asyncio.to_thread(self._writer.join)
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
+        if self._readers is not None:
+            await asyncio.to_thread(self._readers.shutdown, True)
+        if self._read_engine is not None:
+            self._read_engine.dispose()
         self.engine.dispose()
+
+
+def _is_wal_file(engine: Engine) -> bool:
+    database = engine.url.database
+    if database in (None, "", ":memory:") or "mode=memory" in str(engine.url):
+        return False
+    # Straight on the driver connection: no BEGIN IMMEDIATE for a question.
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        mode = raw.execute("PRAGMA journal_mode").fetchone()
+    return mode is not None and str(mode[0]).lower() == "wal"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,13 @@
+import asyncio
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
 from sqlmodel import SQLModel
 
 import bot.models  # noqa: F401
@@ -99,3 +102,45 @@ async def test_locked_database_is_a_clear_error_and_nothing_is_corrupted(tmp_pat
     await db.aclose()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def test_reads_see_committed_writes_and_run_beside_a_busy_writer(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///{tmp_path}/r.db")
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER)")))
+    await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+    count = text("SELECT count(*) FROM t")
+    assert await db.read(lambda c: c.execute(count).scalar_one()) == 1
+
+    # The writer is held inside a transaction that has written a row; a read still
+    # answers, from the last committed snapshot, without waiting for it.
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_write(c: Connection) -> None:
+        c.execute(text("INSERT INTO t VALUES (2)"))
+        entered.set()
+        release.wait(10)
+
+    writing = asyncio.ensure_future(db.run(slow_write))
+    await asyncio.to_thread(entered.wait, 10)
+    assert await asyncio.wait_for(db.read(lambda c: c.execute(count).scalar_one()), 5) == 1
+    release.set()
+    await writing
+    assert await db.read(lambda c: c.execute(count).scalar_one()) == 2
+    await db.aclose()
+
+
+async def test_a_read_that_writes_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///{tmp_path}/r.db")
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER)")))
+    with pytest.raises(StorageError, match="attempt to write a readonly database"):
+        await db.read(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+    assert await db.run(lambda c: c.execute(text("SELECT count(*) FROM t")).scalar_one()) == 0
+    await db.aclose()
+
+
+async def test_an_in_memory_database_reads_through_its_one_connection() -> None:
+    db = Database.open("sqlite://")
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER)")))
+    await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (7)")))
+    assert await db.read(lambda c: c.execute(text("SELECT x FROM t")).scalar_one()) == 7
+    await db.aclose()

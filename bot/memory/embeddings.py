@@ -28,6 +28,7 @@ else:
 __all__ = [
     "Embedder",
     "EmbeddingUnavailable",
+    "FallbackEmbedder",
     "SentenceTransformerEmbedder",
     "resolve_model",
 ]
@@ -113,3 +114,38 @@ class SentenceTransformerEmbedder:
             return np.ascontiguousarray(vectors, dtype=np.float32)
         except Exception as exc:
             raise EmbeddingUnavailable(f"embedding failed: {type(exc).__name__}: {exc}") from exc
+
+
+class FallbackEmbedder:
+    """The first embedder while it works, the second once it cannot load or run.
+
+    Both must produce the same vectors (the ONNX export of a model and the model
+    itself): stored embeddings carry the shared `name` and are searched together.
+    """
+
+    def __init__(self, first: Embedder, second: Embedder) -> None:
+        if first.name != second.name:
+            raise ValueError(f"embedders disagree on the model: {first.name!r}, {second.name!r}")
+        self.name = first.name
+        self.first: Embedder | None = first
+        self.second = second
+        self.reason: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """True when the embedder in use has its model in memory."""
+        return bool(getattr(self.first or self.second, "loaded", True))
+
+    def embed(self, texts: Sequence[str]) -> Matrix:
+        """Vectors from the first embedder, or from the second once the first failed."""
+        if self.first is not None:
+            try:
+                return self.first.embed(texts)
+            except EmbeddingUnavailable as exc:
+                self.first, self.reason = None, str(exc)
+                from structlog import get_logger
+
+                get_logger(__name__).warning(
+                    "memory.embedder_fallback", reason=str(exc), using=type(self.second).__name__
+                )
+        return self.second.embed(texts)

@@ -151,14 +151,23 @@ def _parse_dt(value: Any) -> datetime:
 
 @dataclass
 class _Vectors:
-    """One scope's vectors in memory: rows appended as new embeddings appear."""
+    """One scope's vectors in memory: rows appended as new embeddings appear.
 
+    Up to `exact_below` vectors are scanned exactly. Above, a sign-bit copy (48 bytes
+    for 384 dimensions instead of 1,536) is scanned first by Hamming distance, and
+    only the `rescore` nearest are scored exactly: the scan reads a 32nd of the
+    memory, and the order of the exact scores decides the result.
+    """
+
+    exact_below: int = 20_000
+    rescore: int = 1_000
     max_id: int = 0
     ids: list[int] = field(default_factory=list)  # embedding row ids
     kinds: list[str] = field(default_factory=list)
     items: list[int] = field(default_factory=list)
     chunks: list[Any] = field(default_factory=list)  # float32 arrays to stack lazily
     matrix: Any = None
+    signs: Any = None  # packed sign bits of `matrix`, as uint64 words
 
     def add(self, rows: Sequence[Any], dim: int) -> None:
         import numpy as np
@@ -173,6 +182,7 @@ class _Vectors:
             self.items.append(r.item_id)
         self.max_id = max(self.max_id, rows[-1].id)
         self.matrix = None
+        self.signs = None
 
     def top(self, query: Any, n: int) -> list[tuple[str, int, float]]:
         import numpy as np
@@ -182,11 +192,25 @@ class _Vectors:
         if self.matrix is None:
             self.matrix = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
             self.chunks = [self.matrix]
-        scores = self.matrix @ query
-        n = min(n, len(scores))
-        best = np.argpartition(-scores, n - 1)[:n]
-        best = best[np.argsort(-scores[best])]
-        return [(self.kinds[i], self.items[i], float(scores[i])) for i in best]
+        total = len(self.matrix)
+        n = min(n, total)
+        if total < max(self.exact_below, self.rescore + n) or self.matrix.shape[1] % 64:
+            scores = self.matrix @ query
+            best = np.argpartition(-scores, n - 1)[:n]
+            best = best[np.argsort(-scores[best])]
+            return [(self.kinds[i], self.items[i], float(scores[i])) for i in best]
+        if self.signs is None:
+            self.signs = np.packbits(self.matrix > 0, axis=1).view(np.uint64)
+        qbits = np.packbits(query > 0).view(np.uint64)
+        distance = np.bitwise_count(self.signs ^ qbits).sum(axis=1, dtype=np.uint16)
+        near = np.argpartition(distance, self.rescore)[: self.rescore]
+        scores = self.matrix[near] @ query
+        order = np.argpartition(-scores, n - 1)[:n]
+        order = order[np.argsort(-scores[order])]
+        return [
+            (self.kinds[i], self.items[i], float(scores[j]))
+            for j, i in ((j, int(near[j])) for j in order)
+        ]
 
 
 class SQLiteMemory:
@@ -239,11 +263,11 @@ class SQLiteMemory:
     async def recall(self, request: RecallRequest) -> str:
         """Dated facts, summaries and recalled messages for this turn, within budget."""
         scope = MemoryScope(request.user_id, request.conversation_id)
-        hits = await self.search(
-            scope, request.query, k=30, now=request.now, exclude=request.history_ids
+        hits, summaries = await asyncio.gather(
+            self.search(scope, request.query, k=30, now=request.now, exclude=request.history_ids),
+            self._latest_summaries(scope, 3),
         )
         hits = [h for h in hits if not (h.kind == "message" and h.id == request.message_id)]
-        summaries = await self._latest_summaries(scope, 3)
         return pack_memories(hits, summaries, request.budget_tokens, request.tokens)
 
     async def observe(self, turn: TurnRecord) -> None:
@@ -385,7 +409,7 @@ class SQLiteMemory:
             fresh = self._fresh_vectors(conn, scope) if dense_wanted else []
             return lists, fresh
 
-        ranked, fresh = await self.db.run(lexical)
+        ranked, fresh = await self.db.read(lexical)
         weight_of = [weights.bm25] * len(ranked)
         if vector_task is None and fresh:
             vector_task = asyncio.ensure_future(self._query_vector(query))
@@ -407,7 +431,7 @@ class SQLiteMemory:
         named = set(words(query, keep_stopwords=True))
         if not fused:
             return []
-        details = await self.db.run(lambda conn: _details(conn, scope, list(fused)))
+        details = await self.db.read(lambda conn: _details(conn, scope, list(fused)))
         if weights.neighbour > 0:
             _spread_to_neighbours(fused, details, weights.neighbour)
         hits: list[MemoryHit] = []
@@ -643,7 +667,7 @@ class SQLiteMemory:
                 for r in reversed(rows)
             ]
 
-        return await self.db.run(work)
+        return await self.db.read(work)
 
     # -- people in control -----------------------------------------------------------------
 
@@ -805,12 +829,60 @@ def _fts_statement(table: str, source: str, alias: str, scope: str) -> Any:
     )
 
 
+def _fts_ranked(table: str) -> Any:
+    # The index alone: joining every match to its row before sorting costs more than
+    # the ranking itself once a scope holds 100k messages (the scope token in the
+    # MATCH already limits the hits to this person and channel).
+    return text(f"SELECT rowid FROM {table} WHERE {table} MATCH :q ORDER BY bm25({table}) LIMIT :n")
+
+
+def _in_scope(source: str, alias: str, scope: str) -> Any:
+    return text(
+        f"SELECT {alias}.id FROM {source} {alias} WHERE {alias}.id IN "
+        f"(SELECT value FROM json_each(:ids)) AND {scope}"
+    )
+
+
 _FTS = {
     ("message", "words"): _fts_statement("messages_fts", "messages", "m", _MESSAGE_SCOPE),
     ("message", "tri"): _fts_statement("messages_fts_tri", "messages", "m", _MESSAGE_SCOPE),
     ("fact", "words"): _fts_statement("facts_fts", "facts", "f", _FACT_SCOPE),
     ("fact", "tri"): _fts_statement("facts_fts_tri", "facts", "f", _FACT_SCOPE),
 }
+_FTS_RANKED = {
+    key: _fts_ranked(f"{key[0]}s_fts{'_tri' if key[1] == 'tri' else ''}") for key in _FTS
+}
+_IN_SCOPE = {
+    "message": _in_scope("messages", "m", _MESSAGE_SCOPE),
+    "fact": _in_scope("facts", "f", _FACT_SCOPE),
+}
+
+
+def _ranked_in_scope(
+    conn: Connection, kind: Kind, index: str, expression: str, params: dict[str, Any]
+) -> list[int]:
+    """The best `n` ids for `expression`, ranked by the index, then checked for scope.
+
+    Rows the scope check drops (deleted, superseded, or not spoken) are few; when
+    they leave fewer than `n` out of a full first page, the exact joined query runs.
+    """
+    n = int(params["n"])
+    page = n + n // 2
+    ranked = [
+        int(i)
+        for i in conn.execute(_FTS_RANKED[(kind, index)], {"q": expression, "n": page}).scalars()
+    ]
+    if not ranked:
+        return []
+    keep = set(conn.execute(_IN_SCOPE[kind], {**params, "ids": json.dumps(ranked)}).scalars())
+    found = [i for i in ranked if i in keep][:n]
+    if len(found) < n and len(ranked) == page:
+        return [
+            int(i) for i in conn.execute(_FTS[(kind, index)], {**params, "q": expression}).scalars()
+        ]
+    return found
+
+
 _LIKE = {
     "message": text(
         f"SELECT m.id FROM messages m WHERE {_MESSAGE_SCOPE} AND instr(m.text, :s) > 0 "
@@ -843,8 +915,9 @@ def _lexical(
             if expression is None:
                 continue
             scoped = f"{token} AND ({expression})"
-            rows = conn.execute(_FTS[(kind, index)], {**params, "q": scoped}).scalars()
-            found: list[tuple[str, int]] = [(kind, int(i)) for i in rows]
+            found: list[tuple[str, int]] = [
+                (kind, i) for i in _ranked_in_scope(conn, kind, index, scoped, params)
+            ]
             if found:
                 lists.append(found)
         for run in short_cjk[:8]:  # too short for trigrams: a substring scan of the scope

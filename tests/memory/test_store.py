@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -181,3 +182,55 @@ async def test_forget_of_someone_elses_id_is_refused_and_deletes_nothing(
     assert [h.id for h in await memory.search(ann, "jazz", now=NOW)] == [a]
     await memory.forget(ann.user_id, f"m{a}")
     assert await memory.search(ann, "jazz", now=NOW) == []
+
+
+def test_sign_bit_prefilter_finds_what_the_exact_scan_finds() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bot.memory.store import _Vectors
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((50, 128)).astype(np.float32)
+    matrix = centres[rng.integers(0, 50, 6000)] + 0.6 * rng.standard_normal((6000, 128))
+    matrix = (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype("<f4")
+    rows = [
+        SimpleNamespace(id=i + 1, kind="message", item_id=i + 1, vector=v.tobytes())
+        for i, v in enumerate(matrix)
+    ]
+    exact, prefiltered = _Vectors(exact_below=10**9), _Vectors(exact_below=0, rescore=600)
+    for vectors in (exact, prefiltered):
+        vectors.add(rows[:4000], 128)
+        vectors.add(rows[4000:], 128)  # appended later, as new embeddings arrive
+    for q in range(20):
+        query = matrix[q * 97] + 0.1 * rng.standard_normal(128).astype(np.float32)
+        query /= np.linalg.norm(query)
+        want, got = exact.top(query, 10), prefiltered.top(query, 10)
+        assert got[0] == want[0]  # the nearest, with its exact score
+        assert len({i for _, i, _ in got} & {i for _, i, _ in want}) >= 9
+        assert [s for *_, s in got] == sorted((s for *_, s in got), reverse=True)
+
+
+async def test_rows_out_of_scope_cannot_crowd_the_lexical_page(db, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    memory = SQLiteMemory(db)
+    scope, keep, _ = await say(ledger, scope_for("ann"), "my saxophone is gold")
+    hidden = []
+    for i in range(200):
+        _, mid, _ = await say(ledger, scope_for("ann"), f"saxophone saxophone note {i}")
+        hidden.append(mid)
+    # Deleted rows keep their index entries until upkeep; they rank first here.
+    await db.run(
+        lambda c: c.execute(
+            text(
+                "UPDATE messages SET deleted_at = created_at "
+                "WHERE id IN (SELECT value FROM json_each(:ids))"
+            ),
+            {"ids": json.dumps(hidden)},
+        )
+    )
+    hits = await memory.search(scope, "saxophone", k=5, now=NOW)
+    assert [h.id for h in hits] == [keep]
+    await memory.aclose()
