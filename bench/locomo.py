@@ -30,8 +30,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bot.app import build_memory
+from bot.config import MemorySettings
 from bot.db import Database
-from bot.memory.embeddings import SentenceTransformerEmbedder
 from bot.memory.ledger import Ledger, ReplyRecord
 from bot.memory.store import MemoryScope, SearchWeights, SQLiteMemory
 from bot.messages import Actor, Attachment, Incoming, Scope
@@ -202,9 +203,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     data = json.loads(args.data.read_text())[: args.limit]
-    embedder = None
-    if args.embedding_model.lower() != "none":
-        embedder = SentenceTransformerEmbedder(args.embedding_model)
+    # The embedder the app builds (ONNX Runtime unless --runtime torch); None: BM25 only.
+    probe = await asyncio.to_thread(Database.open, "sqlite://")
+    settings = MemorySettings(embedding_model=args.embedding_model, embedding_runtime=args.runtime)
+    embedder = build_memory(probe, settings).embedder
+    await probe.aclose()
     weights = SearchWeights()
     all_rows: list[dict[str, Any]] = []
     latencies: list[float] = []
@@ -254,6 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
     parser.add_argument("--limit", type=int, default=None, help="first N conversations only")
     parser.add_argument("--out", type=Path, default=RESULTS / "locomo.json")
     args = parser.parse_args()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import random
 import re
@@ -37,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from bot.app import build_memory
+from bot.config import MemorySettings
 from bot.db import Database
-from bot.memory.embeddings import SentenceTransformerEmbedder
 from bot.memory.ledger import Ledger
 from bot.memory.store import MemoryScope, SearchWeights, SQLiteMemory
 from bot.messages import Actor, Incoming, Scope
@@ -211,9 +213,21 @@ async def ingest(embedder: Any, workdir: Path, messages: int, rng: random.Random
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(7)
     words, weights = vocabulary(rng)
-    embedder = SentenceTransformerEmbedder(args.embedding_model)
+    # The embedder the app builds for these settings (ONNX Runtime unless --runtime torch).
+    settings = MemorySettings(embedding_model=args.embedding_model, embedding_runtime=args.runtime)
+    probe = await asyncio.to_thread(Database.open, "sqlite://")
+    embedder = build_memory(probe, settings).embedder
+    await probe.aclose()
+    assert embedder is not None, "the memory extra is needed for this benchmark"
+    await asyncio.to_thread(embedder.embed, ["load the model"])
     queries = questions(rng, args.queries, words)
-    result: dict[str, Any] = {"search": {}, "machine": {"python": platform.python_version()}}
+    result: dict[str, Any] = {
+        "search": {},
+        "embedder": type(
+            getattr(embedder, "first", None) or getattr(embedder, "second", embedder)
+        ).__name__,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+    }
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for size in args.sizes:
             db = await asyncio.to_thread(Database.open, f"sqlite:///{tmp}/scale-{size}.db")
@@ -254,6 +268,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ingest", type=int, default=5000, help="messages for the ingest run")
     parser.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
     parser.add_argument("--tmp", default=None, help="where the databases go")
     parser.add_argument(
         "--vectors-for-all",
