@@ -35,7 +35,13 @@ from bot.llm.base import (
 from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming
 from bot.messages import Actor, Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
-from bot.personas import LoadedPersona, PromptContext, render_greeting, render_system_prompt
+from bot.personas import (
+    LoadedPersona,
+    LoreBook,
+    PromptContext,
+    render_greeting,
+    render_system_prompt,
+)
 from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, speaker_label
 from bot.text import clean_text, truncate
@@ -167,6 +173,7 @@ class PersonaEngine:
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
+        self._lore: dict[str, LoreBook] = {}  # by persona content hash
         self._active = 0  # turns and background observations in flight
         self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -310,13 +317,14 @@ class PersonaEngine:
                 )
             except Exception as exc:
                 log.warning("memory.recall_failed", error=str(exc))
+        lore = self._lore_text(loaded, backend, instruction, history)
         cue = (
             "Now you write first, without being asked. "
             f"{instruction.strip()}\nWrite only the message you send, in your own voice."
         )
         prompt = self._builder(backend).build(
             system=system,
-            dynamic_system=f"{remembered}\n\n{cue}" if remembered else cue,
+            dynamic_system=_join(lore, remembered, cue),
             history=[self._prompt_turn(t, self.settings.max_input_chars) for t in history],
             new_message=None,
             budget_tokens=max(64, window - persona.sampling.max_tokens),
@@ -482,9 +490,10 @@ class PersonaEngine:
                 await self.ledger.record_failure(
                     stage="recall", error=exc, conversation_id=stored.conversation_id
                 )
+        lore = self._lore_text(loaded, backend, model_text, history)
         prompt = builder.build(
             system=system,
-            dynamic_system=remembered,
+            dynamic_system=_join(lore, remembered),
             history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
             new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
@@ -667,6 +676,32 @@ class PersonaEngine:
             layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(loaded.persona)
         return layout.compose(rendered)
 
+    def _lore_text(
+        self,
+        loaded: LoadedPersona,
+        backend: LLMBackend,
+        latest: str,
+        history: Sequence[HistoryTurn],
+    ) -> str:
+        """The persona's lore block for this turn ("" for none), counted with the
+        backend's tokenizer.
+
+        Keys are searched for in `latest` (the new message, or a proactive turn's
+        instruction) and in the newest `lore.scan_depth` messages of `history`
+        (oldest first, as the ledger returns it).
+        """
+        book = self._lore.get(loaded.content_hash)
+        if book is None:
+            book = self._lore[loaded.content_hash] = LoreBook(loaded.persona.lore)
+        if not book.active:
+            return ""
+        depth = book.lore.scan_depth
+        recent = [turn.text for turn in history[-depth:]] if depth else []
+        block = book.block([latest, *recent], backend.tokens)
+        if block.left_out:
+            log.info("lore.over_budget", shown=block.shown, left_out=block.left_out)
+        return block.text
+
     @staticmethod
     def _chat_request(loaded: LoadedPersona, messages: tuple[ChatMessage, ...]) -> ChatRequest:
         persona = loaded.persona
@@ -744,3 +779,9 @@ class PersonaEngine:
             speaker=speaker_label(turn.display_name),
             key=turn.message_id,
         )
+
+
+def _join(*parts: str) -> str:
+    """The system message's per-turn parts, in order, a blank line apart; empty ones
+    left out."""
+    return "\n\n".join(part for part in parts if part)

@@ -3,6 +3,7 @@
     schema     `Persona` and its sections; `persona_json_schema()` for editors
     loader     `load_persona`, `check_paths`: every problem as file:line:column
     render     `render_system_prompt`, `render_greeting` in a Jinja2 sandbox
+    lore       `LoreBook`: the lore entries that apply to a turn, within their budget
     registry   `PersonaRegistry`: serves personas by id, reloads them on change
 
 This package knows nothing about platforms.
@@ -17,6 +18,7 @@ from bot.personas.loader import (
     load_persona,
     parse_persona,
 )
+from bot.personas.lore import LoreBlock, LoreBook
 from bot.personas.problems import PersonaFileError, Problem
 from bot.personas.registry import OnLoaded, PersonaRegistry
 from bot.personas.render import (
@@ -30,6 +32,8 @@ from bot.personas.render import (
 )
 from bot.personas.schema import (
     SCHEMA_ID,
+    Lore,
+    LoreEntry,
     Memory,
     ModelChoice,
     Persona,
@@ -45,6 +49,10 @@ __all__ = [
     "SCHEMA_ID",
     "TEMPLATE_VARIABLES",
     "LoadedPersona",
+    "Lore",
+    "LoreBlock",
+    "LoreBook",
+    "LoreEntry",
     "Memory",
     "ModelChoice",
     "OnLoaded",
