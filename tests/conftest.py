@@ -27,6 +27,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Apps opened by tests embed with the default model, which is exported to ONNX once
+# into the cache: keep that export in the checkout (ignored), not in the home folder.
+os.environ.setdefault("XDG_CACHE_HOME", str(REPO_ROOT / ".cache"))
+
 #: The name the vLLM fixture serves the tiny model under.
 VLLM_MODEL_NAME = "tiny"
 

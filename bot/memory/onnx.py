@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -148,7 +149,7 @@ class OnnxEmbedder:
     def _exported(self) -> Path:
         """The cache folder for this model, exporting it first if it is not there."""
         source = resolve_model(self.name)
-        folder = self.cache_dir / _cache_key(source)
+        folder = self.cache_dir / _cache_key(self.name, source)
         if (folder / "settings.json").exists():
             return folder
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -199,8 +200,9 @@ class OnnxEmbedder:
         return session
 
 
-def _cache_key(source: str) -> str:
-    """A name for the export that changes whenever the model's files change."""
+def _cache_key(name: str, source: str) -> str:
+    """A folder name for the export of model `name` (files at `source`): readable,
+    and different whenever the model's files change."""
     digest = hashlib.sha256(f"{_RECIPE}|{source}".encode())
     path = Path(source)
     if path.is_dir():
@@ -210,7 +212,7 @@ def _cache_key(source: str) -> str:
                 digest.update(
                     f"|{item.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()
                 )
-    stem = path.name if path.is_dir() else source.replace("/", "--")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "--", name.strip("/")).strip("-.")[-80:] or "model"
     return f"{stem}-{digest.hexdigest()[:16]}"
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import structlog
 from sqlalchemy import Connection, text
@@ -63,6 +63,8 @@ __all__ = [
 log = structlog.get_logger("bot.memory")
 
 Kind = Literal["message", "fact", "summary"]
+A = TypeVar("A")
+B = TypeVar("B")
 #: Persona id -> the backend that voices it (facts and summaries are written by it).
 BackendFor = Callable[[str], Awaitable[LLMBackend]]
 
@@ -393,36 +395,23 @@ class SQLiteMemory:
         query = query[:4000]
         period = parse_time_range(query, now)
         weights = self.weights
-        vector_task = None
-        dense_wanted = self.embedder is not None and bool(query.strip())
-        if dense_wanted and getattr(self.embedder, "loaded", True):
-            # Embed the query while SQLite runs BM25. A model not loaded yet is loaded
-            # only below, once this scope is known to hold vectors at all.
-            vector_task = asyncio.ensure_future(self._query_vector(query))
         n = max(weights.candidates, k)
         fts = match_expression(query)
         tri = trigram_expression(query)
         short_cjk = cjk_runs(query)
 
-        def lexical(conn: Connection) -> tuple[list[list[tuple[str, int]]], list[Any]]:
-            lists = _lexical(conn, scope, kinds, fts, tri, short_cjk, n)
-            fresh = self._fresh_vectors(conn, scope) if dense_wanted else []
-            return lists, fresh
+        def lexical(conn: Connection) -> list[list[tuple[str, int]]]:
+            return _lexical(conn, scope, kinds, fts, tri, short_cjk, n)
 
-        ranked, fresh = await self.db.read(lexical)
+        # BM25 on one reader thread while the query is embedded and the vectors
+        # scanned: the two lists are independent until they are fused.
+        ranked, dense = await _both(
+            self.db.read(lexical), self._dense_ranked(scope, query, kinds, n)
+        )
         weight_of = [weights.bm25] * len(ranked)
-        if vector_task is None and fresh:
-            vector_task = asyncio.ensure_future(self._query_vector(query))
-        if vector_task is not None:
-            qvec = await vector_task
-            if qvec is not None:
-                loop = asyncio.get_running_loop()
-                scored = await loop.run_in_executor(
-                    self._thread, self._dense_top, scope, fresh, qvec, n
-                )
-                floor = weights.min_similarity
-                ranked.append([(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor])
-                weight_of.append(weights.dense)
+        if dense is not None:
+            ranked.append(dense)
+            weight_of.append(weights.dense)
         fused: dict[tuple[str, int], float] = {}
         for lst, w in zip(ranked, weight_of, strict=True):
             for rank, key in enumerate(lst):
@@ -460,6 +449,35 @@ class SQLiteMemory:
             )
         hits.sort(key=lambda h: (-h.score, -h.id))
         return hits[:k]
+
+    async def _dense_ranked(
+        self, scope: MemoryScope, query: str, kinds: Sequence[Kind], n: int
+    ) -> list[tuple[str, int]] | None:
+        """The scope's nearest vectors to the query, best first; None when there is no
+        dense list (no embedder, an empty query, nothing embedded, or the model off)."""
+        if self.embedder is None or not query.strip():
+            return None
+        vector: asyncio.Future[Any] | None = None
+        if getattr(self.embedder, "loaded", True):
+            vector = asyncio.ensure_future(self._query_vector(query))
+        try:
+            fresh = await self.db.read(lambda conn: self._fresh_vectors(conn, scope))
+            if vector is None:
+                # A model not loaded yet is loaded only once this scope is known to
+                # hold vectors at all: a person with none costs no model load.
+                if not fresh and (scope.user_id, scope.conversation_id) not in self._cache:
+                    return None
+                vector = asyncio.ensure_future(self._query_vector(query))
+            qvec = await vector
+        finally:
+            if vector is not None and not vector.done():
+                vector.cancel()
+        if qvec is None:
+            return None
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(self._thread, self._dense_top, scope, fresh, qvec, n)
+        floor = self.weights.min_similarity
+        return [(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor]
 
     async def _query_vector(self, query: str) -> Any:
         embedder = self.embedder
@@ -754,6 +772,16 @@ class SQLiteMemory:
 
 
 # -- packing -----------------------------------------------------------------------------
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, awaited concurrently; a failure is raised once both are done
+    (so neither is left running unobserved)."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(A, a), cast(B, b)
 
 
 def _date(at: datetime) -> str:

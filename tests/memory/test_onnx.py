@@ -75,7 +75,7 @@ def test_a_cached_export_is_reused_without_exporting(
 
 def test_a_broken_cache_or_model_is_unavailable_once(cache: Path, tmp_path: Path) -> None:
     broken = tmp_path / "cache"
-    (folder := broken / onnx._cache_key(resolve_model(MODEL))).mkdir(parents=True)
+    (folder := broken / onnx._cache_key(MODEL, resolve_model(MODEL))).mkdir(parents=True)
     for name in ("settings.json", "tokenizer.json"):
         (folder / name).write_bytes((next(cache.iterdir()) / name).read_bytes())
     (folder / "model.onnx").write_bytes(b"not a model")
