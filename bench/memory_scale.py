@@ -214,7 +214,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(7)
     words, weights = vocabulary(rng)
     # The embedder the app builds for these settings (ONNX Runtime unless --runtime torch).
-    settings = MemorySettings(embedding_model=args.embedding_model, embedding_runtime=args.runtime)
+    settings = MemorySettings(
+        embedding_model=args.embedding_model,
+        embedding_runtime=args.runtime,
+        embedding_device=args.device,
+    )
     probe = await asyncio.to_thread(Database.open, "sqlite://")
     embedder = build_memory(probe, settings).embedder
     await probe.aclose()
@@ -269,6 +273,7 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=5000, help="messages for the ingest run")
     parser.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--tmp", default=None, help="where the databases go")
     parser.add_argument(
         "--vectors-for-all",

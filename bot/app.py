@@ -204,13 +204,15 @@ def _upkeep_jobs(
 
 
 def _embedder(model: str, settings: MemorySettings) -> Embedder:
-    """ONNX Runtime when asked for (or installed, with `auto`), falling back to torch."""
+    """ONNX Runtime when asked for (or installed, with `auto`), falling back to torch;
+    torch alone on a GPU (the ONNX Runtime we install runs on the CPU)."""
     from bot.memory.embeddings import FallbackEmbedder, SentenceTransformerEmbedder
     from bot.memory.onnx import OnnxEmbedder, onnx_available
 
-    torch_model = SentenceTransformerEmbedder(model)
+    device = settings.embedding_device
+    torch_model = SentenceTransformerEmbedder(model, device=device)
     runtime = settings.embedding_runtime
-    if runtime == "torch" or (runtime == "auto" and not onnx_available()):
+    if device != "cpu" or runtime == "torch" or (runtime == "auto" and not onnx_available()):
         return torch_model
     return FallbackEmbedder(
         OnnxEmbedder(model, cache_dir=settings.embedding_cache_dir), torch_model

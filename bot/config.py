@@ -144,6 +144,10 @@ class MemorySettings(_Section):
             "or auto (onnx when onnxruntime is installed, else torch)."
         ),
     )
+    embedding_device: str = Field(
+        default="cpu",
+        description="Where the model runs: cpu, or a torch device such as cuda (run by torch).",
+    )
     embedding_cache_dir: Path | None = Field(
         default=None, description="Where ONNX exports are kept; default ~/.cache/persona-bot/onnx."
     )

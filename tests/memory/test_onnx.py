@@ -112,8 +112,11 @@ async def test_the_runtime_setting_picks_the_embedder(tmp_path: Path) -> None:
     assert auto.embedder.first.cache_dir == tmp_path / "c"
     plain = build_memory(db, MemorySettings(embedding_runtime="torch"))
     assert isinstance(plain.embedder, SentenceTransformerEmbedder)
+    gpu = build_memory(db, MemorySettings(embedding_device="cuda"))
+    assert isinstance(gpu.embedder, SentenceTransformerEmbedder)
+    assert gpu.embedder.device == "cuda"
     off = build_memory(db, MemorySettings(embedding_model="none"))
     assert off.embedder is None
-    for memory in (auto, plain, off):
+    for memory in (auto, plain, gpu, off):
         await memory.aclose()
     await db.aclose()
