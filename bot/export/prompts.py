@@ -6,7 +6,8 @@ content hash → `persona_versions.source`) and that turn's context: the platfor
 whether the conversation is direct, and the time of the message in the person's
 zone (`users.timezone`, else the configured default). Two things differ on purpose
 or by necessity, and manifests say so: the person's display name and id are their
-pseudonyms, and recalled memories are not part of it (they are not stored per turn).
+pseudonyms, and the per-turn blocks (the persona's lore that applied and recalled
+memories) are not part of it: they are chosen per turn and not stored with it.
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def _manifest(
             "system_prompt": (
                 "rendered from the persona version of the window's first reply, for that "
                 "turn's platform, time in the person's zone and directness; display names "
-                "and user ids are pseudonyms; recalled memories are not stored per turn "
-                "and are not included"
+                "and user ids are pseudonyms; recalled memories and lore are chosen per "
+                "turn, not stored with it, and are not included"
             ),
         },
         "pseudonyms": "HMAC-SHA256 of platform and user id with the configured key (not included)",
