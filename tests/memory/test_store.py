@@ -202,9 +202,13 @@ def test_sign_bit_prefilter_finds_what_the_exact_scan_finds() -> None:
     exact, prefiltered = _Vectors(exact_below=10**9), _Vectors(exact_below=0, rescore=600)
     for vectors in (exact, prefiltered):
         vectors.add(rows[:4000], 128)
-        vectors.add(rows[4000:], 128)  # appended later, as new embeddings arrive
+        vectors.top(matrix[0], 10)  # builds the sign bits
+        for start in range(4000, 6000, 2):  # then turns arrive two vectors at a time
+            vectors.add(rows[start : start + 2], 128)
+    assert prefiltered.size == 6000 and len(prefiltered.rows) < 9000  # grown, not per row
     for q in range(20):
-        query = matrix[q * 97] + 0.1 * rng.standard_normal(128).astype(np.float32)
+        # Queries near rows of the first block and of the appended ones alike.
+        query = matrix[q * 297] + 0.1 * rng.standard_normal(128).astype(np.float32)
         query /= np.linalg.norm(query)
         want, got = exact.top(query, 10), prefiltered.top(query, 10)
         assert got[0] == want[0]  # the nearest, with its exact score
@@ -234,3 +238,28 @@ async def test_rows_out_of_scope_cannot_crowd_the_lexical_page(db, ledger: Ledge
     hits = await memory.search(scope, "saxophone", k=5, now=NOW)
     assert [h.id for h in hits] == [keep]
     await memory.aclose()
+
+
+async def test_a_scope_holding_most_messages_ranks_without_its_token_and_the_same(
+    db, ledger: Ledger
+) -> None:  # type: ignore[no-untyped-def]
+    from bot.memory.query import match_expression
+    from bot.memory.store import _lexical
+
+    ann_ids = []
+    for i in range(40):
+        ann, mid, _ = await say(ledger, scope_for("ann"), f"jazz night number {i}")
+        ann_ids.append(mid)
+    for i in range(12):  # fewer, but each ranks above all of Ann's
+        await say(ledger, scope_for("bob"), f"jazz jazz jazz {i}")
+    expression = match_expression("jazz")
+
+    async def ranked(held: int | None) -> list[list[tuple[str, int]]]:
+        return await db.read(  # type: ignore[no-any-return]
+            lambda c: _lexical(c, ann, ("message",), expression, None, [], 10, held)
+        )
+
+    with_token = await ranked(None)
+    without = await ranked(40)  # 40 of 52 messages: ranked without the token
+    assert without == with_token
+    assert {i for _, i in with_token[0]} <= set(ann_ids) and len(with_token[0]) == 10
