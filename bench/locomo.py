@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.app import build_memory
+from bot.app import build_embedder
 from bot.config import MemorySettings
 from bot.db import Database
 from bot.memory.ledger import Ledger, ReplyRecord
@@ -204,10 +204,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     data = json.loads(args.data.read_text())[: args.limit]
     # The embedder the app builds (ONNX Runtime unless --runtime torch); None: BM25 only.
-    probe = await asyncio.to_thread(Database.open, "sqlite://")
     settings = MemorySettings(embedding_model=args.embedding_model, embedding_runtime=args.runtime)
-    embedder = build_memory(probe, settings).embedder
-    await probe.aclose()
+    embedder = build_embedder(settings)
     weights = SearchWeights()
     all_rows: list[dict[str, Any]] = []
     latencies: list[float] = []

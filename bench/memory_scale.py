@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from bot.app import build_memory
+from bot.app import build_embedder
 from bot.config import MemorySettings
 from bot.db import Database
 from bot.memory.ledger import Ledger
@@ -227,9 +227,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         embedding_runtime=args.runtime,
         embedding_device=args.device,
     )
-    probe = await asyncio.to_thread(Database.open, "sqlite://")
-    embedder = build_memory(probe, settings).embedder
-    await probe.aclose()
+    embedder = build_embedder(settings)
     assert embedder is not None, "the memory extra is needed for this benchmark"
     await asyncio.to_thread(embedder.embed, ["load the model"])
     queries = questions(rng, args.queries, words)

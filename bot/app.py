@@ -203,9 +203,19 @@ def _upkeep_jobs(
     return jobs
 
 
-def _embedder(model: str, settings: MemorySettings) -> Embedder:
-    """ONNX Runtime when asked for (or installed, with `auto`), falling back to torch;
-    torch alone on a GPU (the ONNX Runtime we install runs on the CPU)."""
+def build_embedder(settings: MemorySettings) -> Embedder | None:
+    """The embedder for `settings`, model not loaded yet; None for BM25 only (no
+    `embedding_model`, or the `memory` extra is not installed).
+
+    ONNX Runtime when asked for (or installed, with `auto`), falling back to torch;
+    torch alone on a GPU (the ONNX Runtime we install runs on the CPU).
+    """
+    model = settings.embedding_model
+    if not model or model.lower() == "none":
+        return None
+    if importlib.util.find_spec("sentence_transformers") is None:
+        log.info("memory.no_embeddings", reason="the memory extra is not installed")
+        return None
     from bot.memory.embeddings import FallbackEmbedder, SentenceTransformerEmbedder
     from bot.memory.onnx import OnnxEmbedder, onnx_available
 
@@ -227,13 +237,7 @@ def build_memory(
 ) -> SQLiteMemory:
     """The long-term memory for `settings`; the embedding model loads on first use,
     and without the `memory` extra (or with `embedding_model` unset) search is BM25."""
-    embedder: Embedder | None = None
-    model = settings.embedding_model
-    if model and model.lower() != "none":
-        if importlib.util.find_spec("sentence_transformers") is None:
-            log.info("memory.no_embeddings", reason="the memory extra is not installed")
-        else:
-            embedder = _embedder(model, settings)
+    embedder = build_embedder(settings)
     return SQLiteMemory(
         db,
         embedder=embedder,

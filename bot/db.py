@@ -211,12 +211,12 @@ class Database:
             self._queue = queue.SimpleQueue()
             self._writer = threading.Thread(target=self._write_loop, name="bot-db", daemon=True)
             self._writer.start()
-            # A WAL file lets readers run beside the writer on their own connections;
-            # an in-memory database exists once per connection, so it has no readers.
-            if readers > 0 and _is_wal_file(engine):
-                self._read_engine = create_db_engine(
-                    engine.url.render_as_string(hide_password=False), read_only=True
-                )
+            # A file (WAL mode, see create_db_engine) lets readers run beside the writer
+            # on their own connections; an in-memory database exists once per
+            # connection, so it has no readers.
+            url = engine.url.render_as_string(hide_password=False)
+            if readers > 0 and sqlite_path(url) is not None:
+                self._read_engine = create_db_engine(url, read_only=True)
                 self._readers = ThreadPoolExecutor(
                     max_workers=readers, thread_name_prefix="bot-db-read"
                 )
@@ -329,18 +329,6 @@ class Database:
         if self._read_engine is not None:
             self._read_engine.dispose()
         self.engine.dispose()
-
-
-def _is_wal_file(engine: Engine) -> bool:
-    database = engine.url.database
-    if database in (None, "", ":memory:") or "mode=memory" in str(engine.url):
-        return False
-    # Straight on the driver connection: no BEGIN IMMEDIATE for a question.
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        mode = raw.execute("PRAGMA journal_mode").fetchone()
-    return mode is not None and str(mode[0]).lower() == "wal"
 
 
 @dataclass(frozen=True, slots=True)

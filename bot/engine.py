@@ -303,16 +303,16 @@ class PersonaEngine:
         if self.memory is not None:
             try:
                 remembered = await self.memory.recall(
-                    RecallRequest(
+                    self._recall_request(
+                        loaded,
+                        backend,
                         scope=scope,
                         user_id=user_id,
                         conversation_id=conversation_id,
                         message_id=0,
                         query=instruction,
-                        budget_tokens=persona.memory.budget_tokens or window // 4,
-                        tokens=backend.tokens,
                         now=at,
-                        history_ids=frozenset(turn.message_id for turn in history),
+                        history=history,
                     )
                 )
             except Exception as exc:
@@ -473,16 +473,16 @@ class PersonaEngine:
         if self.memory is not None:
             try:
                 remembered = await self.memory.recall(
-                    RecallRequest(
+                    self._recall_request(
+                        loaded,
+                        backend,
                         scope=scope,
                         user_id=stored.user_id,
                         conversation_id=stored.conversation_id,
                         message_id=stored.message_id,
                         query=model_text,
-                        budget_tokens=persona.memory.budget_tokens or window // 4,
-                        tokens=backend.tokens,
                         now=incoming.received_at,
-                        history_ids=frozenset(turn.message_id for turn in history),
+                        history=history,
                     )
                 )
             except Exception as exc:  # a turn without memories beats no turn at all
@@ -675,6 +675,36 @@ class PersonaEngine:
         if layout is None:
             layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(loaded.persona)
         return layout.compose(rendered)
+
+    def _recall_request(
+        self,
+        loaded: LoadedPersona,
+        backend: LLMBackend,
+        *,
+        scope: Scope,
+        user_id: int,
+        conversation_id: int,
+        message_id: int,
+        query: str,
+        now: datetime,
+        history: Sequence[HistoryTurn],
+    ) -> RecallRequest:
+        """What memory is asked for this turn: the persona's memory budget (a quarter
+        of the context window unless set), counted with the backend's tokenizer, and
+        the history already in the prompt, which need not be recalled."""
+        persona = loaded.persona
+        window = persona.model.context_window or self.context_window
+        return RecallRequest(
+            scope=scope,
+            user_id=user_id,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            query=query,
+            budget_tokens=persona.memory.budget_tokens or window // 4,
+            tokens=backend.tokens,
+            now=now,
+            history_ids=frozenset(turn.message_id for turn in history),
+        )
 
     def _lore_text(
         self,

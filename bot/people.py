@@ -195,33 +195,22 @@ class People:
 
     async def record_edit(self, scope: Scope, platform_message_id: str, text: str) -> bool:
         """A person edited their message: the stored text follows; False if unknown."""
-        cleaned = clean_text(text)
-        now = _now()
-
-        def work(conn: Connection) -> bool:
-            message_id = self._message_in_scope(conn, scope, platform_message_id, Direction.IN)
-            if message_id is None:
-                return False
-            conn.execute(
-                update(_messages)
-                .where(_messages.c.id == message_id)
-                .values(text=cleaned, edited_at=now)
-            )
-            return True
-
-        return await self.db.run(work)
+        return await self._update_incoming(
+            scope, platform_message_id, text=clean_text(text), edited_at=_now()
+        )
 
     async def record_delete(self, scope: Scope, platform_message_id: str) -> bool:
         """A person deleted their message: it leaves prompts and exports; False if unknown."""
-        now = _now()
+        return await self._update_incoming(scope, platform_message_id, deleted_at=_now())
+
+    async def _update_incoming(self, scope: Scope, platform_message_id: str, **values: Any) -> bool:
+        """Set `values` on the person's message in `scope`; False if it is not known."""
 
         def work(conn: Connection) -> bool:
             message_id = self._message_in_scope(conn, scope, platform_message_id, Direction.IN)
             if message_id is None:
                 return False
-            conn.execute(
-                update(_messages).where(_messages.c.id == message_id).values(deleted_at=now)
-            )
+            conn.execute(update(_messages).where(_messages.c.id == message_id).values(**values))
             return True
 
         return await self.db.run(work)

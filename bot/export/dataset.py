@@ -167,6 +167,18 @@ class _Conversation:
 _MEMO = 4096  # per conversation: dropped messages and replaced replies remembered
 
 
+def _withheld(row: Any) -> str | None:
+    """Why a message may not be used whatever else holds (deleted, or its author's
+    consent at the time says no), or None."""
+    if row.deleted:
+        return "deleted"
+    if row.consent == CONSENT_OPTED_OUT:
+        return "opted_out"
+    if row.consent == CONSENT_BEFORE_OPT_IN:
+        return "before_opt_in"
+    return None
+
+
 def _remember(memo: dict[int, Any], key: int, value: Any) -> None:
     """Set `memo[key]`, forgetting the oldest entry beyond `_MEMO`: replies come soon
     after the message they answer, so old entries are no longer needed."""
@@ -310,16 +322,8 @@ class DatasetBuilder:
     # -- rows -----------------------------------------------------------------------
 
     def _incoming(self, conv: _Conversation, stats: PersonaStats, row: Any) -> None:
-        reason = None
-        if row.status == "failed":
-            reason = "failed"
-        elif row.deleted:
-            reason = "deleted"
-        elif row.consent == CONSENT_OPTED_OUT:
-            reason = "opted_out"
-        elif row.consent == CONSENT_BEFORE_OPT_IN:
-            reason = "before_opt_in"
-        elif row.truncated:
+        reason = "failed" if row.status == "failed" else _withheld(row)
+        if reason is None and row.truncated:
             reason = "truncated"
         if reason is not None:
             stats.filters[reason] += 1
@@ -343,6 +347,18 @@ class DatasetBuilder:
                 del conv.window[:excess]
                 stats.unanswered += excess
 
+    def _unfit_reply(self, row: Any, text: str) -> str | None:
+        """Why a reply (its stripped `text`) is no training target, or None."""
+        if row.flagged:
+            return "flagged"
+        if row.status == "undeliverable":
+            return "undeliverable"
+        if not text:
+            return "empty"
+        if len(text) < self._options.min_reply_chars:
+            return "too_short"
+        return None
+
     def _reply(self, conv: _Conversation, stats: PersonaStats, row: Any) -> None:
         filters = stats.filters
         if row.kind == "apology":
@@ -354,14 +370,8 @@ class DatasetBuilder:
             return
         text = row.text.strip()
         usable = bool(text) and len(text) >= self._options.min_reply_chars and not row.flagged
-        reason = None
-        if row.deleted:
-            reason = "deleted"
-        elif row.consent == CONSENT_OPTED_OUT:
-            reason = "opted_out"
-        elif row.consent == CONSENT_BEFORE_OPT_IN:
-            reason = "before_opt_in"
-        elif row.superseded:
+        reason = _withheld(row)
+        if reason is None and row.superseded:
             # Not a pair-breaker: the reply that replaced it answers the same message.
             filters["superseded"] += 1
             if usable and row.persona_hash:
@@ -373,14 +383,8 @@ class DatasetBuilder:
                     asked = self._find(conv, reply_to)
                     self._vote(conv, stats, row, rejected, asked, self._context(conv, row, asked))
             return
-        elif row.flagged:
-            reason = "flagged"
-        elif row.status == "undeliverable":
-            reason = "undeliverable"
-        elif not text:
-            reason = "empty"
-        elif len(text) < self._options.min_reply_chars:
-            reason = "too_short"
+        if reason is None:
+            reason = self._unfit_reply(row, text)
         if reason is not None:
             filters[reason] += 1
             self._drop_pair(conv, stats, reply_to, reason)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -32,6 +34,8 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "resolve_model",
 ]
+
+log = structlog.get_logger("bot.memory")
 
 #: The default model name and where the offline package keeps it.
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -143,9 +147,7 @@ class FallbackEmbedder:
                 return self.first.embed(texts)
             except EmbeddingUnavailable as exc:
                 self.first, self.reason = None, str(exc)
-                from structlog import get_logger
-
-                get_logger(__name__).warning(
+                log.warning(
                     "memory.embedder_fallback", reason=str(exc), using=type(self.second).__name__
                 )
         return self.second.embed(texts)
