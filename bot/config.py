@@ -195,6 +195,25 @@ class DiscordSettings(_Section):
     allow_switch: bool = False
     #: Shards: None for one connection, 0 for Discord's recommendation, N for N.
     shard_count: int | None = Field(default=None, ge=0)
+    #: Another Discord REST API (a proxy, a test double), e.g. "http://127.0.0.1:8080/api/v10".
+    api_base_url: str | None = None
+    #: The gateway to connect to, e.g. "ws://127.0.0.1:8080/gateway/". Unset: the one the
+    #: API at `api_base_url` names (GET /gateway/bot), or Discord's own.
+    gateway_url: str | None = None
+    #: After a fresh gateway session (not a RESUME): read back at most this many messages
+    #: per bound channel and open DM written while the bot was away, none older than this.
+    catch_up_messages: int = Field(default=200, ge=0, le=10_000)
+    catch_up_max_age_s: float = Field(default=3600.0, ge=0)
+
+    @field_validator("api_base_url", "gateway_url")
+    @classmethod
+    def _url(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        schemes = ("http://", "https://") if info.field_name == "api_base_url" else ("ws://", "wss://")
+        if not value.startswith(schemes) or len(value) <= len(value.split("//")[0]) + 2:
+            raise ValueError(f"a URL starting with {' or '.join(schemes)}, not {value!r}")
+        return value.rstrip("/") if info.field_name == "api_base_url" else value
 
 
 class TelegramSettings(_Section):
