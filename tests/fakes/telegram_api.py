@@ -13,7 +13,15 @@ caller's event loop, and it enforces the platform rules our adapter must respect
   while a webhook is set it answers 409, and pushes updates to the webhook instead,
   with the `X-Telegram-Bot-Api-Secret-Token` header;
 - `getFile` and the file download endpoint, `sendChatAction`, `setWebhook`,
-  `deleteWebhook`, `setMyCommands`; an unknown token gets 401, an unknown method 404.
+  `deleteWebhook`, `setMyCommands`; an unknown token gets 401, an unknown method 404;
+- an update is forgotten only once a later `offset` confirms it (as on Telegram), so
+  a bot that dies before confirming gets it again.
+
+`Harsh` makes it harsher than the real Bot API, at seeded rates: a share of sends
+answered 429 with `retry_after`, some calls delayed, a fixed latency on every call,
+Telegram's flood limit (more than 30 sends in a second: 429) enforced. `push_raw`
+injects any update body, e.g. one python-telegram-bot cannot parse (`poll()` is
+one: a poll without `allows_revoting`, as older self-hosted servers send).
 
 Every sent message is kept in `sent` with its arrival time (`time.monotonic()`), so
 tests can assert pacing; `actions` holds chat actions. Updates are injected with the
@@ -28,20 +36,23 @@ helpers (`private_message`, `group_message`, `edit`, `reaction`, `poll`,
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import json
+import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-__all__ = ["FakeTelegramAPI", "SentMessage"]
+__all__ = ["FakeTelegramAPI", "Harsh", "SentMessage", "max_in_window"]
 
 TOKEN = "123456:TEST-token_for-the-fake"
 MAX_TEXT = 4096
@@ -64,6 +75,38 @@ class SentMessage:
     thread: int | None = None
 
 
+@dataclass(frozen=True)
+class Harsh:
+    """Misbehaviour at seeded rates; the default misbehaves not at all.
+
+    `rate_limit_share` of sendMessage calls answer 429 with `retry_after`;
+    `delay_share` of all calls wait `delay_s` (a uniform range) before answering;
+    every call waits `latency_s`; with `flood_limit`, a send beyond that many in the
+    last second answers 429 (Telegram's ~30/s per bot).
+    """
+
+    seed: int = 0
+    rate_limit_share: float = 0.0
+    retry_after: int = 1
+    delay_share: float = 0.0
+    delay_s: tuple[float, float] = (0.5, 2.0)
+    latency_s: float = 0.0
+    flood_limit: int | None = None
+    #: Methods the random 429s and delays apply to (the long poll is never delayed).
+    methods: frozenset[str] = field(
+        default_factory=lambda: frozenset({"sendMessage", "sendChatAction"})
+    )
+
+
+def max_in_window(times: list[float], window_s: float = 1.0) -> int:
+    """The most of `times` (sorted or not) that fall in any `window_s` span."""
+    ordered = sorted(times)
+    best = 0
+    for i, start in enumerate(ordered):
+        best = max(best, bisect.bisect_right(ordered, start + window_s - 1e-9) - i)
+    return best
+
+
 @dataclass
 class _Failure:
     method: str
@@ -83,8 +126,11 @@ class FakeTelegramAPI:
         bot_id: int = 4242,
         username: str = "persona_test_bot",
         first_name: str = "Tess",
+        harsh: Harsh | None = None,
     ) -> None:
         self.token = token
+        self.harsh = harsh or Harsh()
+        self._rng = random.Random(self.harsh.seed)
         self.bot_user = {
             "id": bot_id,
             "is_bot": True,
@@ -111,6 +157,18 @@ class FakeTelegramAPI:
         #: Called with each SentMessage as it is accepted (benchmarks hook this).
         self.on_sent: Callable[[SentMessage], None] | None = None
         self.record_calls = True
+        #: Calls per method (kept even when `record_calls` is off).
+        self.counts: Counter[str] = Counter()
+        #: Arrival time of every sendMessage call, answered or refused.
+        self.send_attempts: list[float] = []
+        #: 429s answered (random, flood limit or scripted).
+        self.rate_limited = 0
+        #: The highest update_id confirmed by an offset.
+        self.confirmed = 0
+        #: sendMessage calls being answered right now (a crash here may repeat them).
+        self.sends_in_flight = 0
+        #: Called with each update just before it is posted to the webhook.
+        self.on_webhook_post: Callable[[dict[str, Any]], None] | None = None
         self._failures: list[_Failure] = []
         self._next_update = itertools.count(1)
         self._next_message = itertools.count(1000)
@@ -271,6 +329,16 @@ class FakeTelegramAPI:
             self._ensure_pusher()
         return update
 
+    def push_raw(self, body: dict[str, Any], *, with_id: bool = True) -> dict[str, Any]:
+        """Queue any update body as it is (an `update_id` is added unless `with_id` is
+        false): the shapes a library cannot parse."""
+        update = {"update_id": next(self._next_update), **body} if with_id else dict(body)
+        self.updates.append(update)
+        self._new_update.set()
+        if self.webhook_url is not None:
+            self._ensure_pusher()
+        return update
+
     def private_message(
         self, user_id: int, text: str | None, *, name: str = "Ann", start: bool = True, **kw: Any
     ) -> dict[str, Any]:
@@ -337,7 +405,8 @@ class FakeTelegramAPI:
         )
 
     def poll(self) -> dict[str, Any]:
-        """A poll update (the bot does not handle polls)."""
+        """A poll update (the bot does not handle polls). It lacks `allows_revoting`,
+        which python-telegram-bot 22 requires: the library cannot parse it."""
         return self.push(
             "poll",
             {
@@ -464,17 +533,58 @@ class FakeTelegramAPI:
             return web.Response(status=400)
         if self.record_calls:
             self.calls.append((method, params))
+        self.counts[method] += 1
+        sending = method == "sendMessage"
+        if sending:
+            self.send_attempts.append(time.monotonic())
+            self.sends_in_flight += 1
+        try:
+            return await self._answer(method, params)
+        finally:
+            if sending:
+                self.sends_in_flight -= 1
+
+    async def _answer(self, method: str, params: dict[str, Any]) -> web.Response:
+        harsh = self.harsh
+        if harsh.latency_s:
+            await asyncio.sleep(harsh.latency_s)
         chat_id = _int(params.get("chat_id"))
         failure = self._take_failure(method, chat_id)
         if failure is not None:
             if failure.status == 429:
+                self.rate_limited += 1
                 return self._error(429, failure.description, retry_after=failure.retry_after)
             return self._error(failure.status, failure.description)
+        if method in harsh.methods:
+            if harsh.delay_share and self._rng.random() < harsh.delay_share:
+                await asyncio.sleep(self._rng.uniform(*harsh.delay_s))
+            if method == "sendMessage" and self._flooded():
+                return self._too_many(1)
+            if harsh.rate_limit_share and self._rng.random() < harsh.rate_limit_share:
+                return self._too_many(harsh.retry_after)
         handler = getattr(self, f"_m_{method.lower()}", None)
         if handler is None:
             return self._error(404, "Not Found")
         result: web.Response = await handler(params)
         return result
+
+    def _flooded(self) -> bool:
+        limit = self.harsh.flood_limit
+        if limit is None:
+            return False
+        now = time.monotonic()
+        recent = len(self.send_attempts) - bisect.bisect_left(self.send_attempts, now - 1.0)
+        return recent > limit
+
+    def _too_many(self, retry_after: int) -> web.Response:
+        self.rate_limited += 1
+        return self._error(
+            429, f"Too Many Requests: retry after {retry_after}", retry_after=retry_after
+        )
+
+    def max_sends_per_second(self) -> int:
+        """The most sendMessage calls that arrived within any one second."""
+        return max_in_window(self.send_attempts)
 
     async def _m_getme(self, params: dict[str, Any]) -> web.Response:
         return self._ok(self.bot_user)
@@ -489,7 +599,9 @@ class FakeTelegramAPI:
         if allowed is not None:
             self.allowed_updates = json.loads(allowed) if isinstance(allowed, str) else allowed
         if offset:
-            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+            # Only now are the updates before `offset` confirmed, and forgotten.
+            self.confirmed = max(self.confirmed, offset - 1)
+            self.updates = [u for u in self.updates if _update_id(u) >= offset]
         deadline = time.monotonic() + timeout
         while True:
             ready = [u for u in self.updates if self._wanted(u, self.allowed_updates)][:limit]
@@ -502,7 +614,7 @@ class FakeTelegramAPI:
 
     @staticmethod
     def _wanted(update: dict[str, Any], allowed: list[str] | None) -> bool:
-        kind = next(k for k in update if k != "update_id")
+        kind = next((k for k in update if k != "update_id"), "")
         if not allowed:
             return kind not in _NOT_BY_DEFAULT
         return kind in allowed
@@ -616,21 +728,31 @@ class FakeTelegramAPI:
             if not self._wanted(update, self.webhook_allowed):
                 self.updates.pop(0)
                 continue
+            if self.on_webhook_post is not None:
+                self.on_webhook_post(update)
             headers = {}
             if self.webhook_secret:
                 headers["X-Telegram-Bot-Api-Secret-Token"] = str(self.webhook_secret)
             try:
                 async with self._session.post(
-                    self.webhook_url, json=update, headers=headers
+                    self.webhook_url,
+                    json=update,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=10),
                 ) as response:
                     self.webhook_responses.append(response.status)
                     ok = response.status == 200
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError):
                 ok = False
             if ok:
                 self.updates.pop(0)
             else:  # Telegram retries later; so do we, a little sooner
                 await asyncio.sleep(0.05)
+
+
+def _update_id(update: dict[str, Any]) -> int:
+    value = update.get("update_id")
+    return value if isinstance(value, int) else 0
 
 
 def _int(value: Any) -> int | None:
