@@ -1,16 +1,21 @@
 """Telegram through python-telegram-bot v22: private chats, and groups when addressed.
 
-Updates arrive by long polling (default) or by a webhook that we serve ourselves
-(aiohttp, the `X-Telegram-Bot-Api-Secret-Token` header checked before anything is
-read). Either way they land on PTB's update queue and reach `_on_update`, which
-starts a task per update: it is parsed into `Incoming`/`Reaction`/an edit (in
-arrival order within its chat) and its turn runs, so one slow reply never holds up
-other chats. Replies go out through the base's delivery policy as plain text (no
-`parse_mode`), so Telegram never rejects a reply for its formatting. PTB talks HTTP
-through `adapters._telegram_http.AiohttpRequest`.
+Nothing accepted is lost: every update is committed to the inbox before Telegram
+is told it arrived. Long polling is our own getUpdates loop
+(`adapters._telegram_intake.UpdatePoller`: fetch a batch, commit it in one
+transaction, only then ask with the next offset); a webhook (aiohttp, the
+`X-Telegram-Bot-Api-Secret-Token` header checked before anything is read) answers
+200 only after the commit, else 503 so that Telegram posts it again. The inbox
+worker then calls `handle_event` for each stored update, one chat's in order:
+only there is the raw JSON parsed (`Update.de_json`), leniently (invalid Unicode
+repaired), so an update the library cannot parse is one failure row with its
+reason, never a stopped bot. Command replies and turn replies leave through the
+base's outbox in the order of the updates that caused them; replies are plain
+text (no `parse_mode`), so Telegram never rejects one for its formatting. PTB
+talks HTTP through `adapters._telegram_http.AiohttpRequest`.
 
-Stopping: no more updates are taken, the updates already fetched are processed,
-replies in hand are finished and delivered, then PTB shuts down.
+Stopping: no more updates are taken, those in hand are finished and their replies
+delivered; what was not started stays in the inbox for the next start.
 """
 
 from __future__ import annotations
@@ -21,23 +26,14 @@ import json
 import secrets
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from aiohttp import web
-from telegram import (
-    Bot,
-    BotCommand,
-    Message,
-    ReactionTypeCustomEmoji,
-    ReactionTypeEmoji,
-    ReplyParameters,
-    Update,
-    User,
-)
+from telegram import Bot, BotCommand, Message, ReplyParameters, Update, User
 from telegram.constants import ChatAction, ChatType, MessageEntityType
 from telegram.error import (
     BadRequest,
@@ -47,15 +43,16 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters._telegram_http import AiohttpRequest
+from adapters._telegram_intake import RawUpdatesBot, UpdatePoller, repaired, webhook_events
+from adapters._telegram_parse import attachments, strip_handle
+from adapters._telegram_parse import emoji as reaction_emoji
 from adapters.base import (
     Adapter,
     AdapterServices,
     DeliveryError,
-    KeyedLocks,
     PacingPolicy,
     RateLimited,
     Unreachable,
@@ -63,10 +60,11 @@ from adapters.base import (
 from bot.commands import CommandContext
 from bot.config import TelegramSettings
 from bot.errors import AdapterError, PersonaError
-from bot.messages import Actor, Attachment, Incoming, Outgoing, Reaction, Scope
+from bot.inbox import InboxEvent
+from bot.messages import Actor, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
 
-__all__ = ["ALLOWED_UPDATES", "TELEGRAM_PACING", "TelegramAdapter"]
+__all__ = ["ALLOWED_UPDATES", "TELEGRAM_PACING", "TelegramAdapter", "UnparsableUpdate"]
 
 log = structlog.get_logger("adapters.telegram")
 
@@ -93,6 +91,11 @@ _MAX_UPLOAD_BYTES = 1_000_000
 _BINDING_TTL_S = 30.0  # how soon a switch made by another replica is seen
 #: Connections to the Bot API; 8 carry far more than Telegram's 30 messages/s.
 _POOL_SIZE = 8
+
+
+class UnparsableUpdate(AdapterError):
+    """A stored update that is not one python-telegram-bot can read; the message says
+    why. Raised by `handle_event`, so the inbox records it as the event's failure."""
 
 
 def _seconds(value: int | float | timedelta) -> float:
@@ -125,7 +128,7 @@ class TelegramAdapter(Adapter):
         pacing: PacingPolicy | None = None,
         base_file_url: str | None = None,
         drain_timeout_s: float = 120.0,
-        max_in_flight: int = 2000,
+        poll_timeout_s: int = 10,
     ) -> None:
         """`pacing` replaces Telegram's limits (benchmarks against a fake server);
         `base_file_url` defaults to the file endpoint next to `settings.base_url`."""
@@ -138,58 +141,50 @@ class TelegramAdapter(Adapter):
         self.persona = settings.persona or default_persona
         self.base_file_url = base_file_url
         self.drain_timeout_s = drain_timeout_s
+        self.poll_timeout_s = poll_timeout_s
         self.bot_id: int | None = None
         self.username = ""
         self.webhook_port: int | None = None  # the port actually bound (listen_port 0: any)
         #: Set once updates are being taken (polling started, or the webhook registered).
         self.ready = asyncio.Event()
-        self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._order: KeyedLocks[int] = KeyedLocks()
+        #: The getUpdates loop, while polling.
+        self.poller: UpdatePoller | None = None
+        self._bot: RawUpdatesBot | None = None
         self._typing: set[asyncio.Future[Any]] = set()
         self._http = asyncio.Semaphore(_POOL_SIZE)
-        self._slots = asyncio.Semaphore(max_in_flight)
         self._bindings: dict[str, tuple[str, float]] = {}
         self._reachable: set[str] = set()
         self._webhook_secret = ""
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def _build(self) -> Application[Any, Any, Any, Any, Any, Any]:
+    def _build(self) -> RawUpdatesBot:
         assert self.settings.token is not None
-        builder = ApplicationBuilder().token(self.settings.token.get_secret_value())
-        if self.settings.base_url:
-            base = self.settings.base_url.rstrip("/")
-            builder = builder.base_url(base)
-            file_base = self.base_file_url or base.replace("/bot", "/file/bot", 1)
-            builder = builder.base_file_url(file_base)
-        elif self.base_file_url:
-            builder = builder.base_file_url(self.base_file_url)
-        if self.settings.mode == "webhook":
-            builder = builder.updater(None)
+        base = (self.settings.base_url or "https://api.telegram.org/bot").rstrip("/")
+        file_base = self.base_file_url or base.replace("/bot", "/file/bot", 1)
         # aiohttp instead of PTB's default httpx: see adapters/_telegram_http.py. Sends
-        # wait on our own semaphore (`_http`), so the pool never queues inside.
-        builder = builder.request(AiohttpRequest(_POOL_SIZE))
-        if self.settings.mode != "webhook":
-            # Long polls hold their own connection for up to 10 s.
-            builder = builder.get_updates_request(AiohttpRequest(1))
-        app = builder.build()
-        app.add_handler(TypeHandler(Update, self._on_update))
-        app.add_error_handler(self._on_error)
-        return app
+        # wait on our own semaphore (`_http`), so the pool never queues inside; long
+        # polls hold their own connection.
+        return RawUpdatesBot(
+            self.settings.token.get_secret_value(),
+            base_url=base,
+            base_file_url=file_base,
+            request=AiohttpRequest(_POOL_SIZE),
+            get_updates_request=AiohttpRequest(1),
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take updates until `stop` is set; then drain and shut PTB down.
+        """Take updates until `stop` is set; then finish those in hand and stop.
 
         Raises `AdapterError` when the token is rejected, the Bot API cannot be
         reached, or webhook mode lacks its URL.
         """
         if self.settings.mode == "webhook" and not self.settings.webhook_url:
             raise AdapterError("telegram: mode = 'webhook' needs telegram.webhook_url")
-        app = self._build()
-        self._app = app
+        bot = self._build()
+        self._bot = bot
         try:
-            await app.initialize()  # getMe: a bad token answers 401 here
+            await bot.initialize()  # getMe: a bad token answers 401 here
         except InvalidToken:
             raise AdapterError(
                 "telegram: the Bot API rejected the token (401 Unauthorized); "
@@ -197,53 +192,35 @@ class TelegramAdapter(Adapter):
             ) from None
         except TelegramError as exc:
             raise AdapterError(f"telegram: cannot reach the Bot API: {exc}") from None
-        self.bot_id, self.username = app.bot.id, app.bot.username
-        runner: web.AppRunner | None = None
+        self.bot_id, self.username = bot.id, bot.username
         try:
-            await app.start()
             with suppress(TelegramError):  # the menu is cosmetic
-                await app.bot.set_my_commands([BotCommand(n, d) for n, d in _MENU])
-            if self.settings.mode == "webhook":
-                runner = await self._start_webhook(app)
-            else:
-                assert app.updater is not None
-                await app.updater.start_polling(
-                    allowed_updates=list(ALLOWED_UPDATES),
-                    error_callback=self._on_polling_error,
-                )
-            self.ready.set()
-            log.info("telegram.started", username=self.username, mode=self.settings.mode)
-            await stop.wait()
+                await bot.set_my_commands([BotCommand(n, d) for n, d in _MENU])
+            async with self.processing(drain_timeout_s=self.drain_timeout_s):
+                if self.settings.mode == "webhook":
+                    await self._serve_webhook(bot, stop)
+                else:
+                    await self._poll(bot, stop)
         finally:
-            await self._shutdown(app, runner)
+            if self._typing:  # let typing requests end before the HTTP session closes
+                await asyncio.wait(set(self._typing), timeout=5)
+            await bot.shutdown()
+            self.ready.clear()
+            log.info("telegram.stopped")
 
-    async def _shutdown(
-        self, app: Application[Any, Any, Any, Any, Any, Any], runner: web.AppRunner | None
-    ) -> None:
-        # Stop taking updates first; everything already fetched (and so confirmed to
-        # Telegram) is still processed by app.stop(), then the replies are drained.
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
-        if runner is not None:
-            await runner.cleanup()
-        if app.running:
-            await app.stop()
-        await self.drain(self.drain_timeout_s)
-        await app.shutdown()
-        log.info("telegram.stopped")
+    async def _poll(self, bot: RawUpdatesBot, stop: asyncio.Event) -> None:
+        with suppress(TelegramError):  # getUpdates answers 409 while a webhook is set
+            await bot.delete_webhook(drop_pending_updates=False)
+        poller = UpdatePoller(
+            bot, self.accept, allowed_updates=ALLOWED_UPDATES, timeout_s=self.poll_timeout_s
+        )
+        self.poller = poller
+        task = asyncio.create_task(poller.run(stop), name="telegram-poll")
+        self.ready.set()
+        log.info("telegram.started", username=self.username, mode="polling")
+        await task  # returns once `stop` is set (a rejected token raises)
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait for the turns in hand to be answered and delivered; True if all were."""
-        pending: set[asyncio.Future[Any]] = set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
-        if pending:
-            log.warning("telegram.drain_timeout", replies_in_flight=len(pending))
-        if self._typing:  # let typing requests end before the HTTP session closes
-            await asyncio.wait(set(self._typing), timeout=5)
-        return not pending
-
-    async def _start_webhook(self, app: Application[Any, Any, Any, Any, Any, Any]) -> web.AppRunner:
+    async def _serve_webhook(self, bot: RawUpdatesBot, stop: asyncio.Event) -> None:
         secret = self.settings.webhook_secret
         # Without a configured secret a random one is registered for this run, so the
         # route never accepts unauthenticated posts.
@@ -252,96 +229,78 @@ class TelegramAdapter(Adapter):
         web_app.router.add_post(self.settings.webhook_path, self._webhook)
         runner = web.AppRunner(web_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.listen_host, self.settings.listen_port)
         try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise AdapterError(
-                f"telegram: cannot listen on {self.settings.listen_host}:"
-                f"{self.settings.listen_port} for the webhook: {exc.strerror}"
-            ) from None
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            self.webhook_port = int(sockets[0].getsockname()[1])
-        assert self.settings.webhook_url is not None
-        try:
-            await app.bot.set_webhook(
-                self.settings.webhook_url,
-                secret_token=self._webhook_secret,
-                allowed_updates=list(ALLOWED_UPDATES),
-            )
-        except TelegramError as exc:
-            await runner.cleanup()
-            raise AdapterError(f"telegram: setWebhook failed: {exc}") from None
-        return runner
+            site = web.TCPSite(runner, self.settings.listen_host, self.settings.listen_port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise AdapterError(
+                    f"telegram: cannot listen on {self.settings.listen_host}:"
+                    f"{self.settings.listen_port} for the webhook: {exc.strerror}"
+                ) from None
+            sockets = getattr(site._server, "sockets", None)
+            if sockets:
+                self.webhook_port = int(sockets[0].getsockname()[1])
+            assert self.settings.webhook_url is not None
+            try:
+                await bot.set_webhook(
+                    self.settings.webhook_url,
+                    secret_token=self._webhook_secret,
+                    allowed_updates=list(ALLOWED_UPDATES),
+                )
+            except TelegramError as exc:
+                raise AdapterError(f"telegram: setWebhook failed: {exc}") from None
+            self.ready.set()
+            log.info("telegram.started", username=self.username, mode="webhook")
+            await stop.wait()
+        finally:
+            await runner.cleanup()  # no more posts: Telegram keeps the rest for later
 
     async def _webhook(self, request: web.Request) -> web.Response:
-        """Telegram posts one update; only a request carrying our secret is read."""
+        """Telegram posts one update; only a request carrying our secret is read, and
+        200 means committed: any other answer makes Telegram post it again."""
         given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
         if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
             log.warning("telegram.webhook_bad_secret", remote=request.remote)
             return web.Response(status=401, text="wrong or missing secret token")
-        app = self._app
-        if app is None:
-            return web.Response(status=503)
+        body = await request.read()
+        # Whatever the body is, it is stored: a malformed one as an event that fails
+        # with its reason when handled (posting it again would not mend it).
+        events = webhook_events(body)
         try:
-            data = await request.json(loads=json.loads)
-            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
-                raise ValueError("not an update object")
-            update = Update.de_json(data, app.bot)
-        except Exception as exc:  # any malformed body: 400, and nothing is queued
-            log.warning("telegram.webhook_bad_body", error=str(exc)[:200])
-            return web.Response(status=400, text="malformed update")
-        await app.update_queue.put(update)
+            await self.accept(events)
+        except Exception as exc:  # not durable: Telegram must post it again
+            log.error("telegram.webhook_commit_failed", error=str(exc)[:300])
+            return web.Response(status=503, text="not stored; try again")
         return web.Response(text="ok")
 
     # -- updates -----------------------------------------------------------------------
 
-    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        log.error("telegram.ptb_error", error=repr(context.error))
+    async def handle_event(self, event: InboxEvent) -> None:
+        """Parse one stored update and handle it: a turn, a command, an edit or a
+        reaction. Raises `UnparsableUpdate` (with the reason) for one that cannot be
+        read; the inbox records it as failed and goes on."""
+        update = self._update(event)
+        work = await self._parse(update)
+        if work is not None:
+            await work
 
-    def _on_polling_error(self, error: TelegramError) -> None:
-        log.warning("telegram.polling_error", error=str(error))
-
-    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Start the work of one update; PTB calls this for updates in order.
-
-        Nothing is awaited here but a free slot (backpressure), so a slow database
-        read never holds up the updates behind it. Order within a chat is kept by
-        `_ordered`: each update's parsing (persona look-up) runs in arrival order,
-        and its turn is started before the next update of that chat is parsed.
-        """
-        await self._slots.acquire()  # at most max_in_flight updates in hand
-        task = asyncio.create_task(self._process(update), name="telegram-update")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _process(self, update: Update) -> None:
+    def _update(self, event: InboxEvent) -> Update:
+        if event.truncated:
+            raise UnparsableUpdate("the update was cut at the inbox's size limit")
         try:
-            async with self._ordered(_chat_of(update)):
-                work = await self._parse(update)
-                if work is None:
-                    return
-                # Scheduled now, it runs before the next update of this chat is
-                # parsed (the event loop is FIFO), so the engine queues turns in order.
-                running = asyncio.ensure_future(work)
-            await running
-        except DeliveryError:
-            pass  # recorded by send
-        except Exception as exc:  # one odd update must never stop the others
-            log.warning("telegram.update_failed", error=repr(exc), update_id=update.update_id)
-        finally:
-            self._slots.release()
-
-    @asynccontextmanager
-    async def _ordered(self, chat: int | None) -> AsyncIterator[None]:
-        """Hold `chat` while an update of it is parsed; FIFO, dropped when unused."""
-        if chat is None:
-            yield
-            return
-        async with self._order.hold(chat):
-            yield
+            data = json.loads(event.payload)
+        except ValueError as exc:
+            raise UnparsableUpdate(f"not JSON: {exc}") from None
+        update_id = data.get("update_id") if isinstance(data, dict) else None
+        if isinstance(update_id, bool) or not isinstance(update_id, int):
+            raise UnparsableUpdate("not an update object (no integer update_id)")
+        try:
+            return Update.de_json(repaired(data), self.bot)
+        except Exception as exc:  # PTB raises whatever the constructor it calls raises
+            raise UnparsableUpdate(
+                f"python-telegram-bot cannot parse it: {type(exc).__name__}: {exc}"
+            ) from None
 
     async def _parse(self, update: Update) -> Awaitable[object] | None:
         if update.message_reaction is not None:
@@ -439,12 +398,12 @@ class TelegramAdapter(Adapter):
             scope = await self._scope(message, user)
             return self._run_command(message, user, scope, *command)
         text = message.text if message.text is not None else (message.caption or "")
-        attachments = _attachments(message)
-        if not text and not attachments:
+        carried = attachments(message)
+        if not text and not carried:
             return None  # joins, pins, titles, polls...: service messages are not speech
         addressed = self._addressed(message)
         if addressed and message.chat.type != ChatType.PRIVATE and self.username:
-            stripped = _strip_handle(text, self.username)
+            stripped = strip_handle(text, self.username)
             text = stripped or text
         scope = await self._scope(message, user)
         reply = message.reply_to_message
@@ -452,28 +411,22 @@ class TelegramAdapter(Adapter):
             scope=scope,
             actor=self._actor(user),
             text=text,
-            attachments=attachments,
+            attachments=carried,
             platform_message_id=str(message.message_id),
             reply_to_platform_id=str(reply.message_id) if reply is not None else None,
             addressed_to_bot=addressed,
+            received_at=_written_at(message),
         )
         return self._turn(incoming, private=message.chat.type == ChatType.PRIVATE)
 
     async def _turn(self, incoming: Incoming, *, private: bool) -> None:
-        # No await before `answer`: the engine must queue this turn before the next
-        # update of the chat is parsed (see `_process`).
         if private and incoming.actor.id not in self._reachable:
             # Someone who writes to the bot has (un)blocked it: they can be reached.
-            # Queued on the database before any send of this turn could mark them
-            # unreachable again, so the two never apply out of order.
-            reachable = asyncio.ensure_future(
-                self.services.people.mark_reachable(self.platform, incoming.actor.id)
-            )
+            # Recorded before any send of this turn could mark them unreachable again.
+            await self.services.people.mark_reachable(self.platform, incoming.actor.id)
             if len(self._reachable) > 100_000:
                 self._reachable.clear()
             self._reachable.add(incoming.actor.id)
-            await asyncio.gather(self.answer(incoming), reachable)
-            return
         await self.answer(incoming)
 
     async def _run_command(
@@ -555,8 +508,8 @@ class TelegramAdapter(Adapter):
             user=str(user.id),
             persona=await self._persona_for(space, str(chat.id)),
         )
-        old = {_emoji(r) for r in event.old_reaction}
-        new = {_emoji(r) for r in event.new_reaction}
+        old = {reaction_emoji(r) for r in event.old_reaction}
+        new = {reaction_emoji(r) for r in event.new_reaction}
         actor = self._actor(user)
         reactions = [
             Reaction(
@@ -580,8 +533,8 @@ class TelegramAdapter(Adapter):
         return scope.channel
 
     async def _deliver(self, outgoing: Outgoing, text: str) -> str | None:
-        app = self._app
-        if app is None:
+        bot = self._bot
+        if bot is None:
             raise DeliveryError("telegram: not running")
         scope = outgoing.scope
         reply = None
@@ -593,7 +546,7 @@ class TelegramAdapter(Adapter):
         try:
             # Plain text: no parse_mode, so no reply can be refused for its markup.
             async with self._http:
-                sent = await app.bot.send_message(
+                sent = await bot.send_message(
                     chat_id=int(scope.channel),
                     text=text,
                     message_thread_id=int(scope.thread) if scope.thread else None,
@@ -614,13 +567,13 @@ class TelegramAdapter(Adapter):
         return str(sent.message_id)
 
     async def _send_typing(self, scope: Scope) -> None:
-        app = self._app
-        if app is None:
+        bot = self._bot
+        if bot is None:
             return
 
         async def send() -> None:
             async with self._http:
-                await app.bot.send_chat_action(
+                await bot.send_chat_action(
                     chat_id=int(scope.channel),
                     action=ChatAction.TYPING,
                     message_thread_id=int(scope.thread) if scope.thread else None,
@@ -637,20 +590,19 @@ class TelegramAdapter(Adapter):
     @property
     def bot(self) -> Bot:
         """PTB's bot, while running."""
-        if self._app is None:
+        if self._bot is None:
             raise AdapterError("telegram: not running")
-        bot: Bot = self._app.bot
-        return bot
+        return self._bot
 
 
-def _chat_of(update: Update) -> int | None:
-    """The chat an update belongs to, for ordering (None: not one we order)."""
-    for message in (update.message, update.edited_message):
-        if message is not None:
-            return message.chat.id
-    if update.message_reaction is not None:
-        return update.message_reaction.chat.id
-    return None
+def _written_at(message: Message) -> datetime:
+    """When the person wrote the message (Telegram's `date`), never later than now:
+    a backlog that waited while the bot was down is as old as it really is."""
+    now = datetime.now(UTC)
+    date = message.date
+    if date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)
+    return min(date, now)
 
 
 def _forget(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
@@ -665,70 +617,3 @@ def _forget(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]]
 async def _each(handler: Callable[[Reaction], Awaitable[bool]], items: list[Reaction]) -> None:
     for item in items:
         await handler(item)
-
-
-def _emoji(reaction: object) -> str:
-    if isinstance(reaction, ReactionTypeEmoji):
-        return reaction.emoji
-    if isinstance(reaction, ReactionTypeCustomEmoji):
-        return f"custom:{reaction.custom_emoji_id}"
-    return str(getattr(reaction, "type", "reaction"))
-
-
-def _strip_handle(text: str, username: str) -> str:
-    handle = f"@{username}"
-    lowered = text.lower()
-    at = lowered.find(handle.lower())
-    if at == -1:
-        return text
-    return (text[:at] + text[at + len(handle) :]).strip()
-
-
-def _attachments(message: Message) -> tuple[Attachment, ...]:
-    """What besides text a message carries, described for the model."""
-    found: list[Attachment] = []
-    if message.sticker is not None:
-        sticker = message.sticker
-        what = f"a sticker {sticker.emoji or ''}".strip()
-        if sticker.set_name:
-            what += f" from the set {sticker.set_name}"
-        found.append(Attachment(kind="sticker", description=what))
-    if message.photo:
-        biggest = message.photo[-1]
-        found.append(
-            Attachment(
-                kind="image",
-                description=f"a photo, {biggest.width}x{biggest.height}",
-                size_bytes=biggest.file_size,
-            )
-        )
-    if message.document is not None and message.animation is None:  # a GIF is both
-        doc = message.document
-        found.append(
-            Attachment(
-                kind="file",
-                filename=doc.file_name,
-                description=doc.mime_type or "a file",
-                size_bytes=doc.file_size,
-            )
-        )
-    for kind, item in (
-        ("voice", message.voice),
-        ("audio", message.audio),
-        ("video", message.video),
-        ("animation", message.animation),
-        ("video note", message.video_note),
-    ):
-        if item is not None:
-            found.append(
-                Attachment(
-                    kind=kind,
-                    description=f"{kind}, {getattr(item, 'duration', '?')} s",
-                    size_bytes=getattr(item, "file_size", None),
-                )
-            )
-    if message.location is not None:
-        found.append(Attachment(kind="location", description="a shared location"))
-    if message.contact is not None:
-        found.append(Attachment(kind="contact", description="a shared contact"))
-    return tuple(found)

@@ -424,6 +424,22 @@ class FakeTelegramAPI:
             },
         )
 
+    def poll_message(self, user_id: int) -> dict[str, Any]:
+        """A private message carrying a poll without `allows_revoting` (what an older
+        self-hosted Bot API server sends): python-telegram-bot 22 cannot parse it."""
+        poll = {
+            "id": f"poll-{user_id}",
+            "question": "Tea or coffee?",
+            "options": [{"text": "tea", "voter_count": 0}, {"text": "coffee", "voter_count": 0}],
+            "total_voter_count": 0,
+            "is_closed": False,
+            "is_anonymous": False,
+            "type": "regular",
+            "allows_multiple_answers": False,
+        }
+        self.started.add(user_id)
+        return self.push("message", self.message(user_id, user_id, None, extra={"poll": poll}))
+
     def member_join(self, chat_id: int, user_id: int) -> dict[str, Any]:
         """A service message: someone joined the group."""
         msg = self.message(
