@@ -287,4 +287,8 @@ class StoreMemoryControl:
             counts = await self.store.forget(uid, item, persona_id=persona)
         except (PermissionError, ValueError) as exc:  # ForgetRefused is a PermissionError
             raise KeyError(item) from exc
-        return int(sum(counts.values())) if isinstance(counts, dict) else int(counts)
+        if not isinstance(counts, dict):
+            return int(counts)
+        # What the person asked about; embeddings, re-embedded turns and the like are
+        # the store's bookkeeping.
+        return sum(int(counts.get(k, 0)) for k in ("messages", "facts", "summaries"))

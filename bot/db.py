@@ -134,6 +134,9 @@ def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool, query_only: bool = False
             # than FULL; only an OS crash can lose the last transactions.
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            # Deleted content is overwritten with zeros, freelist pages included: what a
+            # person asked us to forget must not linger in unused parts of the file.
+            cur.execute("PRAGMA secure_delete=ON")
             cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             if query_only:
                 cur.execute("PRAGMA query_only=ON")
@@ -289,9 +292,37 @@ class Database:
                     stop = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            group: list[_Job] = []
+            for item in batch:
+                if not item.bare:
+                    group.append(item)
+                    continue
+                if group:
+                    self._run_batch(group)
+                    group = []
+                self._run_bare(item)
+            if group:
+                self._run_batch(group)
             if stop:
                 return
+
+    def _run_bare(self, job: _Job) -> None:
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            raw = self.engine.raw_connection()
+            try:
+                result = job.work(raw.dbapi_connection)
+            finally:
+                raw.close()
+        except SQLAlchemyError as exc:
+            error = _storage_error(exc)
+        except sqlite3.Error as exc:
+            error = StorageError(f"database error: {exc}")
+        except Exception as exc:
+            error = exc
+        with suppress(RuntimeError):
+            job.loop.call_soon_threadsafe(_resolve, [(job, result, error)])
 
     def _run_batch(self, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
@@ -317,6 +348,35 @@ class Database:
             with suppress(RuntimeError):  # that loop is closed: nobody is waiting
                 loop.call_soon_threadsafe(_resolve, items)
 
+    async def checkpoint(self, *, attempts: int = 3) -> None:
+        """Copy every WAL frame into the database file and truncate the WAL to zero bytes.
+
+        Old page images in the WAL (the text of rows deleted since) are gone once this
+        returns. It runs on the writer thread between transactions; readers in the
+        middle of a transaction are waited for (busy timeout, `attempts` times), then
+        `StorageError` says the WAL could not be truncated. Not a SQLite file: no-op.
+        """
+        if self._queue is None or sqlite_path(self.engine.url.render_as_string()) is None:
+            return
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            row = (1, -1, -1)
+            for _ in range(attempts):
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if row[0] == 0:
+                    break
+            return (int(row[0]), int(row[1]), int(row[2]))
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[int, int, int]] = loop.create_future()
+        self._queue.put(_Job(work, future, loop, bare=True))
+        busy, _log, _done = await future
+        if busy:
+            raise StorageError(
+                "could not truncate the write-ahead log: a reader kept it busy "
+                "(the WAL still holds old pages until the next checkpoint)"
+            )
+
     async def aclose(self) -> None:
         """Finish queued work, then close every connection."""
         if self._queue is not None and self._writer is not None:
@@ -333,9 +393,11 @@ class Database:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    work: Callable[[Connection], Any]
+    work: Callable[[Any], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    #: Runs alone on a raw DB-API connection, outside any transaction (a checkpoint).
+    bare: bool = False
 
 
 def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:

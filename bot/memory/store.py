@@ -46,6 +46,7 @@ from bot.memory.extract import (
     build_request,
     parse_extraction,
 )
+from bot.memory.forget import ForgetRefused, Forgotten, forget_rows, parse_target
 from bot.memory.query import cjk_runs, match_expression, trigram_expression, words
 from bot.memory.timeparse import parse_time_range
 
@@ -70,10 +71,6 @@ B = TypeVar("B")
 BackendFor = Callable[[str], Awaitable[LLMBackend]]
 
 _SPOKEN = "('message', 'proactive', 'greeting')"
-
-
-class ForgetRefused(PermissionError):
-    """A forget request named a memory that is not the requester's (nothing deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +195,15 @@ class _Vectors:
             self.items.append(r.item_id)
         self.max_id = max(self.max_id, rows[-1].id)
 
+    def wipe(self) -> None:
+        """Overwrite the vectors and sign bits with zeros and forget them."""
+        for buffer in (self.rows, self.signs):
+            if buffer is not None:
+                buffer.fill(0)
+        self.rows = self.signs = None
+        self.size = 0
+        self.ids, self.kinds, self.items = [], [], []
+
     def top(self, query: Any, n: int) -> list[tuple[str, int, float]]:
         import numpy as np
 
@@ -278,6 +284,7 @@ class SQLiteMemory:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._embed_lock = asyncio.Lock()
         # One thread for the model and the numpy scans: torch uses its own threads
         # inside, and one caller at a time keeps memory use predictable.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-memory")
@@ -353,7 +360,8 @@ class SQLiteMemory:
             batch = self._pending[: self.embed_batch]
             del self._pending[: self.embed_batch]
             try:
-                await self._embed(batch)
+                async with self._embed_lock:
+                    await self._embed(batch)
             except EmbeddingUnavailable as exc:
                 self._dense_unavailable(exc)
                 self._pending.clear()
@@ -586,7 +594,11 @@ class SQLiteMemory:
 
         def store(conn: Connection) -> list[int]:
             new_ids = []
+            # A source forgotten while the model read it takes its facts with it.
+            live = _existing_messages(conn, [i for f in result.facts for i in f.source_ids])
             for fact in result.facts:
+                if not set(fact.source_ids) <= live:
+                    continue
                 if fact.duplicate_of is not None:
                     conn.execute(
                         _TOUCH_FACT,
@@ -651,7 +663,9 @@ class SQLiteMemory:
         if not summary:
             return None
 
-        def store(conn: Connection) -> int:
+        def store(conn: Connection) -> int | None:
+            if len(_existing_messages(conn, [r.id for r in rows])) < len(rows):
+                return None  # a message of the stretch was forgotten meanwhile
             return int(
                 conn.execute(
                     _INSERT_SUMMARY,
@@ -670,7 +684,8 @@ class SQLiteMemory:
             )
 
         sid = await self.db.run(store)
-        self.enqueue([("summary", sid)])
+        if sid is not None:
+            self.enqueue([("summary", sid)])
         return sid
 
     async def summarise_quiet(self, now: datetime) -> list[int]:
@@ -761,23 +776,48 @@ class SQLiteMemory:
     async def forget(
         self, user_id: int, target: str, *, persona_id: str | None = None
     ) -> dict[str, int]:
-        """Delete one memory (`f12`, `s3`, `m45`) or `all` of a person's memories:
-        facts, summaries, embeddings and, for `all`, their messages and the persona's
-        replies to them. Raises `ForgetRefused` (deleting nothing) for an id that is
-        not the person's, and `ValueError` for an id that is not an id.
+        """Delete one memory (`f12`, `s3`, `m45`) or `all` of a person's memories, and
+        leave no byte of it behind: see `bot.memory.forget` for what goes with each.
+
+        Returns counts per table, plus `reembedded`: the turns after a forgotten
+        message, embedded again with their new context. Raises `ForgetRefused`
+        (deleting nothing) for an id that is not the person's, `KeyError` for one
+        that does not exist, `ValueError` for one that is not an id, and
+        `StorageError` when the write-ahead log could not be truncated after the
+        deletion (the rows are gone; old page images stay in it until the next
+        checkpoint).
         """
-        target = target.strip().lower()
-        if target == "all":
-            counts = await self.db.run(lambda conn: _forget_all(conn, user_id, persona_id))
-        else:
-            kind = {"f": "fact", "s": "summary", "m": "message"}.get(target[:1])
-            if kind is None or not target[1:].isdigit():
-                raise ValueError(f"{target!r} is not a memory id (f12, s3, m45) or 'all'")
-            item = int(target[1:])
-            counts = await self.db.run(lambda conn: _forget_one(conn, user_id, kind, item))
-        self._cache = OrderedDict((k, v) for k, v in self._cache.items() if k[0] != user_id)
-        log.info("memory.forgot", user_id=user_id, target=target, **counts)
+        parsed = parse_target(target)
+        # No embedding batch may run meanwhile: one that read a forgotten text before
+        # the delete would store its vector after it.
+        async with self._embed_lock:
+            done: Forgotten = await self.db.run(
+                lambda conn: forget_rows(conn, user_id, parsed, persona_id)
+            )
+            # On the thread that scans them, so no search is mid-scan of what is wiped.
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._drop_cached, user_id)
+            counts = dict(done.counts)
+            counts["reembedded"] = await self._reembed(done.neighbours)
+        await self.db.checkpoint()
+        log.info("memory.forgot", user_id=user_id, target=parsed.ref, **counts)
         return counts
+
+    def _drop_cached(self, user_id: int) -> None:
+        """Zero and drop the person's cached vectors (not just unreference them)."""
+        for key in [k for k in self._cache if k[0] == user_id]:
+            self._cache.pop(key).wipe()
+
+    async def _reembed(self, message_ids: Sequence[int]) -> int:
+        if self.embedder is None or not message_ids:
+            return 0
+        try:
+            await self._embed([("message", i) for i in message_ids])
+        except EmbeddingUnavailable as exc:
+            # Their old vectors are gone either way; BM25 still finds them.
+            self._dense_unavailable(exc)
+            return 0
+        return len(message_ids)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -1208,6 +1248,16 @@ _LIST_SUMMARIES = text(
 )
 
 
+def _existing_messages(conn: Connection, ids: Sequence[int]) -> set[int]:
+    if not ids:
+        return set()
+    rows = conn.execute(
+        text("SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(:ids))"),
+        {"ids": json.dumps(sorted(set(ids)))},
+    ).scalars()
+    return {int(i) for i in rows}
+
+
 @dataclass(frozen=True, slots=True)
 class _Row:
     id: int
@@ -1270,67 +1320,3 @@ def _extraction_input(
         conn.execute(text("SELECT is_direct FROM conversations WHERE id = :cid"), params).scalar()
     )
     return shown, known, is_direct
-
-
-def _forget_one(conn: Connection, user_id: int, kind: str, item: int) -> dict[str, int]:
-    table = {"fact": "facts", "summary": "summaries", "message": "messages"}[kind]
-    owner = conn.execute(text(f"SELECT user_id FROM {table} WHERE id = :id"), {"id": item}).scalar()
-    if owner is None:
-        raise KeyError(f"no memory {kind[0]}{item}")
-    if owner != user_id:
-        raise ForgetRefused(f"memory {kind[0]}{item} is not yours; nothing was deleted")
-    ids = [item]
-    if kind == "fact":
-        # The facts this one replaced go too: forgetting "moved to Berlin" must not
-        # bring back "lives in Paris".
-        frontier = [item]
-        while frontier:
-            older = conn.execute(
-                text(
-                    "SELECT id FROM facts WHERE user_id = :uid AND superseded_by IN "
-                    f"({','.join(map(str, frontier))})"
-                ),
-                {"uid": user_id},
-            ).scalars()
-            frontier = [int(i) for i in older]
-            ids += frontier
-    id_list = ",".join(map(str, ids))
-    embeddings = conn.execute(
-        text(f"DELETE FROM embeddings WHERE kind = :kind AND item_id IN ({id_list})"),
-        {"kind": kind},
-    ).rowcount
-    if kind == "message":
-        conn.execute(text(f"UPDATE failures SET message_id = NULL WHERE message_id = {item}"))
-        conn.execute(text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id = {item}"))
-    deleted = conn.execute(text(f"DELETE FROM {table} WHERE id IN ({id_list})")).rowcount
-    return {table: deleted, "embeddings": embeddings}
-
-
-def _forget_all(conn: Connection, user_id: int, persona_id: str | None) -> dict[str, int]:
-    params = {"uid": user_id, "persona": persona_id}
-    persona = "(:persona IS NULL OR persona_id = :persona)"
-    counts = {}
-    counts["embeddings"] = conn.execute(
-        text(
-            "DELETE FROM embeddings WHERE user_id = :uid AND (:persona IS NULL OR "
-            "conversation_id IN (SELECT id FROM conversations WHERE persona_id = :persona))"
-        ),
-        params,
-    ).rowcount
-    counts["facts"] = conn.execute(
-        text(f"DELETE FROM facts WHERE user_id = :uid AND {persona}"), params
-    ).rowcount
-    counts["summaries"] = conn.execute(
-        text(f"DELETE FROM summaries WHERE user_id = :uid AND {persona}"), params
-    ).rowcount
-    mine = f"SELECT id FROM messages WHERE user_id = :uid AND {persona}"
-    conn.execute(
-        text(f"UPDATE failures SET message_id = NULL WHERE message_id IN ({mine})"), params
-    )
-    conn.execute(
-        text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id IN ({mine})"), params
-    )
-    counts["messages"] = conn.execute(
-        text(f"DELETE FROM messages WHERE user_id = :uid AND {persona}"), params
-    ).rowcount
-    return counts
