@@ -14,7 +14,7 @@ import abc
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar, final
@@ -23,7 +23,8 @@ import structlog
 
 from bot.commands import CommandContext, Commands
 from bot.engine import PersonaEngine
-from bot.errors import BotError
+from bot.errors import AdapterError, BotError
+from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 from bot.messages import Incoming, Outgoing, Reaction, Scope
 from bot.people import People
 
@@ -264,11 +265,13 @@ class Pacer:
 
 @dataclass(frozen=True)
 class AdapterServices:
-    """What an adapter needs of the bot: the engine, the commands, the people store."""
+    """What an adapter needs of the bot: the engine, the commands, the people store,
+    and the inbox its events are committed to (None: events are handled directly)."""
 
     engine: PersonaEngine
     commands: Commands
     people: People
+    inbox: Inbox | None = None
 
 
 class Adapter(abc.ABC):
@@ -288,8 +291,11 @@ class Adapter(abc.ABC):
     def __init__(self, services: AdapterServices) -> None:
         self.services = services
         self.engine = services.engine
+        self.inbox = services.inbox
         self.pacer = Pacer(self.pacing)
         self._sending: KeyedLocks[str] = KeyedLocks()
+        #: The running inbox worker (inside `processing()`), else None.
+        self.worker: InboxWorker | None = None
 
     # -- what each platform implements ----------------------------------------------------
 
@@ -307,6 +313,57 @@ class Adapter(abc.ABC):
 
     async def _send_typing(self, scope: Scope) -> None:  # noqa: B027  (optional for a platform)
         """Show "typing…" in the scope's chat (lasts a few seconds on the platform)."""
+
+    async def handle_event(self, event: InboxEvent) -> None:
+        """Handle one stored inbox event: parse `event.payload`, run its turn or
+        command (through `answer` / `command` + `send`), and return when done.
+
+        Raise (anything) when the event cannot be parsed or handled: the worker
+        records it as failed with the reason and goes on with the next event. The
+        worker calls this for one chat's events one at a time, in stored order.
+        """
+        raise AdapterError(f"{self.platform}: this adapter does not take inbox events")
+
+    # -- the inbox ----------------------------------------------------------------------
+
+    async def accept(self, events: Sequence[RawEvent]) -> int:
+        """Commit a batch of raw events to the inbox (one transaction, redeliveries
+        ignored) and wake the worker; returns how many were new. Acknowledge the
+        batch to the platform only after this returns; if it raises, do not.
+        """
+        if self.inbox is None:
+            raise AdapterError(f"{self.platform}: no inbox configured")
+        new = await self.inbox.accept(self.platform, events)
+        if self.worker is not None and new:
+            self.worker.wake()
+        return new
+
+    @asynccontextmanager
+    async def processing(self, *, drain_timeout_s: float = 120.0) -> AsyncIterator[InboxWorker]:
+        """Run recovery and then the inbox worker for as long as the block runs.
+
+        Recovery (unfinished turns resumed or expired, undelivered replies sent) is
+        queued in each chat's lane before the first pending event is taken, so a
+        chat's old work leaves before its new. Call `accept` for new events inside
+        the block. On exit no more events are taken, those in hand are finished (up
+        to `drain_timeout_s`), and the rest stay pending for the next start.
+        """
+        if self.inbox is None:
+            raise AdapterError(f"{self.platform}: no inbox configured")
+        from bot.inbox.recovery import recover
+
+        worker = InboxWorker(self.inbox, self.platform, self.handle_event)
+        self.worker = worker
+        await recover(self, worker)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop), name=f"inbox-{self.platform}")
+        try:
+            yield worker
+        finally:
+            stop.set()
+            await task
+            await worker.drain(drain_timeout_s)
+            self.worker = None
 
     def chat_key(self, scope: Scope) -> str:
         """The unit the platform rate-limits by: the channel or thread."""

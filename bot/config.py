@@ -7,21 +7,33 @@ names another.
 
 Secrets (API keys, platform tokens) are never read from the TOML file: only from
 the environment, or from a file whose *path* the config names (`api_key_file`).
-They are `SecretStr` everywhere, so they print as `**********`.
+They are `SecretStr` everywhere, so they print as `**********`; credentials inside
+URLs (a database password, `?token=` in a webhook) are masked wherever a value is
+shown, and a config error never echoes a secret's value.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from bot.errors import ConfigError
+from bot.logs import MASK, redact_text
 
 __all__ = ["Settings", "load_settings"]
 
@@ -43,6 +55,17 @@ class DatabaseSettings(_Section):
     url: str = "sqlite:///data/bot.db"
     migrate_on_start: bool = True
     busy_timeout_ms: int = Field(default=5000, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "a database URL such as sqlite:///data/bot.db or postgresql://host/db"
+            ) from None
+        return value
 
 
 class LLMSettings(_Section):
@@ -98,6 +121,17 @@ class EngineSettings(_Section):
     timezone: str = Field(
         default="UTC", description="IANA zone for people whose own zone is not known yet."
     )
+    stale_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A message older than this when the bot gets to it (after a restart) "
+        "is recorded as expired, not answered late.",
+    )
+    inbox_keep_payload_hours: float = Field(
+        default=72.0,
+        ge=0,
+        description="How long a handled event's raw payload is kept (failed ones keep theirs).",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -125,8 +159,22 @@ class ConsoleSettings(_Section):
     """The terminal adapter: always used by `bot chat`, by `bot run` when enabled."""
 
     enabled: bool = False
-    user_id: str = "local"
-    display_name: str = Field(default_factory=lambda: os.environ.get("USER", "you") or "you")
+    user_id: str = Field(default="local", min_length=1, max_length=64)
+    #: How the person at the terminal is named; memory labels the persona's own
+    #: messages "you", so that name is refused.
+    display_name: str = Field(
+        default_factory=lambda: os.environ.get("USER") or "guest", min_length=1, max_length=64
+    )
+    #: Where `bot chat` writes its logs and Python warnings in an interactive session,
+    #: so the screen holds only the conversation; None: stderr.
+    log_file: Path | None = Path("data/chat.log")
+
+    @field_validator("display_name")
+    @classmethod
+    def _not_the_persona(cls, value: str) -> str:
+        if value.strip().casefold() == "you":
+            raise ValueError("'you' is how memory names the persona itself; pick another name")
+        return value
 
 
 class MemorySettings(_Section):
@@ -315,12 +363,14 @@ class Settings(BaseSettings):
         """The effective config as plain data, secrets masked (for `bot config show`)."""
         data: dict[str, Any] = self.model_dump(mode="json")
         key = self.llm.resolved_api_key() if self.llm.api_key_file else self.llm.api_key
-        data["llm"]["api_key"] = "**********" if key is not None else None
-        for section in ("discord", "telegram"):
-            for name, value in data[section].items():
-                if name in ("token", "webhook_secret") and value is not None:
-                    data[section][name] = "**********"
-        return data
+        data["llm"]["api_key"] = MASK if key is not None else None
+        for dotted in SECRET_KEYS:
+            section, _, name = dotted.partition(".")
+            if data[section].get(name) is not None:
+                data[section][name] = MASK
+        # Credentials inside URLs: database.url, llm.base_url, a webhook's ?token=.
+        shown: dict[str, Any] = _redact_strings(data)
+        return shown
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -337,6 +387,16 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def _redact_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    return value
+
+
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
@@ -347,40 +407,113 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The largest config file read; a bigger one is a mistake (or a device).
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(path, raw, exc)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted in SECRET_KEYS:
         section, _, key = dotted.partition(".")
         if isinstance(data.get(section), dict) and key in data[section]:
             env = f"BOT_{section.upper()}__{key.upper()}"
+            # Suggest a *_file key only where one exists.
+            model = Settings.model_fields[section].annotation
+            has_file = isinstance(model, type) and f"{key}_file" in model.model_fields
+            instead = f" or name a file with {dotted}_file" if has_file else ""
             raise ConfigError(
                 f"{path}: {dotted}: secrets are not read from the config file; "
-                f"set the environment variable {env} or name a file with {dotted}_file"
+                f"set the environment variable {env}{instead}"
             )
     return data
+
+
+def _not_utf8(path: Path, raw: bytes, exc: UnicodeDecodeError) -> str:
+    """Where a config file stops being UTF-8: line, and the key on that line."""
+    before = raw[: exc.start]
+    line_no = before.count(b"\n") + 1
+    lines = raw.split(b"\n")
+    line = lines[line_no - 1].decode("utf-8", "replace")
+    section = ""
+    for earlier in reversed(lines[: line_no - 1]):
+        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]", earlier.decode("utf-8", "replace"))
+        if header:
+            section = header[1] + "."
+            break
+    key = line.partition("=")[0].strip() if "=" in line else ""
+    where = f" ({section}{key})" if key else (f" (in [{section[:-1]}])" if section else "")
+    return (
+        f"{path}:{line_no}{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+        "save the file as UTF-8"
+    )
+
+
+# A key whose name says it holds a credential: its value is never echoed.
+_SECRET_NAME = re.compile(r"(?i)token|secret|passw|api_?key|hmac|credential")
 
 
 def _format_validation(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"]) or "(root)"
-        value = item.get("input")
-        shown = "<missing>" if item["type"] == "missing" else repr(value)
-        if any(key.startswith(s) for s in SECRET_KEYS):
-            shown = "**********"
         env_name = "BOT_" + "__".join(str(p).upper() for p in item["loc"])
         where = f"${env_name}" if env_name in os.environ else source
         if item["type"] == "extra_forbidden":
-            lines.append(f"{where}: {key} = {shown}: unknown key")
+            # The key is what is wrong; its value may be a secret under a misspelt name.
+            lines.append(f"{where}: {key}: unknown key")
+            continue
+        if item["type"] == "missing":
+            shown = "<missing>"
+        elif any(key.startswith(s) for s in SECRET_KEYS) or _SECRET_NAME.search(key):
+            shown = MASK
         else:
-            lines.append(f"{where}: {key} = {shown}: {item['msg']}")
+            shown = redact_text(_short_repr(item.get("input")))
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {key} = {shown}: {redact_text(message)}")
     return "\n".join(lines)
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...(cut)"
+
+
+def _settings_error(exc: SettingsError) -> ConfigError:
+    """A `BOT_*` variable that pydantic-settings could not parse (malformed JSON in a
+    list or table value), named without echoing its value."""
+    cause = exc.__cause__
+    field = re.search(r'field "([^"]+)"', str(exc))
+    prefix = f"BOT_{field[1].upper()}" if field else "BOT_"
+    names = sorted(
+        n for n in os.environ if n.upper() == prefix or n.upper().startswith(prefix + "__")
+    )
+    if isinstance(cause, json.JSONDecodeError):
+        names = [n for n in names if os.environ[n] == cause.doc] or names
+        reason = f"not valid JSON ({cause.msg}: line {cause.lineno}, column {cause.colno})"
+    else:
+        reason = f"cannot be parsed ({type(cause).__name__ if cause else exc})"
+    name = names[0] if names else prefix
+    key = ".".join(part.lower() for part in name.removeprefix("BOT_").split("__"))
+    return ConfigError(
+        f"${name}: {key}: {reason}; a list or table value is JSON, "
+        """e.g. '["a", "b"]' or '{"123": "samantha"}'"""
+    )
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -414,6 +547,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
         return cls(**file_data)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source)) from None
+    except SettingsError as exc:
+        raise _settings_error(exc) from None
 
 
 def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:

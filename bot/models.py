@@ -29,6 +29,8 @@ __all__ = [
     "Failure",
     "Feedback",
     "FollowUp",
+    "InboxRow",
+    "InboxStatus",
     "Message",
     "MessageStatus",
     "PersonaBinding",
@@ -52,17 +54,31 @@ class Direction(StrEnum):
 class MessageStatus(StrEnum):
     """Where a message is in its life.
 
-    Incoming: `received` (stored, not yet answered) → `answered` | `failed` | `ignored`.
-    Outgoing: `generated` (stored, handed to the adapter) → `delivered` | `undeliverable`.
+    Incoming: `received` (stored) → `answering` (a reply is being generated) →
+    `answered` | `failed` | `expired` (too old when the bot came back), or `ignored`
+    (not addressed to the bot). Outgoing: `generated` (stored, not sent) → `sending`
+    (parts leaving; `parts_sent` of them confirmed) → `delivered` | `undeliverable`.
+    Every step is committed, so a restart knows where each message stood.
     """
 
     RECEIVED = "received"
+    ANSWERING = "answering"
     ANSWERED = "answered"
     FAILED = "failed"
+    EXPIRED = "expired"
     IGNORED = "ignored"
     GENERATED = "generated"
+    SENDING = "sending"
     DELIVERED = "delivered"
     UNDELIVERABLE = "undeliverable"
+
+
+class InboxStatus(StrEnum):
+    """An inbox event: `pending` (committed, not yet handled) → `done` | `failed`."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class User(SQLModel, table=True):
@@ -108,6 +124,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_platform_ref", "conversation_id", "platform_message_id"),
+        Index("ix_messages_status", "status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -128,6 +145,8 @@ class Message(SQLModel, table=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     created_at: datetime = Field(sa_column=_ts(index=True))
+    #: Outgoing: how many split parts the platform confirmed (a restart sends the rest).
+    parts_sent: int = Field(default=0)
     edited_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     #: Set by a moderator: the message stays in the ledger but never in training data.
@@ -147,6 +166,36 @@ class Failure(SQLModel, table=True):
     error_type: str = Field(max_length=128)
     reason: str = Field(sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(sa_column=_ts(index=True))
+
+
+class InboxRow(SQLModel, table=True):
+    """A platform event as received, committed before the platform is told it arrived.
+
+    `event_key` is the platform's own id (Telegram `update_id`, Discord message id):
+    a redelivery of a key already stored is ignored. The raw payload is kept until
+    the event is handled (and cleared after a retention window once `done`), so a
+    `failed` one can be replayed after a fix.
+    """
+
+    __tablename__ = "inbox_events"
+    __table_args__ = (
+        UniqueConstraint("platform", "event_key"),
+        Index("ix_inbox_events_status_platform_id", "status", "platform", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    event_key: str = Field(max_length=256)
+    #: The ordering key (chat or channel) when the adapter knew it without parsing.
+    chat: str | None = Field(default=None, max_length=256)
+    status: str = Field(default="pending", max_length=16)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    #: The payload was longer than the limit and is stored cut.
+    truncated: bool = False
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    attempts: int = 0
+    received_at: datetime = Field(sa_column=_ts(index=True))
+    processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class PersonaVersion(SQLModel, table=True):

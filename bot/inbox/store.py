@@ -1,0 +1,318 @@
+"""The inbox: platform events committed before the platform is told they arrived.
+
+An adapter hands a batch of raw events to `Inbox.accept`; once it returns they are
+durable and the adapter may acknowledge them (ask Telegram for the next offset,
+answer a webhook 200). A redelivery of an event key already stored is ignored. The
+worker (`bot.inbox.worker`) then handles `pending` events and marks each `done` or
+`failed` with its reason; `replay` puts failed ones back to `pending` after a fix.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import SQLModel
+
+from bot.db import Database
+from bot.models import InboxRow, InboxStatus
+
+__all__ = ["MAX_PAYLOAD_BYTES", "Inbox", "InboxEvent", "RawEvent"]
+
+#: The most bytes of a raw payload stored; a bigger event is stored cut and failed.
+MAX_PAYLOAD_BYTES = 64 * 1024
+_MAX_KEY = 256
+_MAX_REASON = 4000
+
+_inbox: Table = SQLModel.metadata.tables[InboxRow.__tablename__]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One platform event as received, before any parsing."""
+
+    #: The platform's event id (Telegram `update_id`, Discord message id).
+    key: str
+    #: The raw JSON text as received.
+    payload: str
+    #: The ordering key, if known without parsing: must equal `Adapter.chat_key` of
+    #: the scope the event's messages get, so recovered turns and new events of one
+    #: chat share one lane. None: ordered with nothing.
+    chat: str | None = None
+    received_at: datetime = field(default_factory=_utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEvent:
+    """A stored inbox event, as the worker hands it to `Adapter.handle_event`."""
+
+    id: int
+    platform: str
+    key: str
+    chat: str | None
+    payload: str
+    status: InboxStatus
+    received_at: datetime
+    truncated: bool = False
+    reason: str | None = None
+    attempts: int = 0
+    processed_at: datetime | None = None
+
+
+def _safe(text: str) -> str:
+    """Text SQLite can store: a lone surrogate cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _bounded_key(key: str) -> str:
+    # A key is never cut or repaired lossily: two keys made equal would drop the
+    # second event as a redelivery. Unstorable text is escaped, long keys hashed.
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        key = "esc:" + key.encode("unicode_escape").decode("ascii")
+    if len(key) <= _MAX_KEY:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _bounded_payload(payload: str) -> tuple[str, bool]:
+    payload = _safe(payload)
+    data = payload.encode("utf-8")
+    if len(data) <= MAX_PAYLOAD_BYTES:
+        return payload, False
+    return data[:MAX_PAYLOAD_BYTES].decode("utf-8", "ignore"), True
+
+
+def _row(row: Any) -> InboxEvent:
+    return InboxEvent(
+        id=int(row.id),
+        platform=row.platform,
+        key=row.event_key,
+        chat=row.chat,
+        payload=row.payload,
+        status=InboxStatus(row.status),
+        received_at=_aware(row.received_at) or _utcnow(),
+        truncated=bool(row.truncated),
+        reason=row.reason,
+        attempts=int(row.attempts),
+        processed_at=_aware(row.processed_at),
+    )
+
+
+class Inbox:
+    """The `inbox_events` table: accept, hand out, settle, list and replay events."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def accept(self, platform: str, events: Sequence[RawEvent]) -> int:
+        """Commit a batch in ONE transaction, redeliveries ignored; returns how many
+        were new. Only after this returns may the adapter acknowledge the batch.
+
+        A payload over `MAX_PAYLOAD_BYTES` is stored cut and `failed` at once, with
+        its size as the reason: kept for a person to look at, never half-handled.
+        """
+        if not events:
+            return 0
+        rows = []
+        for event in events:
+            payload, cut = _bounded_payload(event.payload)
+            chat = _safe(event.chat)[:_MAX_KEY] if event.chat is not None else None
+            rows.append(
+                {
+                    "platform": platform[:32],
+                    "event_key": _bounded_key(event.key),
+                    "chat": chat,
+                    "status": (InboxStatus.FAILED if cut else InboxStatus.PENDING).value,
+                    "payload": payload,
+                    "truncated": cut,
+                    "reason": (
+                        f"payload of {len(event.payload.encode('utf-8', 'surrogatepass'))} "
+                        f"bytes is over the {MAX_PAYLOAD_BYTES}-byte limit"
+                        if cut
+                        else None
+                    ),
+                    "attempts": 0,
+                    "received_at": event.received_at,
+                    "processed_at": event.received_at if cut else None,
+                }
+            )
+
+        def work(conn: Connection) -> int:
+            if conn.dialect.name == "postgresql":
+                statement: Any = pg_insert(_inbox).on_conflict_do_nothing()
+            else:
+                statement = sqlite_insert(_inbox).on_conflict_do_nothing()
+            new = 0
+            for row in rows:
+                new += max(conn.execute(statement, row).rowcount, 0)
+            return new
+
+        return await self.db.run(work)
+
+    async def pending(
+        self,
+        platform: str,
+        *,
+        limit: int,
+        after_id: int = 0,
+        exclude: frozenset[int] = frozenset(),
+    ) -> list[InboxEvent]:
+        """Pending events of `platform` with ids above `after_id`, oldest first."""
+
+        def work(conn: Connection) -> list[InboxEvent]:
+            statement = (
+                select(_inbox)
+                .where(
+                    _inbox.c.status == InboxStatus.PENDING.value,
+                    _inbox.c.platform == platform,
+                    _inbox.c.id > after_id,
+                )
+                .order_by(_inbox.c.id)
+                .limit(limit + len(exclude))
+            )
+            found = [_row(r) for r in conn.execute(statement)]
+            return [e for e in found if e.id not in exclude][:limit]
+
+        return await self.db.read(work)
+
+    async def done(self, event_id: int, *, now: datetime | None = None) -> None:
+        """The event was handled: it will not be handed out again."""
+        await self._settle(event_id, InboxStatus.DONE, None, now)
+
+    async def fail(self, event_id: int, reason: str, *, now: datetime | None = None) -> None:
+        """The event could not be handled: kept, with its payload and `reason`, for replay."""
+        await self._settle(event_id, InboxStatus.FAILED, _safe(reason)[:_MAX_REASON], now)
+
+    async def _settle(
+        self, event_id: int, status: InboxStatus, reason: str | None, now: datetime | None
+    ) -> None:
+        at = now or _utcnow()
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_inbox)
+                .where(_inbox.c.id == event_id)
+                .values(
+                    status=status.value,
+                    reason=reason,
+                    attempts=_inbox.c.attempts + 1,
+                    processed_at=at,
+                )
+            )
+
+        await self.db.run(work)
+
+    async def get(self, event_id: int) -> InboxEvent | None:
+        """One event by id, or None."""
+
+        def work(conn: Connection) -> InboxEvent | None:
+            row = conn.execute(select(_inbox).where(_inbox.c.id == event_id)).first()
+            return _row(row) if row is not None else None
+
+        return await self.db.read(work)
+
+    async def list(
+        self,
+        *,
+        status: InboxStatus | None = None,
+        platform: str | None = None,
+        limit: int = 100,
+    ) -> list[InboxEvent]:
+        """The newest `limit` events, optionally of one status and platform, newest first."""
+
+        def work(conn: Connection) -> list[InboxEvent]:
+            statement = select(_inbox).order_by(_inbox.c.id.desc()).limit(max(0, limit))
+            if status is not None:
+                statement = statement.where(_inbox.c.status == status.value)
+            if platform is not None:
+                statement = statement.where(_inbox.c.platform == platform)
+            return [_row(r) for r in conn.execute(statement)]
+
+        return await self.db.read(work)
+
+    async def counts(self, platform: str | None = None) -> dict[str, int]:
+        """How many events are in each status."""
+
+        def work(conn: Connection) -> dict[str, int]:
+            statement = select(_inbox.c.status, func.count()).group_by(_inbox.c.status)
+            if platform is not None:
+                statement = statement.where(_inbox.c.platform == platform)
+            return {str(s): int(n) for s, n in conn.execute(statement).all()}
+
+        return await self.db.read(work)
+
+    async def replay(
+        self, event_ids: Sequence[int] = (), *, failed: bool = False, platform: str | None = None
+    ) -> builtins.list[int]:
+        """Put events back to `pending` so the running (or next) worker handles them
+        again: the given ids, or with `failed=True` every failed one (of `platform`).
+
+        Only events that still have their payload can be replayed; a cut (too large)
+        one cannot. Returns the ids that were put back.
+        """
+
+        def work(conn: Connection) -> list[int]:
+            where = [
+                _inbox.c.status != InboxStatus.PENDING.value,
+                _inbox.c.truncated.is_(False),
+                _inbox.c.payload != "",
+            ]
+            if failed:
+                where.append(_inbox.c.status == InboxStatus.FAILED.value)
+            if event_ids:
+                where.append(_inbox.c.id.in_([int(i) for i in event_ids]))
+            elif not failed:
+                return []
+            if platform is not None:
+                where.append(_inbox.c.platform == platform)
+            ids = [int(i) for i in conn.execute(select(_inbox.c.id).where(*where)).scalars()]
+            if ids:
+                conn.execute(
+                    update(_inbox)
+                    .where(_inbox.c.id.in_(ids))
+                    .values(status=InboxStatus.PENDING.value, processed_at=None)
+                )
+            return ids
+
+        return await self.db.run(work)
+
+    async def prune(self, now: datetime, *, keep: timedelta) -> int:
+        """Clear the payload of events `done` before `now - keep` (raw text is not kept
+        forever); failed ones keep theirs for replay. Returns how many were cleared."""
+
+        def work(conn: Connection) -> int:
+            result = conn.execute(
+                update(_inbox)
+                .where(
+                    _inbox.c.status == InboxStatus.DONE.value,
+                    _inbox.c.processed_at < now - keep,
+                    _inbox.c.payload != "",
+                )
+                .values(payload="")
+            )
+            return max(result.rowcount, 0)
+
+        return await self.db.run(work)

@@ -1,0 +1,245 @@
+"""The inbox worker: hands pending events of one platform to its adapter, in order
+per chat, and settles each one.
+
+Events of one chat (`InboxEvent.chat`) run one after another, in the order they
+were stored; different chats run concurrently, at most `concurrency` at a time.
+An event is marked `done` when the handler returns and `failed`, with the reason,
+when it raises or runs past `event_timeout_s`: one bad event costs one failure row
+and never blocks the events behind it. Recovery puts its own jobs (resumed turns,
+undelivered replies) into the same lanes before the first event is taken, so a
+chat's old work goes out before its new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import structlog
+
+from bot.inbox.store import Inbox, InboxEvent
+
+__all__ = ["EventHandler", "InboxWorker", "Job", "WorkerStats"]
+
+log = structlog.get_logger("bot.inbox")
+
+#: What handles one event: the adapter's `handle_event`.
+EventHandler = Callable[[InboxEvent], Awaitable[None]]
+#: Other work that must keep a chat's order (recovery): recorded by the job itself.
+Job = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class WorkerStats:
+    """What the worker did since it started."""
+
+    handled: int = 0
+    failed: int = 0
+    jobs: int = 0
+    jobs_failed: int = 0
+    #: Reasons of the last failures, newest last (bounded).
+    last_failures: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    event: InboxEvent | None
+    job: Job | None
+    name: str
+
+
+class InboxWorker:
+    """Takes pending events of `platform` from `inbox` and runs `handler` on each."""
+
+    def __init__(
+        self,
+        inbox: Inbox,
+        platform: str,
+        handler: EventHandler,
+        *,
+        concurrency: int = 64,
+        max_in_hand: int = 512,
+        poll_s: float = 1.0,
+        rescan_s: float = 15.0,
+        event_timeout_s: float = 900.0,
+    ) -> None:
+        self.inbox = inbox
+        self.platform = platform
+        self.handler = handler
+        self.max_in_hand = max_in_hand
+        self.poll_s = poll_s
+        self.rescan_s = rescan_s
+        self.event_timeout_s = event_timeout_s
+        self.stats = WorkerStats()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._lanes: dict[str, deque[_Item]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._in_hand: set[int] = set()
+        self._cursor = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._unordered = itertools.count()
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New events were accepted: look for them now rather than at the next poll."""
+        self._wake.set()
+
+    def submit(self, chat: str | None, job: Job, *, name: str = "job") -> None:
+        """Run `job` in `chat`'s lane, after everything already queued for that chat."""
+        self._enqueue(chat, _Item(None, job, name))
+
+    @property
+    def backlog(self) -> int:
+        """Events and jobs queued or running."""
+        return sum(len(lane) for lane in self._lanes.values())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Take and handle events until `stop` is set; then finish those in hand.
+
+        Events not started by then stay `pending` for the next start.
+        """
+        last_scan = -self.rescan_s
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                room = self.max_in_hand - len(self._in_hand)
+                if room > 0:
+                    now = time.monotonic()
+                    rescan = now - last_scan >= self.rescan_s
+                    if rescan:
+                        last_scan = now
+                    try:
+                        events = await self.inbox.pending(
+                            self.platform,
+                            limit=room,
+                            after_id=0 if rescan else self._cursor,
+                            exclude=frozenset(self._in_hand),
+                        )
+                    except Exception as exc:  # the database is busy or gone: try again soon
+                        log.warning("inbox.fetch_failed", platform=self.platform, error=str(exc))
+                        events = []
+                    for event in events:
+                        self._cursor = max(self._cursor, event.id)
+                        self._in_hand.add(event.id)
+                        self._enqueue(event.chat, _Item(event, None, f"event-{event.id}"))
+                    if len(events) == room:
+                        continue  # more are waiting: take them as soon as there is room
+                woken = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait(
+                    {woken, stopping}, timeout=self.poll_s, return_when="FIRST_COMPLETED"
+                )
+                woken.cancel()
+        finally:
+            stopping.cancel()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for everything in hand; cancel the rest (it stays
+        pending). True if all finished."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+        except TimeoutError:
+            log.warning("inbox.drain_timeout", platform=self.platform, in_hand=self.backlog)
+            for task in list(self._tasks.values()):
+                task.cancel()
+            for task in list(self._tasks.values()):
+                with suppress(asyncio.CancelledError):
+                    await task
+            return False
+        return True
+
+    async def idle(self) -> None:
+        """Return once nothing is queued or running (tests, recovery)."""
+        await self._idle.wait()
+
+    # -- lanes --------------------------------------------------------------------------
+
+    def _enqueue(self, chat: str | None, item: _Item) -> None:
+        key = chat if chat is not None else f"\0{next(self._unordered)}"
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        lane.append(item)
+        self._idle.clear()
+        if key not in self._tasks:
+            self._tasks[key] = asyncio.create_task(self._run_lane(key), name=f"inbox-{key[:40]}")
+
+    async def _run_lane(self, key: str) -> None:
+        lane = self._lanes[key]
+        try:
+            while lane:
+                item = lane[0]
+                async with self._slots:
+                    if item.event is not None:
+                        await self._handle(item.event)
+                    elif item.job is not None:
+                        await self._job(item)
+                lane.popleft()
+        finally:
+            if not lane:
+                self._lanes.pop(key, None)
+            self._tasks.pop(key, None)
+            if not self._tasks:
+                self._idle.set()
+
+    async def _handle(self, event: InboxEvent) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(
+                platform=self.platform, inbox_event=event.id
+            ):
+                await asyncio.wait_for(self.handler(event), timeout=self.event_timeout_s)
+        except asyncio.CancelledError:
+            self._in_hand.discard(event.id)  # left pending: the next start handles it
+            raise
+        except Exception as exc:
+            reason = _reason(exc, self.event_timeout_s)
+            self.stats.failed += 1
+            self.stats.last_failures.append(reason)
+            log.warning(
+                "inbox.event_failed",
+                platform=self.platform,
+                event_id=event.id,
+                key=event.key,
+                reason=reason,
+            )
+            await self._settle(event, reason)
+            return
+        self.stats.handled += 1
+        await self._settle(event, None)
+
+    async def _settle(self, event: InboxEvent, reason: str | None) -> None:
+        try:
+            if reason is None:
+                await self.inbox.done(event.id)
+            else:
+                await self.inbox.fail(event.id, reason)
+        except Exception as exc:  # stays pending: handled again after the next rescan
+            log.error("inbox.settle_failed", event_id=event.id, error=str(exc))
+        finally:
+            self._in_hand.discard(event.id)
+
+    async def _job(self, item: _Item) -> None:
+        assert item.job is not None
+        self.stats.jobs += 1
+        try:
+            await item.job()
+        except Exception as exc:  # a job records its own failures; it must not stop the lane
+            self.stats.jobs_failed += 1
+            log.error(
+                "inbox.job_failed", job=item.name, error=str(exc), error_type=type(exc).__name__
+            )
+
+
+def _reason(exc: Exception, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: not handled within {timeout_s:g} s"
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"

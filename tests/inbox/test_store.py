@@ -1,0 +1,128 @@
+"""The inbox table on a real SQLite file: batches, redeliveries, bounds, replay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.db import Database
+from bot.inbox import MAX_PAYLOAD_BYTES, Inbox, InboxStatus, RawEvent
+
+
+@pytest.fixture
+async def inbox(tmp_path: Path) -> AsyncIterator[Inbox]:
+    db = Database.open(f"sqlite:///{tmp_path}/inbox.db")
+    try:
+        yield Inbox(db)
+    finally:
+        await db.aclose()
+
+
+def raw(key: str, chat: str | None = "c1", payload: str = '{"x": 1}') -> RawEvent:
+    return RawEvent(key=key, payload=payload, chat=chat)
+
+
+async def test_a_batch_is_committed_at_once_and_redeliveries_are_ignored(inbox: Inbox) -> None:
+    assert await inbox.accept("telegram", [raw("1"), raw("2"), raw("2"), raw("3")]) == 3
+    # The platform redelivers the same batch (we crashed before acknowledging it).
+    assert await inbox.accept("telegram", [raw("1"), raw("2"), raw("3"), raw("4")]) == 1
+    # The same key on another platform is another event.
+    assert await inbox.accept("discord", [raw("1")]) == 1
+    pending = await inbox.pending("telegram", limit=10)
+    assert [e.key for e in pending] == ["1", "2", "3", "4"]
+    assert all(e.status is InboxStatus.PENDING and e.payload == '{"x": 1}' for e in pending)
+
+
+async def test_a_batch_that_cannot_be_stored_stores_nothing(inbox: Inbox) -> None:
+    good = raw("1")
+    bad = RawEvent(key="2", payload=None, chat="c")  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017 - any error: the point is what is left
+        await inbox.accept("telegram", [good, bad])
+    assert await inbox.pending("telegram", limit=10) == []
+
+
+async def test_done_and_failed_are_settled_with_reason_and_attempts(inbox: Inbox) -> None:
+    await inbox.accept("telegram", [raw("1"), raw("2")])
+    first, second = await inbox.pending("telegram", limit=10)
+    await inbox.done(first.id)
+    await inbox.fail(second.id, "ValueError: not an update")
+    assert await inbox.pending("telegram", limit=10) == []
+    failed = await inbox.list(status=InboxStatus.FAILED)
+    assert [(e.key, e.reason, e.attempts) for e in failed] == [
+        ("2", "ValueError: not an update", 1)
+    ]
+    assert failed[0].payload == '{"x": 1}'  # kept for replay
+    assert await inbox.replay(failed=True) == [second.id]
+    again = await inbox.pending("telegram", limit=10)
+    assert [e.id for e in again] == [second.id]
+
+
+async def test_an_oversized_payload_is_stored_cut_and_failed_with_its_size(inbox: Inbox) -> None:
+    big = '{"text": "' + "é" * MAX_PAYLOAD_BYTES + '"}'
+    assert await inbox.accept("telegram", [raw("1", payload=big), raw("2")]) == 2
+    assert [e.key for e in await inbox.pending("telegram", limit=10)] == ["2"]
+    (failed,) = await inbox.list(status=InboxStatus.FAILED)
+    assert failed.truncated and len(failed.payload.encode()) <= MAX_PAYLOAD_BYTES
+    assert "over the 65536-byte limit" in (failed.reason or "")
+    assert await inbox.replay([failed.id]) == []  # a cut payload cannot be replayed
+
+
+async def test_old_payloads_of_handled_events_are_cleared_failed_ones_kept(inbox: Inbox) -> None:
+    await inbox.accept("telegram", [raw("1"), raw("2")])
+    first, second = await inbox.pending("telegram", limit=10)
+    old = datetime.now(UTC) - timedelta(days=10)
+    await inbox.done(first.id, now=old)
+    await inbox.fail(second.id, "boom", now=old)
+    assert await inbox.prune(datetime.now(UTC), keep=timedelta(days=3)) == 1
+    assert (await inbox.get(first.id)).payload == ""  # type: ignore[union-attr]
+    assert (await inbox.get(second.id)).payload == '{"x": 1}'  # type: ignore[union-attr]
+
+
+# Hostile keys, chats and payloads: whatever a platform sends is stored (repaired
+# where SQLite cannot hold it), each distinct key once, never half a batch.
+hostile = st.text(alphabet=st.characters(codec=None), max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys=st.lists(hostile, min_size=1, max_size=5), payload=hostile, chat=hostile)
+def test_hostile_events_are_stored_once_each(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str], payload: str, chat: str
+) -> None:
+    import asyncio
+    import itertools
+
+    state = _HOSTILE
+    if "db" not in state:
+        state["db"] = f"sqlite:///{tmp_path_factory.mktemp('h')}/inbox.db"
+        state["n"] = itertools.count()
+    platform = f"p{next(state['n'])}"  # type: ignore[call-overload]
+
+    async def go() -> None:
+        db = Database.open(str(state["db"]), migrate=False) if "ready" in state else None
+        if db is None:
+            db = Database.open(str(state["db"]))
+            state["ready"] = True
+        try:
+            inbox = Inbox(db)
+            events = [RawEvent(key=k, payload=payload, chat=chat) for k in keys]
+            assert await inbox.accept(platform, events) == len(set(keys))
+            assert await inbox.accept(platform, events) == 0
+            stored = await inbox.pending(platform, limit=100)
+            assert len({e.key for e in stored}) == len(set(keys))
+            assert {e.payload for e in stored} <= {payload, _repaired(payload)}
+        finally:
+            await db.aclose()
+
+    asyncio.run(go())
+
+
+_HOSTILE: dict[str, object] = {}
+
+
+def _repaired(text: str) -> str:
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
