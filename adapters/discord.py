@@ -26,6 +26,12 @@ import discord
 import structlog
 from discord import app_commands
 
+from adapters._discord_client import (
+    Routes,
+    make_client,
+    reset_webhook_routes,
+    use_routes_for_webhooks,
+)
 from adapters.base import (
     Adapter,
     AdapterServices,
@@ -115,6 +121,7 @@ class DiscordAdapter(Adapter):
         # letters, lookarounds on \w do not.
         self._keywords = re.compile(rf"(?<!\w)(?:{'|'.join(words)})(?!\w)") if words else None
         self._client: discord.Client | None = None
+        self._routes = Routes(settings.api_base_url, settings.gateway_url)
         self._accepting = False
         self._busy = 0
         self._idle = asyncio.Event()
@@ -136,6 +143,9 @@ class DiscordAdapter(Adapter):
         token = self.settings.token.get_secret_value()
         self._warn_unknown_personas()
         client = self._client = self._make_client()
+        # Interaction answers go through discord.py's webhook adapter: this task's
+        # context (and the gateway tasks started from it) routes them too.
+        webhooks = use_routes_for_webhooks(self._routes)
         tree = self._build_tree(client)
         connection: asyncio.Task[None] | None = None
         try:
@@ -166,6 +176,8 @@ class DiscordAdapter(Adapter):
                 connection.cancel()
                 with suppress(asyncio.CancelledError, Exception):
                     await connection
+            if webhooks is not None:
+                reset_webhook_routes(webhooks)
 
     def _make_client(self) -> discord.Client:
         intents = discord.Intents.default()
@@ -183,13 +195,9 @@ class DiscordAdapter(Adapter):
             "max_ratelimit_timeout": 30.0,
             "guild_ready_timeout": self.guild_ready_timeout,
         }
-        client: discord.Client
-        if self.settings.shard_count is None:
-            client = discord.Client(**options)
-        else:  # 0: as many shards as Discord recommends
-            client = discord.AutoShardedClient(
-                shard_count=self.settings.shard_count or None, **options
-            )
+        if self.settings.shard_count is not None:  # 0: as many shards as Discord recommends
+            options["shard_count"] = self.settings.shard_count or None
+        client = make_client(self._routes, sharded=self.settings.shard_count is not None, **options)
         handlers: dict[str, Callable[..., Awaitable[None]]] = {
             "on_ready": self._on_ready,
             "on_message": self._on_message,

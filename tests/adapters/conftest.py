@@ -173,13 +173,12 @@ class DiscordBot(_RunningBot):
 
 
 @pytest.fixture
-async def discord_fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
-    """The fake Discord REST API and gateway, with discord.py pointed at it."""
+async def discord_fake() -> AsyncIterator[Any]:
+    """The fake Discord REST API and gateway; the adapter reaches it through config
+    (`discord.api_base_url`, `discord.gateway_url`), discord.py is not patched."""
     from tests.fakes.discord_api import FakeDiscord
 
     async with FakeDiscord() as fake:
-        for target, name, value in fake.patch_targets():
-            monkeypatch.setattr(target, name, value)
         yield fake
 
 
@@ -214,7 +213,12 @@ async def discord_bot(tmp_path: Path, discord_fake: Any) -> AsyncIterator[Discor
             {
                 "database": {"url": f"sqlite:///{tmp_path}/discord.db"},
                 "personas": {"dirs": [str(personas)], "default": "tester", "watch": False},
-                "discord": {"token": token, **discord},
+                "discord": {
+                    "token": token,
+                    "api_base_url": discord_fake.api_base_url,
+                    "gateway_url": discord_fake.gateway_url,
+                    **discord,
+                },
                 # BM25 only: no embedding model to load in these tests.
                 "memory": {"embedding_model": "none"},
             },

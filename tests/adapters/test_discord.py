@@ -664,11 +664,17 @@ async def test_fake_hides_content_from_a_client_without_the_intent(
     # messages arrive empty unless they mention the bot; DMs keep their text.
     import discord
 
+    from adapters._discord_client import Routes, make_client
     from tests.fakes.discord_api import TOKEN
 
     seen: list[str] = []
     ready = asyncio.Event()
-    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.05)
+    client = make_client(
+        Routes(discord_fake.api_base_url, discord_fake.gateway_url),
+        sharded=False,
+        intents=discord.Intents.default(),
+        guild_ready_timeout=0.05,
+    )
 
     async def on_ready() -> None:
         ready.set()
@@ -690,3 +696,50 @@ async def test_fake_hides_content_from_a_client_without_the_intent(
     finally:
         await client.close()
         await asyncio.wait_for(runner, 10)
+
+
+# -- where it connects --------------------------------------------------------------------
+
+
+async def test_the_fake_is_reached_through_config_not_by_patching_discord_py(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    import discord.gateway
+    import discord.http
+
+    await discord_bot(voiced, **CONFIG)
+    # REST, the gateway and interaction answers (discord.py's webhook adapter) all
+    # reached the fake, while discord.py's process-wide defaults stayed Discord's.
+    assert discord.http.Route.BASE == "https://discord.com/api/v10"
+    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY.host == "gateway.discord.gg"
+    assert discord_fake.identifies and any(c.path == "/users/@me" for c in discord_fake.calls)
+    answer = await interact(discord_fake, discord_fake.interaction("help", ANN, GENERAL))
+    assert "/optout" in answer["content"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("api_base_url", "discord.com/api"),
+        ("api_base_url", "ftp://127.0.0.1/api"),
+        ("api_base_url", "http://"),
+        ("api_base_url", "ws://127.0.0.1/api"),
+        ("gateway_url", "http://127.0.0.1/gateway"),
+        ("gateway_url", "gateway.discord.gg"),
+        ("catch_up_messages", -1),
+        ("catch_up_max_age_s", -5),
+    ],
+)
+def test_bad_discord_urls_and_bounds_are_config_errors(key: str, value: Any) -> None:
+    from bot.config import load_settings
+
+    with pytest.raises(ConfigError, match=f"discord.{key}"):
+        load_settings(None, {"discord": {key: value}})
+
+
+async def test_gateway_url_defaults_to_the_one_the_configured_api_names(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    await discord_bot(voiced, gateway_url=None, **CONFIG)
+    assert any(c.path == "/gateway/bot" for c in discord_fake.calls)
+    assert discord_fake.identifies

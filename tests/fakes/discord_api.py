@@ -1,16 +1,14 @@
 """A fake Discord: REST API and gateway on 127.0.0.1, for discord.py to talk to.
 
-It follows ../shared/recipes/platform-fakes.md: discord.py is pointed at it through
-`discord.http.Route.BASE` and `DiscordWebSocket.DEFAULT_GATEWAY` (see `patch_targets`),
-answers with `Content-Type: application/json` exactly, sends plain-text gateway frames
-and sets READY's `resume_gateway_url` to itself. It runs on the event loop of the test
-that starts it:
+It follows ../shared/recipes/platform-fakes.md: the adapter reaches it through config
+(`discord.api_base_url = fake.api_base_url`, `discord.gateway_url = fake.gateway_url`),
+it answers with `Content-Type: application/json` exactly, sends plain-text gateway
+frames and sets READY's `resume_gateway_url` to itself. It runs on the event loop of
+the test that starts it (a `bot run` subprocess can reach it there too):
 
     async with FakeDiscord() as fake:
-        for target, name, value in fake.patch_targets():
-            monkeypatch.setattr(target, name, value)
-        ... start the adapter, await fake.identified.wait() ...
-        await fake.dispatch("MESSAGE_CREATE", fake.message(GENERAL, ANN, "hi <@BOT>"))
+        ... start the adapter with the two URLs, await fake.identified.wait() ...
+        await fake.send_message(fake.message(GENERAL, ANN, "hi <@BOT>"))
         assert fake.sent_messages()[-1]["content"] == ...
 
 Platform rules it enforces, so that the adapter's behaviour is tested and not assumed:
@@ -20,17 +18,31 @@ are closed, empty `content` for guild messages that do not mention the bot when 
 MESSAGE_CONTENT intent was not requested, close code 4014 when the intent is requested
 but not enabled "in the portal" (`portal_message_content=False`), 401 for a wrong token.
 Every REST call is recorded (`calls`), typing posts included.
+
+Like Discord it keeps each channel's history (`GET /channels/{id}/messages` with
+`before`/`after`/`limit`, newest first, without the gateway-only `guild_id`/`member`):
+a message written while no gateway session is connected is only in the history, as
+when the bot is down. Message ids are snowflakes of the time they were made. A gateway
+session can be RESUMEd (missed events replayed) until `invalidate_sessions()`; then the
+client gets op 9 and IDENTIFYs a fresh session (a new READY). `drop_connections()`
+closes the sockets as a network failure would. Sends with a `nonce` and
+`enforce_nonce` within `nonce_window_s` of the first return the first message and
+create nothing (`nonce_hits`). With `limits` on (the default) it enforces Discord's
+limits: 5 messages per 5 s per channel (headers tell the client, as Discord's do) and
+a global `global_per_second` requests per second, answered 429 with `global: true`;
+every 429 is counted in `rate_limited` (scope, path).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -68,6 +80,37 @@ KEYWORDS = 100_000_000_000_000_005  # where keyword triggers are tested
 MOD_ROLE = 100_000_000_000_000_050
 MESSAGE_CONTENT = 1 << 15
 _TIMESTAMP = "2026-01-01T00:00:00.000000+00:00"
+DISCORD_EPOCH_MS = 1_420_070_400_000
+#: Discord's per-channel message bucket: this many per window.
+CHANNEL_LIMIT, CHANNEL_WINDOW_S = 5, 5.0
+
+
+def snowflake_at(when: float, sequence: int = 0) -> int:
+    """A snowflake id for the Unix time `when` (seconds)."""
+    return ((int(when * 1000) - DISCORD_EPOCH_MS) << 22) | (sequence & 0x3FFFFF)
+
+
+def snowflake_time(snowflake: int) -> float:
+    """The Unix time (seconds) a snowflake id was made at."""
+    return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000
+
+
+def _iso(snowflake: int) -> str:
+    return datetime.fromtimestamp(snowflake_time(snowflake), UTC).isoformat()
+
+
+class _Snowflakes:
+    """Increasing snowflake ids of the current time."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def __iter__(self) -> _Snowflakes:
+        return self
+
+    def __next__(self) -> int:
+        self._last = max(snowflake_at(time.time()), self._last + 1)
+        return self._last
 
 
 @dataclass(frozen=True)
@@ -127,8 +170,30 @@ class FakeDiscord:
         portal_message_content: bool = True,
         closed_users: frozenset[int] = frozenset({CLOSED.id}),
         recommended_shards: int = 1,
+        limits: bool = True,
+        global_per_second: int = 50,
+        nonce_window_s: float = 600.0,
     ) -> None:
         self.token = token
+        self.limits = limits
+        self.global_per_second = global_per_second
+        self.nonce_window_s = nonce_window_s
+        #: Channel id -> its messages, oldest first, as the gateway carried them.
+        self.history: dict[int, list[dict[str, Any]]] = {}
+        #: (scope, path) of every 429 the limits answered: scope "global" or "channel".
+        self.rate_limited: list[tuple[str, str]] = []
+        #: Sends answered with the original message because their nonce was seen.
+        self.nonce_hits = 0
+        #: Sessions made by IDENTIFY: session id -> shard id.
+        self.sessions: dict[str, int] = {}
+        #: How each gateway connection began: "identify" or "resume".
+        self.session_starts: list[str] = []
+        self._nonces: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._channel_sends: dict[int, deque[float]] = {}
+        self._global_window = (0.0, 0)  # (second it counts, requests in it)
+        self._missed: dict[str, list[str]] = {}  # session -> frames sent while away
+        self._socket_session: dict[int, str] = {}  # shard -> its live session
+        self._echoes: set[asyncio.Task[bool]] = set()
         self.portal_message_content = portal_message_content
         self.closed_users = set(closed_users)
         self.recommended_shards = recommended_shards
@@ -144,7 +209,7 @@ class FakeDiscord:
         #: False keeps `calls` and `created` empty (long benchmark runs).
         self.record = True
         self._script: dict[str, list[_Scripted]] = {}
-        self._ids = itertools.count(700_000_000_000_000_000)
+        self._ids: Iterator[int] = _Snowflakes()
         self._dm_channels: dict[int, int] = {}  # channel id -> recipient user id
         self._sockets: dict[int, web.WebSocketResponse] = {}  # shard id -> socket
         self._shard_count = 1
@@ -182,8 +247,19 @@ class FakeDiscord:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def api_base_url(self) -> str:
+        """For `discord.api_base_url`."""
+        return f"{self.base}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        """For `discord.gateway_url`."""
+        return f"ws://127.0.0.1:{self.port}/gateway/"
+
     def patch_targets(self) -> Iterator[tuple[Any, str, Any]]:
-        """(object, attribute, value) triples that point discord.py at this fake."""
+        """(object, attribute, value) triples that point discord.py at this fake
+        process-wide. Deprecated: set the two config keys instead."""
         import discord.gateway
         import discord.http
 
@@ -332,9 +408,10 @@ class FakeDiscord:
     ) -> dict[str, Any]:
         """A MESSAGE_CREATE payload as Discord would send it to this bot."""
         guild = channel not in self._dm_channels
+        snowflake = message_id or next(self._ids)
         data: dict[str, Any] = {
-            "id": str(message_id or next(self._ids)), "channel_id": str(channel),
-            "author": author.payload(), "content": content, "timestamp": _TIMESTAMP,
+            "id": str(snowflake), "channel_id": str(channel),
+            "author": author.payload(), "content": content, "timestamp": _iso(snowflake),
             "edited_timestamp": _TIMESTAMP if edited else None, "tts": False,
             "mention_everyone": mention_everyone,
             "mentions": [u.payload() for u in mentions], "mention_roles": [],
@@ -395,13 +472,43 @@ class FakeDiscord:
 
     # -- the gateway ---------------------------------------------------------------------
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a DISPATCH (op 0) to the shard that owns the event's guild."""
+    async def dispatch(self, event: str, data: dict[str, Any]) -> bool:
+        """Send a DISPATCH (op 0) to the shard that owns the event's guild; returns
+        whether a live session got it (else it is kept for a RESUME of the session)."""
         guild = data.get("guild_id")
         shard = (int(guild) >> 22) % self._shard_count if guild else 0
-        ws = self._sockets.get(shard) or next(iter(self._sockets.values()))
+        ws = self._sockets.get(shard)
+        if ws is None and shard == 0 and self._sockets:
+            ws = next(iter(self._sockets.values()))
         self._seq += 1
-        await ws.send_str(json.dumps({"op": 0, "t": event, "s": self._seq, "d": data}))
+        frame = json.dumps({"op": 0, "t": event, "s": self._seq, "d": data})
+        if ws is None or ws.closed:
+            session = self._socket_session.get(shard)
+            if session in self.sessions:
+                self._missed.setdefault(session, []).append(frame)
+            return False
+        try:
+            await ws.send_str(frame)
+        except (ConnectionError, RuntimeError):  # the socket went away meanwhile
+            session = self._socket_session.get(shard)
+            if session in self.sessions:
+                self._missed.setdefault(session, []).append(frame)
+            return False
+        return True
+
+    def connected(self) -> bool:
+        """Whether any gateway socket is open."""
+        return any(not ws.closed for ws in self._sockets.values())
+
+    def invalidate_sessions(self) -> None:
+        """Forget every session: a RESUME gets op 9 and the client IDENTIFYs afresh."""
+        self.sessions.clear()
+        self._missed.clear()
+
+    async def drop_connections(self, code: int = 4000) -> None:
+        """Close every gateway socket with `code` (4000: resumable, as a network blip)."""
+        for ws in list(self._sockets.values()):
+            await ws.close(code=code, message=b"dropped by the fake")
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -417,9 +524,26 @@ class FakeDiscord:
             elif op == 2:
                 await self._identify(ws, frame["d"])
             elif op == 6:
-                self._seq += 1
-                await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}))
+                await self._resume(ws, frame["d"])
+        for shard, live in list(self._sockets.items()):
+            if live is ws:
+                del self._sockets[shard]
         return ws
+
+    async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        session = data.get("session_id")
+        if data.get("token") != self.token or session not in self.sessions:
+            self.session_starts.append("resume-refused")
+            await ws.send_str(json.dumps({"op": 9, "d": False}))
+            return
+        self.session_starts.append("resume")
+        shard = self.sessions[session]
+        self._sockets[shard] = ws
+        self._socket_session[shard] = session
+        for frame in self._missed.pop(session, []):
+            await ws.send_str(frame)
+        self._seq += 1
+        await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}))
 
     async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
         self.identifies.append(data)
@@ -433,9 +557,13 @@ class FakeDiscord:
         shard_id, shard_count = data.get("shard") or [0, 1]
         self._shard_count = shard_count
         self._sockets[shard_id] = ws
+        session = f"session-{shard_id}-{next(self._ids)}"
+        self.sessions[session] = shard_id
+        self._socket_session[shard_id] = session
+        self.session_starts.append("identify")
         mine = (GUILD >> 22) % shard_count == shard_id
         ready = {
-            "v": 10, "user": BOT.payload(), "session_id": f"session-{shard_id}",
+            "v": 10, "user": BOT.payload(), "session_id": session,
             "resume_gateway_url": f"ws://127.0.0.1:{self.port}/gateway/",
             "guilds": [{"id": str(GUILD), "unavailable": True}] if mine else [],
             "shard": [shard_id, shard_count], "private_channels": [], "relationships": [],
@@ -468,9 +596,17 @@ class FakeDiscord:
         return {**data, "content": "", "embeds": [], "attachments": []}
 
     async def send_message(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Dispatch MESSAGE_CREATE (with the intent rule applied); returns `data`."""
+        """A person writes `data`: it joins the channel's history and goes out as
+        MESSAGE_CREATE (with the intent rule applied) if the bot is connected;
+        returns `data`."""
+        self.history.setdefault(int(data["channel_id"]), []).append(data)
         await self.dispatch("MESSAGE_CREATE", self.visible(data))
         return data
+
+    def history_payload(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A stored message as REST returns it: no `guild_id` or `member` (those are
+        gateway-only), the intent rule applied."""
+        return {k: v for k, v in self.visible(data).items() if k not in ("guild_id", "member")}
 
     # -- REST ----------------------------------------------------------------------------
 
@@ -514,6 +650,12 @@ class FakeDiscord:
             if path.startswith(prefix) and queue:
                 scripted = queue.pop(0)
                 return scripted.status, scripted.body, scripted.headers
+        if self.limits and not is_interaction:
+            limited = self._over_global_limit(path)
+            if limited is not None:
+                return limited
+        if method == "GET" and path.startswith("/channels/") and path.endswith("/messages"):
+            return self._history(int(path.split("/")[2]), request.query)
         if method == "GET" and path == "/users/@me":
             return 200, BOT.payload(), {}
         if method == "GET" and path == "/oauth2/applications/@me":
@@ -556,9 +698,10 @@ class FakeDiscord:
     def _message_payload(
         self, channel: int, body: dict[str, Any], *, webhook: bool = False
     ) -> dict[str, Any]:
+        snowflake = next(self._ids)
         data: dict[str, Any] = {
-            "id": str(next(self._ids)), "channel_id": str(channel), "author": BOT.payload(),
-            "content": body.get("content", ""), "timestamp": _TIMESTAMP,
+            "id": str(snowflake), "channel_id": str(channel), "author": BOT.payload(),
+            "content": body.get("content", ""), "timestamp": _iso(snowflake),
             "edited_timestamp": None, "tts": False, "mention_everyone": False, "mentions": [],
             "mention_roles": [], "attachments": [], "embeds": [], "pinned": False,
             "type": 0, "flags": body.get("flags", 0),
@@ -569,9 +712,74 @@ class FakeDiscord:
             data["guild_id"] = str(GUILD)
         return data
 
+    def _over_global_limit(self, path: str) -> tuple[int, Any, dict[str, str]] | None:
+        now = time.monotonic()
+        second, count = self._global_window
+        if now - second >= 1.0:
+            second, count = now, 0
+        if count >= self.global_per_second:
+            retry = round(max(second + 1.0 - now, 0.001), 3)
+            self.rate_limited.append(("global", path))
+            return _too_many(retry, scope="global")
+        self._global_window = (second, count + 1)
+        return None
+
+    def _over_channel_limit(self, channel: int, path: str) -> tuple[int, Any, dict[str, str]]:
+        """(0, None, headers) while the channel's bucket has room, else a 429."""
+        now = time.monotonic()
+        sends = self._channel_sends.setdefault(channel, deque())
+        if sends and now - sends[0] >= CHANNEL_WINDOW_S:
+            sends.clear()  # a fixed window, as Discord's buckets: it resets whole
+        reset_after = CHANNEL_WINDOW_S - (now - sends[0]) if sends else CHANNEL_WINDOW_S
+        if len(sends) >= CHANNEL_LIMIT:
+            self.rate_limited.append(("channel", path))
+            return _too_many(round(max(reset_after, 0.001), 3), scope="user")
+        sends.append(now)
+        return 0, None, {
+            "X-RateLimit-Limit": str(CHANNEL_LIMIT),
+            "X-RateLimit-Remaining": str(CHANNEL_LIMIT - len(sends)),
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": "msg",
+        }  # fmt: skip
+
+    def _history(self, channel: int, query: Any) -> tuple[int, Any, dict[str, str]]:
+        known = channel in self._dm_channels or channel in _GUILD_CHANNELS
+        if not known and channel not in self.history:
+            return 404, {"message": "Unknown Channel", "code": 10003}, {}
+        try:
+            limit = max(1, min(100, int(query.get("limit", 50))))
+            before = int(query["before"]) if "before" in query else None
+            after = int(query["after"]) if "after" in query else None
+        except ValueError:
+            return 400, {"message": "Invalid Form Body", "code": 50035}, {}
+        found = self.history.get(channel, [])
+        if before is not None:
+            found = [m for m in found if int(m["id"]) < before][-limit:]
+        elif after is not None:
+            found = [m for m in found if int(m["id"]) > after][:limit]
+        else:
+            found = found[-limit:]
+        # Discord answers newest first, whichever way it paged.
+        return 200, [self.history_payload(m) for m in reversed(found)], {}
+
     def _create_message(
         self, channel: int, body: dict[str, Any]
     ) -> tuple[int, Any, dict[str, str]]:
+        if self.limits:
+            status, limited, bucket = self._over_channel_limit(
+                channel, f"/channels/{channel}/messages"
+            )
+            if status:
+                return status, limited, bucket
+        else:
+            bucket = {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "4",
+                      "X-RateLimit-Reset-After": "5", "X-RateLimit-Bucket": "msg"}  # fmt: skip
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            seen = self._nonces.get(str(nonce))
+            if seen is not None and time.monotonic() - seen[0] < self.nonce_window_s:
+                self.nonce_hits += 1
+                return 200, seen[1], bucket  # the original message, nothing new
         content = body.get("content") or ""
         if len(content) > 2000:
             return 400, {
@@ -586,18 +794,30 @@ class FakeDiscord:
         if recipient is not None and recipient in self.closed_users:
             return 403, {"code": 50007, "message": "Cannot send messages to this user"}, {}
         payload = self._message_payload(channel, body)
+        if nonce is not None:
+            payload["nonce"] = nonce
+            if body.get("enforce_nonce"):
+                self._nonces[str(nonce)] = (time.monotonic(), payload)
         if self.record:
             self.created.append(payload)
         if self.on_created is not None:
             self.on_created(channel, payload)
+        self._echo(channel, payload)
         # Discord tells the client how much of the bucket is left; discord.py reads it.
-        bucket = {
-            "X-RateLimit-Limit": "5",
-            "X-RateLimit-Remaining": "4",
-            "X-RateLimit-Reset-After": "5",
-            "X-RateLimit-Bucket": "msg",
-        }
         return 200, payload, bucket
+
+    def _echo(self, channel: int, payload: dict[str, Any]) -> None:
+        """Like Discord: the bot's own message joins the history and comes back to it
+        as MESSAGE_CREATE."""
+        self.history.setdefault(channel, []).append(payload)
+        if not self.connected():
+            return
+        echo = dict(payload)
+        if "guild_id" in echo:
+            echo["member"] = {k: v for k, v in self.member_payload(BOT).items() if k != "user"}
+        task = asyncio.get_running_loop().create_task(self.dispatch("MESSAGE_CREATE", echo))
+        self._echoes.add(task)
+        task.add_done_callback(self._echoes.discard)
 
     def _interaction_callback(
         self, path: str, body: dict[str, Any]
@@ -613,3 +833,15 @@ class FakeDiscord:
 
 
 _USERS = {u.id: u for u in (BOT, ANN, BOB, OTHER_BOT, CLOSED)}
+_GUILD_CHANNELS = frozenset({GENERAL, ALWAYS_ON, OTHER, THREAD, KEYWORDS})
+
+
+def _too_many(retry_after: float, *, scope: str) -> tuple[int, Any, dict[str, str]]:
+    """A 429 as Discord sends it (the Via header makes discord.py trust and retry it)."""
+    headers = {"Retry-After": f"{retry_after:g}", "X-RateLimit-Scope": scope,
+               "Via": "1.1 google"}  # fmt: skip
+    if scope == "global":
+        headers["X-RateLimit-Global"] = "true"
+    body = {"message": "You are being rate limited.", "retry_after": retry_after,
+            "global": scope == "global"}  # fmt: skip
+    return 429, body, headers
