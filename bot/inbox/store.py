@@ -253,6 +253,23 @@ class Inbox:
 
         return await self.db.read(work)
 
+    async def last_keys(self, platform: str) -> dict[str, str]:
+        """Per chat, the key of the newest event stored (by id): where a catch-up from
+        the platform's history starts."""
+
+        def work(conn: Connection) -> dict[str, str]:
+            newest = (
+                select(func.max(_inbox.c.id))
+                .where(_inbox.c.platform == platform, _inbox.c.chat.is_not(None))
+                .group_by(_inbox.c.chat)
+            )
+            rows = conn.execute(
+                select(_inbox.c.chat, _inbox.c.event_key).where(_inbox.c.id.in_(newest))
+            ).all()
+            return {str(chat): str(key) for chat, key in rows}
+
+        return await self.db.read(work)
+
     async def counts(self, platform: str | None = None) -> dict[str, int]:
         """How many events are in each status."""
 

@@ -46,6 +46,13 @@ async def test_a_batch_that_cannot_be_stored_stores_nothing(inbox: Inbox) -> Non
     assert await inbox.pending("telegram", limit=10) == []
 
 
+async def test_last_keys_are_the_newest_stored_per_chat(inbox: Inbox) -> None:
+    await inbox.accept("discord", [raw("10", "a"), raw("12", "b"), raw("11", "a")])
+    await inbox.accept("discord", [raw("9", None)])
+    assert await inbox.last_keys("discord") == {"a": "11", "b": "12"}
+    assert await inbox.last_keys("telegram") == {}
+
+
 async def test_done_and_failed_are_settled_with_reason_and_attempts(inbox: Inbox) -> None:
     await inbox.accept("telegram", [raw("1"), raw("2")])
     first, second = await inbox.pending("telegram", limit=10)
