@@ -1,136 +1,79 @@
-"""The sandbox persona templates are parsed, checked and rendered in.
+"""Compiling persona templates into bounded ones, and what is wrong with a template.
 
 Persona files are edited by people and reloaded while the bot runs, so their
-templates are untrusted code: they run in Jinja2's immutable sandbox, with
-undefined names as errors and without autoescaping (the output is plain text for a
-model, not HTML). `check_template` finds at load time what the sandbox would refuse
-at render time, so a moderator learns about it from `bot personas check`, not from a
-failed turn.
+templates are untrusted code. Compiling one never raises anything but
+`TemplateRefused` (with the template line): the text is measured before Jinja
+parses it (length, nesting of brackets and blocks, runs of unary operators) and
+the parsed tree before it is turned into Python (depth), so neither Jinja's
+recursive parser and code generator nor Python's compiler meets a tree deep enough
+to fail. The compiled template loops only through a guard that counts every
+iteration (`bot.personas._sandbox`), and renders only within a budget.
 """
 
 from __future__ import annotations
 
-import functools
-import operator
-import re
-from collections.abc import Callable
+import types
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes, pass_context
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.visitor import NodeTransformer
 
-__all__ = ["TEMPLATE_VARIABLES", "TemplateIssue", "check_template", "compile_template"]
+from bot.personas._sandbox import (
+    LOOP_GUARD,
+    VALUE_GUARD,
+    Budget,
+    RenderLimitExceeded,
+    RenderLimits,
+    iterate_output,
+    make_environment,
+)
+
+__all__ = [
+    "MAX_BLOCK_DEPTH",
+    "MAX_BRACKET_DEPTH",
+    "MAX_TEMPLATE_CHARS",
+    "MAX_TREE_DEPTH",
+    "TEMPLATE_VARIABLES",
+    "BoundedTemplate",
+    "RenderFailure",
+    "TemplateIssue",
+    "TemplateRefused",
+    "check_template",
+    "compile_template",
+]
 
 #: The names a persona template may use, besides Jinja's own globals (range, dict, ...).
 TEMPLATE_VARIABLES = frozenset(
     {"persona", "user", "platform", "now", "date", "time", "weekday", "timezone", "is_direct"}
 )
 
-# Bounds for the operators that can allocate without limit in one expression
-# (`'x' * 10**12`, `2 ** 10**10`, `'%0999999999d' % 1`): the sandbox itself only
-# guards attribute access.
-_MAX_INT_BITS = 100_000
-_MAX_REPEAT_LEN = 100_000
-_HUGE_FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\*|\d{6,})|%[-#0 +]*\d*\.(\*|\d{6,})")
+#: A template longer than this is refused (a system prompt is a few thousand).
+MAX_TEMPLATE_CHARS = 100_000
+#: Brackets (`(`, `[`, `{`) inside brackets inside one tag.
+MAX_BRACKET_DEPTH = 20
+#: Blocks (`{% for %}`, `{% if %}`, `{% macro %}`, ...) inside blocks.
+MAX_BLOCK_DEPTH = 10
+#: Unary operators in a row (`not not -x`).
+MAX_UNARY_RUN = 10
+#: Levels of the parsed template: expressions in expressions in blocks.
+MAX_TREE_DEPTH = 60
 
-_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
-    "*": operator.mul,
-    "**": operator.pow,
-    "%": operator.mod,
-}
+_BLOCK_TAGS = frozenset(
+    {"for", "if", "macro", "call", "filter", "block", "with", "autoescape", "set"}
+)
+_OPENERS = {"lparen": "rparen", "lbracket": "rbracket", "lbrace": "rbrace"}
+_UNARY = frozenset({"sub", "add"})
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_binop(op: str, left: Any, right: Any) -> None:
-    if op == "%":
-        if isinstance(left, str) and _HUGE_FORMAT_WIDTH.search(left):
-            raise SecurityError("'%' formatting with a huge or '*' width is not allowed")
-    elif _is_int(left) and _is_int(right):
-        if op == "**":
-            bits = abs(left).bit_length() * right if abs(left) > 1 and right > 0 else 0
-        else:
-            bits = abs(left).bit_length() + abs(right).bit_length()
-        if bits > _MAX_INT_BITS:
-            raise SecurityError(f"the result of '{op}' would have more than {_MAX_INT_BITS} bits")
-    elif op == "*":
-        for seq, times in ((left, right), (right, left)):
-            sized = isinstance(seq, str | list | tuple) and _is_int(times)
-            if sized and len(seq) * times > _MAX_REPEAT_LEN:
-                raise SecurityError(f"repetition longer than {_MAX_REPEAT_LEN} items")
-
-
-class _PersonaSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with `*`, `**` and `%` bounded.
-
-    Intercepting the operators also stops Jinja from folding constant expressions at
-    compile time, which would otherwise evaluate `{{ 2 ** 10**10 }}` while loading.
-    """
-
-    intercepted_binops = frozenset(_BINOPS)
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator in _BINOPS:
-            _check_binop(operator, left, right)
-            return _BINOPS[operator](left, right)
-        return super().call_binop(context, operator, left, right)
-
-
-def _at_render_time(func: Callable[..., Any]) -> Callable[..., Any]:
-    """`func` as a filter Jinja cannot evaluate while compiling.
-
-    Jinja folds filters with constant arguments at compile time, so
-    `{{ 'x'|center(10**9) }}` would allocate while a file is being checked; a
-    filter that takes the render context can only run at render time.
-    """
-    kind = getattr(func, "jinja_pass_arg", None)
-
-    def call(context: Context, *args: Any, **kwargs: Any) -> Any:
-        if kind is None:
-            return func(*args, **kwargs)
-        first = {
-            "context": context,
-            "eval_context": context.eval_ctx,
-            "environment": context.environment,
-        }[kind.name]
-        return func(first, *args, **kwargs)
-
-    return pass_context(functools.wraps(func)(call))
-
-
-def _make_environment() -> _PersonaSandbox:
-    env = _PersonaSandbox(
-        undefined=StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=False,
-        auto_reload=False,
-    )
-    env.filters = {name: _at_render_time(f) for name, f in env.filters.items()}
-    return env
-
-
-# Configured once here and never changed afterwards: it holds no per-bot state, so
-# every registry and renderer in the process can share it.
-_ENVIRONMENT = _make_environment()
+# Configured once here and never changed afterwards: it holds no per-bot state (the
+# budget of a render lives in a context variable), so every registry and renderer in
+# the process can share it.
+_ENVIRONMENT = make_environment()
 
 _ALLOWED_NAMES = TEMPLATE_VARIABLES | frozenset(_ENVIRONMENT.globals)
-
-
-@lru_cache(maxsize=256)
-def compile_template(source: str) -> Template:
-    """The compiled template for `source`, compiled once per distinct text.
-
-    The cache is keyed by the template text, so a persona version compiles its
-    templates on first use and every later turn reuses them; a hot-reloaded version
-    with a changed template gets its own entry and old ones age out.
-    """
-    return _ENVIRONMENT.from_string(source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +84,234 @@ class TemplateIssue:
     message: str
 
 
+class TemplateRefused(Exception):
+    """A template that cannot be compiled; `.issue` says why and where."""
+
+    def __init__(self, issue: TemplateIssue) -> None:
+        self.issue = issue
+        super().__init__(issue.message)
+
+
+class RenderFailure(Exception):
+    """A render that failed; `.line` is the template line, when known.
+
+    `limit` is true when the render went past a bound (time, steps, size), and
+    `security` when the sandbox refused an operation.
+    """
+
+    def __init__(self, message: str, line: int | None, *, security: bool, limit: bool) -> None:
+        self.message = message
+        self.line = line
+        self.security = security
+        self.limit = limit
+        super().__init__(message)
+
+
+class BoundedTemplate:
+    """A compiled persona template; `render` is the only way to run it."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self, template: Template) -> None:
+        self._template = template
+
+    def render(self, variables: Mapping[str, Any], limits: RenderLimits) -> str:
+        """The rendered text, within `limits`; raises `RenderFailure` and nothing else.
+
+        Blocking and CPU-bound for at most about `limits.max_seconds`: async callers
+        run it in a thread.
+        """
+        budget = Budget(limits)
+        try:
+            with budget.active():
+                return iterate_output(self._template.generate(variables), budget)
+        except RenderLimitExceeded as exc:
+            raise RenderFailure(str(exc), _template_line(exc), security=True, limit=True) from None
+        except SecurityError as exc:
+            raise RenderFailure(str(exc), _template_line(exc), security=True, limit=False) from None
+        except TemplateError as exc:
+            message = exc.message or type(exc).__name__
+            raise RenderFailure(message, _template_line(exc), security=False, limit=False) from None
+        except RecursionError as exc:
+            raise RenderFailure(
+                "the template nests too deeply", _template_line(exc), security=True, limit=True
+            ) from None
+        except MemoryError as exc:
+            raise RenderFailure(
+                "the template needs too much memory", _template_line(exc), security=True, limit=True
+            ) from None
+        except Exception as exc:
+            # Operations inside the template (`{{ 1/0 }}`, `{{ 'a' + 1 }}`) raise plain
+            # Python errors; they are the template's fault, whatever their type.
+            raise RenderFailure(
+                f"{type(exc).__name__}: {exc}", _template_line(exc), security=False, limit=False
+            ) from None
+
+
+def _template_line(exc: BaseException) -> int | None:
+    # Jinja rewrites tracebacks so that template frames carry the template's line.
+    line = getattr(exc, "lineno", None)
+    tb: types.TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line if isinstance(line, int) and line > 0 else None
+
+
+@lru_cache(maxsize=256)
+def compile_template(source: str) -> BoundedTemplate:
+    """The compiled template for `source`, compiled once per distinct text.
+
+    Raises `TemplateRefused` (and nothing else) for text that cannot be compiled or
+    is too large or too deeply nested. The cache is keyed by the template text, so a
+    persona version compiles its templates once (at load, by the checks) and every
+    later turn reuses them; a hot-reloaded version gets its own entry.
+    """
+    tree = _parse(source)
+    _check_tree_depth(tree)
+    try:
+        tree = _Guard().visit(tree)
+        tree.set_environment(_ENVIRONMENT)
+        code = _ENVIRONMENT.compile(tree)
+        template = _ENVIRONMENT.template_class.from_code(
+            _ENVIRONMENT, code, _ENVIRONMENT.make_globals(None), None
+        )
+    except TemplateSyntaxError as exc:
+        raise TemplateRefused(TemplateIssue(exc.lineno, _syntax_message(exc))) from None
+    except TemplateRefused:
+        raise
+    except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError):
+        # The checks above keep trees far from these; never let one escape as a traceback.
+        raise TemplateRefused(TemplateIssue(1, "the template is too complex to compile")) from None
+    return BoundedTemplate(template)
+
+
+def _syntax_message(exc: TemplateSyntaxError) -> str:
+    return f"Jinja2 syntax error: {exc.message or 'invalid template'}"
+
+
+def _parse(source: str) -> nodes.Template:
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise TemplateRefused(
+            TemplateIssue(1, f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
+        )
+    try:
+        _check_nesting(source)
+        return _ENVIRONMENT.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateRefused(TemplateIssue(exc.lineno, _syntax_message(exc))) from None
+    except (RecursionError, MemoryError):
+        raise TemplateRefused(TemplateIssue(1, "the template nests too deeply")) from None
+
+
+def _check_nesting(source: str) -> None:
+    """Refuse deep nesting from the token stream, which Jinja produces without recursion."""
+    stack: list[str] = []
+    blocks = 0
+    unary = 0
+    tokens = iter(_ENVIRONMENT.lexer.tokenize(source))
+    for token in tokens:
+        kind = token.type
+        if kind in _OPENERS:
+            stack.append(_OPENERS[kind])
+            if len(stack) > MAX_BRACKET_DEPTH:
+                _refuse(token.lineno, f"brackets nest more than {MAX_BRACKET_DEPTH} deep")
+        elif stack and kind == stack[-1]:
+            stack.pop()
+        if kind in _UNARY or (kind == "name" and token.value == "not"):
+            unary += 1
+            if unary > MAX_UNARY_RUN:
+                _refuse(token.lineno, f"more than {MAX_UNARY_RUN} operators in a row")
+        elif kind not in ("whitespace",):
+            unary = 0
+        if kind == "block_begin":
+            blocks = _block_tag(tokens, token.lineno, blocks)
+
+
+def _block_tag(tokens: Iterator[Any], line: int, depth: int) -> int:
+    """The block depth after the tag that starts at the next token of `tokens`."""
+    name_token = next(tokens, None)
+    if name_token is None or name_token.type != "name":
+        return depth
+    name = str(name_token.value)
+    if name.startswith("end"):
+        return max(depth - 1, 0)
+    if name not in _BLOCK_TAGS:
+        return depth
+    if name == "set":
+        # `{% set x = 1 %}` is a statement; `{% set x %}...{% endset %}` a block.
+        for token in tokens:
+            if token.type == "assign":
+                return depth
+            if token.type == "block_end":
+                break
+    if depth + 1 > MAX_BLOCK_DEPTH:
+        _refuse(line, f"blocks nest more than {MAX_BLOCK_DEPTH} deep")
+    return depth + 1
+
+
+def _refuse(line: int, message: str) -> None:
+    raise TemplateRefused(TemplateIssue(line, f"the template is too deeply nested: {message}"))
+
+
+def _check_tree_depth(tree: nodes.Template) -> None:
+    stack: list[tuple[nodes.Node, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_TREE_DEPTH:
+            _refuse(
+                getattr(node, "lineno", 1) or 1,
+                f"an expression more than {MAX_TREE_DEPTH} levels deep",
+            )
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
+class _Guard(NodeTransformer):
+    """Routes every loop and every `~` through the budget's guards."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        if node.recursive:
+            raise TemplateRefused(
+                TemplateIssue(node.lineno, "recursive loops are not available in persona templates")
+            )
+        self.generic_visit(node)
+        literal = nodes.Const(_literal_chars(node.body), lineno=node.lineno)
+        node.iter = nodes.Filter(
+            node.iter, LOOP_GUARD, [literal], [], None, None, lineno=node.lineno
+        )
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        return nodes.Filter(node, VALUE_GUARD, [], [], None, None, lineno=node.lineno)
+
+
+def _literal_chars(body: list[nodes.Node]) -> int:
+    """Characters of fixed text a loop body writes per turn (inner loops count their own)."""
+    total = 0
+    stack: list[nodes.Node] = list(body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.TemplateData):
+            total += len(node.data)
+        elif not isinstance(node, nodes.For):
+            stack.extend(node.iter_child_nodes())
+    return total
+
+
 def check_template(source: str) -> list[TemplateIssue]:
     """Every issue found in `source` without rendering it, ordered by line.
 
-    Finds syntax errors, unknown variables, attribute or item names starting with
-    `_` (the sandbox refuses them at render time), and include/import/extends (there
-    is nothing to include from).
+    Finds what cannot be compiled (syntax, size, nesting), unknown variables,
+    attribute or item names starting with `_` (the sandbox refuses them at render
+    time), and include/import/extends (there is nothing to include from).
     """
     try:
-        tree = _ENVIRONMENT.parse(source)
-    except TemplateSyntaxError as exc:
-        return [TemplateIssue(exc.lineno, f"Jinja2 syntax error: {exc.message}")]
+        compile_template(source)
+        tree = _parse(source)
+    except TemplateRefused as exc:
+        return [exc.issue]
     issues: list[TemplateIssue] = []
     for loader_node in tree.find_all(
         (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)

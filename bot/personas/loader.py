@@ -24,6 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_mark
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
+from bot.personas.render import TrialFailure, trial_render
 from bot.personas.schema import TEMPLATE_ERROR, Persona
 
 __all__ = [
@@ -105,8 +106,24 @@ def load_persona(path: Path) -> LoadedPersona:
 def parse_persona(data: bytes, path: Path) -> LoadedPersona:
     """Validate the raw bytes of a persona file named `path` (used in problem reports).
 
-    Pure: reads nothing from disk. Raises `PersonaFileError` listing every problem.
+    Validation includes the trial: every template is compiled and rendered with
+    sample variables under the bounds of every turn (`trial_render`), so a version
+    that would fail or run away at render time is never served. Pure: reads
+    nothing from disk. Raises `PersonaFileError` listing every problem, and nothing
+    else, whatever the bytes.
     """
+    try:
+        return _parse_persona(data, path)
+    except (RecursionError, MemoryError) as exc:
+        # The YAML and template checks bound nesting and size well before these; a
+        # file must still never become a traceback.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "too large"
+        raise PersonaFileError(
+            [Problem(path, 1, 1, ROOT_FIELD, f"the file cannot be read: it is {reason}")]
+        ) from None
+
+
+def _parse_persona(data: bytes, path: Path) -> LoadedPersona:
     if len(data) > MAX_FILE_BYTES:
         raise PersonaFileError(
             [Problem(path, 1, 1, ROOT_FIELD, f"file is larger than {MAX_FILE_BYTES} bytes")]
@@ -141,7 +158,21 @@ def parse_persona(data: bytes, path: Path) -> LoadedPersona:
         raise PersonaFileError(problems) from None
     if problems:
         raise PersonaFileError(problems)
+    failures = trial_render(persona)
+    if failures:
+        raise PersonaFileError(
+            _trial_problem(path, document.root, text, failure) for failure in failures
+        )
     return LoadedPersona(persona, path, hashlib.sha256(data).hexdigest(), text)
+
+
+def _trial_problem(path: Path, root: Node, text: str, failure: TrialFailure) -> Problem:
+    loc = (failure.field,)
+    node, _ = locate(root, loc)
+    problem = problem_at_mark(
+        path, node.start_mark, loc, f"fails when rendered with sample values: {failure.message}"
+    )
+    return _template_problem(problem, node, text, failure.line or 1)
 
 
 def problem_at(loaded: LoadedPersona, loc: Loc, message: str) -> Problem:
@@ -167,6 +198,8 @@ def check_paths(paths: Iterable[Path]) -> list[Problem]:
             loaded = load_persona(file)
         except PersonaFileError as exc:
             problems.extend(exc.problems)
+        except Exception as exc:  # a bug must not hide the other files' problems
+            problems.append(Problem(file, 1, 1, ROOT_FIELD, f"cannot be checked: {exc!r}"))
         else:
             by_id[loaded.persona.id].append(loaded)
     for persona_id, holders in by_id.items():
@@ -205,16 +238,16 @@ def _validation_problem(path: Path, root: Node, text: str, error: ErrorDetails) 
     node, _ = locate(root, loc)
     problem = problem_at_mark(path, node.start_mark, loc, _message(error))
     if kind == TEMPLATE_ERROR:
-        return _template_problem(problem, node, text, error)
+        template_line = int((error.get("ctx") or {}).get("template_line", 1))
+        return _template_problem(problem, node, text, template_line)
     return problem
 
 
-def _template_problem(problem: Problem, node: Node, text: str, error: ErrorDetails) -> Problem:
+def _template_problem(problem: Problem, node: Node, text: str, template_line: int) -> Problem:
     # In a literal block scalar (`|`) the template's lines are the file's lines, so
     # the problem can point at the exact line; other styles fold or re-flow lines.
     if not (isinstance(node, ScalarNode) and node.style == "|"):
         return problem
-    template_line = int((error.get("ctx") or {}).get("template_line", 1))
     line = node.start_mark.line + 1 + template_line
     lines = text.splitlines()
     if line > len(lines):

@@ -3,8 +3,9 @@
 The registry serves one immutable snapshot (id → `LoadedPersona`). Every change
 builds a new snapshot and swaps the single reference, so a turn that has fetched a
 persona keeps a consistent version and readers never see a half-applied change.
-A file that becomes invalid is reported and the version it last served stays; a
-file whose id is already served from another file is refused until that id is free.
+A file that becomes invalid (its templates failing the trial render included) is
+reported and the version it last served stays; a file whose id is already served
+from another file is refused until that id is free.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bot.personas.loader import (
     load_persona,
     problem_at,
 )
-from bot.personas.problems import PersonaFileError, Problem
+from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
 
 __all__ = ["OnLoaded", "PersonaRegistry"]
 
@@ -219,9 +220,18 @@ class PersonaRegistry:
         try:
             loaded = await asyncio.to_thread(load_persona, path)
         except PersonaFileError as exc:
+            problems = exc.problems
+        except Exception as exc:
+            # The loader reports every problem as a PersonaFileError; anything else is
+            # a bug, which must still cost only this file, never the others.
+            log.exception("persona.load_crashed", path=str(path))
+            problems = [Problem(path, 1, 1, ROOT_FIELD, f"cannot be loaded: {exc!r}")]
+        else:
+            problems = []
+        if problems:
             self._refused.discard(path)
-            self._report(exc.problems, snapshot.by_id.get(old_id) if old_id else None)
-            return exc.problems
+            self._report(problems, snapshot.by_id.get(old_id) if old_id else None)
+            return problems
         new_id = loaded.persona.id
         holder = snapshot.by_id.get(new_id)
         if holder is not None and holder.path != path:

@@ -1,7 +1,7 @@
-"""Rendering a persona's templates for one turn.
+"""Rendering a persona's templates for one turn, within bounds.
 
-`system_prompt` and `greeting` are Jinja2 templates run in an immutable sandbox
-with undefined names as errors. The variables are:
+`system_prompt` and `greeting` are Jinja2 templates run in a bounded immutable
+sandbox (`bot.personas._sandbox`) with undefined names as errors. The variables are:
 
     persona      id, name, description, language,
                  style (traits, tone, reply_length),
@@ -17,47 +17,81 @@ with undefined names as errors. The variables are:
 
 Values are data, never template code: a display name like `{{ 7*7 }}` renders as
 itself. A template that reaches for Python internals raises `TemplateSecurityError`
-and executes nothing.
+and executes nothing; one that goes past a bound of `RenderLimits` (time, steps,
+loop turns, size) raises `TemplateLimitError`. Every render is bounded: the async
+variants run it in a thread, so even the slowest allowed render never holds the
+event loop. `trial_render` renders a persona's templates with sample variables
+under the same bounds; the loader refuses a file whose templates fail it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from jinja2 import TemplateError
-from jinja2.exceptions import SecurityError
+from zoneinfo import ZoneInfo
 
 from bot.errors import PersonaError
-from bot.personas._templates import TEMPLATE_VARIABLES, compile_template
+from bot.personas._sandbox import RenderLimits
+from bot.personas._templates import (
+    TEMPLATE_VARIABLES,
+    RenderFailure,
+    TemplateRefused,
+    compile_template,
+)
 from bot.personas.schema import Persona
 
 __all__ = [
+    "RENDER_LIMITS",
     "TEMPLATE_VARIABLES",
+    "TRIAL_CONTEXTS",
     "PersonaTemplateError",
     "PromptContext",
+    "RenderLimits",
+    "TemplateLimitError",
     "TemplateSecurityError",
+    "TrialFailure",
     "render_greeting",
+    "render_greeting_async",
     "render_system_prompt",
+    "render_system_prompt_async",
     "template_variables",
+    "trial_render",
 ]
+
+#: The bounds every render runs under, at load (the trial) and on every turn.
+RENDER_LIMITS = RenderLimits()
+
+# A render in a thread that has not returned this long after its deadline is given
+# up on (the cooperative deadline should have stopped it long before).
+_GRACE_S = 1.0
 
 # Fixed English names: strftime("%A") would follow the process locale.
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 class PersonaTemplateError(PersonaError):
-    """A persona template failed to render (an unknown attribute, a type error, ...)."""
+    """A persona template failed to render (an unknown attribute, a type error, ...).
 
-    def __init__(self, persona_id: str, field: str, reason: str) -> None:
+    `line` is the template's line where it failed, when known.
+    """
+
+    def __init__(self, persona_id: str, field: str, reason: str, line: int | None = None) -> None:
         self.persona_id = persona_id
         self.field = field
-        super().__init__(f"persona {persona_id!r}: {field}: {reason}")
+        self.reason = reason
+        self.line = line
+        where = f" (template line {line})" if line is not None else ""
+        super().__init__(f"persona {persona_id!r}: {field}: {reason}{where}")
 
 
 class TemplateSecurityError(PersonaTemplateError):
     """A persona template tried something the sandbox forbids; nothing of it ran."""
+
+
+class TemplateLimitError(TemplateSecurityError):
+    """A persona template went past a bound of its render: time, steps, loops, size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +112,37 @@ class PromptContext:
     def __post_init__(self) -> None:
         if self.now.tzinfo is None or self.now.utcoffset() is None:
             raise ValueError("PromptContext.now must be timezone-aware")
+
+
+#: The sample turns a persona's templates are trial-rendered with at load: a morning
+#: DM and a late-evening group message, a short name and a long one.
+TRIAL_CONTEXTS = (
+    PromptContext(
+        user_display_name="Ann",
+        user_id="trial-user-1",
+        platform="telegram",
+        now=datetime(2024, 5, 1, 7, 30, tzinfo=ZoneInfo("Europe/Berlin")),
+        timezone="Europe/Berlin",
+        is_direct=True,
+    ),
+    PromptContext(
+        user_display_name="Maximiliana Fernández-Oyelaran de la Cruz",
+        user_id="123456789012345678",
+        platform="discord",
+        now=datetime(2024, 12, 29, 23, 59, tzinfo=ZoneInfo("Asia/Shanghai")),
+        timezone="Asia/Shanghai",
+        is_direct=False,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrialFailure:
+    """A template of a persona that failed its trial render."""
+
+    field: str
+    line: int | None
+    message: str
 
 
 def template_variables(persona: Persona, ctx: PromptContext) -> dict[str, Any]:
@@ -111,31 +176,90 @@ def template_variables(persona: Persona, ctx: PromptContext) -> dict[str, Any]:
     }
 
 
-def render_system_prompt(persona: Persona, ctx: PromptContext) -> str:
+def render_system_prompt(
+    persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
+) -> str:
     """The persona's system prompt for this turn, stripped of surrounding blank space.
 
-    Raises `TemplateSecurityError` for sandbox violations and `PersonaTemplateError`
-    for any other rendering failure.
+    Raises `TemplateLimitError` past a bound, `TemplateSecurityError` for other
+    sandbox refusals and `PersonaTemplateError` for any other rendering failure.
+    Blocking for up to `limits.max_seconds`: async code uses the `_async` variant.
     """
-    return _render(persona, "system_prompt", persona.system_prompt, ctx)
+    return _render(persona, "system_prompt", persona.system_prompt, ctx, limits)
 
 
-def render_greeting(persona: Persona, ctx: PromptContext) -> str | None:
+def render_greeting(
+    persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
+) -> str | None:
     """The persona's greeting for someone new, or None when it has none."""
     if persona.greeting is None:
         return None
-    return _render(persona, "greeting", persona.greeting, ctx)
+    return _render(persona, "greeting", persona.greeting, ctx, limits)
 
 
-def _render(persona: Persona, field: str, source: str, ctx: PromptContext) -> str:
+async def render_system_prompt_async(
+    persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
+) -> str:
+    """`render_system_prompt` in a worker thread, so the event loop keeps running."""
+    return await _off_loop(persona, "system_prompt", persona.system_prompt, ctx, limits)
+
+
+async def render_greeting_async(
+    persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
+) -> str | None:
+    """`render_greeting` in a worker thread, so the event loop keeps running."""
+    if persona.greeting is None:
+        return None
+    return await _off_loop(persona, "greeting", persona.greeting, ctx, limits)
+
+
+def trial_render(persona: Persona, *, limits: RenderLimits = RENDER_LIMITS) -> list[TrialFailure]:
+    """Render every template of `persona` with each of `TRIAL_CONTEXTS` under `limits`.
+
+    Returns the first failure of each template (none: every template rendered).
+    Blocking: this is what the loader runs before a version may be served.
+    """
+    failures: list[TrialFailure] = []
+    for field, source in (("system_prompt", persona.system_prompt), ("greeting", persona.greeting)):
+        if source is None:
+            continue
+        for ctx in TRIAL_CONTEXTS:
+            try:
+                _render(persona, field, source, ctx, limits)
+            except PersonaTemplateError as exc:
+                failures.append(TrialFailure(field, exc.line, exc.reason))
+                break
+    return failures
+
+
+async def _off_loop(
+    persona: Persona, field: str, source: str, ctx: PromptContext, limits: RenderLimits
+) -> str:
+    try:
+        return await asyncio.wait_for(
+            asyncio.to_thread(_render, persona, field, source, ctx, limits),
+            timeout=limits.max_seconds + _GRACE_S,
+        )
+    except TimeoutError:
+        raise TemplateLimitError(
+            persona.id, field, f"the template takes longer than {limits.max_seconds:g} s to render"
+        ) from None
+
+
+def _render(
+    persona: Persona, field: str, source: str, ctx: PromptContext, limits: RenderLimits
+) -> str:
     try:
         template = compile_template(source)
-        return template.render(template_variables(persona, ctx)).strip()
-    except SecurityError as exc:
-        raise TemplateSecurityError(persona.id, field, str(exc)) from None
-    except TemplateError as exc:
-        raise PersonaTemplateError(persona.id, field, exc.message or type(exc).__name__) from None
-    except (ArithmeticError, TypeError, ValueError, LookupError, RecursionError) as exc:
-        # Operations inside the template (`{{ 1/0 }}`, `{{ 'a' + 1 }}`) raise plain Python
-        # errors; they are the template's fault, so they become the persona's error.
-        raise PersonaTemplateError(persona.id, field, f"{type(exc).__name__}: {exc}") from None
+        return template.render(template_variables(persona, ctx), limits).strip()
+    except TemplateRefused as exc:
+        raise PersonaTemplateError(persona.id, field, exc.issue.message, exc.issue.line) from None
+    except RenderFailure as exc:
+        kind = (
+            TemplateLimitError
+            if exc.limit
+            else TemplateSecurityError
+            if exc.security
+            else PersonaTemplateError
+        )
+        raise kind(persona.id, field, exc.message, exc.line) from None

@@ -88,7 +88,7 @@ ESCAPES = [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
     "{{ cycler.__init__.__globals__ }}",
     "{{ joiner.__init__.__globals__.os.system('touch {marker}') }}",
-    "{{ lipsum.__globals__['os'].system('touch {marker}') }}",
+    "{{ range.__globals__['os'].system('touch {marker}') }}",
     "{{ self.__init__.__globals__ }}",
     "{{ self._TemplateReference__context }}",
     "{{ ()|attr('__class__') }}",
@@ -134,6 +134,8 @@ def test_sandbox_escape_in_greeting(ctx: PromptContext) -> None:
         ("{{ 1 / 0 }}", "ZeroDivisionError"),
         ("{{ 'a' + 1 }}", "TypeError"),
         ("{% include 'x.txt' %}", "no loader"),
+        # lipsum(n) writes n paragraphs: not available at all.
+        ("{{ lipsum(10**9) }}", "'lipsum' is undefined"),
     ],
 )
 def test_runtime_failures_are_persona_errors(
