@@ -39,8 +39,8 @@ from bot.personas import (
     LoadedPersona,
     LoreBook,
     PromptContext,
-    render_greeting,
-    render_system_prompt,
+    render_greeting_async,
+    render_system_prompt_async,
 )
 from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, speaker_label
@@ -215,7 +215,7 @@ class PersonaEngine:
     async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
         """The persona's greeting for a person who just arrived, stored as a turn."""
         loaded = self.personas.get(scope.persona)
-        text = render_greeting(loaded.persona, self._context(scope, display_name))
+        text = await render_greeting_async(loaded.persona, self._context(scope, display_name))
         if not text:
             return None
         conversation_id = await self.ledger.conversation_id(scope)
@@ -287,7 +287,7 @@ class PersonaEngine:
         try:
             loaded = self.personas.get(scope.persona)
             backend = await self.backends.for_persona(loaded)
-            system = self._system_text(loaded, scope, display_name)
+            system = await self._system_text(loaded, scope, display_name)
         except (PersonaError, BackendError) as exc:
             await self.ledger.record_failure(
                 stage="proactive", error=exc, conversation_id=conversation_id
@@ -461,7 +461,7 @@ class PersonaEngine:
                 f"{len(model_text)} are shown.]"
             )
         try:
-            system = self._system_text(loaded, scope, incoming.actor.display_name)
+            system = await self._system_text(loaded, scope, incoming.actor.display_name)
         except PersonaError as exc:
             return await self._fail(incoming, stored, "persona", exc, loaded)
 
@@ -668,9 +668,13 @@ class PersonaEngine:
             is_direct=scope.is_direct,
         )
 
-    def _system_text(self, loaded: LoadedPersona, scope: Scope, display_name: str) -> str:
-        """The system message's persona part: static head, guidance, per-person tail."""
-        rendered = render_system_prompt(loaded.persona, self._context(scope, display_name))
+    async def _system_text(self, loaded: LoadedPersona, scope: Scope, display_name: str) -> str:
+        """The system message's persona part: static head, guidance, per-person tail.
+
+        Rendered in a thread within the persona render bounds, so a slow template
+        costs its own turn at most, never the event loop."""
+        ctx = self._context(scope, display_name)
+        rendered = await render_system_prompt_async(loaded.persona, ctx)
         layout = self._layouts.get(loaded.content_hash)
         if layout is None:
             layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(loaded.persona)

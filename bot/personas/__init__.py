@@ -2,7 +2,8 @@
 
     schema     `Persona` and its sections; `persona_json_schema()` for editors
     loader     `load_persona`, `check_paths`: every problem as file:line:column
-    render     `render_system_prompt`, `render_greeting` in a Jinja2 sandbox
+    render     `render_system_prompt`, `render_greeting` in a bounded Jinja2 sandbox
+               (`_async`: in a thread), `trial_render` with sample values
     lore       `LoreBook`: the lore entries that apply to a turn, within their budget
     registry   `PersonaRegistry`: serves personas by id, reloads them on change
 
@@ -22,13 +23,20 @@ from bot.personas.lore import LoreBlock, LoreBook
 from bot.personas.problems import PersonaFileError, Problem
 from bot.personas.registry import OnLoaded, PersonaRegistry
 from bot.personas.render import (
+    RENDER_LIMITS,
     TEMPLATE_VARIABLES,
     PersonaTemplateError,
     PromptContext,
+    RenderLimits,
+    TemplateLimitError,
     TemplateSecurityError,
+    TrialFailure,
     render_greeting,
+    render_greeting_async,
     render_system_prompt,
+    render_system_prompt_async,
     template_variables,
+    trial_render,
 )
 from bot.personas.schema import (
     SCHEMA_ID,
@@ -46,6 +54,7 @@ from bot.personas.schema import (
 )
 
 __all__ = [
+    "RENDER_LIMITS",
     "SCHEMA_ID",
     "TEMPLATE_VARIABLES",
     "LoadedPersona",
@@ -62,10 +71,13 @@ __all__ = [
     "PersonaTemplateError",
     "Problem",
     "PromptContext",
+    "RenderLimits",
     "Safety",
     "Sampling",
     "Style",
+    "TemplateLimitError",
     "TemplateSecurityError",
+    "TrialFailure",
     "Turn",
     "check_paths",
     "find_persona_files",
@@ -74,6 +86,9 @@ __all__ = [
     "persona_json_schema",
     "persona_json_schema_text",
     "render_greeting",
+    "render_greeting_async",
     "render_system_prompt",
+    "render_system_prompt_async",
     "template_variables",
+    "trial_render",
 ]
