@@ -41,8 +41,11 @@ def _settings(config: Path | None, db: Path | None) -> Settings:
     return load_settings(config, merge_overrides({"database": {"url": url}}))
 
 
-def _with_memory(settings: Settings, work: Callable[[Any, Any], Awaitable[T]]) -> T:
-    """Run `work(memory, ledger)` against the configured database."""
+def _with_memory(
+    settings: Settings, work: Callable[[Any, Any], Awaitable[T]], *, create: bool = False
+) -> T:
+    """Run `work(memory, ledger)` against the configured database (which must exist
+    unless `create`: a mistyped --db is an error, not a new empty database)."""
     from bot.app import build_memory
     from bot.db import Database
     from bot.logs import configure_logging
@@ -52,7 +55,10 @@ def _with_memory(settings: Settings, work: Callable[[Any, Any], Awaitable[T]]) -
 
     async def main() -> T:
         db = await asyncio.to_thread(
-            Database.open, settings.database.url, migrate=settings.database.migrate_on_start
+            Database.open,
+            settings.database.url,
+            migrate=settings.database.migrate_on_start,
+            must_exist=not create,
         )
         memory = build_memory(db, settings.memory)
         try:
@@ -141,7 +147,12 @@ def forget(
     except (ForgetRefused, KeyError, ValueError) as exc:
         typer.echo(f"refused: {exc.args[0] if exc.args else exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo("deleted " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    bookkeeping = ("reembedded", "failures_scrubbed")
+    deleted = ", ".join(f"{n} {what}" for what, n in counts.items() if what not in bookkeeping)
+    typer.echo(
+        f"deleted {deleted}; re-embedded {counts.get('reembedded', 0)} later turn(s); "
+        f"{counts.get('failures_scrubbed', 0)} failure record(s) lost their details"
+    )
 
 
 class ImportLine(BaseModel):
@@ -228,7 +239,7 @@ def import_file(
         await memory.flush()
         return count
 
-    count = _with_memory(_settings(config, db), work) if parsed else 0
+    count = _with_memory(_settings(config, db), work, create=True) if parsed else 0
     for problem in problems:
         typer.echo(problem, err=True)
     typer.echo(f"imported {count} message(s)" + (f", skipped {len(problems)}" if problems else ""))

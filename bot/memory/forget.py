@@ -136,6 +136,10 @@ def _json(ids: Iterable[int]) -> str:
 
 
 _IN = "(SELECT value FROM json_each(:ids))"
+_TYPE_NAME = (
+    "(CASE WHEN error_type GLOB '*[^A-Za-z0-9_.]*' OR length(error_type) > 64 "
+    "THEN 'error' ELSE error_type END)"
+)
 
 
 def _everything(
@@ -231,8 +235,10 @@ def _delete(
         ).rowcount
         done.counts["failures_scrubbed"] = conn.execute(
             text(
-                "UPDATE failures SET message_id = NULL, reason = error_type || "
-                f"' (details removed with a forgotten message)' WHERE message_id IN {_IN}"
+                # A failure recorded from a plain string has that string as its type.
+                f"UPDATE failures SET message_id = NULL, error_type = {_TYPE_NAME}, "
+                f"reason = {_TYPE_NAME} || ' (details removed with a forgotten message)' "
+                f"WHERE message_id IN {_IN}"
             ),
             {"ids": mids},
         ).rowcount
