@@ -7,6 +7,12 @@ memory part); then the recent history, oldest first; then the new message. When 
 budget is tight the oldest history goes first; the system prompt and the new message
 are never dropped (the new message is cut, with a note, only if nothing else fits).
 
+Every text that goes in (persona, memories, lore, history, the new message) is
+neutralised here: control-token look-alikes are defused with the counter's
+tokenizer's tokens and the common families (`bot.llm.control_tokens`), so nothing
+a person, a memory or a lore entry says becomes a special token on any backend,
+and the budget counts the text the backend sends.
+
 Pure functions and one small cache: no I/O here.
 """
 
@@ -21,6 +27,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.llm.base import ChatMessage, TokenCounter
+from bot.llm.control_tokens import ControlTokens
+from bot.llm.tokens import control_tokens
 from bot.personas.render import PromptContext, render_system_prompt
 from bot.personas.schema import Persona
 
@@ -73,20 +81,41 @@ class PromptBuilder:
     """Packs a turn into a token budget, counting with the model's own tokenizer.
 
     Token counts of stored history messages are cached by ledger id: the same
-    messages are re-packed on every turn of a conversation.
+    messages are re-packed on every turn of a conversation. The result never
+    exceeds the budget unless the system prompt alone does.
     """
 
     tokens: TokenCounter
     cache_size: int = 50_000
     _cache: OrderedDict[tuple[int, bool], int] = field(default_factory=OrderedDict)
+    _framing: int | None = None
+    _control: ControlTokens | None = None
+
+    def _neutral(self, text: str) -> str:
+        if self._control is None:
+            self._control = control_tokens(self.tokens)
+        return self._control.neutralise(text)
 
     def _content(self, turn: PromptTurn, group: bool) -> str:
         if group and turn.role == "user" and turn.speaker:
-            return f"{turn.speaker}: {turn.text}"
-        return turn.text
+            return self._neutral(f"{turn.speaker}: {turn.text}")
+        return self._neutral(turn.text)
+
+    def framing(self) -> int:
+        """Tokens the chat template adds around one message (measured once)."""
+        if self._framing is None:
+            count = self.tokens.count_messages
+            system = ChatMessage("system", "x")
+            alone = count((system,))
+            worst = 4
+            for role in ("user", "assistant"):
+                one = count((system, ChatMessage(role, "x")))
+                worst = max(worst, one - alone - self.tokens.count_text("x"))
+            self._framing = worst
+        return self._framing
 
     def _cost(self, turn: PromptTurn, group: bool) -> int:
-        overhead = 4
+        overhead = self.framing()
         if turn.key is None:
             return overhead + self.tokens.count_text(self._content(turn, group))
         ckey = (turn.key, group)
@@ -116,14 +145,17 @@ class PromptBuilder:
         the prompt then ends with the history and the model speaks next.
         """
         system_text = f"{system}\n\n{dynamic_system}" if dynamic_system else system
-        system_msg = ChatMessage("system", system_text)
-        fixed = 3 + 4 + self.tokens.count_text(system_text)
-        new_text = self._content(new_message, group) if new_message is not None else ""
-        new_cost = 4 + self.tokens.count_text(new_text) if new_message is not None else 0
+        system_msg = ChatMessage("system", self._neutral(system_text))
+        framing = self.framing()
+        # Exact: the system message, the template's start and the generation prompt.
+        fixed = self.tokens.count_messages((system_msg,))
+        full_new = self._content(new_message, group) if new_message is not None else ""
+        new_text = full_new
+        new_cost = framing + self.tokens.count_text(new_text) if new_message is not None else 0
         cut = False
         if new_message is not None and fixed + new_cost > budget_tokens:
-            new_text, cut = self._fit(new_text, budget_tokens - fixed - 4)
-            new_cost = 4 + self.tokens.count_text(new_text)
+            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens)
+            new_cost = framing + self.tokens.count_text(new_text)
 
         remaining = budget_tokens - fixed - new_cost
         chosen: list[PromptTurn] = []
@@ -151,6 +183,11 @@ class PromptBuilder:
             chosen.pop(0)
             messages = render(chosen)
             total = self.tokens.count_messages(messages)
+        if total > budget_tokens and new_message is not None and not cut:
+            # The estimate let a new message through that the template cannot hold.
+            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens)
+            messages = render(chosen)
+            total = self.tokens.count_messages(messages)
         return AssembledPrompt(
             messages=messages,
             prompt_tokens=total,
@@ -159,19 +196,34 @@ class PromptBuilder:
             new_message_cut=cut,
         )
 
-    def _fit(self, text: str, budget: int) -> tuple[str, bool]:
+    def _fit_new(self, system_msg: ChatMessage, text: str, budget: int) -> tuple[str, bool]:
+        """The longest cut of the new message whose prompt, with the system message and
+        the template's framing counted exactly, fits `budget`."""
+        allowance = budget - self.tokens.count_messages((system_msg,)) - self.framing()
+        cut = text
+        for _ in range(8):  # each round takes off what the last one was over by
+            cut = self._fit(text, allowance)
+            total = self.tokens.count_messages((system_msg, ChatMessage("user", cut)))
+            if total <= budget or allowance <= 0:
+                break
+            allowance -= total - budget
+        return cut, True
+
+    def _fit(self, text: str, budget: int) -> str:
         note = "\n\n[The rest of this message was cut to fit.]"
         budget -= self.tokens.count_text(note)
         if budget <= 0:
-            return note.strip(), True
-        lo, hi = 0, len(text)
+            return note.strip()
+        # No token covers more than a few dozen characters: a bound that keeps a huge
+        # message from costing a full tokenization at every step of the search.
+        lo, hi = 0, min(len(text), budget * 64)
         while lo < hi:  # longest prefix that fits, by binary search on characters
             mid = (lo + hi + 1) // 2
             if self.tokens.count_text(text[:mid]) <= budget:
                 lo = mid
             else:
                 hi = mid - 1
-        return text[:lo] + note, True
+        return text[:lo] + note
 
 
 def persona_guidance(persona: Persona) -> str:

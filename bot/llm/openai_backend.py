@@ -23,7 +23,12 @@ import structlog
 
 from bot.errors import BackendError, BackendUnavailable
 from bot.llm.base import ChatRequest, Completion, StreamChunk, TokenCounter
-from bot.llm.tokens import ApproxTokenCounter, load_token_counter
+from bot.llm.tokens import (
+    ApproxTokenCounter,
+    control_tokens,
+    load_token_counter,
+    neutralise_messages,
+)
 
 if TYPE_CHECKING:
     from bot.config import LLMSettings
@@ -128,9 +133,13 @@ class OpenAIBackend:
 
     def _params(self, request: ChatRequest) -> dict[str, Any]:
         sampling = request.sampling
+        # vLLM renders the chat template and reads special tokens in the result: every
+        # content goes out with control-token look-alikes defused, the served model's
+        # own tokens included when `tokens` has its tokenizer (as it counted them).
+        messages = neutralise_messages(request.messages, control_tokens(self.tokens))
         params: dict[str, Any] = {
             "model": self._model_for(request),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,

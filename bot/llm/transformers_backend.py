@@ -36,7 +36,8 @@ import structlog
 
 from bot.errors import BackendError, BackendUnavailable
 from bot.llm.base import ChatMessage, ChatRequest, Completion, StreamChunk, TokenCounter
-from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter
+from bot.llm.control_tokens import ControlTokens
+from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter, encode_chat
 
 if TYPE_CHECKING:
     from bot.config import LLMSettings
@@ -76,6 +77,7 @@ class _Loaded:
     model: Any
     device: Any
     context: int | None
+    control: ControlTokens  # this tokenizer's control tokens, defused in every content
     # adapter dir -> peft adapter name, least recently used first; non-empty once the
     # model is wrapped by peft.
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
@@ -254,8 +256,16 @@ class TransformersBackend:
                 f"model {self.model!r} cannot be loaded on {device}: {type(exc).__name__}: {exc}"
             ) from exc
         context = getattr(model.config, "max_position_embeddings", None)
-        self._loaded = _Loaded(tokenizer=tokenizer, model=model, device=device, context=context)
-        self.tokens = HFTokenCounter(counter_tokenizer)
+        if not isinstance(context, int) or context <= 0:
+            context = None
+        self._loaded = _Loaded(
+            tokenizer=tokenizer,
+            model=model,
+            device=device,
+            context=context,
+            control=ControlTokens.for_tokenizer(tokenizer),
+        )
+        self.tokens = HFTokenCounter(counter_tokenizer, context_limit=context)
         _log.info("llm_model_loaded", backend=self.name, model=self.model, device=str(device))
         return self._loaded
 
@@ -338,18 +348,11 @@ class TransformersBackend:
         return config
 
     def _prompt_ids(self, loaded: _Loaded, messages: Sequence[ChatMessage]) -> Any:
-        tokenizer = loaded.tokenizer
-        if getattr(tokenizer, "chat_template", None):
-            encoded = tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in messages],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-            )
-            return encoded["input_ids"]
-        text = "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "
-        return tokenizer(text, return_tensors="pt")["input_ids"]
+        # The template's rendering is tokenized with special tokens parsed, so every
+        # content reaches it with control-token look-alikes defused; the token counter
+        # encodes with the same function, so its counts are these ids' length.
+        ids = encode_chat(loaded.tokenizer, messages, loaded.control)
+        return _lazy("torch").tensor([ids], dtype=_lazy("torch").long)
 
     def _generate_sync(self, job: _Job) -> Completion:
         request = job.request
