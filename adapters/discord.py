@@ -16,9 +16,11 @@ answer "X is here now" that config then overrides would be a lie.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -32,6 +34,7 @@ from adapters._discord_client import (
     reset_webhook_routes,
     use_routes_for_webhooks,
 )
+from adapters._discord_intake import DiscordIntake
 from adapters.base import (
     Adapter,
     AdapterServices,
@@ -44,10 +47,11 @@ from adapters.base import (
 from bot.commands import CommandContext
 from bot.config import DiscordSettings
 from bot.errors import AdapterError, ConfigError
+from bot.inbox import InboxEvent
 from bot.messages import Actor, Attachment, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
 
-__all__ = ["DiscordAdapter"]
+__all__ = ["DiscordAdapter", "UnparsableMessage"]
 
 log = structlog.get_logger("adapters.discord")
 
@@ -72,6 +76,16 @@ _LOGIN_REFUSED_HELP = (
     "Discord rejected the bot token (DISCORD_TOKEN): copy a fresh one from the Developer "
     "Portal (your application → Bot → Reset Token) and set DISCORD_TOKEN again."
 )
+
+
+class UnparsableMessage(AdapterError):
+    """A stored MESSAGE_CREATE that is not a Discord message discord.py can read."""
+
+
+def _optional_id(value: Any) -> int | None:
+    if value is None:
+        return None
+    return int(str(value))  # a malformed guild id fails the event, with the reason
 
 
 class DiscordAdapter(Adapter):
@@ -127,6 +141,10 @@ class DiscordAdapter(Adapter):
         self._idle = asyncio.Event()
         self._idle.set()
         self._threads: dict[int, int | None] = {}  # channel id -> parent id (None: not a thread)
+        #: Set once a gateway session's guilds are known (cleared by each READY).
+        self._session_ready = asyncio.Event()
+        #: Live and caught-up messages into the inbox (while running).
+        self.intake: DiscordIntake | None = None
         #: Set once the gateway session is ready (guilds received).
         self.ready = asyncio.Event()
 
@@ -140,14 +158,28 @@ class DiscordAdapter(Adapter):
         """
         if self.settings.token is None:
             raise AdapterError("no Discord token: set DISCORD_TOKEN")
+        inbox = self.inbox
+        if inbox is None:
+            raise AdapterError("the Discord adapter needs the inbox (AdapterServices.inbox)")
         token = self.settings.token.get_secret_value()
         self._warn_unknown_personas()
         client = self._client = self._make_client()
+        intake = self.intake = DiscordIntake(
+            client,
+            accept=self.accept,
+            last_keys=lambda: inbox.last_keys(self.platform),
+            chat_for=self._chat_for_channel,
+            session_ready=self._session_ready,
+            max_messages=self.settings.catch_up_messages,
+            max_age_s=self.settings.catch_up_max_age_s,
+        )
+        intake.install()
         # Interaction answers go through discord.py's webhook adapter: this task's
         # context (and the gateway tasks started from it) routes them too.
         webhooks = use_routes_for_webhooks(self._routes)
         tree = self._build_tree(client)
         connection: asyncio.Task[None] | None = None
+        committing: asyncio.Task[None] | None = None
         try:
             try:
                 await client.login(token)
@@ -156,26 +188,41 @@ class DiscordAdapter(Adapter):
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 raise AdapterError(f"cannot log in to Discord: {exc}") from exc
             await self._sync_commands(tree)
-            self._accepting = True
-            connection = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
-            stopping = asyncio.create_task(stop.wait(), name="discord-stop")
-            try:
-                await asyncio.wait({connection, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if connection.done():
-                raise self._connection_error(connection)
-            log.info("discord.stopping", replies_in_hand=self._busy)
-            self._accepting = False
-            await self._drain()
+            # Recovery first, then the worker; messages are committed by the intake
+            # (even while stopping: what the worker no longer takes stays pending).
+            async with self.processing(drain_timeout_s=self.drain_timeout_s):
+                self._accepting = True
+                committing = asyncio.create_task(intake.run(), name="discord-intake")
+                connection = asyncio.create_task(
+                    client.connect(reconnect=True), name="discord-gateway"
+                )
+                stopping = asyncio.create_task(stop.wait(), name="discord-stop")
+                try:
+                    await asyncio.wait(
+                        {connection, stopping, committing}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    stopping.cancel()
+                if committing.done():
+                    committing.result()  # the intake never returns: raise what broke it
+                if connection.done():
+                    raise self._connection_error(connection)
+                log.info("discord.stopping", replies_in_hand=self._busy, queued=intake.queued)
+                self._accepting = False
+                await self._drain()
         finally:
             self._accepting = False
             self.ready.clear()
             await client.close()
-            if connection is not None and not connection.done():
-                connection.cancel()
-                with suppress(asyncio.CancelledError, Exception):
-                    await connection
+            for task in (connection, committing):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with suppress(asyncio.CancelledError, Exception):
+                        await task
+            try:  # what arrived while stopping is committed, for the next start
+                await intake.flush()
+            except Exception as exc:  # a fresh session's catch-up reads it back
+                log.error("discord.flush_failed", queued=intake.queued, error=str(exc))
             if webhooks is not None:
                 reset_webhook_routes(webhooks)
 
@@ -200,7 +247,6 @@ class DiscordAdapter(Adapter):
         client = make_client(self._routes, sharded=self.settings.shard_count is not None, **options)
         handlers: dict[str, Callable[..., Awaitable[None]]] = {
             "on_ready": self._on_ready,
-            "on_message": self._on_message,
             "on_raw_reaction_add": self._on_raw_reaction,
             "on_raw_reaction_remove": self._on_raw_reaction,
             "on_raw_message_edit": self._on_raw_edit,
@@ -253,7 +299,16 @@ class DiscordAdapter(Adapter):
     async def _on_ready(self) -> None:
         client = self._require_client()
         log.info("discord.ready", user=str(client.user), guilds=len(client.guilds))
+        self._session_ready.set()
         self.ready.set()
+
+    @property
+    def pending_work(self) -> int:
+        """Messages not yet committed plus events and jobs in the worker's lanes, plus
+        reactions, edits and commands in hand: 0 once all that arrived is handled."""
+        queued = self.intake.queued if self.intake is not None else 0
+        backlog = self.worker.backlog if self.worker is not None else 0
+        return queued + backlog + self._busy
 
     def _require_client(self) -> discord.Client:
         if self._client is None:
@@ -326,16 +381,46 @@ class DiscordAdapter(Adapter):
 
     # -- messages -----------------------------------------------------------------------
 
-    async def _on_message(self, message: discord.Message) -> None:
-        async with self._in_hand() as taking:
-            if not taking:
-                return
-            try:
-                await self._handle_message(message)
-            except Exception:  # one bad event must not stop the others
-                log.exception("discord.message_failed", message_id=message.id)
+    async def handle_event(self, event: InboxEvent) -> None:
+        """One stored MESSAGE_CREATE (live or caught up): parsed here, answered or
+        stored as context. Raises `UnparsableMessage` for a payload that is not a
+        Discord message; the inbox records it as failed and goes on."""
+        if event.truncated:
+            raise UnparsableMessage("the message was cut at the inbox's size limit")
+        try:
+            data = json.loads(event.payload)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            guild = _optional_id(data.get("guild_id"))
+            message = self._parse_message(data)
+        except Exception as exc:  # whatever discord.py's model raises for a bad payload
+            raise UnparsableMessage(
+                f"not a Discord message: {type(exc).__name__}: {exc}"[:500]
+            ) from exc
+        await self._handle_message(message, guild=guild, received_at=event.received_at)
 
-    async def _handle_message(self, message: discord.Message) -> None:
+    def _parse_message(self, data: dict[str, Any]) -> discord.Message:
+        # What discord.py's own MESSAGE_CREATE parser does, from the stored JSON.
+        state: Any = self._require_client()._connection
+        channel, _ = state._get_guild_channel(data)
+        return discord.Message(state=state, channel=channel, data=data)  # type: ignore[arg-type]
+
+    def _chat_for_channel(self, channel_id: int, guild: int | None) -> str:
+        """`chat_key` of a message's scope from the channel cache alone (the intake
+        must not wait on REST): a thread's lane is "parent/thread"."""
+        if guild is None:
+            return str(channel_id)
+        parent = self._threads.get(channel_id)
+        if channel_id not in self._threads:
+            found: Any = self._require_client().get_channel(channel_id)
+            if found is None:
+                return str(channel_id)
+            parent = found.parent_id if isinstance(found, discord.Thread) else None
+        return f"{parent}/{channel_id}" if parent is not None else str(channel_id)
+
+    async def _handle_message(
+        self, message: discord.Message, *, guild: int | None, received_at: datetime
+    ) -> None:
         me = self._me()
         author = message.author
         if author.id == me or (author.bot and self.settings.ignore_bots):
@@ -343,7 +428,8 @@ class DiscordAdapter(Adapter):
         # Joins, pins, boosts, thread starters and the like are not conversation.
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
             return
-        guild = message.guild.id if message.guild is not None else None
+        # The guild from the payload, not from the cache: a guild not (yet) cached must
+        # not turn a server message into a DM (which is always answered).
         scope = await self._scope(guild, message.channel.id, author.id)
         if guild is None:  # they wrote to us: a refused DM earlier no longer counts
             await self.services.people.mark_reachable(self.platform, str(author.id))
@@ -360,6 +446,7 @@ class DiscordAdapter(Adapter):
                 else None
             ),
             addressed_to_bot=self._addressed(message, me, scope),
+            received_at=received_at,
         )
         await self.answer(incoming)
 

@@ -76,7 +76,7 @@ async def until_rows(bot: DiscordBot, sql: str, *params: Any, timeout: float = 5
 async def settle(bot: DiscordBot) -> None:
     """Wait until the adapter has no event in hand (what was dispatched is handled)."""
     await asyncio.sleep(0.1)  # let the gateway frames reach discord.py's dispatch
-    await until(lambda: bot.adapter._busy == 0)
+    await until(lambda: bot.adapter.pending_work == 0)
 
 
 async def interact(fake: FakeDiscord, payload: dict[str, Any]) -> dict[str, Any]:
