@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 import types
 import typing
 from collections import defaultdict
@@ -25,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_mark
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
 from bot.personas.render import TrialFailure, trial_render
-from bot.personas.schema import TEMPLATE_ERROR, Persona
+from bot.personas.schema import TEMPLATE_ERROR, Persona, ValidatedAs
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -42,6 +43,10 @@ __all__ = [
 MAX_FILE_BYTES = 1024 * 1024
 
 PERSONA_SUFFIXES = frozenset({".yaml", ".yml"})
+
+# YAML 1.1 integers and floats in base 60 ("sexagesimal"): how 22:00 becomes 1320.
+_BASE60 = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
+_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +241,7 @@ def _validation_problem(path: Path, root: Node, text: str, error: ErrorDetails) 
         node, _ = locate(root, loc, key=True)
         return problem_at_mark(path, node.start_mark, loc, _unknown_field_message(loc))
     node, _ = locate(root, loc)
-    problem = problem_at_mark(path, node.start_mark, loc, _message(error))
+    problem = problem_at_mark(path, node.start_mark, loc, _message(error) + _base60_hint(node))
     if kind == TEMPLATE_ERROR:
         template_line = int((error.get("ctx") or {}).get("template_line", 1))
         return _template_problem(problem, node, text, template_line)
@@ -255,6 +260,20 @@ def _template_problem(problem: Problem, node: Node, text: str, template_line: in
     content = lines[line - 1]
     column = len(content) - len(content.lstrip(" ")) + 1
     return Problem(problem.path, line, column, problem.field, problem.message)
+
+
+def _base60_hint(node: Node) -> str:
+    """The fix for a value that YAML 1.1 read as a base-60 number (`22:00` → 1320)."""
+    if (
+        isinstance(node, ScalarNode)
+        and node.style is None
+        and node.tag in _NUMBER_TAGS
+        and _BASE60.match(node.value)
+    ):
+        return (
+            f"; YAML reads an unquoted {node.value} as a number (base 60): quote it, '{node.value}'"
+        )
+    return ""
 
 
 def _message(error: ErrorDetails) -> str:
@@ -299,7 +318,9 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
             continue
         if model is None or part not in model.model_fields:
             return None
-        model = _find_model(model.model_fields[part].annotation)
+        info = model.model_fields[part]
+        hints = [hint.model for hint in info.metadata if isinstance(hint, ValidatedAs)]
+        model = hints[0] if hints else _find_model(info.annotation)
     return model
 
 

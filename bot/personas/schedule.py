@@ -34,6 +34,10 @@ class _Section(BaseModel):
 
 
 def _parse_clock(value: object) -> object:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 22:00 as 22 * 60 + 0 = 1320 (base 60); pydantic
+        # would then take it as seconds and serve 00:22.
+        raise ValueError(f"a time of day is text in quotes, like '22:00', not the number {value!r}")
     if isinstance(value, str):
         try:
             hours, minutes = value.split(":")
