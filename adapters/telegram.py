@@ -281,7 +281,7 @@ class TelegramAdapter(Adapter):
         reaction. Raises `UnparsableUpdate` (with the reason) for one that cannot be
         read; the inbox records it as failed and goes on."""
         update = self._update(event)
-        work = await self._parse(update)
+        work = await self._parse(update, event.received_at)
         if work is not None:
             await work
 
@@ -302,13 +302,13 @@ class TelegramAdapter(Adapter):
                 f"python-telegram-bot cannot parse it: {type(exc).__name__}: {exc}"
             ) from None
 
-    async def _parse(self, update: Update) -> Awaitable[object] | None:
+    async def _parse(self, update: Update, stored_at: datetime) -> Awaitable[object] | None:
         if update.message_reaction is not None:
             return await self._reaction(update)
         if update.edited_message is not None:
             return await self._edited(update.edited_message)
         if update.message is not None:
-            return await self._message(update.message)
+            return await self._message(update.message, stored_at)
         log.debug("telegram.update_ignored", update_id=update.update_id)
         return None
 
@@ -387,7 +387,7 @@ class TelegramAdapter(Adapter):
             return None  # /cmd@OtherBot in a group: not ours
         return name.lower(), text[first.length :].strip()
 
-    async def _message(self, message: Message) -> Awaitable[object] | None:
+    async def _message(self, message: Message, stored_at: datetime) -> Awaitable[object] | None:
         user = message.from_user
         if user is None or user.is_bot:
             return None  # channel posts, other bots (and never ourselves)
@@ -415,7 +415,7 @@ class TelegramAdapter(Adapter):
             platform_message_id=str(message.message_id),
             reply_to_platform_id=str(reply.message_id) if reply is not None else None,
             addressed_to_bot=addressed,
-            received_at=_written_at(message),
+            received_at=_written_at(message, stored_at),
         )
         return self._turn(incoming, private=message.chat.type == ChatType.PRIVATE)
 
@@ -595,14 +595,16 @@ class TelegramAdapter(Adapter):
         return self._bot
 
 
-def _written_at(message: Message) -> datetime:
-    """When the person wrote the message (Telegram's `date`), never later than now:
-    a backlog that waited while the bot was down is as old as it really is."""
-    now = datetime.now(UTC)
+def _written_at(message: Message, stored_at: datetime) -> datetime:
+    """When the person wrote the message (Telegram's `date`), never later than we
+    stored it: a backlog that waited in Telegram while the bot was down is as old as
+    it really is, and expires rather than being answered hours late."""
     date = message.date
     if date.tzinfo is None:
         date = date.replace(tzinfo=UTC)
-    return min(date, now)
+    if stored_at.tzinfo is None:
+        stored_at = stored_at.replace(tzinfo=UTC)
+    return min(date, stored_at)
 
 
 def _forget(pending: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
