@@ -228,7 +228,10 @@ class Commands:
             return "Attach the persona's YAML file to /persona upload."
         name = Path(ctx.attachment_name or "upload.yaml").name
         try:
-            loaded = parse_persona(ctx.attachment_text.encode("utf-8"), Path(name))
+            # In a thread: validation trial-renders the templates (bounded, but CPU).
+            loaded = await asyncio.to_thread(
+                parse_persona, ctx.attachment_text.encode("utf-8"), Path(name)
+            )
         except PersonaFileError as exc:
             return "The persona has problems:\n" + "\n".join(str(p) for p in exc.problems[:30])
         persona_id = loaded.persona.id
