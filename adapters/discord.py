@@ -397,7 +397,11 @@ class DiscordAdapter(Adapter):
             raise UnparsableMessage(
                 f"not a Discord message: {type(exc).__name__}: {exc}"[:500]
             ) from exc
-        await self._handle_message(message, guild=guild, received_at=event.received_at)
+        # A message that waited (in Discord's history while we were away) is as old as
+        # when it was written: the engine expires it rather than answer hours late.
+        written = discord.utils.snowflake_time(message.id)
+        received_at = min(written, event.received_at)
+        await self._handle_message(message, guild=guild, received_at=received_at)
 
     def _parse_message(self, data: dict[str, Any]) -> discord.Message:
         # What discord.py's own MESSAGE_CREATE parser does, from the stored JSON.

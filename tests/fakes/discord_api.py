@@ -476,7 +476,10 @@ class FakeDiscord:
         """Send a DISPATCH (op 0) to the shard that owns the event's guild; returns
         whether a live session got it (else it is kept for a RESUME of the session)."""
         guild = data.get("guild_id")
-        shard = (int(guild) >> 22) % self._shard_count if guild else 0
+        try:
+            shard = (int(guild) >> 22) % self._shard_count if guild else 0
+        except (TypeError, ValueError):  # a hostile payload: shard 0 takes it
+            shard = 0
         ws = self._sockets.get(shard)
         if ws is None and shard == 0 and self._sockets:
             ws = next(iter(self._sockets.values()))

@@ -1,0 +1,230 @@
+"""Nothing a person writes on Discord is lost: the inbox, the catch-up from channel
+history after a fresh gateway session, poison isolation, nonces and pacing, with the
+real discord.py against the fake Discord (tests/fakes/discord_api.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bot.llm.base import ChatRequest
+from tests.adapters.conftest import DiscordBot, DiscordBotFactory
+from tests.adapters.test_discord import CONFIG, MENTION, settle, until, until_rows, voiced
+from tests.fakes.discord_api import (
+    ANN,
+    BOB,
+    BOT,
+    GENERAL,
+    GUILD,
+    FakeDiscord,
+    FakeUser,
+    snowflake_at,
+)
+
+
+async def inbox(bot: DiscordBot) -> list[tuple[Any, ...]]:
+    return await bot.rows("select event_key, chat, status, reason from inbox_events order by id")
+
+
+def contents(fake: FakeDiscord, channel: int) -> list[str]:
+    return [m["content"] for m in fake.sent_messages(channel)]
+
+
+# -- poison -------------------------------------------------------------------------------
+
+
+async def test_poison_message_creates_cost_one_failure_row_each_and_block_nothing(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    bot = await discord_bot(voiced, **CONFIG)
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    good = fake.message(dm, ANN, "still there?")
+    poison: list[Any] = [
+        {**fake.message(dm, ANN, "x"), "author": None},  # no author object
+        {**fake.message(dm, ANN, "x"), "channel_id": "general"},  # not a snowflake
+        {**fake.message(dm, ANN, "x"), "guild_id": "not-a-guild"},
+        {**fake.message(dm, ANN, "x"), "id": "12ab"},  # keyed by its hash, then failed
+        {**fake.message(dm, ANN, "x"), "mentions": "everyone"},
+        {k: v for k, v in fake.message(dm, ANN, "no id").items() if k != "id"},
+        {"channel_id": str(dm)},  # hardly a message at all
+    ]
+    for data in poison:  # in the same DM, ahead of the good one: its lane must go on
+        await fake.dispatch("MESSAGE_CREATE", data)
+    await fake.send_message(good)
+    await until(lambda: fake.sent_messages(dm))
+    await settle(bot)
+    assert contents(fake, dm) == ["Tess heard: still there?"]
+    rows = await inbox(bot)
+    failed = [r for r in rows if r[2] == "failed"]
+    assert len(failed) == len(poison), rows
+    assert all(r[3] and r[3].startswith("UnparsableMessage: not a Discord message") for r in failed)
+    assert [r[2] for r in rows if r[0] == good["id"]] == ["done"]
+    # Poison is the inbox's to keep (for replay), not the ledger's.
+    assert await bot.rows("select text from messages where direction = 'in'") == [
+        ("still there?",)
+    ]
+    assert await bot.rows("select count(*) from failures") == [(0,)]
+
+
+async def test_every_message_create_is_in_the_inbox_raw_before_it_is_answered(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    release = asyncio.Event()
+
+    async def held(request: ChatRequest) -> str:
+        await release.wait()
+        return voiced(request)
+
+    bot = await discord_bot(held, **CONFIG)
+    fake = discord_fake
+    mention = await fake.send_message(
+        fake.message(GENERAL, ANN, f"{MENTION} hold on", mentions=(BOT,))
+    )
+    chatter = await fake.send_message(fake.message(GENERAL, BOB, "just talking"))
+    await until(lambda: bot.backend.requests)  # the turn is generating, not yet answered
+    rows = await until_rows(bot, "select event_key, chat, payload from inbox_events order by id")
+    assert [r[0] for r in rows[:2]] == [mention["id"], chatter["id"]]
+    assert all(r[1] == str(GENERAL) for r in rows[:2])
+    assert json.loads(rows[0][2])["content"] == f"{MENTION} hold on"  # the raw JSON
+    release.set()
+    await until(lambda: fake.sent_messages(GENERAL))
+    await settle(bot)
+    # The bot's own reply comes back on the gateway too: stored, and left alone.
+    statuses = await bot.rows("select status from inbox_events")
+    assert statuses == [("done",)] * 3
+
+
+# -- catch-up -------------------------------------------------------------------------------
+
+
+async def test_messages_written_while_the_bot_was_down_are_answered_after_restart(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    bot = await discord_bot(voiced, **CONFIG)
+    await fake.send_message(fake.message(dm, ANN, "before"))
+    await fake.send_message(fake.message(GENERAL, BOB, "chatter before"))
+    await until(lambda: fake.sent_messages(dm))
+    await settle(bot)
+    await bot.shutdown()
+    assert not fake.connected()
+
+    # Written while nobody listened: only Discord's history has them.
+    away = [
+        await fake.send_message(fake.message(dm, ANN, f"while away {i}")) for i in range(3)
+    ]
+    await fake.send_message(
+        fake.message(GENERAL, BOB, f"{MENTION} are you back?", mentions=(BOT,))
+    )
+    await fake.send_message(fake.message(GENERAL, ANN, "unaddressed, while away"))
+
+    again = await discord_bot(voiced, **CONFIG)
+    await until(lambda: len(fake.sent_messages(dm)) == 4, timeout=10)
+    await until(lambda: fake.sent_messages(GENERAL))
+    await settle(again)
+    assert contents(fake, dm) == [
+        "Tess heard: before", *(f"Tess heard: {m['content']}" for m in away)
+    ]  # in the order they were written
+    assert contents(fake, GENERAL) == ["Tess heard: Bob: are you back?"]
+    assert fake.session_starts == ["identify", "identify"]
+    report = again.adapter.intake.catch_ups[-1]
+    assert report.read >= 5 and report.over_count == 0
+    stored = await again.rows(
+        "select text, status from messages where direction = 'in' and text like '%away%'"
+    )
+    assert sorted(stored) == sorted(
+        [(f"while away {i}", "answered") for i in range(3)]
+        + [("unaddressed, while away", "ignored")]
+    )
+
+
+async def test_catch_up_is_bounded_in_count_and_age(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    bob_dm = fake.dm_channel(BOB)
+    settings = {**CONFIG, "catch_up_messages": 2, "catch_up_max_age_s": 600}
+    bot = await discord_bot(voiced, **settings)
+    # Bob's last message (the place catch-up starts from) is an hour old.
+    now = time.time()
+    await fake.send_message(
+        fake.message(bob_dm, BOB, "an hour ago", message_id=snowflake_at(now - 3600))
+    )
+    await fake.send_message(fake.message(dm, ANN, "first"))
+    await until(lambda: fake.sent_messages(dm) and fake.sent_messages(bob_dm))
+    await settle(bot)
+    await bot.shutdown()
+
+    for i in range(5):  # more than the count bound
+        await fake.send_message(fake.message(dm, ANN, f"away {i}"))
+    too_old = snowflake_at(now - 1800, 1)  # after Bob's anchor, but past the age bound
+    await fake.send_message(fake.message(bob_dm, BOB, "half an hour ago", message_id=too_old))
+    await fake.send_message(fake.message(bob_dm, BOB, "just now"))
+
+    again = await discord_bot(voiced, **settings)
+    await until(lambda: len(fake.sent_messages(dm)) == 3 and len(fake.sent_messages(bob_dm)) == 2)
+    await settle(again)
+    # The newest two are the ones people wait on; the older three are left, and said so.
+    assert contents(fake, dm) == ["Tess heard: first", "Tess heard: away 3", "Tess heard: away 4"]
+    assert contents(fake, bob_dm) == ["Tess heard: an hour ago", "Tess heard: just now"]
+    report = again.adapter.intake.catch_ups[-1]
+    assert report.over_count == 3
+    keys = {r[0] for r in await inbox(again)}
+    assert str(too_old) not in keys
+
+
+async def test_a_resumed_session_replays_what_it_missed_and_does_not_read_history(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    bot = await discord_bot(voiced, **CONFIG)
+    await fake.send_message(fake.message(dm, ANN, "one"))
+    await until(lambda: fake.sent_messages(dm))
+    catch_ups = len(bot.adapter.intake.catch_ups)
+    await fake.drop_connections(4000)  # a network blip: discord.py RESUMEs
+    await fake.send_message(fake.message(dm, ANN, "two, during the blip"))
+    await until(lambda: len(fake.sent_messages(dm)) == 2, timeout=10)
+    assert fake.session_starts == ["identify", "resume"]
+    assert len(bot.adapter.intake.catch_ups) == catch_ups  # RESUMED is not READY
+    history_reads = [c for c in fake.calls if c.method == "GET" and c.path.endswith("/messages")]
+
+    # Discord forgot the session: op 9, a fresh IDENTIFY, READY, and a catch-up.
+    fake.invalidate_sessions()
+    await fake.drop_connections(4000)
+    await fake.send_message(fake.message(dm, ANN, "three, session gone"))
+    await until(lambda: len(fake.sent_messages(dm)) == 3, timeout=15)
+    assert fake.session_starts[-2:] == ["resume-refused", "identify"]
+    assert len(bot.adapter.intake.catch_ups) == catch_ups + 1
+    reads = [c for c in fake.calls if c.method == "GET" and c.path.endswith("/messages")]
+    assert len(reads) > len(history_reads)
+    assert contents(fake, dm) == [
+        "Tess heard: one", "Tess heard: two, during the blip", "Tess heard: three, session gone"
+    ]  # fmt: skip
+
+
+async def test_guild_history_messages_keep_their_guild(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    # REST messages carry no guild_id; a caught-up server message must not pass for a
+    # DM (DMs are always answered): unaddressed, it is context, not a turn.
+    fake = discord_fake
+    bot = await discord_bot(voiced, **CONFIG)
+    await fake.send_message(fake.message(GENERAL, BOB, "anchor"))
+    await until_rows(bot, "select 1 from messages where text = 'anchor'")
+    await bot.shutdown()
+    mallory = FakeUser(200_000_000_000_000_077, "mallory")
+    await fake.send_message(fake.message(GENERAL, mallory, "not for you, bot"))
+    again = await discord_bot(voiced, **CONFIG)
+    await until_rows(again, "select 1 from messages where text = 'not for you, bot'")
+    await settle(again)
+    assert fake.sent_messages(GENERAL) == []
+    assert await again.rows(
+        "select c.space, m.status from messages m join conversations c "
+        "on c.id = m.conversation_id where m.text = 'not for you, bot'"
+    ) == [(str(GUILD), "ignored")]
