@@ -48,16 +48,23 @@ class BackendPool:
         self._backends: dict[tuple[str, str], LLMBackend] = {}
         self._lock = asyncio.Lock()
 
-    async def for_persona(self, persona: LoadedPersona) -> LLMBackend:
-        """The backend that voices `persona` (model overrides included)."""
+    def choice(self, persona: LoadedPersona) -> tuple[str, str]:
+        """The (backend kind, model) that voices `persona`, overrides included."""
         if self._fixed is not None:
-            return self._fixed
+            return self._fixed.name, self.settings.model
         choice = persona.persona.model
         kind = choice.backend or self.settings.backend
         # An openai-style server serves several models through one client; only a
         # local backend needs one instance per model.
         model = self.settings.model if kind == "openai" else (choice.name or self.settings.model)
-        key = (kind, model)
+        return kind, model
+
+    async def for_persona(self, persona: LoadedPersona) -> LLMBackend:
+        """The backend that voices `persona` (model overrides included)."""
+        if self._fixed is not None:
+            return self._fixed
+        key = self.choice(persona)
+        kind, model = key
         backend = self._backends.get(key)
         if backend is not None:
             return backend
@@ -108,12 +115,14 @@ async def open_app(
     backend: LLMBackend | None = None,
     watch: bool | None = None,
     memory: bool | None = None,
+    must_exist: bool = False,
 ) -> AsyncIterator[App]:
     """Open the database (migrated), load personas, and build the engine.
 
     `backend` replaces the configured one for every persona; `watch` overrides
-    `personas.watch` (hot reload); `memory` overrides `memory.enabled`. On exit,
-    turns in flight are drained first.
+    `personas.watch` (hot reload); `memory` overrides `memory.enabled`;
+    `must_exist` refuses a SQLite file that is not there instead of creating it.
+    On exit, turns in flight are drained first.
     """
     async with AsyncExitStack() as stack:
         db = await asyncio.to_thread(
@@ -121,6 +130,7 @@ async def open_app(
             settings.database.url,
             busy_timeout_ms=settings.database.busy_timeout_ms,
             migrate=settings.database.migrate_on_start,
+            must_exist=must_exist,
         )
         stack.push_async_callback(db.aclose)
         ledger = Ledger(db)

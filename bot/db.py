@@ -1,9 +1,12 @@
 """Database engine creation and migrations.
 
 `create_db_engine` accepts any SQLAlchemy URL; for SQLite it turns on WAL, a busy
-timeout and foreign keys on every connection, and refuses a read-only file with a
-clear `StorageError` before anything is written. `upgrade` applies the Alembic
-migrations shipped in `bot/migrations/` (the same thing `bot db upgrade` runs).
+timeout and foreign keys on every connection, and refuses a read-only file, a
+directory or a file that is not a SQLite database with a clear `StorageError`
+before anything is written; with `must_exist` (commands that only read) a missing
+file is refused instead of created (`check_database` is that check alone).
+`upgrade` applies the Alembic migrations shipped in `bot/migrations/` (the same
+thing `bot db upgrade` runs).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from bot.errors import StorageError
+from bot.errors import ConfigError, StorageError
+from bot.logs import redact_text
 
 __all__ = [
     "Database",
+    "check_database",
     "create_db_engine",
     "current_revision",
     "head_revision",
@@ -54,11 +59,20 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _check_sqlite_file(path: Path) -> None:
+#: The first bytes of every SQLite database file (an empty file is a new database).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path, *, must_exist: bool = False) -> None:
     # Fail before SQLite does: its own message ("attempt to write a readonly database")
     # arrives only at the first write, possibly mid-turn, and does not name the file.
     parent = path.parent if str(path.parent) else Path()
+    if path.is_dir():
+        raise StorageError(f"database {path} is a directory, not a SQLite file")
+    if path.exists() and not path.is_file():
+        raise StorageError(f"database {path} is not a regular file")
     if path.exists():
+        _check_sqlite_header(path)
         if not os.access(path, os.R_OK | os.W_OK):
             raise StorageError(f"database file {path} is not writable (check its permissions)")
         if not os.access(parent, os.W_OK):
@@ -67,6 +81,11 @@ def _check_sqlite_file(path: Path) -> None:
                 "and journal files next to the database"
             )
         return
+    if must_exist:
+        raise StorageError(
+            f"database file {path} does not exist: check --db or database.url "
+            "(`bot db upgrade` creates a new one)"
+        )
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -75,28 +94,70 @@ def _check_sqlite_file(path: Path) -> None:
         raise StorageError(f"cannot create database {path}: directory {parent} is not writable")
 
 
+def _check_sqlite_header(path: Path) -> None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StorageError(f"database file {path}: cannot read it ({exc.strerror})") from exc
+    if head and head != SQLITE_HEADER:
+        raise StorageError(f"database file {path} is not a SQLite database")
+
+
+def check_database(url: str) -> None:
+    """Raise `StorageError` unless `url` names an existing SQLite database file (or a
+    database that is not a SQLite file: the server will answer for those), and
+    `ConfigError` if it is not a database URL."""
+    try:
+        path = sqlite_path(url)
+    except (SQLAlchemyError, ValueError):
+        raise ConfigError(
+            f"database.url = {redact_text(repr(url))}: not a database URL, "
+            "e.g. sqlite:///data/bot.db"
+        ) from None
+    if path is not None:
+        _check_sqlite_file(path, must_exist=True)
+
+
 def create_db_engine(
-    url: str, *, busy_timeout_ms: int = 5000, echo: bool = False, read_only: bool = False
+    url: str,
+    *,
+    busy_timeout_ms: int = 5000,
+    echo: bool = False,
+    read_only: bool = False,
+    must_exist: bool = False,
 ) -> Engine:
     """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection.
 
     `read_only` engines refuse writes (PRAGMA query_only) and begin deferred
     transactions, for readers beside the single writer (`Database.read`).
+    `must_exist` refuses a SQLite file that is not there (commands that only read
+    must not leave an empty database behind a mistyped path). A bad URL is a
+    `ConfigError` whose message masks the URL's credentials.
     """
+    shown = redact_text(repr(url))
     try:
         parsed = make_url(url)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database.url = {url!r}: not a valid SQLAlchemy URL ({exc})") from exc
+    except (SQLAlchemyError, ValueError):
+        raise ConfigError(
+            f"database.url = {shown}: not a database URL, e.g. sqlite:///data/bot.db"
+        ) from None
     path = sqlite_path(url)
     if path is not None:
-        _check_sqlite_file(path)
+        _check_sqlite_file(path, must_exist=must_exist)
     kwargs: dict[str, Any] = {"echo": echo}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
     try:
         engine = create_engine(url, **kwargs)
-    except (SQLAlchemyError, ImportError) as exc:
-        raise StorageError(f"database.url = {url!r}: cannot create an engine ({exc})") from exc
+    except ImportError as exc:
+        raise StorageError(
+            f"database.url = {shown}: its driver is not installed ({redact_text(str(exc))})"
+        ) from None
+    except (SQLAlchemyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"database.url = {shown}: cannot create an engine ({redact_text(str(exc))})"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
         event.listen(
@@ -161,8 +222,11 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The migration the database is at (None for an empty database)."""
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise _storage_error(exc) from exc
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -174,10 +238,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             command.upgrade(cfg, revision)
     except OperationalError as exc:
         raise StorageError(f"cannot migrate the database: {_sqlite_reason(exc)}") from exc
+    except SQLAlchemyError as exc:  # "file is not a database", a corrupt file, ...
+        raise StorageError(f"cannot migrate the database: {_sqlite_reason(exc)}") from exc
 
 
-def _sqlite_reason(exc: OperationalError) -> str:
-    text = str(exc.orig) if exc.orig is not None else str(exc)
+def _sqlite_reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = redact_text(str(orig) if orig is not None else str(exc))
     if "locked" in text:
         return f"{text} (another process holds a write lock; is a second bot running on this file?)"
     if "readonly" in text or "read-only" in text:
@@ -229,9 +296,19 @@ class Database:
             )
 
     @classmethod
-    def open(cls, url: str, *, busy_timeout_ms: int = 5000, migrate: bool = True) -> Database:
-        """Create the engine and apply migrations (blocking: call before the loop is busy)."""
-        engine = create_db_engine(url, busy_timeout_ms=busy_timeout_ms)
+    def open(
+        cls,
+        url: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        migrate: bool = True,
+        must_exist: bool = False,
+    ) -> Database:
+        """Create the engine and apply migrations (blocking: call before the loop is busy).
+
+        `must_exist`: refuse a SQLite file that is not there instead of creating it.
+        """
+        engine = create_db_engine(url, busy_timeout_ms=busy_timeout_ms, must_exist=must_exist)
         if migrate:
             upgrade(engine)
         return cls(engine)

@@ -1,8 +1,11 @@
 """structlog setup: JSON lines in production, readable lines in a terminal.
 
-Logs go to stderr (stdout belongs to `bot chat`). A processor redacts secrets: the
-exact values the configuration holds, and anything shaped like an API key or a bot
-token, wherever it appears in an event.
+Logs go to stderr (stdout belongs to `bot chat`), or to a file for a chat screen
+that must stay clean. A processor redacts secrets: the exact values the
+configuration holds, anything shaped like an API key or a bot token, and the
+credentials inside URLs (`scheme://user:PASSWORD@host`, `?token=...`), wherever
+they appear in an event. `redact_text` does the same for any text shown to people
+(`bot config show`, error messages).
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["SecretRedactor", "configure_logging"]
+__all__ = ["MASK", "SecretRedactor", "configure_logging", "mask_url_credentials", "redact_text"]
 
 _TOKEN_SHAPES = (
     re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),  # OpenAI-style API keys
@@ -24,6 +28,34 @@ _TOKEN_SHAPES = (
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{12,}"),
 )
 MASK = "**********"
+
+# The userinfo of a URL: everything between "scheme://" and the last "@" before the
+# path, so a password with an unencoded "@" in it is masked whole.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#]*)@")
+# Query (or fragment) parameters whose name says they carry a credential.
+_URL_SECRET_PARAM = re.compile(
+    r"(?i)(?P<name>[?&;#](?:[^=&#;\s]*?)"
+    r"(?:token|secret|passw(?:or)?d|pwd|key|auth|sig(?:nature)?|credential|session)"
+    r"[^=&#;\s]*=)(?P<value>[^&#;\s]+)"
+)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user, colon, _password = match["userinfo"].partition(":")
+    # user:password shows the user (it helps to debug); a lone userinfo is often a token.
+    return f"{match['scheme']}{user}:{MASK}@" if colon else f"{match['scheme']}{MASK}@"
+
+
+def mask_url_credentials(text: str) -> str:
+    """`text` with the password (or lone token) of every URL's userinfo, and every
+    credential-named query parameter (`token=`, `api_key=`, `sig=`...), masked."""
+    text = _URL_USERINFO.sub(_mask_userinfo, text)
+    return _URL_SECRET_PARAM.sub(lambda m: m["name"] + MASK, text)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the given secrets, token-shaped strings and URL credentials masked."""
+    return SecretRedactor(secrets).redact(text)
 
 
 class SecretRedactor:
@@ -39,7 +71,7 @@ class SecretRedactor:
                 text = text.replace(secret, MASK)
         for shape in _TOKEN_SHAPES:
             text = shape.sub(lambda m: (m.group(1) if m.lastindex else "") + MASK, text)
-        return text
+        return mask_url_credentials(text)
 
     def _walk(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -66,8 +98,18 @@ def configure_logging(
     fmt: str = "auto",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    file: Path | None = None,
 ) -> None:
-    """Configure structlog (and the stdlib loggers of libraries) for this process."""
+    """Configure structlog (and the stdlib loggers of libraries) for this process.
+
+    With `file`, every record and every Python warning goes to that file (JSON lines,
+    appended) instead of `stream`: for `bot chat`, whose screen is the conversation.
+    """
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # Line-buffered and never closed: the file lives as long as the process logs.
+        stream = file.open("a", encoding="utf-8", buffering=1)
+        fmt = "json"
     out = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
@@ -101,3 +143,6 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(getattr(logging, level), logging.WARNING))
+    # Python warnings (a library's DeprecationWarning, torch's UserWarnings) are log
+    # records too: they go where the logs go, redacted, not straight onto the screen.
+    logging.captureWarnings(True)
