@@ -32,7 +32,7 @@ from bot.llm.base import (
     Sampling,
     TokenCounter,
 )
-from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming
+from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming, Unfinished
 from bot.messages import Actor, Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
 from bot.personas import (
@@ -183,18 +183,130 @@ class PersonaEngine:
     # -- public ---------------------------------------------------------------------
 
     async def handle(
-        self, incoming: Incoming, *, on_delta: DeltaCallback | None = None
+        self,
+        incoming: Incoming,
+        *,
+        on_delta: DeltaCallback | None = None,
+        expire_before: datetime | None = None,
     ) -> list[Outgoing]:
         """Store `incoming` and answer it; returns the replies (none if not addressed).
 
-        Raises `StorageError` only when the message could not be stored (so nothing
-        was accepted); every later failure is recorded and answered with an apology.
+        With `expire_before`, an addressed message received before it is stored as
+        `expired` instead of answered late (see `expire`). Raises `StorageError` only
+        when the message could not be stored (so nothing was accepted); every later
+        failure is recorded and answered with an apology.
         """
-        result = await self.run_turn(incoming, on_delta=on_delta)
+        result = await self.run_turn(incoming, on_delta=on_delta, expire_before=expire_before)
         return list(result.outgoing)
 
+    async def resume(self, stored: Unfinished) -> list[Outgoing]:
+        """Answer an incoming message that is already stored but was never answered
+        (recovery after a stop or crash), in its conversation's order.
+
+        Returns [] when the message is no longer there to answer (it was answered,
+        failed or expired meanwhile): `Ledger.claim` decides, so no message is
+        answered twice.
+        """
+        if stored.direction != "in":
+            raise ValueError("resume answers incoming messages; replies go to the outbox")
+        self._active += 1
+        self._idle.clear()
+        incoming = stored.incoming
+        key = incoming.scope.conversation_key
+        previous, release = self._queue_behind(key)
+        waited = False
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            waited = True
+            if not await self.ledger.claim(stored.message_id):
+                log.info("turn.resume_skipped", message_id=stored.message_id)
+                return []
+            with structlog.contextvars.bound_contextvars(
+                platform=incoming.scope.platform, conversation=key, user=incoming.scope.user
+            ):
+                text = clean_text(stored.text)
+                log.info("turn.resumed", message_id=stored.message_id)
+                result = await self._answer(
+                    incoming, text, stored.stored, time.perf_counter(), None
+                )
+                return list(result.outgoing)
+        finally:
+            release(previous if not waited else None)
+            self._settle()
+
+    async def expire(self, stored: Unfinished, *, reason: str) -> Outgoing | None:
+        """Record an unfinished message as too old to act on (an incoming one
+        `expired`, a reply `undeliverable`), and return the persona's "sorry, I was
+        away" for that person if the persona has one and it was not just said."""
+        if not await self.ledger.expire(stored.message_id, reason):
+            return None
+        if stored.user_id is None:
+            return None
+        return await self._away(stored.scope, stored.conversation_id, stored.user_id, stored)
+
+    async def _away(
+        self, scope: Scope, conversation_id: int, user_id: int, stored: Unfinished | None
+    ) -> Outgoing | None:
+        try:
+            loaded = self.personas.get(scope.persona)
+        except PersonaError:
+            return None
+        text = loaded.persona.safety.away_message
+        if not text or await self.ledger.away_sent(conversation_id, user_id):
+            return None
+        reply_to = None
+        if stored is not None:
+            reply_to = stored.message_id if stored.direction == "in" else None
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                reply_to_id=reply_to,
+                text=text,
+                persona_id=loaded.persona.id,
+                persona_hash=loaded.content_hash,
+                kind="away",
+            )
+        )
+        return Outgoing(
+            scope=scope, text=text, message_id=message_id, persona_hash=loaded.content_hash
+        )
+
+    def _queue_behind(
+        self, key: str
+    ) -> tuple[asyncio.Future[None] | None, Callable[[asyncio.Future[None] | None], None]]:
+        """Take the conversation's place in line: (the turn to wait for, release).
+
+        `release(previous)` lets the next turn go; given a `previous` this turn did
+        not wait for (an unaddressed or duplicate message, or a cancelled wait), the
+        next turn is let go only when `previous` finishes, so the chain of a
+        conversation's turns is never broken.
+        """
+        previous = self._tails.get(key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[key] = mine
+
+        def done(_: object = None) -> None:
+            if not mine.done():
+                mine.set_result(None)
+            if self._tails.get(key) is mine:
+                del self._tails[key]
+
+        def release(unwaited: asyncio.Future[None] | None) -> None:
+            if unwaited is not None and not unwaited.done():
+                unwaited.add_done_callback(done)
+            else:
+                done()
+
+        return previous, release
+
     async def run_turn(
-        self, incoming: Incoming, *, on_delta: DeltaCallback | None = None
+        self,
+        incoming: Incoming,
+        *,
+        on_delta: DeltaCallback | None = None,
+        expire_before: datetime | None = None,
     ) -> TurnResult:
         """`handle` with timings: framework overhead and generation measured apart."""
         if not self._accepting:
@@ -208,7 +320,7 @@ class PersonaEngine:
                 user=incoming.scope.user,
                 persona=incoming.scope.persona,
             ):
-                return await self._turn(incoming, on_delta)
+                return await self._turn(incoming, on_delta, expire_before)
         finally:
             self._settle()
 
@@ -384,7 +496,12 @@ class PersonaEngine:
 
     # -- the turn -------------------------------------------------------------------
 
-    async def _turn(self, incoming: Incoming, on_delta: DeltaCallback | None) -> TurnResult:
+    async def _turn(
+        self,
+        incoming: Incoming,
+        on_delta: DeltaCallback | None,
+        expire_before: datetime | None = None,
+    ) -> TurnResult:
         started = time.perf_counter()
         text = clean_text(incoming.text)
         for attachment in incoming.attachments:
@@ -397,20 +514,30 @@ class PersonaEngine:
             return TurnResult(outgoing=(), stored=None)
 
         key = incoming.scope.conversation_key
-        previous = self._tails.get(key)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tails[key] = mine  # the next message of this conversation waits for us
+        # The next message of this conversation waits for us, and we for the one before.
+        previous, release = self._queue_behind(key)
+        waited = False
         try:
             addressed = incoming.addressed_to_bot
+            stale = (
+                addressed and expire_before is not None and incoming.received_at < expire_before
+            )
+            if not addressed:
+                status = MessageStatus.IGNORED
+            elif previous is None and not stale:
+                # Nothing to wait for: generation starts now, so it is `answering` at once.
+                status = MessageStatus.ANSWERING
+            else:
+                status = MessageStatus.RECEIVED
             stored = await self.ledger.record_incoming(
                 incoming,
                 text,
                 truncated=len(text) > self.settings.max_input_chars,
-                status=MessageStatus.RECEIVED if addressed else MessageStatus.IGNORED,
+                status=status,
                 # With no earlier turn in flight the history is final now: read it in
                 # the same round trip as the insert.
                 with_history=self._history_limit(incoming.scope.persona)
-                if previous is None and addressed
+                if previous is None and status is MessageStatus.ANSWERING
                 else None,
             )
             if stored.duplicate:
@@ -418,13 +545,26 @@ class PersonaEngine:
                 return TurnResult(outgoing=(), stored=stored)
             if not addressed:
                 return TurnResult(outgoing=(), stored=stored)
+            if stale:
+                log.info("turn.expired", message_id=stored.message_id)
+                age = (datetime.now(UTC) - incoming.received_at).total_seconds()
+                await self.ledger.expire(
+                    stored.message_id,
+                    f"received {age:.0f} s before it could be answered, older than the "
+                    "staleness limit (engine.stale_after_s)",
+                )
+                away = await self._away(
+                    incoming.scope, stored.conversation_id, stored.user_id, None
+                )
+                return TurnResult(outgoing=(away,) if away else (), stored=stored)
             if previous is not None:
                 await asyncio.shield(previous)
+                waited = True
+                if not await self.ledger.claim(stored.message_id):
+                    return TurnResult(outgoing=(), stored=stored)
             return await self._answer(incoming, text, stored, started, on_delta)
         finally:
-            mine.set_result(None)
-            if self._tails.get(key) is mine:
-                del self._tails[key]
+            release(previous if previous is not None and not waited else None)
 
     async def _answer(
         self,

@@ -147,7 +147,8 @@ async def test_incoming_is_committed_before_generation_starts(
 
     app = await make_app(MockBackend(handler))
     await app.engine.handle(dm("remember me"))
-    assert seen == [("in", "received", "remember me")]
+    # Committed, and marked as being answered, before the model is asked.
+    assert seen == [("in", "answering", "remember me")]
 
 
 async def test_one_conversation_in_order_others_concurrently(make_app: Any) -> None:
@@ -543,3 +544,113 @@ async def test_failed_proactive_turn_sends_nothing_and_records_why(
     assert out is None
     assert rows(tmp_path, "select stage, reason from failures") == [("proactive", "down")]
     assert rows(tmp_path, "select count(*) from messages") == [(0,)]
+
+
+# -- order and states across restarts (issue #15) ---------------------------------------
+
+
+def guild(text: str, user: str, *, addressed: bool = True, pid: str | None = None) -> Incoming:
+    scope = Scope(platform="test", space="guild", channel="general", user=user, persona="tester")
+    return Incoming(
+        scope=scope,
+        actor=Actor(platform="test", id=user, display_name=user),
+        text=text,
+        addressed_to_bot=addressed,
+        platform_message_id=pid,
+    )
+
+
+@pytest.mark.parametrize(
+    "between",
+    [
+        ["chatter"],  # one unaddressed message between
+        ["chatter", "more chatter", "even more"],
+        ["dup"],  # a redelivery of the first message between
+    ],
+)
+async def test_a_burst_in_a_channel_is_answered_in_order_whatever_is_mixed_in(
+    make_app: Any, between: list[str]
+) -> None:
+    """Unaddressed messages (and redeliveries) between two of one person's messages
+    must not let the later one be answered first: they end their turn without a
+    reply, but the chain of the conversation's turns stays unbroken."""
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def handler(req: ChatRequest) -> str:
+        last = req.messages[-1].content
+        started.append(last)
+        if last.endswith("first"):
+            await release.wait()
+        return f"re:{last}"
+
+    app = await make_app(MockBackend(handler))
+    tasks = [asyncio.create_task(app.engine.handle(guild("first", "ann", pid="1")))]
+    await asyncio.sleep(0.05)
+    for n, text in enumerate(between):
+        if text == "dup":
+            tasks.append(asyncio.create_task(app.engine.handle(guild("first", "ann", pid="1"))))
+        else:
+            tasks.append(
+                asyncio.create_task(
+                    app.engine.handle(guild(text, "bob", addressed=False, pid=f"x{n}"))
+                )
+            )
+        await asyncio.sleep(0.02)
+    tasks.append(asyncio.create_task(app.engine.handle(guild("second", "ann", pid="2"))))
+    await asyncio.sleep(0.2)
+    assert not any(s.endswith("second") for s in started), started  # waits for "first"
+    release.set()
+    results = await asyncio.gather(*tasks)
+    replies = [o.text.rsplit(" ", 1)[-1] for r in results for o in r]
+    assert replies == ["first", "second"]
+    assert [s.rsplit(" ", 1)[-1] for s in started] == ["first", "second"]
+
+
+async def test_a_message_older_than_the_limit_is_expired_with_one_away_notice(
+    make_app: Any, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    (tmp_path / "personas").mkdir(exist_ok=True)
+    (tmp_path / "personas" / "tester.yaml").write_text(
+        PERSONA.replace("safety:\n", "safety:\n  away_message: Sorry, I was away.\n"),
+        encoding="utf-8",
+    )
+    backend = MockBackend(lambda req: "late answer")
+    app = await make_app(backend)
+    now = dt.datetime.now(dt.UTC)
+    old = now - dt.timedelta(hours=2)
+    limit = now - dt.timedelta(minutes=15)
+    first = await app.engine.handle(dm("hello?", received_at=old), expire_before=limit)
+    second = await app.engine.handle(dm("anyone?", received_at=old), expire_before=limit)
+    assert [o.text for o in first] == ["Sorry, I was away."]
+    assert second == []  # at most one notice per person
+    assert backend.requests == []  # never answered late
+    fresh = await app.engine.handle(dm("there you are", received_at=now), expire_before=limit)
+    assert [o.text for o in fresh] == ["late answer"]
+    assert rows(tmp_path, "select text, status from messages where direction = 'in'") == [
+        ("hello?", "expired"),
+        ("anyone?", "expired"),
+        ("there you are", "answered"),
+    ]
+    reasons = rows(tmp_path, "select stage, reason from failures")
+    assert len(reasons) == 2 and all(stage == "expired" for stage, _ in reasons)
+    assert "staleness limit" in reasons[0][1]
+
+
+async def test_resume_answers_a_stored_message_once(make_app: Any, tmp_path: Path) -> None:
+    backend = MockBackend(lambda req: f"re:{req.messages[-1].content}")
+    app = await make_app(backend)
+    stored = await app.ledger.record_incoming(dm("are you there?"), "are you there?")
+    (unfinished,) = await app.ledger.unfinished("test")
+    assert unfinished.status == "received" and unfinished.message_id == stored.message_id
+    first, second = await asyncio.gather(
+        app.engine.resume(unfinished), app.engine.resume(unfinished)
+    )
+    assert [o.text for o in first + second] == ["re:are you there?"]  # generated once
+    assert len(backend.requests) == 1
+    assert await app.ledger.unfinished("test") != []  # the reply waits in the outbox
+    (reply,) = await app.ledger.unfinished("test")
+    assert (reply.direction, reply.status, reply.kind) == ("out", "generated", "message")
+    assert await app.engine.resume(unfinished) == []

@@ -14,7 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
@@ -30,7 +42,7 @@ from bot.models import (
     User,
 )
 
-__all__ = ["HistoryTurn", "Ledger", "ReplyRecord", "StoredIncoming"]
+__all__ = ["HistoryTurn", "Ledger", "ReplyRecord", "StoredIncoming", "Unfinished"]
 
 _tables = SQLModel.metadata.tables
 _users: Table = _tables[User.__tablename__]
@@ -134,6 +146,56 @@ class ReplyRecord:
     completion_tokens: int | None = None
     kind: str = TurnKind.MESSAGE.value
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """A message a stop or crash left unfinished: an incoming message with no reply
+    yet (`received`/`answering`), or a reply not yet delivered (`generated`/`sending`,
+    `parts_sent` of its parts confirmed)."""
+
+    message_id: int
+    conversation_id: int
+    user_id: int | None
+    direction: str
+    kind: str
+    status: str
+    text: str
+    created_at: datetime
+    scope: Scope
+    display_name: str = ""
+    parts_sent: int = 0
+    platform_message_id: str | None = None
+    #: For a reply: the platform id of the message it answers (to quote it).
+    reply_to_platform_id: str | None = None
+    persona_hash: str | None = None
+
+    @property
+    def incoming(self) -> Incoming:
+        """The incoming message as the engine would have been handed it."""
+        return Incoming(
+            scope=self.scope,
+            actor=Actor(
+                platform=self.scope.platform, id=self.scope.user, display_name=self.display_name
+            ),
+            text=self.text,
+            platform_message_id=self.platform_message_id,
+            addressed_to_bot=True,
+            received_at=self.created_at,
+        )
+
+    @property
+    def stored(self) -> StoredIncoming:
+        """The ledger ids of an incoming message, as the engine's turn carries them."""
+        assert self.user_id is not None
+        return StoredIncoming(self.message_id, self.conversation_id, self.user_id)
+
+
+#: Outgoing kinds a restart delivers. A greeting is not among them: /start sends it
+#: inside its answer, and a greeting resent after a crash greets a person twice.
+_REDELIVERED_KINDS = ("message", "proactive", "apology", "away")
+_UNFINISHED_IN = (MessageStatus.RECEIVED.value, MessageStatus.ANSWERING.value)
+_UNFINISHED_OUT = (MessageStatus.GENERATED.value, MessageStatus.SENDING.value)
 
 
 class _LRU(OrderedDict[Any, Any]):
@@ -243,7 +305,7 @@ class Ledger:
                     "created_at": created,
                 },
             )
-            if reply.reply_to_id is not None and reply.kind != "apology":
+            if reply.reply_to_id is not None and reply.kind not in ("apology", "away"):
                 conn.execute(
                     _SET_STATUS,
                     {"mid": reply.reply_to_id, "new_status": MessageStatus.ANSWERED.value},
@@ -304,6 +366,201 @@ class Ledger:
             )
 
         await self.db.run(work)
+
+    async def claim(self, message_id: int) -> bool:
+        """Mark an incoming message `answering` before its reply is generated; False
+        when it is not there to answer (answered, failed, expired, or has a reply):
+        whoever gets False must not generate, so no message is answered twice."""
+        replied = exists().where(
+            _messages.c.reply_to_id == message_id, _messages.c.direction == Direction.OUT.value
+        )
+
+        def work(conn: Connection) -> bool:
+            result = conn.execute(
+                update(_messages)
+                .where(
+                    _messages.c.id == message_id,
+                    _messages.c.direction == Direction.IN.value,
+                    _messages.c.status.in_(_UNFINISHED_IN),
+                    ~replied,
+                )
+                .values(status=MessageStatus.ANSWERING.value)
+            )
+            return bool(result.rowcount == 1)
+
+        return await self.db.run(work)
+
+    async def expire(self, message_id: int, reason: str, *, now: datetime | None = None) -> bool:
+        """Record that an unfinished message is too old to act on: an incoming one
+        becomes `expired`, a reply `undeliverable`; the reason goes to `failures`.
+        False when it was finished meanwhile (nothing changed)."""
+        at = now or datetime.now(UTC)
+
+        def work(conn: Connection) -> bool:
+            row = conn.execute(
+                select(_messages.c.direction, _messages.c.conversation_id).where(
+                    _messages.c.id == message_id
+                )
+            ).first()
+            if row is None:
+                return False
+            incoming = row.direction == Direction.IN.value
+            result = conn.execute(
+                update(_messages)
+                .where(
+                    _messages.c.id == message_id,
+                    _messages.c.status.in_(_UNFINISHED_IN if incoming else _UNFINISHED_OUT),
+                )
+                .values(
+                    status=(
+                        MessageStatus.EXPIRED if incoming else MessageStatus.UNDELIVERABLE
+                    ).value
+                )
+            )
+            if result.rowcount != 1:
+                return False
+            conn.execute(
+                insert(_failures).values(
+                    message_id=message_id,
+                    conversation_id=row.conversation_id,
+                    stage="expired",
+                    error_type="Expired",
+                    reason=reason,
+                    created_at=at,
+                )
+            )
+            return True
+
+        return await self.db.run(work)
+
+    async def mark_sending(self, message_id: int) -> None:
+        """A reply's parts are about to leave (committed before the first one does)."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_messages)
+                .where(
+                    _messages.c.id == message_id,
+                    _messages.c.status == MessageStatus.GENERATED.value,
+                )
+                .values(status=MessageStatus.SENDING.value)
+            )
+
+        await self.db.run(work)
+
+    async def mark_part_sent(
+        self, message_id: int, parts_sent: int, platform_message_id: str | None
+    ) -> None:
+        """The platform confirmed parts up to `parts_sent`; the first part's id is the
+        reply's platform id (what reactions and quotes point at)."""
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(_messages)
+                .where(_messages.c.id == message_id)
+                .values(
+                    parts_sent=parts_sent,
+                    platform_message_id=func.coalesce(
+                        _messages.c.platform_message_id, platform_message_id
+                    ),
+                )
+            )
+
+        await self.db.run(work)
+
+    async def unfinished(self, platform: str) -> list[Unfinished]:
+        """Every unfinished message of `platform`, oldest first (see `Unfinished`)."""
+        answered = _messages.alias("answered")
+
+        def work(conn: Connection) -> list[Unfinished]:
+            statement = (
+                select(
+                    _messages,
+                    _conversations.c.platform,
+                    _conversations.c.space,
+                    _conversations.c.channel,
+                    _conversations.c.thread,
+                    _conversations.c.persona_id.label("conversation_persona"),
+                    _users.c.platform_user_id,
+                    _users.c.display_name,
+                    answered.c.platform_message_id.label("answered_platform_id"),
+                )
+                .select_from(
+                    _messages.join(
+                        _conversations, _messages.c.conversation_id == _conversations.c.id
+                    )
+                    .outerjoin(_users, _messages.c.user_id == _users.c.id)
+                    .outerjoin(answered, _messages.c.reply_to_id == answered.c.id)
+                )
+                .where(
+                    _conversations.c.platform == platform,
+                    _messages.c.deleted_at.is_(None),
+                    or_(
+                        and_(
+                            _messages.c.direction == Direction.IN.value,
+                            _messages.c.status.in_(_UNFINISHED_IN),
+                        ),
+                        and_(
+                            _messages.c.direction == Direction.OUT.value,
+                            _messages.c.status.in_(_UNFINISHED_OUT),
+                            _messages.c.kind.in_(_REDELIVERED_KINDS),
+                        ),
+                    ),
+                )
+                .order_by(_messages.c.id)
+            )
+            found = []
+            for row in conn.execute(statement):
+                if row.platform_user_id is None:
+                    continue  # nobody to answer or deliver to
+                scope = Scope(
+                    platform=row.platform,
+                    space=row.space,
+                    channel=row.channel,
+                    thread=row.thread,
+                    user=row.platform_user_id,
+                    persona=row.conversation_persona,
+                )
+                found.append(
+                    Unfinished(
+                        message_id=int(row.id),
+                        conversation_id=int(row.conversation_id),
+                        user_id=row.user_id,
+                        direction=row.direction,
+                        kind=row.kind,
+                        status=row.status,
+                        text=row.text,
+                        created_at=_aware(row.created_at),
+                        scope=scope,
+                        display_name=row.display_name or "",
+                        parts_sent=int(row.parts_sent or 0),
+                        platform_message_id=row.platform_message_id,
+                        reply_to_platform_id=row.answered_platform_id,
+                        persona_hash=row.persona_hash,
+                    )
+                )
+            return found
+
+        return await self.db.read(work)
+
+    async def away_sent(self, conversation_id: int, user_id: int) -> bool:
+        """Whether the last thing the persona said to this person here was an `away`
+        notice (then another one would say the same twice)."""
+
+        def work(conn: Connection) -> bool:
+            kind = conn.execute(
+                select(_messages.c.kind)
+                .where(
+                    _messages.c.conversation_id == conversation_id,
+                    _messages.c.user_id == user_id,
+                    _messages.c.direction == Direction.OUT.value,
+                )
+                .order_by(_messages.c.id.desc())
+                .limit(1)
+            ).scalar()
+            return bool(kind == "away")
+
+        return await self.db.read(work)
 
     async def record_persona_version(
         self, persona_id: str, content_hash: str, path: str, source: str

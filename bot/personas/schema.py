@@ -208,6 +208,12 @@ class Safety(_Section):
         description="What the persona says when it fails to produce a reply; unset: the "
         "bot's engine.apology.",
     )
+    away_message: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Sent once to a person whose messages went unanswered too long while "
+        "the bot was down (they are not answered late); unset: nothing is sent.",
+    )
 
 
 class Memory(_Section):
