@@ -1,7 +1,10 @@
 """The terminal as a platform: `bot chat`.
 
 Interactive (stdin is a terminal): a prompt with line editing, the reply streamed
-token by token, and the commands `/reset`, `/persona ID`, `/help`, `/quit`.
+token by token, the console's own commands `/reset`, `/persona ID`, `/help`, `/quit`,
+and every command the other platforms have (`/memory`, `/forget`, `/optout`,
+`/optin`, `/timezone`, `/reload`: bot/commands.py), the person at the terminal
+being a moderator.
 Scripted (stdin is a pipe): one message per line in, one reply per line out, with
 newlines inside a reply written as the two characters `\\n` (or JSON lines with
 `--format jsonl`), so another program can drive it.
@@ -18,12 +21,16 @@ import time
 from typing import Literal, TextIO
 
 from adapters.base import Adapter, AdapterServices
+from bot.commands import HELP as COMMANDS_HELP
+from bot.commands import CommandContext
 from bot.errors import BotError, PersonaNotFound
 from bot.messages import Actor, Incoming, Outgoing, Scope
 
 __all__ = ["ConsoleAdapter"]
 
-HELP = "commands: /reset (start a fresh conversation), /persona ID (switch), /quit"
+HELP = "commands: /reset (start a fresh conversation), /persona ID (switch), /help, /quit"
+#: The console's own commands; every other /command goes to bot/commands.py.
+_OWN = ("/quit", "/exit", "/reset", "/persona", "/help")
 
 
 class ConsoleAdapter(Adapter):
@@ -38,7 +45,7 @@ class ConsoleAdapter(Adapter):
         *,
         persona: str,
         user_id: str = "local",
-        display_name: str = "you",
+        display_name: str = "guest",
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         interactive: bool | None = None,
@@ -54,6 +61,10 @@ class ConsoleAdapter(Adapter):
         self.channel = f"console:{user_id}"
         self._streamed: set[int] = set()
         self._counter = 0
+        #: Messages sent to the engine, and how many of them got no real reply (the
+        #: apology, or an error): `bot chat` exits 3 when any did.
+        self.turns = 0
+        self.unanswered = 0
 
     # -- platform side ----------------------------------------------------------------
 
@@ -151,6 +162,7 @@ class ConsoleAdapter(Adapter):
 
     async def _turn(self, text: str) -> None:
         incoming = Incoming(scope=self._scope(), actor=self.actor, text=text)
+        self.turns += 1
         if self.interactive:
             started = False
 
@@ -164,8 +176,10 @@ class ConsoleAdapter(Adapter):
             try:
                 replies = await self.engine.handle(incoming, on_delta=on_delta)
             except BotError as exc:
+                self.unanswered += 1
                 self._write(f"\n[error] {exc}\n")
                 return
+            self.unanswered += any(r.is_error for r in replies)
             for reply in replies:
                 if started and not reply.is_error and reply.message_id is not None:
                     self._streamed.add(reply.message_id)
@@ -175,7 +189,10 @@ class ConsoleAdapter(Adapter):
             replies = await self.engine.handle(incoming)
         except BotError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            self.unanswered += 1
             replies = []
+        # No reply at all is the engine's answer to an empty line, not a failure.
+        self.unanswered += any(r.is_error for r in replies)
         if not replies:
             # Keep one line out per line in, so a script reading replies stays in step.
             self._write("{}\n" if self.output_format == "jsonl" else "\n")
@@ -214,6 +231,15 @@ class ConsoleAdapter(Adapter):
                 return True
             self.persona = arg
             await self._show_greeting()
+        elif name in _OWN:  # /help
+            self._write(f"[{HELP}]\n{COMMANDS_HELP}\n")
         else:
-            self._write(f"[{HELP}]\n")
+            ctx = CommandContext(
+                scope=self._scope(), actor=self.actor, is_moderator=True, allow_switch=True
+            )
+            try:
+                answer = await self.command(name.lstrip("/"), arg, ctx)
+            except BotError as exc:
+                answer = f"[error] {exc}"
+            self._write(f"{answer}\n")
         return True

@@ -1,13 +1,15 @@
 """The `bot` command: wiring only; the work happens in the parts it calls.
 
-Exit codes: 0 ok, 1 problems found (e.g. `personas check`), 2 bad configuration
-or arguments, 3 storage, backend or every platform unavailable.
+Exit codes (bot/cli_errors.py): 0 ok, 1 problems found (e.g. `personas check`),
+2 bad arguments or configuration, 3 storage, backend or every platform
+unavailable. A mistake is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from contextlib import suppress
@@ -16,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from bot.cli_errors import run_app
 from bot.config import Settings, load_settings, merge_overrides
-from bot.errors import AdapterError, BackendError, ConfigError, PersonaError, StorageError
+from bot.errors import AdapterError, BackendError, ConfigError, UsageError
 from bot.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -55,21 +58,48 @@ def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> S
     return load_settings(config, merge_overrides(overrides or {}))
 
 
-def _logging(settings: Settings, *, quiet: bool = False) -> None:
-    secrets = []
-    key = settings.llm.api_key
-    if key is not None:
-        secrets.append(key.get_secret_value())
+def _secrets(settings: Settings) -> list[str]:
+    """The secret values the settings hold, for the log redactor."""
+    values = [
+        settings.llm.api_key,
+        settings.discord.token,
+        settings.telegram.token,
+        settings.telegram.webhook_secret,
+        settings.export.hmac_key,
+    ]
+    return [v.get_secret_value() for v in values if v is not None]
+
+
+def _logging(settings: Settings, *, quiet: bool = False, file: Path | None = None) -> None:
     level = (
         "WARNING"
         if quiet and settings.logging.level in ("INFO", "DEBUG")
         else settings.logging.level
     )
-    configure_logging(level=level, fmt=settings.logging.format, secrets=secrets)
+    configure_logging(
+        level=level, fmt=settings.logging.format, secrets=_secrets(settings), file=file
+    )
 
 
 def _db_url(db: Path | None) -> str | None:
-    return f"sqlite:///{db}" if db is not None else None
+    if db is None:
+        return None
+    if any(c in str(db) for c in "?#"):
+        # In a URL these start SQLite options; such a file is reachable via database.url.
+        raise UsageError(f"--db {str(db)!r}: a file name with '?' or '#' is not supported")
+    return f"sqlite:///{db}"
+
+
+def _progress(text: str) -> None:
+    """A short line about what the command is doing, on stderr (stdout is the chat)."""
+    print(f"[{text}]", file=sys.stderr, flush=True)
+
+
+def _check_db(settings: Settings) -> None:
+    """Refuse a database that is not there, for commands that only read one."""
+    from bot.db import check_database
+
+    check_database(settings.database.url)
 
 
 # -- chat and run ---------------------------------------------------------------------
@@ -91,11 +121,13 @@ def chat(
     ] = "text",
     config: ConfigOption = None,
 ) -> None:
-    """Chat with a persona in the terminal (scriptable when stdin is a pipe)."""
+    """Chat with a persona in the terminal (scriptable when stdin is a pipe).
+
+    Exits 3 when the backend cannot be reached, or left a message unanswered."""
     if backend not in (None, "transformers", "openai"):
-        raise ConfigError(f"--backend = {backend!r}: expected 'transformers' or 'openai'")
+        raise UsageError(f"--backend {backend!r}: expected 'transformers' or 'openai'")
     if output not in ("text", "jsonl"):
-        raise ConfigError(f"--format = {output!r}: expected 'text' or 'jsonl'")
+        raise UsageError(f"--format {output!r}: expected 'text' or 'jsonl'")
     settings = _settings(
         config,
         {
@@ -103,7 +135,16 @@ def chat(
             "database": {"url": _db_url(db)},
         },
     )
-    _logging(settings, quiet=True)
+    # The chat screen holds only the chat: no download or weight-loading bars in it
+    # (the model loads before the first prompt), no library chatter.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_file = settings.console.log_file if sys.stdin.isatty() else None
+    try:
+        _logging(settings, quiet=True, file=log_file)
+    except OSError:
+        _logging(settings, quiet=True)  # no log file: stderr it is
     asyncio.run(_chat(settings, persona or settings.personas.default, output))
 
 
@@ -112,7 +153,8 @@ async def _chat(settings: Settings, persona: str, output: str) -> None:
     from bot.app import open_app
 
     async with open_app(settings) as bot:
-        bot.personas.get(persona)  # unknown persona: fail before reading any input
+        loaded = bot.personas.get(persona)  # unknown persona: fail before reading input
+        await _ready_backend(bot, settings, loaded)
         console = ConsoleAdapter(
             bot.services,
             persona=persona,
@@ -123,6 +165,36 @@ async def _chat(settings: Settings, persona: str, output: str) -> None:
         stop = asyncio.Event()
         _on_signals(stop)
         await console.run(stop)
+    if console.unanswered:
+        raise BackendError(
+            f"{console.unanswered} of {console.turns} message(s) got the apology instead "
+            "of a reply: the backend failed (the failures table and the log say why)"
+        )
+
+
+async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
+    """Reach (or load) the persona's model before the first prompt, saying so."""
+    from bot.preflight import prepare_hub_model, probe_openai_server
+
+    kind, model = bot.backends.choice(loaded)
+    if kind == "openai":
+        key = settings.llm.resolved_api_key()
+        warning = await probe_openai_server(
+            settings.llm.base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            model=model,
+            timeout_s=settings.llm.connect_timeout_s,
+        )
+        if warning is not None:
+            _progress(f"warning: {warning}")
+    elif kind == "transformers":
+        found = await asyncio.to_thread(prepare_hub_model, model)
+        _progress(
+            f"loading {model}"
+            + (" (downloading it the first time: about 1 GB)" if found == "hub" else "")
+        )
+    await bot.backends.for_persona(loaded)
+    _progress(f"ready: {loaded.persona.name} ({loaded.persona.id})")
 
 
 @app.command()
@@ -274,9 +346,12 @@ def personas_schema(
     text = json.dumps(persona_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out is None:
         typer.echo(text, nl=False)
-    else:
+        return
+    try:
         out.write_text(text, encoding="utf-8")
-        typer.echo(f"wrote {out}")
+    except OSError as exc:
+        raise UsageError(f"--out {str(out)!r}: cannot write it ({exc.strerror})") from None
+    typer.echo(f"wrote {out}")
 
 
 @personas_app.command("list")
@@ -285,6 +360,8 @@ def personas_list(config: ConfigOption = None) -> None:
     from bot.personas import PersonaRegistry
 
     settings = _settings(config)
+    # The problems are printed below, once; stdout is the list.
+    configure_logging(level="ERROR", fmt=settings.logging.format)
     registry = PersonaRegistry(settings.personas.dirs)
     problems = asyncio.run(registry.load_all())
     for pid in sorted(registry.ids()):
@@ -325,7 +402,7 @@ def db_current(
     from bot.db import create_db_engine, current_revision, head_revision
 
     settings = _settings(config, {"database": {"url": _db_url(db)}})
-    engine = create_db_engine(settings.database.url)
+    engine = create_db_engine(settings.database.url, must_exist=True)
     try:
         typer.echo(f"current: {current_revision(engine) or '(empty)'}  head: {head_revision()}")
     finally:
@@ -348,40 +425,52 @@ def models_tiny(
     """Build a tiny random-weight model (for tests and offline demos; it babbles)."""
     from bot.llm.tiny import build_tiny_model
 
-    path = build_tiny_model(directory)
+    try:
+        path = build_tiny_model(directory)
+    except FileExistsError:
+        raise UsageError(f"{directory}: holds other files; name an empty directory") from None
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot write the model ({exc.strerror})") from None
     typer.echo(f"tiny model in {path}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `bot` console script; maps our errors to exit codes."""
-    try:
-        # Outside standalone mode click returns the code of a `typer.Exit` instead of exiting.
-        code = app(args=argv, standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (StorageError, BackendError, AdapterError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(3)
-    except PersonaError as exc:
-        print(f"persona error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:
-        # click's usage errors arrive here in non-standalone mode
-        import click
+@models_app.command("fetch")
+def models_fetch(
+    model: Annotated[str, typer.Argument(help="Hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct.")],
+) -> None:
+    """Download a hub model into the local cache, or check that it is there.
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    Exits 3 at once (not after a minute of retries) when the model is not cached and
+    the hub cannot be reached."""
+    from bot.preflight import is_cached, looks_like_path, prepare_hub_model
+
+    if looks_like_path(model):
+        if not Path(model).expanduser().is_dir():
+            raise UsageError(f"{model}: no such model directory")
+        typer.echo(f"{model}: a local directory")
+        return
+    found = prepare_hub_model(model)
+    if found != "hub" or is_cached(model):
+        typer.echo(f"{model}: in the local cache")
+        return
+    from huggingface_hub import snapshot_download
+
+    _progress(f"downloading {model} (about 1 GB for the default model)")
+    try:
+        path = snapshot_download(
+            model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+        )
+    except Exception as exc:  # the hub's own errors: not found, gated, network
+        raise BackendError(f"cannot download {model!r}: {type(exc).__name__}: {exc}") from None
+    typer.echo(f"{model}: downloaded to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `bot` console script: exit codes and one-line errors
+    (bot/cli_errors.py)."""
+    # Before any command runs: logs go to stderr, never onto a command's stdout.
+    configure_logging(level="WARNING")
+    sys.exit(run_app(app, argv))
 
 
 if __name__ == "__main__":

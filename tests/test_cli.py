@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bot.db import head_revision
 from tests.fakes.openai_server import FakeOpenAIServer, Reply
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,27 +111,93 @@ def test_chat_jsonl_against_an_openai_server(workdir: Path, fake_openai: FakeOpe
     assert (workdir / "other.db").exists()
 
 
-def test_chat_with_backend_down_apologises_and_keeps_going(workdir: Path) -> None:
+def test_chat_with_failing_backend_apologises_keeps_going_and_exits_3(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    fake_openai.default = Reply.http_error(500)
+    result = bot(
+        "chat",
+        "--backend",
+        "openai",
+        "--base-url",
+        fake_openai.base_url,
+        stdin="one\ntwo\n",
+        cwd=workdir,
+        env={"BOT_LLM__MAX_RETRIES": "0"},
+    )
+    assert result.returncode == 3, result.stderr
+    assert (
+        result.stdout.splitlines()
+        == ["Sorry, I lost my train of thought for a moment. Could you say that again?"] * 2
+    )
+    assert "backend error: 2 of 2 message(s) got the apology" in result.stderr
+    with sqlite3.connect(workdir / "data" / "bot.db") as conn:
+        assert conn.execute("select count(*), min(stage) from failures").fetchone() == (
+            2,
+            "generate",
+        )
+
+
+def test_chat_with_nothing_listening_exits_3_at_once(workdir: Path) -> None:
+    started = time.monotonic()
     result = bot(
         "chat",
         "--backend",
         "openai",
         "--base-url",
         "http://127.0.0.1:9/v1",
-        stdin="one\ntwo\n",
+        stdin="one\n",
         cwd=workdir,
-        env={"BOT_LLM__MAX_RETRIES": "0", "BOT_LLM__CONNECT_TIMEOUT_S": "1"},
     )
-    assert result.returncode == 0, result.stderr
-    assert (
-        result.stdout.splitlines()
-        == ["Sorry, I lost my train of thought for a moment. Could you say that again?"] * 2
-    )
-    with sqlite3.connect(workdir / "data" / "bot.db") as conn:
-        assert conn.execute("select count(*), min(stage) from failures").fetchone() == (
-            2,
-            "generate",
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""  # nothing was read or answered
+    [line] = [x for x in result.stderr.splitlines() if not x.startswith("[")]
+    assert line.startswith("backend error: cannot reach an OpenAI-compatible server at ")
+    assert time.monotonic() - started < 30
+
+
+def test_chat_against_a_server_that_never_answers_exits_3_in_bounded_time(
+    workdir: Path,
+) -> None:
+    # A socket that accepts connections and never says a word.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        started = time.monotonic()
+        result = bot(
+            "chat",
+            "--backend",
+            "openai",
+            "--base-url",
+            url,
+            stdin="hello?\n",
+            cwd=workdir,
+            env={"BOT_LLM__CONNECT_TIMEOUT_S": "1"},
         )
+    assert result.returncode == 3, result.stderr
+    assert "did not answer within 1 s" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_chat_whose_completions_hang_exits_3_after_the_timeout(
+    workdir: Path, fake_openai: FakeOpenAIServer
+) -> None:
+    fake_openai.default = Reply.hang(60)
+    started = time.monotonic()
+    result = bot(
+        "chat",
+        "--backend",
+        "openai",
+        "--base-url",
+        fake_openai.base_url,
+        stdin="hi\n",
+        cwd=workdir,
+        env={"BOT_LLM__TIMEOUT_S": "1", "BOT_LLM__MAX_RETRIES": "0"},
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.startswith("Sorry, I lost my train of thought")
+    assert time.monotonic() - started < 40
 
 
 def test_unknown_persona_fails_clearly(workdir: Path) -> None:
@@ -172,7 +241,9 @@ def test_personas_schema_and_db_commands(workdir: Path) -> None:
     upgraded = bot("db", "upgrade", "--db", str(workdir / "x.db"), cwd=workdir)
     assert upgraded.returncode == 0 and "revision" in upgraded.stdout
     current = bot("db", "current", "--db", str(workdir / "x.db"), cwd=workdir)
-    assert "current: 0005" in current.stdout
+    assert current.returncode == 0, current.stderr
+    now, head = current.stdout.split()[1::2]
+    assert now == head == head_revision()
 
 
 def test_run_without_any_adapter_is_a_config_error(workdir: Path) -> None:

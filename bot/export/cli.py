@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bot.config import load_settings, merge_overrides
-from bot.errors import ConfigError
+from bot.errors import UsageError
 
 __all__ = ["export_app"]
 
@@ -22,7 +22,7 @@ def _date(option: str, value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ConfigError(
+        raise UsageError(
             f"{option} = {value!r}: expected a date or time, e.g. 2026-11-01 or 2026-11-01T08:00"
         ) from None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
@@ -53,11 +53,13 @@ def export(
     ] = None,
 ) -> None:
     """Export consented, scrubbed, pseudonymous datasets with a manifest.json."""
+    from bot.db import check_database
     from bot.export.run import export_datasets
     from bot.logs import configure_logging
 
     overrides = {"database": {"url": f"sqlite:///{db}" if db is not None else None}}
     settings = load_settings(config, merge_overrides(overrides))
+    check_database(settings.database.url)  # a mistyped --db: one line, nothing created
     key = settings.export.resolved_hmac_key().get_secret_value()
     configure_logging(level="WARNING", fmt=settings.logging.format, secrets=[key])
     result = export_datasets(

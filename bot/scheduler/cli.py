@@ -1,4 +1,8 @@
-"""`bot schedule list` and `bot schedule run JOB_ID`."""
+"""`bot schedule list` and `bot schedule run JOB_ID`.
+
+Both open an existing database only (a mistyped path is an error, not a new empty
+database), and `list` changes nothing: the jobs it shows keep their next run.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from bot.config import merge_overrides
+from bot.errors import UsageError
+
 __all__ = ["schedule_app"]
 
 schedule_app = typer.Typer(no_args_is_help=True, help="Proactive messages and upkeep jobs.")
@@ -18,6 +25,7 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", envvar="BOT_CONFIG", help="TOML config file."),
 ]
+DbOption = Annotated[Path | None, typer.Option(help="SQLite file (default from config).")]
 
 
 def _describe(job: Any) -> dict[str, Any]:
@@ -31,15 +39,18 @@ def _describe(job: Any) -> dict[str, Any]:
     }
 
 
-async def _with_scheduler(config: Path | None, action: Any) -> Any:
+async def _with_scheduler(config: Path | None, db: Path | None, action: Any) -> Any:
     from bot.app import open_app
     from bot.config import load_settings
     from bot.logs import configure_logging
     from bot.scheduler.service import Scheduler
 
-    settings = load_settings(config, {"personas": {"watch": False}})
+    url = f"sqlite:///{db}" if db is not None else None
+    settings = load_settings(
+        config, merge_overrides({"personas": {"watch": False}, "database": {"url": url}})
+    )
     configure_logging(level="WARNING", fmt=settings.logging.format)  # stdout is the answer
-    async with open_app(settings, watch=False) as bot:
+    async with open_app(settings, watch=False, must_exist=True) as bot:
         scheduler = Scheduler(
             db=bot.db,
             engine=bot.engine,
@@ -60,6 +71,7 @@ async def _with_scheduler(config: Path | None, action: Any) -> Any:
 def schedule_list(
     persona: Annotated[str | None, typer.Option(help="Only this persona's jobs.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+    db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Upcoming jobs, with the next fire time in each person's own zone."""
@@ -69,7 +81,7 @@ def schedule_list(
         jobs = [_describe(j) for j in scheduler.aps.get_jobs()]
         return [j for j in jobs if persona is None or f":{persona}:" in j["id"]]
 
-    jobs = asyncio.run(_with_scheduler(config, action))
+    jobs = asyncio.run(_with_scheduler(config, db, action))
     for job in sorted(jobs, key=lambda j: j["next_run"] or ""):
         if as_json:
             typer.echo(json.dumps(job))
@@ -80,6 +92,7 @@ def schedule_list(
 @schedule_app.command("run")
 def schedule_run(
     job_id: Annotated[str, typer.Argument(help="A job id from `bot schedule list`.")],
+    db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Run a job now. Upkeep jobs run here; a proactive job is made due now, and the
@@ -89,7 +102,7 @@ def schedule_run(
         now = datetime.now(UTC)
         if job_id.startswith("upkeep:"):
             result = await scheduler.run_upkeep(job_id.split(":", 1)[1], now)
-            return f"{job_id}: done ({result})"
+            return f"{job_id}: done" + (f" ({result})" if result is not None else "")
         if job_id == "sweep":
             await scheduler.sync(now)
             return "sweep: habit jobs synced; check-ins are sent by the running bot"
@@ -98,8 +111,7 @@ def schedule_run(
         scheduler.aps.modify_job(job_id, next_run_time=now)
         return f"{job_id}: due now; the running bot sends it within its sweep interval"
 
-    answer = asyncio.run(_with_scheduler(config, action))
+    answer = asyncio.run(_with_scheduler(config, db, action))
     if answer is None:
-        typer.echo(f"no job {job_id!r}; see `bot schedule list`", err=True)
-        raise typer.Exit(2)
+        raise UsageError(f"no job {job_id!r}; see `bot schedule list`")
     typer.echo(answer)

@@ -32,6 +32,7 @@ from sqlmodel import SQLModel
 from bot.config import SchedulerSettings
 from bot.db import Database, sqlite_path
 from bot.engine import PersonaEngine
+from bot.errors import ConfigError, UsageError
 from bot.messages import Outgoing, TurnKind
 from bot.models import Failure, Feedback, FollowUp, Message
 from bot.personas import PersonaRegistry
@@ -126,33 +127,40 @@ class Scheduler:
         _RUNNING.pop(self.name, None)
 
     def _standing_jobs(self) -> None:
-        every = IntervalTrigger(minutes=self.settings.sweep_minutes)
-        self.aps.add_job(sweep_job, every, args=[self.name], id="sweep", replace_existing=True)
         s = self.settings
+        self._keep_job("sweep", sweep_job, IntervalTrigger(minutes=s.sweep_minutes), [self.name])
         if s.backup_dir is not None:
-            self.aps.add_job(
+            self._keep_job(
+                "upkeep:backup",
                 upkeep_job,
                 CronTrigger.from_crontab(s.backup_cron, timezone=UTC),
-                args=[self.name, "backup"],
-                id="upkeep:backup",
-                replace_existing=True,
+                [self.name, "backup"],
             )
-        self.aps.add_job(
+        self._keep_job(
+            "upkeep:nightly",
             upkeep_job,
             CronTrigger.from_crontab("15 3 * * *", timezone=UTC),
-            args=[self.name, "nightly"],
-            id="upkeep:nightly",
-            replace_existing=True,
+            [self.name, "nightly"],
         )
         for name in self.upkeep:
             cron = s.export_cron if name == "export" else "45 3 * * *"
-            self.aps.add_job(
+            self._keep_job(
+                f"upkeep:{name}",
                 upkeep_job,
                 CronTrigger.from_crontab(cron, timezone=UTC),
-                args=[self.name, name],
-                id=f"upkeep:{name}",
-                replace_existing=True,
+                [self.name, name],
             )
+
+    def _keep_job(
+        self, job_id: str, func: Callable[..., Any], trigger: Any, args: list[Any]
+    ) -> None:
+        """Add a standing job, or leave the stored one as it is when it is the same:
+        re-adding would move its next run (an interval counts from when it is added),
+        so every start, and every `bot schedule list`, would postpone it."""
+        job = self.aps.get_job(job_id)
+        if job is not None and list(job.args) == args and _same_trigger(job.trigger, trigger):
+            return
+        self.aps.add_job(func, trigger, args=args, id=job_id, replace_existing=True)
 
     # -- habits -------------------------------------------------------------------------
 
@@ -293,7 +301,11 @@ class Scheduler:
             return deleted
         if name == "backup":
             return await self.backup(now)
-        return await self.upkeep[name](now)
+        job = self.upkeep.get(name)
+        if job is None:
+            known = ", ".join(f"upkeep:{n}" for n in ("nightly", "backup", *self.upkeep))
+            raise UsageError(f"no upkeep job {name!r}; there are: {known}")
+        return await job(now)
 
     async def retention(self, now: datetime) -> int:
         """Delete messages older than `retention_days` (summaries and exports stay)."""
@@ -323,13 +335,18 @@ class Scheduler:
         log.info("upkeep.retention", deleted=deleted, cutoff=cutoff.isoformat())
         return deleted
 
-    async def backup(self, now: datetime) -> Path | None:
+    async def backup(self, now: datetime) -> Path:
         """A consistent copy of the SQLite file (online backup API), keeping the newest
-        `backup_keep` copies."""
+        `backup_keep` copies. Raises `ConfigError` when there is nothing to do it with:
+        no `scheduler.backup_dir`, or a database that is not a SQLite file."""
         target_dir = self.settings.backup_dir
-        source = sqlite_path(str(self.db.engine.url))
-        if target_dir is None or source is None:
-            return None
+        if target_dir is None:
+            raise ConfigError("scheduler.backup_dir is not set: there is nowhere to back up to")
+        source = sqlite_path(self.db.engine.url.render_as_string(hide_password=False))
+        if source is None:
+            raise ConfigError(
+                "database.url is not a SQLite file: back it up with the database's own tools"
+            )
         return await asyncio.to_thread(_backup, source, target_dir, now, self.settings.backup_keep)
 
     # -- helpers ------------------------------------------------------------------------
@@ -389,6 +406,17 @@ def _backup(source: Path, target_dir: Path, now: datetime, keep: int) -> Path:
         old.unlink(missing_ok=True)
     log.info("upkeep.backup", path=str(target), kept=min(len(copies), keep))
     return target
+
+
+def _same_trigger(stored: Any, wanted: Any) -> bool:
+    """Whether two triggers fire alike (an interval's start date aside)."""
+    if isinstance(stored, IntervalTrigger) and isinstance(wanted, IntervalTrigger):
+        return stored.interval == wanted.interval and str(stored.timezone) == str(
+            wanted.timezone
+        )
+    return repr(stored) == repr(wanted) and getattr(stored, "jitter", None) == getattr(
+        wanted, "jitter", None
+    )
 
 
 def _running(name: str) -> Scheduler | None:
