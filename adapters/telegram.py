@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import secrets
 import time
 import warnings
@@ -34,7 +33,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from telegram import Bot, BotCommand, Message, ReplyParameters, Update, User
-from telegram.constants import ChatAction, ChatType, MessageEntityType
+from telegram.constants import ChatAction, ChatType
 from telegram.error import (
     BadRequest,
     Forbidden,
@@ -46,8 +45,16 @@ from telegram.error import (
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters._telegram_http import AiohttpRequest
-from adapters._telegram_intake import RawUpdatesBot, UpdatePoller, repaired, webhook_events
-from adapters._telegram_parse import attachments, strip_handle
+from adapters._telegram_intake import RawUpdatesBot, UpdatePoller, webhook_events
+from adapters._telegram_parse import (
+    UnparsableUpdate,
+    attachments,
+    command_of,
+    display_name,
+    is_addressed,
+    parse_update,
+    strip_handle,
+)
 from adapters._telegram_parse import emoji as reaction_emoji
 from adapters.base import (
     Adapter,
@@ -91,11 +98,6 @@ _MAX_UPLOAD_BYTES = 1_000_000
 _BINDING_TTL_S = 30.0  # how soon a switch made by another replica is seen
 #: Connections to the Bot API; 8 carry far more than Telegram's 30 messages/s.
 _POOL_SIZE = 8
-
-
-class UnparsableUpdate(AdapterError):
-    """A stored update that is not one python-telegram-bot can read; the message says
-    why. Raised by `handle_event`, so the inbox records it as the event's failure."""
 
 
 def _seconds(value: int | float | timedelta) -> float:
@@ -280,27 +282,10 @@ class TelegramAdapter(Adapter):
         """Parse one stored update and handle it: a turn, a command, an edit or a
         reaction. Raises `UnparsableUpdate` (with the reason) for one that cannot be
         read; the inbox records it as failed and goes on."""
-        update = self._update(event)
+        update = parse_update(event.payload, self.bot, truncated=event.truncated)
         work = await self._parse(update, event.received_at)
         if work is not None:
             await work
-
-    def _update(self, event: InboxEvent) -> Update:
-        if event.truncated:
-            raise UnparsableUpdate("the update was cut at the inbox's size limit")
-        try:
-            data = json.loads(event.payload)
-        except ValueError as exc:
-            raise UnparsableUpdate(f"not JSON: {exc}") from None
-        update_id = data.get("update_id") if isinstance(data, dict) else None
-        if isinstance(update_id, bool) or not isinstance(update_id, int):
-            raise UnparsableUpdate("not an update object (no integer update_id)")
-        try:
-            return Update.de_json(repaired(data), self.bot)
-        except Exception as exc:  # PTB raises whatever the constructor it calls raises
-            raise UnparsableUpdate(
-                f"python-telegram-bot cannot parse it: {type(exc).__name__}: {exc}"
-            ) from None
 
     async def _parse(self, update: Update, stored_at: datetime) -> Awaitable[object] | None:
         if update.message_reaction is not None:
@@ -350,42 +335,8 @@ class TelegramAdapter(Adapter):
     def _actor(self, user: User) -> Actor:
         # The name is data from a stranger: kept verbatim here, made safe by the prompt.
         return Actor(
-            platform=self.platform, id=str(user.id), display_name=user.full_name[:256], is_bot=False
+            platform=self.platform, id=str(user.id), display_name=display_name(user), is_bot=False
         )
-
-    def _addressed(self, message: Message) -> bool:
-        if message.chat.type == ChatType.PRIVATE:
-            return True
-        reply = message.reply_to_message
-        if reply is not None and reply.from_user is not None and reply.from_user.id == self.bot_id:
-            return True
-        handle = f"@{self.username}".lower()
-        entities = message.parse_entities() or message.parse_caption_entities()
-        for entity, value in entities.items():
-            if entity.type == MessageEntityType.MENTION and value.lower() == handle:
-                return True
-            if (
-                entity.type == MessageEntityType.TEXT_MENTION
-                and entity.user is not None
-                and entity.user.id == self.bot_id
-            ):
-                return True
-        return False
-
-    def _command(self, message: Message) -> tuple[str, str] | None:
-        """(name, args) when the message is a command meant for us."""
-        text = message.text if message.text is not None else message.caption
-        entities = message.entities if message.text is not None else message.caption_entities
-        if not text or not entities:
-            return None
-        first = entities[0]
-        if first.type != MessageEntityType.BOT_COMMAND or first.offset != 0:
-            return None
-        word = text[1 : first.length]
-        name, _, target = word.partition("@")
-        if target and target.lower() != self.username.lower():
-            return None  # /cmd@OtherBot in a group: not ours
-        return name.lower(), text[first.length :].strip()
 
     async def _message(self, message: Message, stored_at: datetime) -> Awaitable[object] | None:
         user = message.from_user
@@ -393,7 +344,7 @@ class TelegramAdapter(Adapter):
             return None  # channel posts, other bots (and never ourselves)
         if message.chat.type == ChatType.CHANNEL:
             return None
-        command = self._command(message)
+        command = command_of(message, self.username)
         if command is not None:
             scope = await self._scope(message, user)
             return self._run_command(message, user, scope, *command)
@@ -401,7 +352,7 @@ class TelegramAdapter(Adapter):
         carried = attachments(message)
         if not text and not carried:
             return None  # joins, pins, titles, polls...: service messages are not speech
-        addressed = self._addressed(message)
+        addressed = is_addressed(message, self.bot_id, self.username)
         if addressed and message.chat.type != ChatType.PRIVATE and self.username:
             stripped = strip_handle(text, self.username)
             text = stripped or text
@@ -488,7 +439,9 @@ class TelegramAdapter(Adapter):
     async def _edited(self, message: Message) -> Awaitable[object] | None:
         user = message.from_user
         text = message.text if message.text is not None else message.caption
-        if user is None or user.is_bot or text is None or self._command(message) is not None:
+        if user is None or user.is_bot or text is None:
+            return None
+        if command_of(message, self.username) is not None:
             return None
         scope = await self._scope(message, user)
         return self.on_edit(scope, str(message.message_id), text)
