@@ -32,6 +32,7 @@ from bot.llm.base import (
     Sampling,
     TokenCounter,
 )
+from bot.llm.tokens import fit_window
 from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming, Unfinished
 from bot.messages import Actor, Incoming, Outgoing, Scope, TurnKind
 from bot.models import MessageStatus
@@ -410,7 +411,7 @@ class PersonaEngine:
             Actor(platform=scope.platform, id=scope.user, display_name=display_name)
         )
         history = await self.ledger.history(conversation_id, limit=self._history_limit(persona.id))
-        window = persona.model.context_window or self.context_window
+        window = fit_window(persona.model.context_window or self.context_window, backend.tokens)
         remembered = ""
         if self.memory is not None:
             try:
@@ -606,7 +607,7 @@ class PersonaEngine:
             return await self._fail(incoming, stored, "persona", exc, loaded)
 
         builder = self._builder(backend)
-        window = persona.model.context_window or self.context_window
+        window = fit_window(persona.model.context_window or self.context_window, backend.tokens)
         sampling = persona.sampling
         group = not scope.is_direct
         remembered = ""
@@ -837,7 +838,7 @@ class PersonaEngine:
         of the context window unless set), counted with the backend's tokenizer, and
         the history already in the prompt, which need not be recalled."""
         persona = loaded.persona
-        window = persona.model.context_window or self.context_window
+        window = fit_window(persona.model.context_window or self.context_window, backend.tokens)
         return RecallRequest(
             scope=scope,
             user_id=user_id,
