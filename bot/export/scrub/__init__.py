@@ -1,177 +1,76 @@
 """Scrubbing personal data out of text before it becomes training data.
 
-`Scrubber.scrub(text)` replaces, in this order of precedence:
+`Scrubber.scrub(text)` replaces what it finds with typed placeholders:
 
-    URLs with secrets    userinfo and secret-named query values -> <SECRET> (the URL stays)
-    API tokens           Telegram bot tokens, sk-/ghp_/xox… keys  -> <SECRET>
-    e-mail addresses     any script in the local part and domain  -> <EMAIL>
-    mentions, @handles   Discord <@123>, <#123>, @name            -> <HANDLE>
-    IBANs                mod-97 checked (DE89 3704 0044 …)        -> <IBAN>
-    national ids         Chinese resident id (18 digits)          -> <ID_NUMBER>
-    card numbers         13-19 digits, Luhn checked               -> <CARD>
-    phone numbers        +international, 0-prefixed local (German style),
-                         North American, Chinese mobiles          -> <PHONE>
-    deny-listed names    whole words; CJK names anywhere          -> <NAME>
+    <SECRET>      credentials in URLs (userinfo; secret-named query, path and fragment
+                  parameters: ?token=, ;jsessionid=, #access_token=; reset-link paths),
+                  API keys and tokens by their published shapes (AWS, Google, GitHub,
+                  Slack, Stripe, OpenAI, GitLab, JWTs, Telegram and Discord bot
+                  tokens), random-looking 32+ character keys (AWS secret keys),
+                  private key blocks, `api_key = …`, and passwords in a sentence
+                  ("my password is …", "Passwort: …", "密码是…", "パスワードは…")
+    <EMAIL>       e-mail addresses in any script, and spelled out: "john at gmail dot
+                  com", "john[at]gmail[dot]com", "juan arroba gmail punto com"
+    <HANDLE>      @handles, Discord mentions
+    <IBAN>        IBANs in any case, checked by python-stdnum (country format, mod 97)
+    <ID_NUMBER>   US SSNs, UK NI numbers, Chinese resident ids, Korean RRNs, Aadhaar,
+                  Brazilian CPF, Spanish DNI/NIE, Italian codice fiscale (all
+                  checksum-checked), and numbers labelled as passport or id numbers
+    <CARD>        payment cards: 13-19 digits passing Luhn
+    <PHONE>       phones in every region when written with a country code, and
+                  nationally written ones for `NATIONAL_REGIONS`, validated with
+                  libphonenumber's metadata (the `phonenumbers` package)
+    <IP>          IPv4 and IPv6 addresses
+    <ADDRESS>     street addresses (US/UK, DE/AT/CH, ES, FR, CN/TW, JP)
+    <NAME>        names in `export.deny_names`: whole words, any case; CJK anywhere
 
-Times, dates, prices, versions and ordinary counts are left alone: a number is
-replaced only when its shape (and checksum, where one exists) says what it is.
-Bump `SCRUBBER_VERSION` whenever the output for some input changes: manifests
+Times, dates, prices, versions, scores and ordinary counts are left alone: a number
+is replaced only when its shape and a validator say what it is. docs/export.md has
+the table of what is caught and what is not; tests/export/test_scrub*.py the cases.
+
+Bounded: every pattern is linear in the text (anchored by look-behinds, bounded
+repeats, CJK addresses found from their end), tested on a megabyte of hostile input.
+Fast: text without a digit skips every number pattern, and most chat lines have
+none. Bump `SCRUBBER_VERSION` whenever the output for some input changes: manifests
 record it, so a dataset can be re-scrubbed when the rules improve.
-
-Speed matters (every message of every export goes through here): most chat lines
-contain no digit, '@' or '://', and those skip the regular expressions entirely.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from collections.abc import Iterable, Sequence
 
-__all__ = ["SCRUBBER_VERSION", "Scrubber", "luhn_ok"]
+from bot.export.scrub._addresses import find_addresses
+from bot.export.scrub._contact import find_contacts
+from bot.export.scrub._ids import find_ids
+from bot.export.scrub._numbers import NATIONAL_REGIONS, PhoneRules, find_ips, luhn_ok
+from bot.export.scrub._secrets import find_secrets
+from bot.export.scrub._spans import Span, apply, probe
 
-SCRUBBER_VERSION = "2026.11.1"
+__all__ = ["NATIONAL_REGIONS", "SCRUBBER_VERSION", "Scrubber", "luhn_ok"]
 
-_SECRET_PARAM = re.compile(
-    r"(?i)^(?:.*(?:token|secret|passw|pwd|api[_-]?key|apikey|auth|session|signature|sig|"
-    r"credential|private)[\w-]*|key|code|pass|access_key|x-amz-[\w-]+)$"
-)
+SCRUBBER_VERSION = "2026.12.1"
 
-# Split by the character that must be present, so each text runs only the patterns
-# it can match (checked with cheap `in` tests first).
-_URL = re.compile(r"""\b(?:https?|ftp|wss?)://[^\s<>"'\]\[)(]+""")
-_AT = re.compile(
-    r"""
-    (?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,})
-  | (?P<mention><[@#][!&]?\d{5,}>)
-  | (?P<handle>(?<![\w@/.>])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,30}[A-Za-z0-9_])?)
-    """,
-    re.VERBOSE,
-)
-_KEY = re.compile(
-    r"\b(?:(?:sk|pk|rk)-(?:live-|test-|proj-)?[A-Za-z0-9_-]{16,}"
-    r"|gh[pousr]_[A-Za-z0-9]{20,}|xox[abprs]-[A-Za-z0-9-]{10,})"
-)
-_DIGIT_TEXT = re.compile(
-    r"(?P<token>\b\d{8,10}:[A-Za-z0-9_-]{35}\b)"
-    r"|(?P<iban>\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b)"
-)
-
-# A run of digits with the separators people put in phone and card numbers. Dots are
-# left out on purpose: "01.05.2024" and "3.14" are dates and numbers, not phones.
-# The look-arounds are ASCII on purpose: Chinese text runs digits into letters with no
-# space ("手机号是13800138000，"), and those letters must not hide the number.
-_NUMBER_CANDIDATE = re.compile(
-    r"(?<![0-9A-Za-z_.,])(?:\+|\(0?)?\d[\d \-/()]{5,24}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
-)
-_CN_ID = re.compile(
-    r"[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
-)
-_CARD_SHAPE = re.compile(r"\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?")
-_PHONES = (
-    re.compile(r"\+\d{1,3}(?:[ \-]?\(0?\d{1,4}\))?(?:[ \-/]?\d{1,5}){1,6}"),  # +49 30 1234567
-    re.compile(r"(?:\(0\d{1,5}\)|0\d{1,5})(?:[ \-/]?\d{2,8}){1,4}"),  # 0151 23456789, (030) 12…
-    re.compile(r"(?:\([2-9]\d{2}\)|[2-9]\d{2})[ \-]\d{3}[ \-]\d{4}"),  # (555) 123-4567
-    re.compile(r"1[3-9]\d(?:[ \-]?\d{4}){2}"),  # Chinese mobile: 138 0013 8000
-)
 _DIGIT = re.compile(r"\d")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
-
-
-def luhn_ok(digits: str) -> bool:
-    """True when `digits` passes the Luhn checksum of payment card numbers."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
-
-
-def _iban_ok(text: str) -> bool:
-    compact = text.replace(" ", "")
-    if not 15 <= len(compact) <= 34:
-        return False
-    moved = compact[4:] + compact[:4]
-    number = "".join(str(int(c, 36)) for c in moved)
-    return int(number) % 97 == 1
-
-
-def _scrub_url(url: str) -> str:
-    trail = ""
-    while url and url[-1] in ".,;:!?":  # sentence punctuation, not part of the URL
-        trail = url[-1] + trail
-        url = url[:-1]
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<URL>" + trail
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "<SECRET>@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(value and _SECRET_PARAM.match(name) for name, value in pairs):
-            query = "&".join(
-                f"{quote(name)}=<SECRET>"
-                if value and _SECRET_PARAM.match(name)
-                else f"{quote(name)}={value}"
-                for name, value in pairs
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return url + trail
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)) + trail
-
-
-def _replace_url(match: re.Match[str]) -> str:
-    return _scrub_url(match.group())
-
-
-def _replace_at(match: re.Match[str]) -> str:
-    return "<EMAIL>" if match.lastgroup == "email" else "<HANDLE>"
-
-
-def _replace_digit_text(match: re.Match[str]) -> str:
-    if match.lastgroup == "token":
-        return "<SECRET>"
-    value = match.group()
-    return "<IBAN>" if _iban_ok(value) else value
-
-
-def _classify_number(candidate: str) -> str | None:
-    stripped = candidate.strip("()")
-    digits = "".join(c for c in candidate if c.isdigit())
-    if _CN_ID.fullmatch(stripped):
-        return "<ID_NUMBER>"
-    if 13 <= len(digits) <= 19 and _CARD_SHAPE.fullmatch(candidate) and luhn_ok(digits):
-        return "<CARD>"
-    if 8 <= len(digits) <= 15:
-        for pattern in _PHONES:
-            if pattern.fullmatch(candidate):
-                # Local numbers have at least 9 digits; shorter 0-prefixed runs are more
-                # often order numbers or codes than phones.
-                if candidate[0] in "0(" and len(digits) < 9:
-                    return None
-                return "<PHONE>"
-    return None
 
 
 class Scrubber:
     """Replaces personal data in text with typed placeholders (`<EMAIL>`, `<PHONE>`, ...).
 
-    Immutable after construction; safe to share. `deny_names` are matched
-    case-insensitively as whole words, or anywhere for names in CJK scripts (which
-    are written without spaces).
+    Immutable after construction; safe to share between threads. `deny_names` are
+    matched case-insensitively as whole words, or anywhere for names in CJK scripts
+    (which are written without spaces). `phone_regions` are the regions whose
+    national formats (numbers written without a country code) are recognised.
     """
 
     version = SCRUBBER_VERSION
 
-    def __init__(self, deny_names: Iterable[str] = ()) -> None:
+    def __init__(
+        self, deny_names: Iterable[str] = (), phone_regions: Sequence[str] = NATIONAL_REGIONS
+    ) -> None:
+        self._numbers = PhoneRules(phone_regions)
         words: list[str] = []
         anywhere: list[str] = []
         for name in {unicodedata.normalize("NFC", n.strip()) for n in deny_names}:
@@ -190,25 +89,17 @@ class Scrubber:
 
     def scrub(self, text: str) -> str:
         """`text` with every recognised piece of personal data replaced."""
-        if "://" in text:
-            text = _URL.sub(_replace_url, text)
-        if "-" in text or "_" in text:
-            text = _KEY.sub("<SECRET>", text)
-        if "@" in text or "<#" in text:
-            text = _AT.sub(_replace_at, text)
-        if _DIGIT.search(text) is not None:
-            text = _DIGIT_TEXT.sub(_replace_digit_text, text)
-            text = _NUMBER_CANDIDATE.sub(self._replace_number, text)
+        if not text:
+            return text
+        look = probe(text)
+        spans: list[Span] = []
+        find_secrets(look, spans)
+        find_contacts(look, spans)
+        if _DIGIT.search(look) is not None:
+            find_ids(look, spans)
+            self._numbers.find(look, spans)
+            find_ips(look, spans)
+            find_addresses(look, spans)
         if self._names is not None:
-            text = self._names.sub("<NAME>", text)
-        return text
-
-    @staticmethod
-    def _replace_number(match: re.Match[str]) -> str:
-        value = match.group()
-        # The candidate may carry a trailing separator or bracket the shapes do not.
-        core = value.rstrip(" -/(")
-        placeholder = _classify_number(core)
-        if placeholder is not None:
-            return placeholder + value[len(core) :]
-        return value
+            spans.extend((m.start(), m.end(), "<NAME>") for m in self._names.finditer(look))
+        return apply(text, spans)

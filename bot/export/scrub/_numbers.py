@@ -1,0 +1,209 @@
+"""Numbers that identify someone: phones, payment cards, national ids, IP addresses.
+
+A run of digits and the separators people write in numbers is a *candidate*; it is
+replaced only when a validator says what it is: Luhn for cards, python-stdnum's
+checksums and date checks for national ids, Google's libphonenumber metadata (the
+`phonenumbers` package) for phones, `ipaddress` for IP addresses. So times, dates,
+prices, versions, scores and order numbers come through: their shapes are
+recognised and skipped, and what remains must pass a check it would fail.
+
+Phones: any number written with a country code (`+49 …`, `0049 …`) is checked
+against the metadata of its country, every region libphonenumber knows. A number
+without one is tried against `NATIONAL_REGIONS` in order, with extra care for bare
+digit runs (ten digits or more, or a leading trunk `0`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+import phonenumbers
+from stdnum import isbn
+from stdnum.br import cpf
+from stdnum.cn import ric
+from stdnum.in_ import aadhaar
+from stdnum.kr import rrn
+from stdnum.us import ssn
+
+from bot.export.scrub._spans import Span
+
+__all__ = ["NATIONAL_REGIONS", "PhoneRules", "find_ips", "luhn_ok"]
+
+NATIONAL_REGIONS: tuple[str, ...] = (
+    "US", "DE", "GB", "CN", "JP", "ES", "FR", "IT", "AT", "CH", "NL", "BE", "PL", "PT",
+    "SE", "RU", "UA", "TR", "KR", "TW", "HK", "SG", "IN", "AU", "CA", "MX", "BR", "AR",
+)  # fmt: skip
+
+# Separators inside a number: space, dash, slash, dot, brackets. The look-arounds are
+# ASCII: Chinese runs digits into letters ("手机号是13800138000，").
+_CANDIDATE = re.compile(
+    r"(?<![0-9A-Za-z_.,+])(?:\+|\(0?)?\d[\d \-/().]{5,30}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
+)
+_IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
+_DATE = re.compile(  # not "01.23.45.67.89": a date has three parts
+    r"\d{1,2}([./-])\d{1,2}\1\d{2,4}(?!\1\d)|\d{4}([./-])\d{1,2}\2\d{1,2}(?!\2\d)"
+    r"|\d{4}-\d{2}-\d{2}[ T]\d{2}|\d{1,2}\.\d{1,2}\.\d{4} \d{1,2}"
+)
+_YEARS = re.compile(r"(?:19|20)\d\d\s?[-/]\s?(?:19|20)\d\d")
+_DOTTED = re.compile(r"\d{2,4}(?:\.\d{2,4}){2,5}")
+_NANP = re.compile(r"(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}")
+_CARD_SHAPE = re.compile(
+    r"\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d{4}[ -]\d{6}[ -]\d{5}"
+)
+_SSN_SHAPE = re.compile(r"\d{3}([ -])\d{2}\1\d{4}")
+_RRN_SHAPE = re.compile(r"\d{6}-\d{7}")
+_AADHAAR_SHAPE = re.compile(r"\d{4} \d{4} \d{4}")
+_CPF_SHAPE = re.compile(r"\d{3}\.\d{3}\.\d{3}-\d{2}")
+_SEPARATOR = re.compile(r"[ \-/().]+")
+_VERSION = re.compile(r"(?i)(?:\b(?:version|ver|v|release|build)\.?|版本|バージョン)\s?$")
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when `digits` passes the Luhn checksum of payment card numbers."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2 == 1:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _ip_ok(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _after_version_word(probe: str, start: int) -> bool:
+    return _VERSION.search(probe, max(0, start - 12), start) is not None
+
+
+def _national_id(candidate: str, digits: str) -> str | None:
+    if len(digits) == 18 or (len(digits) == 17 and candidate[-1] in "Xx"):
+        return "<ID_NUMBER>" if ric.is_valid(candidate) else None
+    if _SSN_SHAPE.fullmatch(candidate) and ssn.is_valid(digits):
+        return "<ID_NUMBER>"
+    if _RRN_SHAPE.fullmatch(candidate) and rrn.is_valid(candidate):
+        return "<ID_NUMBER>"
+    if _AADHAAR_SHAPE.fullmatch(candidate) and aadhaar.is_valid(candidate):
+        return "<ID_NUMBER>"
+    if _CPF_SHAPE.fullmatch(candidate) and cpf.is_valid(candidate):
+        return "<ID_NUMBER>"
+    return None
+
+
+class PhoneRules:
+    """Classifies number candidates; `regions` are tried for numbers without a country code."""
+
+    def __init__(self, regions: Sequence[str] = NATIONAL_REGIONS) -> None:
+        self._regions = tuple(regions)
+
+    def find(self, probe: str, out: list[Span]) -> None:
+        """Report phones, cards, national ids and IPv4 addresses among the digit runs."""
+        for match in _CANDIDATE.finditer(probe):
+            value = match.group()
+            core = value.rstrip(" -/(.")  # a trailing separator is not part of it
+            if core.startswith("(") and ")" not in core:
+                core = core[1:]
+            start = match.start() + (len(value.rstrip(" -/(.")) - len(core))
+            date = _DATE.match(core)
+            if date is not None:
+                # "am 12.05.2024 0151 2345678": a date, then maybe a number after it.
+                rest = core[date.end() :].lstrip(" -/")
+                if len(rest) < 7:
+                    continue
+                start, core = start + len(core) - len(rest), rest
+            label = self._classify(core, probe, start)
+            if label is not None:
+                out.append((start, start + len(core), label))
+
+    def _classify(self, candidate: str, probe: str, start: int) -> str | None:
+        if _IPV4.fullmatch(candidate):
+            if _ip_ok(candidate) and not _after_version_word(probe, start):
+                return "<IP>"
+            return None
+        if _DATE.match(candidate) or _YEARS.fullmatch(candidate):
+            return None
+        digits = "".join(c for c in candidate if c.isdigit())
+        label = _national_id(candidate, digits)
+        if label is not None:
+            return label
+        if 13 <= len(digits) <= 19 and _CARD_SHAPE.fullmatch(candidate) and luhn_ok(digits):
+            return "<CARD>"
+        if len(digits) in (10, 13) and isbn.is_valid(candidate):
+            return None  # a book
+        if self._phone(candidate, digits):
+            return "<PHONE>"
+        if len(digits) > 15 and " " in candidate:
+            return self._several(candidate)
+        return None
+
+    def _phone(self, candidate: str, digits: str) -> bool:
+        if not 7 <= len(digits) <= 15:
+            return False
+        if "." in candidate and not (_DOTTED.fullmatch(candidate) or _NANP.fullmatch(candidate)):
+            return False  # 3.14159, 1.299.000: numbers, not phones
+        if candidate.startswith("+") or candidate.startswith("00"):
+            text = "+" + candidate[2:] if candidate.startswith("00") else candidate
+            try:
+                number = phonenumbers.parse(text, None)
+            except phonenumbers.NumberParseException:
+                return False
+            return phonenumbers.is_valid_number(number) or (
+                len(digits) >= 8 and phonenumbers.is_possible_number(number)
+            )
+        if _NANP.fullmatch(candidate):
+            return True  # (555) 123-4567: the shape says it, even for fictional numbers
+        separated = _SEPARATOR.search(candidate) is not None
+        groups = [g for g in _SEPARATOR.split(candidate) if g]
+        if candidate[0] in "0(":
+            if len(digits) < 9:
+                return False  # short 0-prefixed runs are more often codes than phones
+        elif not separated and len(digits) < 10:
+            return False  # "order 12345678"
+        elif separated and (len(digits) < 8 or max(len(g) for g in groups) <= 2):
+            return False  # "10-12 14-16", "1 2 3 4 5 6 7 8"
+        elif separated and len(digits) < 10 and len(groups[0]) < 3:
+            return False  # "SKU 12-3456-78": short numbers start with an area code
+        return self._valid_somewhere(candidate)
+
+    def _valid_somewhere(self, candidate: str) -> bool:
+        for region in self._regions:
+            try:
+                number = phonenumbers.parse(candidate, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if phonenumbers.is_valid_number(number):
+                return True
+        return False
+
+    def _several(self, candidate: str) -> str | None:
+        # "0151 2345678 0171 2345679": two phones in one run. libphonenumber's matcher
+        # finds them; if it finds any, the whole run goes.
+        for region in self._regions[:4]:
+            if phonenumbers.PhoneNumberMatcher(candidate, region).has_next():
+                return "<PHONE>"
+        return None
+
+
+# IPv6 has its own shape (hex groups and colons); IPv4 is a number candidate above.
+_IPV6 = re.compile(r"(?<![0-9A-Fa-f:.])(?:[0-9A-Fa-f]{1,4}|:)?(?::[0-9A-Fa-f]{0,4}){2,7}"
+                   r"(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?(?![0-9A-Fa-f:]|\.\d)")  # fmt: skip
+
+
+def find_ips(probe: str, out: list[Span]) -> None:
+    """Report IPv6 addresses (IPv4 ones come with the numbers)."""
+    if probe.count(":") < 2:
+        return
+    for match in _IPV6.finditer(probe):
+        text = match.group()
+        hexdigits = sum(c in "0123456789abcdefABCDEF" for c in text)
+        if hexdigits >= 5 and any(c.isdigit() for c in text) and _ip_ok(text):
+            out.append((match.start(), match.end(), "<IP>"))
