@@ -818,7 +818,9 @@ class PersonaEngine:
         rendered = await render_system_prompt_async(loaded.persona, ctx)
         layout = self._layouts.get(loaded.content_hash)
         if layout is None:
-            layout = self._layouts[loaded.content_hash] = SystemLayout.for_persona(loaded.persona)
+            # Two more renders, once per version: in a thread too.
+            layout = await asyncio.to_thread(SystemLayout.for_persona, loaded.persona)
+            self._layouts[loaded.content_hash] = layout
         return layout.compose(rendered)
 
     def _recall_request(
