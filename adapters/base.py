@@ -14,10 +14,12 @@ import abc
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Generic, TypeVar, final
+from datetime import UTC, datetime, timedelta
+from typing import Generic, Protocol, TypeVar, final
 
 import structlog
 
@@ -31,8 +33,11 @@ from bot.people import People
 __all__ = [
     "Adapter",
     "AdapterServices",
+    "Clock",
     "DeliveryError",
+    "DeliveryStats",
     "KeyedLocks",
+    "MonotonicClock",
     "Pacer",
     "PacingPolicy",
     "RateLimited",
@@ -53,11 +58,13 @@ class DeliveryError(BotError):
 
 
 class RateLimited(DeliveryError):
-    """The platform said to wait: 429 with `retry_after` seconds."""
+    """The platform said to wait: 429 with `retry_after` seconds; `everything` when
+    the limit is the bot's overall one rather than the chat's."""
 
-    def __init__(self, retry_after: float, detail: str = "") -> None:
+    def __init__(self, retry_after: float, detail: str = "", *, everything: bool = False) -> None:
         super().__init__(f"rate limited, retry after {retry_after:g} s {detail}".strip())
         self.retry_after = retry_after
+        self.everything = everything
 
 
 class Unreachable(DeliveryError):
@@ -194,73 +201,246 @@ class KeyedLocks(Generic[K]):
 
 @dataclass(frozen=True)
 class PacingPolicy:
-    """How fast one adapter may send: per chat, per group chat, and overall."""
+    """How fast one adapter may send: per chat, per group chat, and overall.
+
+    Per chat: a short burst of `per_chat_burst`, then one per `per_chat_interval_s`
+    (a token bucket). Per group
+    chat: at most `group_per_minute` in any 60 s. Overall: at most
+    `global_per_second` in any one second. Typing indicators may use at most
+    `typing_share` of the overall budget, and only while no reply waits for it.
+    """
 
     per_chat_interval_s: float = 1.0
     group_per_minute: int = 20
     global_per_second: float = 30.0
     max_rate_limit_retries: int = 3
     max_retry_after_s: float = 60.0
+    per_chat_burst: int = 3
+    typing_share: float = 0.5
+
+
+class Clock(Protocol):
+    """Time for the pacer: tests pass a virtual clock, so they never sleep."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` (other tasks run meanwhile)."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: `time.monotonic` and `asyncio.sleep`."""
+
+    def now(self) -> float:
+        """Seconds on the monotonic clock."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """`asyncio.sleep`."""
+        await asyncio.sleep(seconds)
+
+
+class _Window:
+    """At most `limit` events in any `period` seconds: the times of the last `limit`."""
+
+    __slots__ = ("limit", "period", "times")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = max(1, limit)
+        self.period = period
+        self.times: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """How long until one more event fits (0: now)."""
+        while self.times and now - self.times[0] >= self.period:
+            self.times.popleft()
+        if len(self.times) < self.limit:
+            return 0.0
+        return self.period - (now - self.times[0])
+
+    def used(self, now: float) -> int:
+        self.delay(now)
+        return len(self.times)
+
+    def take(self, now: float) -> None:
+        self.times.append(now)
+        while len(self.times) > self.limit:
+            self.times.popleft()
+
+    def idle(self, now: float) -> bool:
+        return not self.times or now - self.times[-1] >= self.period
+
+
+class _Bucket:
+    """A token bucket: `capacity` at once, then one per `interval` seconds."""
+
+    __slots__ = ("capacity", "interval", "stamp", "tokens")
+
+    def __init__(self, capacity: int, interval: float, now: float) -> None:
+        self.capacity = max(1, capacity)
+        self.interval = interval
+        self.tokens = float(self.capacity)
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if self.interval <= 0:
+            self.tokens = float(self.capacity)
+        else:
+            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) / self.interval)
+        self.stamp = now
+
+    def delay(self, now: float) -> float:
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+
+    def idle(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.capacity
+
+
+@dataclass
+class DeliveryStats:
+    """What one adapter's sender did: the numbers a benchmark or /metrics reads."""
+
+    sent: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+    typing_sent: int = 0
+    typing_skipped: int = 0
 
 
 class Pacer:
-    """Spaces sends so the platform's limits are met before it has to say 429.
+    """The one owner of an adapter's rate limits: spaces sends so the platform's
+    limits are met before it has to say 429 (see `PacingPolicy`).
 
-    Per chat: at least `per_chat_interval_s` between two sends. Per group chat: at
-    most `group_per_minute` in any 60 s. Overall: a token bucket of
-    `global_per_second`. Waiting is `asyncio.sleep`, so other chats go on meanwhile.
+    Sends to one chat take their turn in order (FIFO); waiting is `clock.sleep`, so
+    other chats go on meanwhile. A 429 pauses the chat it concerns (or everything,
+    for a global one) for its `retry_after`. Typing indicators ask `try_typing`,
+    which says no whenever a reply is waiting or the overall budget is half used.
     """
 
-    def __init__(self, policy: PacingPolicy) -> None:
+    def __init__(self, policy: PacingPolicy, *, clock: Clock | None = None) -> None:
         self.policy = policy
-        self._next_chat: dict[str, float] = {}
-        self._group_sends: dict[str, list[float]] = {}
-        self._tokens = policy.global_per_second
-        self._refilled = time.monotonic()
+        self.clock: Clock = clock or MonotonicClock()
+        self.stats = DeliveryStats()
+        self._chat: dict[str, _Bucket] = {}
+        self._group: dict[str, _Window] = {}
+        self._paused: dict[str, float] = {}
+        self._paused_all = 0.0
+        self._global: _Window | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        self._global = asyncio.Lock()
+        self._global_lock = asyncio.Lock()
+        self._waiting = 0
+
+    @property
+    def backlog(self) -> int:
+        """Sends waiting for their turn right now."""
+        return self._waiting
+
+    def _overall(self) -> _Window:
+        rate = self.policy.global_per_second
+        if self._global is None or self._global.limit != max(1, int(rate)):
+            # Below 1/s the window is one send per 1/rate seconds.
+            limit, period = (int(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
+            self._global = _Window(limit, period)
+        return self._global
+
+    def _chat_window(self, chat: str) -> _Bucket:
+        burst = max(1, self.policy.per_chat_burst)
+        interval = self.policy.per_chat_interval_s
+        bucket = self._chat.get(chat)
+        if bucket is None or bucket.capacity != burst or bucket.interval != interval:
+            bucket = self._chat[chat] = _Bucket(burst, interval, self.clock.now())
+        return bucket
+
+    def _group_window(self, chat: str) -> _Window:
+        window = self._group.get(chat)
+        if window is None or window.limit != self.policy.group_per_minute:
+            window = self._group[chat] = _Window(self.policy.group_per_minute, 60.0)
+        return window
 
     async def wait(self, chat: str, *, group: bool) -> None:
-        """Return when a message to `chat` may be sent now."""
+        """Return when a message to `chat` may be sent now (its send is counted)."""
         lock = self._locks.setdefault(chat, asyncio.Lock())
-        async with lock:
-            now = time.monotonic()
-            delay = self._next_chat.get(chat, 0.0) - now
-            if group:
-                recent = [t for t in self._group_sends.get(chat, []) if now - t < 60]
-                if len(recent) >= self.policy.group_per_minute:
-                    delay = max(delay, 60 - (now - recent[0]))
-                self._group_sends[chat] = recent
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self._take_global()
-            sent = time.monotonic()
-            self._next_chat[chat] = sent + self.policy.per_chat_interval_s
-            if group:
-                self._group_sends[chat].append(sent)
+        self._waiting += 1
+        try:
+            async with lock:
+                while True:
+                    now = self.clock.now()
+                    delay = max(
+                        self._chat_window(chat).delay(now),
+                        self._group_window(chat).delay(now) if group else 0.0,
+                        self._paused.get(chat, 0.0) - now,
+                        self._paused_all - now,
+                    )
+                    if delay <= 0:
+                        break
+                    await self.clock.sleep(delay)
+                await self._take_global()
+                sent = self.clock.now()
+                self._chat_window(chat).take(sent)
+                if group:
+                    self._group_window(chat).take(sent)
+        finally:
+            self._waiting -= 1
         if len(self._locks) > 10_000:
-            self._forget_idle(time.monotonic())
-
-    def _forget_idle(self, now: float) -> None:
-        # Chats nobody is sending to and whose spacing has run out need no state.
-        for chat in [c for c, lock in self._locks.items() if not lock.locked()]:
-            recent = any(now - t < 60 for t in self._group_sends.get(chat, ()))
-            if self._next_chat.get(chat, 0.0) <= now and not recent:
-                self._locks.pop(chat, None)
-                self._next_chat.pop(chat, None)
-                self._group_sends.pop(chat, None)
+            self._forget_idle(self.clock.now())
 
     async def _take_global(self) -> None:
-        async with self._global:
+        async with self._global_lock:
             while True:
-                now = time.monotonic()
-                rate = self.policy.global_per_second
-                self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
-                self._refilled = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                now = self.clock.now()
+                window = self._overall()
+                delay = max(window.delay(now), self._paused_all - now)
+                if delay <= 0:
+                    window.take(now)
                     return
-                await asyncio.sleep((1 - self._tokens) / rate)
+                await self.clock.sleep(delay)
+
+    def try_typing(self) -> bool:
+        """Whether a typing indicator may go out now; if so it is counted. No while
+        any reply waits, nor once `typing_share` of the overall budget is used."""
+        now = self.clock.now()
+        window = self._overall()
+        free = self._waiting == 0 and not self._global_lock.locked() and now >= self._paused_all
+        if free and window.used(now) < window.limit * self.policy.typing_share:
+            window.take(now)
+            self.stats.typing_sent += 1
+            return True
+        self.stats.typing_skipped += 1
+        return False
+
+    def rate_limited(self, chat: str | None, retry_after: float) -> float:
+        """The platform said 429: pause `chat` (None: everything) for `retry_after`
+        (bounded by the policy); returns the pause. Counted."""
+        self.stats.rate_limited += 1
+        pause = min(max(retry_after, 0.0), self.policy.max_retry_after_s)
+        until = self.clock.now() + pause
+        if chat is None:
+            self._paused_all = max(self._paused_all, until)
+        else:
+            self._paused[chat] = max(self._paused.get(chat, 0.0), until)
+        return pause
+
+    def _forget_idle(self, now: float) -> None:
+        # Chats nobody is sending to and whose windows have run out need no state.
+        for chat in [c for c, lock in self._locks.items() if not lock.locked()]:
+            chat_window, group_window = self._chat.get(chat), self._group.get(chat)
+            if (chat_window is None or chat_window.idle(now)) and (
+                group_window is None or group_window.idle(now)
+            ):
+                self._locks.pop(chat, None)
+                self._chat.pop(chat, None)
+                self._group.pop(chat, None)
+                if self._paused.get(chat, 0.0) <= now:
+                    self._paused.pop(chat, None)
 
 
 @dataclass(frozen=True)
@@ -373,12 +553,24 @@ class Adapter(abc.ABC):
 
     @final
     async def answer(self, incoming: Incoming) -> list[Outgoing]:
-        """Run a turn with the typing indicator on, then deliver its replies."""
+        """Run a turn with the typing indicator on, then deliver its replies.
+
+        A message older than `engine.stale_after_s` is recorded as expired instead
+        of answered late. When the message could not even be stored, this logs it
+        and returns [] for an adapter without an inbox; under the inbox worker it
+        raises, so the event is recorded as failed (and can be replayed) rather
+        than marked done.
+        """
+        expire_before = datetime.now(UTC) - timedelta(
+            seconds=self.engine.settings.stale_after_s
+        )
         try:
             async with self.typing(incoming.scope, enabled=incoming.addressed_to_bot):
-                replies = await self.engine.handle(incoming)
+                replies = await self.engine.handle(incoming, expire_before=expire_before)
         except BotError as exc:  # not stored: nothing was accepted, and the person should know
             log.error("turn.not_accepted", error=str(exc), platform=self.platform)
+            if self.worker is not None:
+                raise
             return []
         for reply in replies:
             with suppress(DeliveryError):  # recorded by send; one bad send must not stop others
@@ -387,7 +579,12 @@ class Adapter(abc.ABC):
 
     @asynccontextmanager
     async def typing(self, scope: Scope, *, enabled: bool = True) -> AsyncIterator[None]:
-        """Keep the typing indicator alive for as long as the block runs."""
+        """Keep the typing indicator alive for as long as the block runs.
+
+        Best effort: each indicator asks the pacer first, which says no while
+        replies wait for the send budget (`Pacer.try_typing`), so typing never
+        takes capacity a reply needs and is skipped under backlog.
+        """
         if not enabled:
             yield
             return
@@ -396,10 +593,11 @@ class Adapter(abc.ABC):
             if self.typing_delay_s > 0:
                 await asyncio.sleep(self.typing_delay_s)
             while True:
-                try:
-                    await self._send_typing(scope)
-                except Exception as exc:  # typing is cosmetic; never fail a turn for it
-                    log.debug("typing.failed", error=str(exc))
+                if self.pacer.try_typing():
+                    try:
+                        await self._send_typing(scope)
+                    except Exception as exc:  # typing is cosmetic; never fail a turn for it
+                        log.debug("typing.failed", error=str(exc))
                 await asyncio.sleep(self.typing_interval_s)
 
         task = asyncio.create_task(keep_typing(), name=f"typing-{self.platform}")
@@ -411,53 +609,84 @@ class Adapter(abc.ABC):
                 await task
 
     @final
-    async def send(self, outgoing: Outgoing) -> list[str | None]:
+    async def send(self, outgoing: Outgoing, *, first_part: int = 0) -> list[str | None]:
         """Deliver a reply in as many parts as the platform needs, and record the outcome.
 
-        Raises `DeliveryError` (after recording it) when a part could not be delivered.
+        The outbox states: a stored reply (`outgoing.message_id`) is marked `sending`
+        before its first part leaves, `parts_sent` is committed after each part the
+        platform confirmed, and `delivered` after the last. `first_part` skips parts
+        already confirmed (a restart resends only the rest: at most the part in
+        flight at a crash repeats). Raises `DeliveryError` (after recording it, the
+        reply `undeliverable`) when a part could not be delivered.
         """
         ids: list[str | None] = []
         ledger = self.engine.ledger
         chat = self.chat_key(outgoing.scope)
         group = not outgoing.scope.is_direct
+        mid = outgoing.message_id
+        parts = split_message(outgoing.text, self.max_message_length)
         try:
             # One reply at a time per chat: a reply waiting out a 429 must not be
             # overtaken by the next one, nor its parts interleaved with another's.
             async with self._sending.hold(chat):
-                for part in split_message(outgoing.text, self.max_message_length):
-                    ids.append(await self._send_part(outgoing, part, chat, group))
+                if mid is not None:
+                    await ledger.mark_sending(mid)
+                for index in range(first_part, len(parts)):
+                    sent = await self._send_part(outgoing, parts[index], chat, group, index)
+                    ids.append(sent)
+                    if mid is not None and index + 1 < len(parts):
+                        await ledger.mark_part_sent(mid, index + 1, sent)
         except DeliveryError as exc:
+            self.pacer.stats.failed += 1
             log.warning(
                 "deliver.failed",
                 platform=self.platform,
                 error=str(exc),
-                message_id=outgoing.message_id,
+                message_id=mid,
             )
             if isinstance(exc, Unreachable):
                 await self.services.people.mark_unreachable(
                     self.platform, outgoing.scope.user, exc.reason
                 )
-            await ledger.record_failure(stage="deliver", error=exc, message_id=outgoing.message_id)
-            if outgoing.message_id is not None:
-                await ledger.mark_delivered(outgoing.message_id, None, delivered=False)
+            await ledger.record_failure(stage="deliver", error=exc, message_id=mid)
+            if mid is not None:
+                await ledger.mark_delivered(mid, None, delivered=False)
             raise
-        if outgoing.message_id is not None:
-            await ledger.mark_delivered(outgoing.message_id, ids[0] if ids else None)
+        if mid is not None:
+            await ledger.mark_delivered(mid, ids[0] if ids else None, parts_sent=len(parts))
         return ids
 
-    async def _send_part(self, outgoing: Outgoing, text: str, chat: str, group: bool) -> str | None:
+    async def _send_part(
+        self, outgoing: Outgoing, text: str, chat: str, group: bool, index: int
+    ) -> str | None:
         attempts = 0
         while True:
             await self.pacer.wait(chat, group=group)
             try:
-                return await self._deliver(outgoing, text)
+                sent = await self._deliver_part(outgoing, text, index)
             except RateLimited as exc:
                 attempts += 1
+                wait = self.pacer.rate_limited(None if exc.everything else chat, exc.retry_after)
                 if attempts > self.pacing.max_rate_limit_retries:
                     raise DeliveryError(f"still rate limited after {attempts - 1} retries") from exc
-                wait = min(max(exc.retry_after, 0.0), self.pacing.max_retry_after_s)
                 log.info("deliver.rate_limited", platform=self.platform, retry_after=wait)
-                await asyncio.sleep(wait)
+                continue  # the pacer holds the chat for `wait` before the next try
+            self.pacer.stats.sent += 1
+            return sent
+
+    async def _deliver_part(self, outgoing: Outgoing, text: str, part: int) -> str | None:
+        """Send part `part` (0-based, stable across restarts) of a reply; by default
+        `_deliver`. A platform that can make a resend idempotent overrides this and
+        uses `part_nonce(outgoing, part)` (Discord's `enforce_nonce`)."""
+        return await self._deliver(outgoing, text)
+
+    @staticmethod
+    def part_nonce(outgoing: Outgoing, part: int) -> str | None:
+        """A nonce for one part of a stored reply, the same after a restart (at most
+        25 characters, as Discord allows); None for a reply that is not stored."""
+        if outgoing.message_id is None:
+            return None
+        return f"{outgoing.message_id}.{part}"[:25]
 
     # -- events other than messages -------------------------------------------------------
 

@@ -20,6 +20,7 @@ from bot.commands import Commands, StoreMemoryControl
 from bot.config import LLMSettings, MemorySettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
+from bot.inbox import Inbox
 from bot.llm.base import LLMBackend
 from bot.memory.embeddings import Embedder
 from bot.memory.ledger import Ledger
@@ -99,13 +100,17 @@ class App:
     memory: SQLiteMemory | None = None
     #: Extra upkeep jobs for the scheduler, by name: each takes `now`.
     upkeep: dict[str, Callable[[datetime], Awaitable[Any]]] = field(default_factory=dict)
+    #: Platform events, committed before they are acknowledged (`bot.inbox`).
+    inbox: Inbox | None = None
 
     @property
     def services(self) -> AdapterServices:
         """What adapters are built with."""
         from adapters.base import AdapterServices
 
-        return AdapterServices(engine=self.engine, commands=self.commands, people=self.people)
+        return AdapterServices(
+            engine=self.engine, commands=self.commands, people=self.people, inbox=self.inbox
+        )
 
 
 @asynccontextmanager
@@ -174,6 +179,7 @@ async def open_app(
             stack.push_async_callback(stop_watching)
         stack.push_async_callback(engine.drain)
         people = People(db)
+        inbox = Inbox(db)
         commands = Commands(
             engine=engine,
             people=people,
@@ -190,15 +196,24 @@ async def open_app(
             people,
             commands,
             memory=long_term,
-            upkeep=_upkeep_jobs(settings, long_term),
+            upkeep=_upkeep_jobs(settings, long_term, inbox),
+            inbox=inbox,
         )
 
 
 def _upkeep_jobs(
-    settings: Settings, memory: SQLiteMemory | None
+    settings: Settings, memory: SQLiteMemory | None, inbox: Inbox | None = None
 ) -> dict[str, Callable[[datetime], Awaitable[Any]]]:
     """Upkeep the scheduler runs besides its own (retention, backups)."""
     jobs: dict[str, Callable[[datetime], Awaitable[Any]]] = {}
+    if inbox is not None:
+        keep = timedelta(hours=settings.engine.inbox_keep_payload_hours)
+
+        async def prune_inbox(now: datetime) -> Any:
+            # Raw event text is not kept forever; failed events keep theirs for replay.
+            return await inbox.prune(now, keep=keep)
+
+        jobs["inbox"] = prune_inbox
     if memory is not None:
         jobs["memory"] = memory.summarise_quiet  # summaries of conversations gone quiet
     export_dir = settings.scheduler.export_dir

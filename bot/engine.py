@@ -236,13 +236,15 @@ class PersonaEngine:
             release(previous if not waited else None)
             self._settle()
 
-    async def expire(self, stored: Unfinished, *, reason: str) -> Outgoing | None:
+    async def expire(
+        self, stored: Unfinished, *, reason: str, notify: bool = True
+    ) -> Outgoing | None:
         """Record an unfinished message as too old to act on (an incoming one
-        `expired`, a reply `undeliverable`), and return the persona's "sorry, I was
-        away" for that person if the persona has one and it was not just said."""
+        `expired`, a reply `undeliverable`), and with `notify` return the persona's
+        "sorry, I was away" for that person if it has one and it was not just said."""
         if not await self.ledger.expire(stored.message_id, reason):
             return None
-        if stored.user_id is None:
+        if stored.user_id is None or not notify:
             return None
         return await self._away(stored.scope, stored.conversation_id, stored.user_id, stored)
 

@@ -1,28 +1,159 @@
-"""Recovery on start: finish what a crash left unfinished (being written)."""
+"""Recovery on start: finish what a stop or crash left unfinished, once.
+
+For one platform, every unfinished ledger row (`Ledger.unfinished`) becomes a job in
+its chat's lane of the inbox worker, oldest first, before the worker takes its first
+pending event:
+
+- an incoming message with no reply (`received`/`answering`) younger than
+  `engine.stale_after_s` is answered late (`PersonaEngine.resume`, which claims it
+  first, so no message is answered twice); an older one is recorded `expired`, with
+  the persona's `safety.away_message` sent at most once to that person;
+- a reply not yet delivered (`generated`/`sending`) younger than the limit is sent
+  from the first part not confirmed (`parts_sent`); an older one is recorded
+  `undeliverable` (expired), with the same one away notice.
+
+Pending inbox events then follow in each lane; a redelivered message that was
+already stored is recognised by the engine and not answered again.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
+import structlog
+
+from bot.engine import PersonaEngine
+from bot.errors import BotError
 from bot.inbox.worker import InboxWorker
+from bot.memory.ledger import Unfinished
+from bot.messages import Outgoing, Scope, TurnKind
 
-__all__ = ["RecoveryReport", "recover"]
+__all__ = ["AWAY_HORIZON", "RecoveryReport", "RecoveryTarget", "recover"]
+
+log = structlog.get_logger("bot.inbox.recovery")
+
+#: An expired message older than this gets no away notice: a person who wrote days
+#: ago (or a conversation imported from elsewhere) should not hear "sorry" now.
+AWAY_HORIZON = timedelta(days=2)
+
+
+class RecoveryTarget(Protocol):
+    """What recovery needs of an adapter (`adapters.base.Adapter` is one)."""
+
+    platform: str
+    engine: PersonaEngine
+
+    def chat_key(self, scope: Scope) -> str:
+        """The lane (and rate-limit unit) of a scope."""
+        ...
+
+    async def send(self, outgoing: Outgoing, *, first_part: int = 0) -> list[str | None]:
+        """Deliver a stored reply from part `first_part` on, recording the outcome."""
+        ...
 
 
 @dataclass
 class RecoveryReport:
-    """What recovery found and queued."""
+    """What recovery found: how many of each it queued."""
 
     resumed: int = 0
     expired: int = 0
     redelivered: int = 0
-    apologies: int = 0
+
+    @property
+    def total(self) -> int:
+        """Every unfinished message found."""
+        return self.resumed + self.expired + self.redelivered
 
 
 async def recover(
-    target: Any, worker: InboxWorker, *, now: datetime | None = None
+    target: RecoveryTarget, worker: InboxWorker, *, now: datetime | None = None
 ) -> RecoveryReport:
-    """Queue the unfinished work of `target.platform` into `worker`'s lanes."""
-    return RecoveryReport()
+    """Queue the unfinished work of `target.platform` into `worker`'s lanes (it runs
+    there, in each chat's order); returns what was queued."""
+    engine = target.engine
+    at = now or datetime.now(UTC)
+    limit = at - timedelta(seconds=engine.settings.stale_after_s)
+    report = RecoveryReport()
+    for item in await engine.ledger.unfinished(target.platform):
+        chat = target.chat_key(item.scope)
+        job: Callable[[], Awaitable[None]]
+        if item.created_at < limit:
+            report.expired += 1
+            job = _expire(target, item, at)
+        elif item.direction == "in":
+            report.resumed += 1
+            job = _resume(target, item)
+        else:
+            report.redelivered += 1
+            job = _redeliver(target, item)
+        worker.submit(chat, job, name=f"recover-{item.message_id}")
+    if report.total:
+        log.info(
+            "recovery.queued",
+            platform=target.platform,
+            resumed=report.resumed,
+            expired=report.expired,
+            redelivered=report.redelivered,
+        )
+    return report
+
+
+def _resume(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitable[None]]:
+    async def job() -> None:
+        for reply in await target.engine.resume(item):
+            await _send(target, reply)
+
+    return job
+
+
+def _redeliver(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitable[None]]:
+    async def job() -> None:
+        await _send(target, _outgoing(item), first_part=item.parts_sent)
+
+    return job
+
+
+def _expire(
+    target: RecoveryTarget, item: Unfinished, now: datetime
+) -> Callable[[], Awaitable[None]]:
+    async def job() -> None:
+        age = (now - item.created_at).total_seconds()
+        what = "received" if item.direction == "in" else "generated"
+        reason = (
+            f"{what} {age:.0f} s before the bot came back, older than the staleness "
+            "limit (engine.stale_after_s)"
+        )
+        away = await target.engine.expire(
+            item, reason=reason, notify=now - item.created_at < AWAY_HORIZON
+        )
+        if away is not None:
+            await _send(target, away)
+
+    return job
+
+
+async def _send(target: RecoveryTarget, outgoing: Outgoing, *, first_part: int = 0) -> None:
+    try:
+        await target.send(outgoing, first_part=first_part)
+    except BotError as exc:  # a delivery failure is recorded by send; log the rest
+        log.info("recovery.send_failed", message_id=outgoing.message_id, error=str(exc))
+
+
+def _outgoing(item: Unfinished) -> Outgoing:
+    try:
+        kind = TurnKind(item.kind)
+    except ValueError:  # apology, away: spoken as messages
+        kind = TurnKind.MESSAGE
+    return Outgoing(
+        scope=item.scope,
+        text=item.text,
+        reply_to_platform_id=item.reply_to_platform_id,
+        message_id=item.message_id,
+        persona_hash=item.persona_hash,
+        kind=kind,
+        is_error=item.kind == "apology",
+    )

@@ -353,17 +353,27 @@ class Ledger:
         return await self.db.run(work)
 
     async def mark_delivered(
-        self, message_id: int, platform_message_id: str | None, *, delivered: bool = True
+        self,
+        message_id: int,
+        platform_message_id: str | None,
+        *,
+        delivered: bool = True,
+        parts_sent: int | None = None,
     ) -> None:
-        """Record that an adapter delivered (or could not deliver) a reply."""
+        """Record that an adapter delivered (or could not deliver) a reply; the platform
+        id already stored (its first part's) is kept."""
         status = MessageStatus.DELIVERED if delivered else MessageStatus.UNDELIVERABLE
+        values: dict[str, Any] = {
+            "status": status.value,
+            "platform_message_id": func.coalesce(
+                _messages.c.platform_message_id, platform_message_id
+            ),
+        }
+        if parts_sent is not None:
+            values["parts_sent"] = parts_sent
 
         def work(conn: Connection) -> None:
-            conn.execute(
-                update(_messages)
-                .where(_messages.c.id == message_id)
-                .values(status=status.value, platform_message_id=platform_message_id)
-            )
+            conn.execute(update(_messages).where(_messages.c.id == message_id).values(**values))
 
         await self.db.run(work)
 

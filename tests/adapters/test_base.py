@@ -32,7 +32,9 @@ class ScriptedPlatform(Adapter):
     platform = "test"
     max_message_length = 50
     typing_interval_s = 0.05
-    pacing = PacingPolicy(per_chat_interval_s=0.05, group_per_minute=1000, global_per_second=1000)
+    pacing = PacingPolicy(
+        per_chat_interval_s=0.05, group_per_minute=1000, global_per_second=1000, per_chat_burst=1
+    )
 
     def __init__(self, services: AdapterServices, script: list[Exception | None]) -> None:
         super().__init__(services)
