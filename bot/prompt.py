@@ -82,7 +82,7 @@ class PromptBuilder:
 
     Token counts of stored history messages are cached by ledger id: the same
     messages are re-packed on every turn of a conversation. The result never
-    exceeds the budget unless the system prompt alone does.
+    exceeds the budget unless the system prompt and the cut note alone do.
     """
 
     tokens: TokenCounter
