@@ -35,6 +35,7 @@ from bot.errors import AdapterError
 from bot.inbox import RawEvent
 
 __all__ = [
+    "Accept",
     "Backoff",
     "RawUpdatesBot",
     "UpdatePoller",

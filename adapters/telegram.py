@@ -21,8 +21,6 @@ delivered; what was not started stays in the inbox for the next start.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import secrets
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -31,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from aiohttp import web
 from telegram import Bot, BotCommand, Message, ReplyParameters, Update, User
 from telegram.constants import ChatAction, ChatType
 from telegram.error import (
@@ -45,7 +42,7 @@ from telegram.error import (
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters._telegram_http import AiohttpRequest
-from adapters._telegram_intake import RawUpdatesBot, UpdatePoller, webhook_events
+from adapters._telegram_intake import RawUpdatesBot, UpdatePoller
 from adapters._telegram_parse import (
     UnparsableUpdate,
     attachments,
@@ -56,6 +53,7 @@ from adapters._telegram_parse import (
     strip_handle,
 )
 from adapters._telegram_parse import emoji as reaction_emoji
+from adapters._telegram_webhook import WebhookServer
 from adapters.base import (
     Adapter,
     AdapterServices,
@@ -96,8 +94,12 @@ _MENU = (
 _PRIVATE_ONLY = frozenset({"memory", "forget"})
 _MAX_UPLOAD_BYTES = 1_000_000
 _BINDING_TTL_S = 30.0  # how soon a switch made by another replica is seen
-#: Connections to the Bot API; 8 carry far more than Telegram's 30 messages/s.
-_POOL_SIZE = 8
+#: Connections to the Bot API for sends. Far more than 30 messages/s need, so that a
+#: send the pacer let go never waits for a connection held by a slow call: a queue
+#: here would release its sends in a bunch, over Telegram's 30 in one second.
+_POOL_SIZE = 32
+#: Connections typing indicators may use, apart from the replies' (never theirs).
+_TYPING_POOL = 2
 
 
 def _seconds(value: int | float | timedelta) -> float:
@@ -154,9 +156,9 @@ class TelegramAdapter(Adapter):
         self._bot: RawUpdatesBot | None = None
         self._typing: set[asyncio.Future[Any]] = set()
         self._http = asyncio.Semaphore(_POOL_SIZE)
+        self._typing_slots = _TYPING_POOL
         self._bindings: dict[str, tuple[str, float]] = {}
         self._reachable: set[str] = set()
-        self._webhook_secret = ""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class TelegramAdapter(Adapter):
             self.settings.token.get_secret_value(),
             base_url=base,
             base_file_url=file_base,
-            request=AiohttpRequest(_POOL_SIZE),
+            request=AiohttpRequest(_POOL_SIZE + _TYPING_POOL),
             get_updates_request=AiohttpRequest(1),
         )
 
@@ -223,58 +225,21 @@ class TelegramAdapter(Adapter):
         await task  # returns once `stop` is set (a rejected token raises)
 
     async def _serve_webhook(self, bot: RawUpdatesBot, stop: asyncio.Event) -> None:
-        secret = self.settings.webhook_secret
-        # Without a configured secret a random one is registered for this run, so the
-        # route never accepts unauthenticated posts.
-        self._webhook_secret = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
-        web_app = web.Application(client_max_size=2 * 1024 * 1024)
-        web_app.router.add_post(self.settings.webhook_path, self._webhook)
-        runner = web.AppRunner(web_app, access_log=None)
-        await runner.setup()
+        server = WebhookServer(self.settings, self.accept)
+        started = asyncio.Event()
+        task = asyncio.create_task(
+            server.serve(bot, stop, allowed_updates=ALLOWED_UPDATES, ready=started)
+        )
+        waiter = asyncio.ensure_future(started.wait())
         try:
-            site = web.TCPSite(runner, self.settings.listen_host, self.settings.listen_port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise AdapterError(
-                    f"telegram: cannot listen on {self.settings.listen_host}:"
-                    f"{self.settings.listen_port} for the webhook: {exc.strerror}"
-                ) from None
-            sockets = getattr(site._server, "sockets", None)
-            if sockets:
-                self.webhook_port = int(sockets[0].getsockname()[1])
-            assert self.settings.webhook_url is not None
-            try:
-                await bot.set_webhook(
-                    self.settings.webhook_url,
-                    secret_token=self._webhook_secret,
-                    allowed_updates=list(ALLOWED_UPDATES),
-                )
-            except TelegramError as exc:
-                raise AdapterError(f"telegram: setWebhook failed: {exc}") from None
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if started.is_set():
+            self.webhook_port = server.port
             self.ready.set()
             log.info("telegram.started", username=self.username, mode="webhook")
-            await stop.wait()
-        finally:
-            await runner.cleanup()  # no more posts: Telegram keeps the rest for later
-
-    async def _webhook(self, request: web.Request) -> web.Response:
-        """Telegram posts one update; only a request carrying our secret is read, and
-        200 means committed: any other answer makes Telegram post it again."""
-        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
-        if not hmac.compare_digest(given.encode(), self._webhook_secret.encode()):
-            log.warning("telegram.webhook_bad_secret", remote=request.remote)
-            return web.Response(status=401, text="wrong or missing secret token")
-        body = await request.read()
-        # Whatever the body is, it is stored: a malformed one as an event that fails
-        # with its reason when handled (posting it again would not mend it).
-        events = webhook_events(body)
-        try:
-            await self.accept(events)
-        except Exception as exc:  # not durable: Telegram must post it again
-            log.error("telegram.webhook_commit_failed", error=str(exc)[:300])
-            return web.Response(status=503, text="not stored; try again")
-        return web.Response(text="ok")
+        await task  # raises what stopped it (a port in use, setWebhook refused)
 
     # -- updates -----------------------------------------------------------------------
 
@@ -520,17 +485,22 @@ class TelegramAdapter(Adapter):
         return str(sent.message_id)
 
     async def _send_typing(self, scope: Scope) -> None:
+        """Best effort: skipped when the typing connections are busy (a backlog), and
+        never on a connection a reply could use."""
         bot = self._bot
-        if bot is None:
+        if bot is None or self._typing_slots <= 0:
             return
+        self._typing_slots -= 1
 
         async def send() -> None:
-            async with self._http:
+            try:
                 await bot.send_chat_action(
                     chat_id=int(scope.channel),
                     action=ChatAction.TYPING,
                     message_thread_id=int(scope.thread) if scope.thread else None,
                 )
+            finally:
+                self._typing_slots += 1
 
         request = asyncio.ensure_future(send())
         self._typing.add(request)
