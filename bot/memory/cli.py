@@ -9,17 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.config import Settings, load_settings, merge_overrides
 from bot.errors import ConfigError
 
-__all__ = ["ImportLine", "memory_app"]
+__all__ = ["memory_app"]
 
 memory_app = typer.Typer(
     no_args_is_help=True, help="Long-term memory: show, forget, import and search."
@@ -155,105 +153,57 @@ def forget(
     )
 
 
-class ImportLine(BaseModel):
-    """One line of a memory import file: a message as a platform would deliver it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    platform: str = Field(min_length=1, max_length=32)
-    space: str | None = None
-    channel: str = Field(min_length=1)
-    user: str = Field(min_length=1)
-    display_name: str = ""
-    persona: str = Field(min_length=1, max_length=64)
-    role: str = Field(pattern="^(user|assistant)$")
-    text: str = Field(min_length=1)
-    timestamp: datetime
-
-
 @memory_app.command("import")
 def import_file(
     file: Annotated[Path, typer.Argument(help="JSONL: one message per line.")],
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Store and index messages from a JSONL file (bad lines are reported and skipped;
-    exit 1 if there were any)."""
-    from bot.memory.ledger import ReplyRecord
-    from bot.messages import Actor, Incoming, Scope
+    """Store and index messages from a JSONL file: all of them, or none when any line
+    has a problem (each is named as file:line; exit 2)."""
+    from bot.memory import importer
+    from bot.memory.lines import InputFileError
 
     try:
-        raw_lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read it ({exc.strerror})") from exc
-    parsed: list[ImportLine] = []
-    problems: list[str] = []
-    for number, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            parsed.append(ImportLine.model_validate_json(raw))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(line)"
-            problems.append(f"{file}:{number}: {where}: {first['msg']}")
+        total = importer.check_file(file)
+    except InputFileError as exc:
+        for problem in exc.problems[1:]:  # the error itself names the first
+            typer.echo(problem, err=True)
+        raise
 
     async def work(memory: Any, ledger: Any) -> int:
-        last_user: dict[str, tuple[int, int, int]] = {}  # conversation key -> ids
-        count = 0
-        for line in parsed:
-            at = line.timestamp if line.timestamp.tzinfo else line.timestamp.replace(tzinfo=UTC)
-            scope = Scope(
-                platform=line.platform,
-                space=line.space,
-                channel=line.channel,
-                user=line.user,
-                persona=line.persona,
-            )
-            if line.role == "user":
-                actor = Actor(platform=line.platform, id=line.user, display_name=line.display_name)
-                incoming = Incoming(scope=scope, actor=actor, text=line.text, received_at=at)
-                stored = await ledger.record_incoming(incoming, line.text)
-                last_user[scope.conversation_key + line.user] = (
-                    stored.conversation_id,
-                    stored.user_id,
-                    stored.message_id,
-                )
-                message_id = stored.message_id
-            else:
-                known = last_user.get(scope.conversation_key + line.user)
-                uid = await memory.find_user(line.platform, line.user)
-                cid = known[0] if known else await ledger.conversation_id(scope)
-                message_id = await ledger.record_reply(
-                    ReplyRecord(
-                        conversation_id=cid,
-                        user_id=uid,
-                        reply_to_id=known[2] if known else None,
-                        text=line.text,
-                        persona_id=line.persona,
-                        created_at=at,
-                    )
-                )
-            memory.enqueue([("message", message_id)])
-            count += 1
-        await memory.flush()
-        return count
+        return await importer.import_file(file, memory, ledger)
 
-    count = _with_memory(_settings(config, db), work, create=True) if parsed else 0
-    for problem in problems:
-        typer.echo(problem, err=True)
-    typer.echo(f"imported {count} message(s)" + (f", skipped {len(problems)}" if problems else ""))
-    if problems:
-        raise typer.Exit(1)
+    count = _with_memory(_settings(config, db), work, create=True) if total else 0
+    typer.echo(f"imported {count} message(s)")
 
 
 @memory_app.command("search")
 def search(
     user: UserOption,
     persona: Annotated[str, typer.Option(help="The persona whose memories to search.")],
-    query: Annotated[str, typer.Option(help="What to look for.")],
+    query: Annotated[str | None, typer.Option(help="What to look for.")] = None,
+    queries: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of queries, one per line (text, or JSON with query/id/k/now); "
+            "runs them all in one process and prints one JSON line per query with --json."
+        ),
+    ] = None,
     channel: Annotated[
         str | None, typer.Option(help="The channel's memories (default: the person's DMs).")
+    ] = None,
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="The server or group of --channel (needed when "
+            "several have a channel of that name)."
+        ),
+    ] = None,
+    thread: Annotated[str | None, typer.Option(help="A thread inside --channel.")] = None,
+    now: Annotated[
+        str | None,
+        typer.Option(help="The clock for recency and 'last week' (ISO 8601; default: now)."),
     ] = None,
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="How many results.")] = 10,
     platform: PlatformOption = "console",
@@ -262,46 +212,65 @@ def search(
     config: ConfigOption = None,
 ) -> None:
     """Search a person's memories the way a turn would recall them."""
-    from sqlalchemy import text
-
+    from bot.memory.batch import Query, find_places, hits_json, parse_time, read_queries
     from bot.memory.store import MemoryScope
+    from bot.text import clean_text
 
-    async def work(memory: Any, _ledger: Any) -> list[Any]:
-        uid = await _user_id(memory, platform, user)
-        where = "c.channel = :channel" if channel is not None else "c.is_direct"
-        rows = await memory.db.run(
-            lambda conn: list(
-                conn.execute(
-                    text(
-                        "SELECT DISTINCT c.id FROM conversations c JOIN messages m "
-                        "ON m.conversation_id = c.id WHERE m.user_id = :uid AND "
-                        f"c.persona_id = :persona AND c.platform = :platform AND {where}"
-                    ),
-                    {"uid": uid, "persona": persona, "platform": platform, "channel": channel},
-                ).scalars()
-            )
+    if (query is None) == (queries is None):
+        raise typer.BadParameter("give exactly one of --query TEXT or --queries FILE")
+    if (space is not None or thread is not None) and channel is None:
+        raise typer.BadParameter(
+            "--space and --thread name where --channel is", param_hint="--space"
         )
-        hits: list[Any] = []
-        for cid in rows:
-            hits += await memory.search(MemoryScope(uid, int(cid)), query, k=k)
-        hits.sort(key=lambda h: -h.score)
-        return hits[:k]
+    try:
+        clock = parse_time(now) if now is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--now") from None
+    batch = read_queries(queries) if queries is not None else [Query(clean_text(query or ""), 0)]
 
-    hits = _with_memory(_settings(config, db), work)
-    if as_json:
-        out = [
-            {
-                "id": h.ref,
-                "kind": h.kind,
-                "score": round(h.score, 6),
-                "text": h.text,
-                "at": h.at.isoformat(),
-                "speaker": h.speaker,
-                "source_ids": list(h.source_ids),
-            }
-            for h in hits
-        ]
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+    async def work(memory: Any, _ledger: Any) -> list[list[Any]]:
+        uid = await _user_id(memory, platform, user)
+        places = await memory.db.read(
+            lambda conn: find_places(
+                conn, user_id=uid, persona=persona, platform=platform,
+                channel=channel, space=space, thread=thread,
+            )
+        )  # fmt: skip
+        spaces = sorted({p.space or "(none)" for p in places})
+        if channel is not None and space is None and len(spaces) > 1:
+            raise typer.BadParameter(
+                f"{channel!r} is a channel in {len(spaces)} servers ({', '.join(spaces)}): "
+                "pick one with --space",
+                param_hint="--channel",
+            )
+        results = []
+        for item in batch:
+            hits: list[Any] = []
+            for place in places:
+                hits += await memory.search(
+                    MemoryScope(uid, place.conversation_id),
+                    item.text,
+                    k=item.k or k,
+                    now=item.now or clock,
+                )
+            hits.sort(key=lambda h: (-h.score, -h.id))
+            results.append(hits[: item.k or k])
+        return results
+
+    results = _with_memory(_settings(config, db), work)
+    if queries is None:
+        hits = results[0]
+        if as_json:
+            typer.echo(json.dumps(hits_json(hits), ensure_ascii=False, indent=2))
+            return
+        for h in hits:
+            typer.echo(f"{h.ref}\t{h.score:.4f}\t{h.at:%Y-%m-%d}\t{h.speaker}\t{h.text}")
         return
-    for h in hits:
-        typer.echo(f"{h.ref}\t{h.score:.4f}\t{h.at:%Y-%m-%d}\t{h.speaker}\t{h.text}")
+    for item, hits in zip(batch, results, strict=True):
+        if as_json:
+            line = {"line": item.line, "id": item.id, "query": item.text, "hits": hits_json(hits)}
+            typer.echo(json.dumps(line, ensure_ascii=False))
+            continue
+        typer.echo(f"# {item.line}: {item.text}")
+        for h in hits:
+            typer.echo(f"{h.ref}\t{h.score:.4f}\t{h.at:%Y-%m-%d}\t{h.speaker}\t{h.text}")

@@ -29,6 +29,7 @@ else:
 
 __all__ = [
     "Embedder",
+    "EmbeddingInputError",
     "EmbeddingUnavailable",
     "FallbackEmbedder",
     "SentenceTransformerEmbedder",
@@ -43,6 +44,19 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 class EmbeddingUnavailable(RuntimeError):
     """The embedding model cannot be loaded or run; retrieval falls back to BM25."""
+
+
+class EmbeddingInputError(ValueError):
+    """These texts cannot be embedded, though the model works: never a reason to turn
+    the model (or the ONNX runtime) off for the texts after them."""
+
+
+def embeddable(texts: Sequence[str]) -> list[str]:
+    """`texts` as every model can take them: strings, with lone surrogates (from
+    undecodable bytes) and control characters replaced, which tokenizers reject."""
+    from bot.text import clean_text
+
+    return [clean_text(t if isinstance(t, str) else str(t)) for t in texts]
 
 
 class Embedder(Protocol):
@@ -109,7 +123,7 @@ class SentenceTransformerEmbedder:
             import numpy as np
 
             vectors = model.encode(
-                list(texts),
+                embeddable(texts),
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
@@ -141,10 +155,14 @@ class FallbackEmbedder:
         return bool(getattr(self.first or self.second, "loaded", True))
 
     def embed(self, texts: Sequence[str]) -> Matrix:
-        """Vectors from the first embedder, or from the second once the first failed."""
+        """Vectors from the first embedder, or from the second once the first failed to
+        load or run. Bad input (`EmbeddingInputError`) is the caller's, not a failure
+        of the first: it is raised as it is, and the first stays in use."""
         if self.first is not None:
             try:
                 return self.first.embed(texts)
+            except EmbeddingInputError:
+                raise
             except EmbeddingUnavailable as exc:
                 self.first, self.reason = None, str(exc)
                 log.warning(

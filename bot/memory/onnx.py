@@ -29,7 +29,13 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from bot.memory.embeddings import EmbeddingUnavailable, Matrix, resolve_model
+from bot.memory.embeddings import (
+    EmbeddingInputError,
+    EmbeddingUnavailable,
+    Matrix,
+    embeddable,
+    resolve_model,
+)
 
 __all__ = ["OnnxEmbedder", "default_cache_dir", "onnx_available"]
 
@@ -96,6 +102,7 @@ class OnnxEmbedder:
         self._load()
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
+        texts = embeddable(texts)
         try:
             session = self._session(single=len(texts) == 1)
             # Similar lengths share a batch, so little compute goes to padding.
@@ -107,13 +114,18 @@ class OnnxEmbedder:
                 for row, i in enumerate(chunk):
                     out[i] = vectors[row]
             return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+        except EmbeddingInputError:
+            raise
         except Exception as exc:
             raise EmbeddingUnavailable(f"embedding failed: {type(exc).__name__}: {exc}") from exc
 
     def _run(self, session: Any, texts: list[str]) -> Any:
         import numpy as np
 
-        encodings = self._tokenizer.encode_batch(texts)
+        try:
+            encodings = self._tokenizer.encode_batch(texts)
+        except Exception as exc:  # the input, not the runtime: nothing to turn off
+            raise EmbeddingInputError(f"cannot tokenize: {type(exc).__name__}: {exc}") from exc
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]

@@ -38,7 +38,7 @@ from sqlalchemy import Connection, text
 from bot.db import Database
 from bot.errors import BackendError
 from bot.llm.base import LLMBackend, TokenCounter
-from bot.memory.embeddings import Embedder, EmbeddingUnavailable
+from bot.memory.embeddings import Embedder, EmbeddingInputError, EmbeddingUnavailable
 from bot.memory.extract import (
     Extraction,
     KnownFact,
@@ -49,6 +49,7 @@ from bot.memory.extract import (
 from bot.memory.forget import ForgetRefused, Forgotten, forget_rows, parse_target
 from bot.memory.query import cjk_runs, match_expression, trigram_expression, words
 from bot.memory.timeparse import parse_time_range
+from bot.text import clean_text
 
 if TYPE_CHECKING:
     from bot.engine import RecallRequest, TurnRecord
@@ -422,7 +423,8 @@ class SQLiteMemory:
         or one full of FTS5 syntax simply finds what its words find (maybe nothing).
         """
         now = _aware(now or datetime.now(UTC))
-        query = query[:4000]
+        # Lone surrogates (undecodable bytes) cannot reach SQLite or a tokenizer.
+        query = clean_text(query[:4000])
         period = parse_time_range(query, now)
         weights = self.weights
         n = max(weights.candidates, k)
@@ -519,8 +521,8 @@ class SQLiteMemory:
         loop = asyncio.get_running_loop()
         try:
             vectors = await loop.run_in_executor(self._thread, embedder.embed, [query])
-        except EmbeddingUnavailable as exc:
-            self._dense_unavailable(exc)
+        except EmbeddingInputError as exc:  # this query only: BM25 answers it
+            log.info("memory.query_not_embedded", reason=str(exc))
             return None
         except Exception as exc:
             self._dense_unavailable(exc)

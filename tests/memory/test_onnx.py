@@ -3,6 +3,7 @@ cached, and falling back to torch when it cannot run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ from bot.config import MemorySettings
 from bot.db import Database
 from bot.memory import onnx
 from bot.memory.embeddings import (
+    EmbeddingInputError,
     EmbeddingUnavailable,
     FallbackEmbedder,
     SentenceTransformerEmbedder,
     resolve_model,
 )
+from bot.memory.ledger import Ledger
 from bot.memory.onnx import OnnxEmbedder
+from bot.memory.store import SQLiteMemory
+from tests.memory.conftest import BrokenEmbedder, say, scope_for
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("sentence_transformers")
@@ -120,3 +125,64 @@ async def test_the_runtime_setting_picks_the_embedder(tmp_path: Path) -> None:
     for memory in (auto, plain, gpu, off):
         await memory.aclose()
     await db.aclose()
+
+
+#: Text as it arrives from undecodable bytes (argv, a file read with surrogateescape),
+#: control characters, and nothing but them.
+HOSTILE_QUERIES = [
+    "my dog " + os.fsdecode(b"\xff\xfe"),
+    "\udcff",
+    "\ud800 Rex \udfff",
+    "\x00\x01\x7f dog",
+    "",
+    "\u200b\u2028\ufeff",
+]
+
+
+class NoTorch(BrokenEmbedder):
+    """The fallback's second: fails, so a switch to it could not go unnoticed."""
+
+    name = MODEL
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+async def test_bad_bytes_in_a_query_never_turn_onnx_off(
+    cache: Path, tmp_path: Path, query: str
+) -> None:
+    embedder = FallbackEmbedder(OnnxEmbedder(MODEL, cache_dir=cache), NoTorch())
+    db = Database.open(f"sqlite:///{tmp_path}/m.db")
+    memory = SQLiteMemory(db, embedder=embedder, embed_delay_s=0)
+    scope, mid, _ = await say(Ledger(db), scope_for("ann"), "My dog Rex turned three")
+    memory.enqueue([("message", mid)])
+    await memory.flush()
+    with capture_logs() as logs:
+        await memory.search(scope, query)
+        hits = await memory.search(scope, "how old is my dog")
+    assert embedder.first is not None and embedder.reason is None  # still ONNX
+    assert "memory.embedder_fallback" not in [e["event"] for e in logs]
+    assert [h.id for h in hits] == [mid]
+    await memory.aclose()
+    await db.aclose()
+
+
+def test_both_runtimes_embed_hostile_text(cache: Path) -> None:
+    for embedder in (OnnxEmbedder(MODEL, cache_dir=cache), SentenceTransformerEmbedder(MODEL)):
+        vectors = embedder.embed(HOSTILE_QUERIES)
+        assert vectors.shape == (len(HOSTILE_QUERIES), 384)
+        assert np.isfinite(vectors).all()
+
+
+def test_a_tokenizer_failure_is_the_inputs_not_the_runtimes(cache: Path) -> None:
+    onnx_embedder = OnnxEmbedder(MODEL, cache_dir=cache)
+    fallback = FallbackEmbedder(onnx_embedder, NoTorch())
+    fallback.embed(["warm"])
+
+    class Refusing:
+        def encode_batch(self, texts: list[str]) -> None:
+            raise TypeError("not a sequence of str")
+
+    real, onnx_embedder._tokenizer = onnx_embedder._tokenizer, Refusing()
+    with pytest.raises(EmbeddingInputError):
+        fallback.embed(["x"])
+    onnx_embedder._tokenizer = real
+    assert fallback.first is onnx_embedder and fallback.embed(["x"]).shape == (1, 384)
