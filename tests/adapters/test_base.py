@@ -4,6 +4,7 @@ tested end to end against fake servers in test_telegram.py and test_discord.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -162,3 +163,216 @@ def test_split_code_block_longer_than_the_limit_is_refenced() -> None:
     assert all(p.startswith("```") and p.endswith("```") for p in parts)
     joined = "\n".join(line for p in parts for line in p.splitlines() if line != "```")
     assert joined == "\n".join(f"line number {i}" for i in range(40))
+
+
+# -- pacing on a virtual clock (no sleeping) -------------------------------------------
+
+
+class VirtualClock:
+    """Time that moves only when every task waits: the earliest sleeper wakes next."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        import heapq
+
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._sleepers, (self.t + max(seconds, 0.0), self._seq, future))
+        await future
+
+    async def run(self, *aws: Any) -> list[Any]:
+        import heapq
+
+        tasks = [asyncio.ensure_future(a) for a in aws]
+        while not all(t.done() for t in tasks):
+            for _ in range(50):  # let every runnable task reach its next wait
+                await asyncio.sleep(0)
+            if self._sleepers:
+                when, _, future = heapq.heappop(self._sleepers)
+                self.t = max(self.t, when)
+                future.set_result(None)
+        return [t.result() for t in tasks]
+
+
+def most_in_any_window(times: list[float], period: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= period - 1e-9:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+TELEGRAMISH = PacingPolicy(
+    per_chat_interval_s=1.0, group_per_minute=20, global_per_second=30, per_chat_burst=3
+)
+
+
+async def test_a_burst_never_sends_more_than_the_overall_limit_in_any_second() -> None:
+    from adapters.base import Pacer
+
+    clock = VirtualClock()
+    pacer = Pacer(TELEGRAMISH, clock=clock)
+    granted: list[float] = []
+
+    async def one(chat: str) -> None:
+        await pacer.wait(chat, group=False)
+        granted.append(clock.now())
+
+    # 300 private chats x 5 messages, all at once.
+    await clock.run(*(one(f"c{i}") for i in range(300) for _ in range(5)))
+    assert len(granted) == 1500
+    assert most_in_any_window(granted, 1.0) <= 30
+    # ... and the bot itself is not what holds it below the ceiling.
+    assert max(granted) <= 1500 / 30 + 1
+
+
+async def test_one_chat_gets_a_short_burst_then_one_per_second() -> None:
+    from adapters.base import Pacer
+
+    clock = VirtualClock()
+    pacer = Pacer(TELEGRAMISH, clock=clock)
+    granted: list[float] = []
+
+    async def one() -> None:
+        await pacer.wait("c1", group=False)
+        granted.append(clock.now())
+
+    await clock.run(*(one() for _ in range(8)))
+    assert granted[:3] == [0.0, 0.0, 0.0]  # the burst
+    gaps = [b - a for a, b in itertools.pairwise(granted[2:])]
+    assert all(abs(g - 1.0) < 1e-6 for g in gaps), granted
+
+
+async def test_a_group_gets_at_most_twenty_a_minute() -> None:
+    from adapters.base import Pacer
+
+    clock = VirtualClock()
+    pacer = Pacer(TELEGRAMISH, clock=clock)
+    granted: list[float] = []
+
+    async def one() -> None:
+        await pacer.wait("g1", group=True)
+        granted.append(clock.now())
+
+    await clock.run(*(one() for _ in range(45)))
+    assert most_in_any_window(granted, 60.0) <= 20
+    assert 60.0 <= max(granted) <= 125.0
+
+
+async def test_a_429_pauses_its_chat_for_retry_after_and_is_counted() -> None:
+    from adapters.base import Pacer
+
+    clock = VirtualClock()
+    pacer = Pacer(TELEGRAMISH, clock=clock)
+    assert pacer.rate_limited("c1", 7.0) == 7.0
+    assert pacer.rate_limited("c2", 10_000.0) == TELEGRAMISH.max_retry_after_s  # bounded
+    granted: dict[str, float] = {}
+
+    async def one(chat: str) -> None:
+        await pacer.wait(chat, group=False)
+        granted[chat] = clock.now()
+
+    await clock.run(one("c1"), one("c3"))
+    assert granted == {"c3": 0.0, "c1": 7.0}  # other chats go on meanwhile
+    assert pacer.stats.rate_limited == 2
+    pacer.rate_limited(None, 2.0)  # a global one holds everything
+    await clock.run(one("c4"))
+    assert granted["c4"] == 9.0
+
+
+async def test_typing_never_takes_a_replys_capacity_and_is_skipped_under_backlog() -> None:
+    from adapters.base import Pacer
+
+    clock = VirtualClock()
+    pacer = Pacer(TELEGRAMISH, clock=clock)
+    # Idle: typing may use at most half the overall budget of a second.
+    allowed = sum(pacer.try_typing() for _ in range(100))
+    assert allowed == 15 and pacer.stats.typing_skipped == 85
+    clock.t += 1.0
+    # A backlog of replies: no typing at all while they wait.
+    gate = asyncio.Event()
+    seen: list[bool] = []
+
+    async def reply(chat: str) -> None:
+        await pacer.wait(chat, group=False)
+
+    async def typist() -> None:
+        await clock.sleep(0.05)  # the replies are queued by now
+        while not gate.is_set():
+            seen.append(pacer.try_typing())
+            await clock.sleep(0.1)
+
+    async def burst() -> None:
+        await asyncio.gather(*(reply(f"c{i}") for i in range(200)))
+        gate.set()
+
+    await clock.run(burst(), typist())
+    assert seen and not any(seen[:-1]), seen  # skipped while replies queued
+
+
+async def test_a_stored_reply_resumes_from_the_first_part_not_confirmed(
+    app: App, tmp_path: Path
+) -> None:
+    from bot.memory.ledger import ReplyRecord
+
+    platform = ScriptedPlatform(app.services, [])
+    stored = await app.ledger.record_incoming(incoming(), "hi")
+    text = "First sentence here. " * 6
+    mid = await app.ledger.record_reply(
+        ReplyRecord(
+            conversation_id=stored.conversation_id,
+            user_id=stored.user_id,
+            reply_to_id=stored.message_id,
+            text=text,
+            persona_id="tester",
+        )
+    )
+    parts = split_message(text, platform.max_message_length)
+    assert len(parts) == 3
+    out = Outgoing(scope=incoming().scope, text=text, message_id=mid)
+    ids = await platform.send(out, first_part=2)
+    assert [t for _, _, t in platform.sent] == parts[2:] and ids == ["m1"]
+    assert db(tmp_path, f"select status, parts_sent from messages where id = {mid}") == [
+        ("delivered", 3)
+    ]
+    assert Adapter.part_nonce(out, 2) == f"{mid}.2"
+    assert Adapter.part_nonce(Outgoing(scope=out.scope, text="x"), 0) is None
+
+
+async def test_a_send_is_recorded_as_sending_before_its_first_part_leaves(
+    app: App, tmp_path: Path
+) -> None:
+    from bot.memory.ledger import ReplyRecord
+
+    seen: list[Any] = []
+
+    class Watching(ScriptedPlatform):
+        async def _deliver(self, outgoing: Outgoing, text: str) -> str | None:
+            seen.append(
+                db(tmp_path, f"select status, parts_sent from messages where id = {mid}")[0]
+            )
+            return await super()._deliver(outgoing, text)
+
+    platform = Watching(app.services, [])
+    stored = await app.ledger.record_incoming(incoming(), "hi")
+    text = "First sentence here. " * 6
+    mid = await app.ledger.record_reply(
+        ReplyRecord(
+            conversation_id=stored.conversation_id,
+            user_id=stored.user_id,
+            reply_to_id=stored.message_id,
+            text=text,
+            persona_id="tester",
+        )
+    )
+    await platform.send(Outgoing(scope=incoming().scope, text=text, message_id=mid))
+    assert seen == [("sending", 0), ("sending", 1), ("sending", 2)]
