@@ -33,7 +33,9 @@ __all__ = ["printable", "run_app"]
 def printable(text: str) -> str:
     """`text` safe to print on a terminal: control characters (escape sequences
     included) shown as escapes, line breaks kept, secrets masked."""
-    lines = text.splitlines() or [""]
+    # Only "\n" breaks a line: splitlines() would also break at \x1c-\x1e, \x85 and
+    # \u2028, which must be shown escaped like any other control character.
+    lines = text.split("\n")
     return "\n".join(
         "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in line)
         for line in lines
@@ -47,7 +49,9 @@ def _say(label: str, message: str) -> None:
 def _usage(exc: typer.TyperException) -> int:
     ctx: Any = getattr(exc, "ctx", None)
     if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help
-        print(exc.format_message(), file=sys.stderr)
+        # With rich installed typer has printed it already; the message is then empty.
+        if exc.format_message().strip():
+            print(exc.format_message(), file=sys.stderr)
         return 2
     message = " ".join(exc.format_message().split())  # one line, whatever click wrapped
     hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""

@@ -452,11 +452,13 @@ def _not_utf8(path: Path, raw: bytes, exc: UnicodeDecodeError) -> str:
     line = lines[line_no - 1].decode("utf-8", "replace")
     section = ""
     for earlier in reversed(lines[: line_no - 1]):
-        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]", earlier.decode("utf-8", "replace"))
+        text = earlier.decode("utf-8", "replace")
+        header = re.match(r"\s*\[+\s*([A-Za-z0-9_.\-]{1,64})\s*\]", text)
         if header:
             section = header[1] + "."
             break
-    key = line.partition("=")[0].strip() if "=" in line else ""
+    bare_key = re.match(r"\s*([A-Za-z0-9_.\-]{1,64})\s*=", line)
+    key = bare_key[1] if bare_key else ""
     where = f" ({section}{key})" if key else (f" (in [{section[:-1]}])" if section else "")
     return (
         f"{path}:{line_no}{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "

@@ -244,7 +244,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def _sqlite_reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
-    text = redact_text(str(orig) if orig is not None else str(exc))
+    text = redact_text(str(orig) if orig is not None else str(exc).split("\n")[0])
     if "locked" in text:
         return f"{text} (another process holds a write lock; is a second bot running on this file?)"
     if "readonly" in text or "read-only" in text:
@@ -488,6 +488,6 @@ def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
 
 
 def _storage_error(exc: SQLAlchemyError) -> StorageError:
-    if isinstance(exc, OperationalError):
-        return StorageError(f"database error: {_sqlite_reason(exc)}")
-    return StorageError(f"database error: {exc}")
+    # The driver's own message (`orig`), one line: SQLAlchemy's str() adds the SQL and
+    # a "Background on this error" link on lines of their own.
+    return StorageError(f"database error: {_sqlite_reason(exc)}")
