@@ -45,6 +45,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(__import__("bot.export.cli", fromlist=["_"]).export_app, name="export")
 app.add_typer(__import__("bot.memory.cli", fromlist=["_"]).memory_app, name="memory")
 app.add_typer(__import__("bot.scheduler.cli", fromlist=["_"]).schedule_app, name="schedule")
+app.add_typer(__import__("bot.inbox.cli", fromlist=["_"]).inbox_app, name="inbox")
 
 ConfigOption = Annotated[
     Path | None,
