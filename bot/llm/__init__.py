@@ -18,9 +18,10 @@ from bot.llm.base import (
     StreamChunk,
     TokenCounter,
 )
+from bot.llm.control_tokens import ControlTokens
 from bot.llm.factory import BACKENDS, create_backend
 from bot.llm.mock import MockBackend, echo_handler
-from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter, load_token_counter
+from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter, fit_window, load_token_counter
 
 if TYPE_CHECKING:
     from bot.llm.openai_backend import OpenAIBackend
@@ -33,6 +34,7 @@ __all__ = [
     "ChatMessage",
     "ChatRequest",
     "Completion",
+    "ControlTokens",
     "HFTokenCounter",
     "LLMBackend",
     "MockBackend",
@@ -45,6 +47,7 @@ __all__ = [
     "build_tiny_model",
     "create_backend",
     "echo_handler",
+    "fit_window",
     "load_token_counter",
 ]
 
