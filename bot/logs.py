@@ -36,7 +36,7 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userin
 _URL_SECRET_PARAM = re.compile(
     r"(?i)(?P<name>[?&;#](?:[^=&#;\s]*?)"
     r"(?:token|secret|passw(?:or)?d|pwd|key|auth|sig(?:nature)?|credential|session)"
-    r"[^=&#;\s]*=)(?P<value>[^&#;\s]+)"
+    r"[^=&#;\s]*=)(?P<value>[^&#\s]+)"
 )
 
 
@@ -145,4 +145,5 @@ def configure_logging(
     root.setLevel(max(getattr(logging, level), logging.WARNING))
     # Python warnings (a library's DeprecationWarning, torch's UserWarnings) are log
     # records too: they go where the logs go, redacted, not straight onto the screen.
+    logging.captureWarnings(False)  # re-install over whatever replaced it since
     logging.captureWarnings(True)
