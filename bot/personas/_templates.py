@@ -22,15 +22,8 @@ from jinja2 import Template, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.visitor import NodeTransformer
 
-from bot.personas._sandbox import (
-    LOOP_GUARD,
-    VALUE_GUARD,
-    Budget,
-    RenderLimitExceeded,
-    RenderLimits,
-    iterate_output,
-    make_environment,
-)
+from bot.personas._budget import Budget, RenderLimitExceeded, RenderLimits
+from bot.personas._sandbox import LOOP_GUARD, VALUE_GUARD, iterate_output, make_environment
 
 __all__ = [
     "MAX_BLOCK_DEPTH",

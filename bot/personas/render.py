@@ -33,7 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.errors import PersonaError
-from bot.personas._sandbox import RenderLimits
+from bot.personas._budget import RenderLimits
 from bot.personas._templates import (
     TEMPLATE_VARIABLES,
     RenderFailure,

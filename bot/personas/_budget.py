@@ -1,0 +1,152 @@
+"""What one render of a persona template may spend, and what it has spent.
+
+`RenderLimits` are the bounds; a `Budget` counts one render against them and
+raises `RenderLimitExceeded` past one. The budget of the render in progress lives
+in a context variable (`current_budget()`), which is how the sandbox's operations,
+filters and loop guards find it: renders in different threads never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2.exceptions import SecurityError
+
+__all__ = ["Budget", "RenderLimitExceeded", "RenderLimits", "current_budget", "is_int", "width"]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """What one render of one template may spend.
+
+    Real persona templates use a tiny fraction of each (a few hundred steps, a few
+    thousand characters, microseconds); the limits exist for hostile ones.
+    """
+
+    #: Wall-clock seconds; the hard stop for whatever the other limits let through.
+    max_seconds: float = 0.5
+    #: Attribute/item accesses, calls, operators, filters, outputs and loop turns.
+    max_steps: int = 50_000
+    #: Loop iterations, all loops of the render together.
+    max_loop_iterations: int = 10_000
+    #: Length of `range(...)`.
+    max_range: int = 10_000
+    #: Characters (or items) of any one value: a string, a list, a dict.
+    max_value_chars: int = 100_000
+    #: Characters of all values made and all text written, captured text included.
+    max_work_chars: int = 2_000_000
+    #: Characters of the rendered text.
+    max_output_chars: int = 100_000
+    #: Calls inside calls: macros calling macros, blocks calling themselves.
+    max_call_depth: int = 20
+    #: Bits of an integer result.
+    max_int_bits: int = 100_000
+
+
+class RenderLimitExceeded(SecurityError):
+    """A render went past one of its `RenderLimits`."""
+
+
+class Budget:
+    """What one render has spent so far; raises `RenderLimitExceeded` past a limit."""
+
+    __slots__ = ("deadline", "depth", "limits", "loops", "steps", "work")
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.max_seconds
+        self.steps = 0
+        self.loops = 0
+        self.work = 0
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Budget]:
+        """Make this the budget of the sandbox operations run in the block."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    def step(self) -> None:
+        """One operation: counts it and checks the clock."""
+        self.steps += 1
+        if self.steps > self.limits.max_steps:
+            raise RenderLimitExceeded(
+                f"the template takes more than {self.limits.max_steps} steps to render"
+            )
+        if time.monotonic() > self.deadline:
+            raise RenderLimitExceeded(
+                f"the template takes longer than {self.limits.max_seconds:g} s to render"
+            )
+
+    def loop_turn(self, literal_chars: int) -> None:
+        """One loop iteration whose body writes `literal_chars` of fixed text."""
+        self.step()
+        self.loops += 1
+        if self.loops > self.limits.max_loop_iterations:
+            raise RenderLimitExceeded(
+                f"loops run more than {self.limits.max_loop_iterations} times in one render"
+            )
+        self.spend(literal_chars)
+
+    def spend(self, chars: int) -> None:
+        """`chars` more characters made or written."""
+        self.work += chars
+        if self.work > self.limits.max_work_chars:
+            raise RenderLimitExceeded(
+                f"the template makes more than {self.limits.max_work_chars} characters "
+                "of text and values in one render"
+            )
+
+    def value(self, value: Any) -> Any:
+        """Check the size of a value an operation made, and count it; returns it."""
+        if isinstance(value, str | bytes | list | tuple | dict):
+            size = len(value)
+            if size > self.limits.max_value_chars:
+                raise RenderLimitExceeded(
+                    f"a value of {size} characters or items; the limit is "
+                    f"{self.limits.max_value_chars}"
+                )
+            self.spend(size)
+        elif isinstance(value, int) and value.bit_length() > self.limits.max_int_bits:
+            raise RenderLimitExceeded(f"a number of more than {self.limits.max_int_bits} bits")
+        return value
+
+    def check_size(self, size: int, what: str) -> None:
+        """Refuse, before it runs, an operation that would make `size` characters."""
+        if size > self.limits.max_value_chars:
+            raise RenderLimitExceeded(
+                f"{what} would make {size} characters or items; the limit is "
+                f"{self.limits.max_value_chars}"
+            )
+
+
+_CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "persona_render_budget", default=None
+)
+
+
+def current_budget() -> Budget:
+    """The budget of the render in progress; refuses when there is none."""
+    budget = _CURRENT.get()
+    if budget is None:
+        # Only `Budget.active()` renders; compile-time folding must not evaluate either.
+        raise SecurityError("persona templates render only within a render budget")
+    return budget
+
+
+def is_int(value: Any) -> bool:
+    """True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def width(value: Any) -> int:
+    """`value` as a width or count when it is an int, else 0 (the call fails by itself)."""
+    return value if is_int(value) else 0
