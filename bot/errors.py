@@ -8,6 +8,7 @@
     │   ├── PersonaFileError   a file with problems (bot.personas; `.problems` has them all)
     │   └── PersonaTemplateError  a template that fails to render
     │       └── TemplateSecurityError  a template reaching for Python internals
+    │           └── TemplateLimitError  a template past a render bound (bot.personas)
     ├── StorageError           storage error     3  the database cannot be opened or written
     ├── AdapterError           adapter error     3  a platform connection cannot start
     └── BackendError           backend error     3  the LLM backend failed a request
