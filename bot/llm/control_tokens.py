@@ -23,7 +23,9 @@ is what is sent; the prompt builder does it too, so the budget sees the same tex
 
 from __future__ import annotations
 
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
@@ -40,6 +42,10 @@ _TRIGGER = regex.compile(r"[<>\[\]|\uFE47\uFE48\uFE64\uFE65\uFF1C\uFF1E\uFF3B\uF
 # What a bracket becomes inside a neutralised token: similar to look at, and no
 # normalisation (NFKC included) turns it back into the original.
 _LOOKALIKE = {"<": "\u2039", ">": "\u203a", "|": "\u00a6", "[": "\u2045", "]": "\u2046"}
+
+# At most 512 texts of at most 16k characters each are remembered.
+_CACHED_TEXTS = 512
+_CACHED_CHARS = 16_384
 
 _IGNORABLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Mn}\p{Me}]")
 _CONTROL = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
@@ -112,6 +118,10 @@ class ControlTokens:
         self._pattern = regex.compile(
             "|".join([*alternatives, *_FAMILIES]), regex.IGNORECASE | regex.V0
         )
+        # The same persona prompt and history are neutralised on every turn (by the
+        # builder, the counter and the backend): remember recent slow-path results.
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()  # counters are also used from worker threads
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any) -> ControlTokens:
@@ -139,6 +149,22 @@ class ControlTokens:
 
     def neutralise(self, text: str) -> str:
         """`text` with every control-token look-alike defused; unchanged elsewhere."""
+        if not _TRIGGER.search(text):
+            return text
+        with self._lock:
+            done = self._recent.get(text)
+            if done is not None:
+                self._recent.move_to_end(text)
+                return done
+        done = self._neutralise(text)
+        if len(text) <= _CACHED_CHARS:
+            with self._lock:
+                self._recent[text] = done
+                if len(self._recent) > _CACHED_TEXTS:
+                    self._recent.popitem(last=False)
+        return done
+
+    def _neutralise(self, text: str) -> str:
         for _ in range(8):  # one pass almost always; a defused token may unmask a neighbour
             spans = self.spans(text)
             if not spans:
