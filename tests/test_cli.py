@@ -289,3 +289,58 @@ def test_run_answers_then_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, err
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert "bot.started" in events and "bot.stopping" in events
+
+
+def _offline_env(tmp: Path) -> dict[str, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Not told to be offline; the "hub" is a closed local port; an empty cache.
+    return {
+        "HF_HUB_OFFLINE": "",
+        "TRANSFORMERS_OFFLINE": "",
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+        "HF_HOME": str(tmp / "hf"),
+    }
+
+
+def test_chat_offline_without_the_model_says_so_at_once(workdir: Path) -> None:
+    started = time.monotonic()
+    result = bot(
+        "chat",
+        "--model",
+        "someone/not-here",
+        stdin="hi\n",
+        cwd=workdir,
+        env=_offline_env(workdir),
+    )
+    assert result.returncode == 3, result.stderr
+    assert "backend error: model 'someone/not-here' is not on this machine" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert time.monotonic() - started < 30  # not a minute of retries
+
+
+def test_models_fetch_offline_is_exit_3_at_once(workdir: Path) -> None:
+    started = time.monotonic()
+    result = bot("models", "fetch", "someone/not-here", cwd=workdir, env=_offline_env(workdir))
+    assert result.returncode == 3, result.stderr
+    assert "cannot be reached" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_chat_shows_progress_and_keeps_logs_off_stdout(workdir: Path, tiny_model_dir: Path) -> None:
+    result = bot("chat", "--model", str(tiny_model_dir), stdin="hello\n", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert f"[loading {tiny_model_dir}]" in result.stderr
+    assert "[ready: Tess (tester)]" in result.stderr
+    assert len(result.stdout.splitlines()) == 1  # the reply, and nothing else
+    assert "Loading weights" not in result.stderr + result.stdout
+
+
+def test_personas_list_prints_only_the_list(workdir: Path) -> None:
+    (workdir / "personas" / "broken.yaml").write_text("id: [\n", encoding="utf-8")
+    result = bot("personas", "list", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("tester\tTess\t")
+    assert len(result.stdout.splitlines()) == 1  # no log lines on stdout
+    assert "broken.yaml" in result.stderr

@@ -89,3 +89,40 @@ def test_split_message_prefers_paragraphs_then_sentences_then_words() -> None:
     assert all(len(p) <= 23 for p in parts) and " ".join(parts) == words
     assert split_message("x" * 50, 20) == ["x" * 20, "x" * 20, "x" * 10]
     assert split_message("短句。" * 10, 9) == ["短句。短句。短句。"] * 3 + ["短句。"]
+
+
+async def test_the_console_has_every_platform_command(tmp_path: Path) -> None:
+    backend = MockBackend(lambda req: "My sister Mia lives in Lisbon, you said.")
+    stdin = io.StringIO(
+        "my sister Mia lives in Lisbon\n/timezone Europe/Berlin\n/timezone Mars/Base\n"
+        "/optout\n/memory\n/forget all\n/optin\n/help\n/frobnicate\n/quit\n"
+    )
+    stdout = io.StringIO()
+    async with open_app(settings_for(tmp_path), backend=backend, watch=False) as app:
+        console = ConsoleAdapter(
+            app.services, persona="tester", stdin=stdin, stdout=stdout, interactive=True
+        )
+        await console.run(asyncio.Event())
+        out = stdout.getvalue()
+        assert "Time zone set to Europe/Berlin." in out
+        assert "'Mars/Base' is not a time zone I know" in out
+        assert "Opted out: your messages stay out of training data" in out
+        assert "What I remember" in out or "I don't remember anything" in out
+        assert "Done: I forgot everything about you." in out
+        assert "Opted in again." in out
+        assert "/reset" in out and "/optout: keep your messages out" in out  # /help: both
+        assert "Unknown command /frobnicate." in out
+        rows = await app.db.run(
+            lambda c: c.exec_driver_sql(
+                "select platform, platform_user_id, timezone, opted_out from users"
+            ).all()
+        )
+        assert [tuple(r) for r in rows] == [("console", "local", "Europe/Berlin", 0)]
+        assert (console.turns, console.unanswered) == (1, 0)
+
+
+def test_the_default_name_is_not_the_personas_memory_label() -> None:
+    import inspect
+
+    default = inspect.signature(ConsoleAdapter).parameters["display_name"].default
+    assert default.casefold() != "you"
