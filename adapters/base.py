@@ -519,7 +519,9 @@ class Adapter(abc.ABC):
         return new
 
     @asynccontextmanager
-    async def processing(self, *, drain_timeout_s: float = 120.0) -> AsyncIterator[InboxWorker]:
+    async def processing(
+        self, *, drain_timeout_s: float = 120.0, concurrency: int = 256
+    ) -> AsyncIterator[InboxWorker]:
         """Run recovery and then the inbox worker for as long as the block runs.
 
         Recovery (unfinished turns resumed or expired, undelivered replies sent) is
@@ -532,7 +534,9 @@ class Adapter(abc.ABC):
             raise AdapterError(f"{self.platform}: no inbox configured")
         from bot.inbox.recovery import recover
 
-        worker = InboxWorker(self.inbox, self.platform, self.handle_event)
+        # A chat waiting out its pacing holds a slot: room for many such chats, so
+        # the busy ones never starve the rest (memory per slot is one event).
+        worker = InboxWorker(self.inbox, self.platform, self.handle_event, concurrency=concurrency)
         self.worker = worker
         await recover(self, worker)
         stop = asyncio.Event()
