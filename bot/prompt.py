@@ -88,7 +88,7 @@ class PromptBuilder:
     tokens: TokenCounter
     cache_size: int = 50_000
     _cache: OrderedDict[tuple[int, bool], int] = field(default_factory=OrderedDict)
-    _framing: int | None = None
+    _framing: dict[str, int] = field(default_factory=dict)
     _control: ControlTokens | None = None
 
     def _neutral(self, text: str) -> str:
@@ -101,21 +101,20 @@ class PromptBuilder:
             return self._neutral(f"{turn.speaker}: {turn.text}")
         return self._neutral(turn.text)
 
-    def framing(self) -> int:
-        """Tokens the chat template adds around one message (measured once)."""
-        if self._framing is None:
+    def framing(self, role: str = "user") -> int:
+        """Tokens the chat template adds around one message of `role` (measured once;
+        at least 4)."""
+        found = self._framing.get(role)
+        if found is None:
             count = self.tokens.count_messages
             system = ChatMessage("system", "x")
-            alone = count((system,))
-            worst = 4
-            for role in ("user", "assistant"):
-                one = count((system, ChatMessage(role, "x")))
-                worst = max(worst, one - alone - self.tokens.count_text("x"))
-            self._framing = worst
-        return self._framing
+            one = count((system, ChatMessage("assistant" if role == "assistant" else "user", "x")))
+            found = max(4, one - count((system,)) - self.tokens.count_text("x"))
+            self._framing[role] = found
+        return found
 
     def _cost(self, turn: PromptTurn, group: bool) -> int:
-        overhead = self.framing()
+        overhead = self.framing(turn.role)
         if turn.key is None:
             return overhead + self.tokens.count_text(self._content(turn, group))
         ckey = (turn.key, group)
