@@ -68,3 +68,29 @@ def test_list_shows_each_persons_habit_in_their_zone_and_run_does_upkeep(tmp_pat
     assert "due now" in due.stdout
     missing = bot(tmp_path, "schedule", "run", "habit:nobody:x:9")
     assert missing.returncode == 2 and "no job" in missing.stderr
+
+
+def test_list_twice_moves_nothing_and_backup_without_a_directory_says_so(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "personas").mkdir()
+    (tmp_path / "personas" / "tester.yaml").write_text(SCHEDULED, encoding="utf-8")
+    (tmp_path / "bot.toml").write_text(
+        '[personas]\ndirs = ["personas"]\ndefault = "tester"\n', encoding="utf-8"
+    )
+    missing = bot(tmp_path, "schedule", "list")
+    assert missing.returncode == 3 and "does not exist" in missing.stderr
+    assert not (tmp_path / "data").exists()  # listing created no database
+    made = bot(tmp_path, "db", "upgrade")
+    assert made.returncode == 0, made.stderr
+    first = bot(tmp_path, "schedule", "list", "--json")
+    second = bot(tmp_path, "schedule", "list", "--json")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout and '"sweep"' in first.stdout
+    backup = bot(tmp_path, "schedule", "run", "upkeep:backup")
+    assert backup.returncode == 2
+    assert backup.stderr.strip() == (
+        "config error: scheduler.backup_dir is not set: there is nowhere to back up to"
+    )
+    unknown = bot(tmp_path, "schedule", "run", "upkeep:vacuum")
+    assert unknown.returncode == 2 and unknown.stderr.startswith("usage error: no upkeep job")
