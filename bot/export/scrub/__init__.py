@@ -38,22 +38,25 @@ record it, so a dataset can be re-scrubbed when the rules improve.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 
+from bot.export.scrub import _contact, _ids, _secrets
 from bot.export.scrub._addresses import find_addresses
-from bot.export.scrub._contact import find_contacts
-from bot.export.scrub._ids import find_ids
+from bot.export.scrub._names import DenyList
 from bot.export.scrub._numbers import NATIONAL_REGIONS, PhoneRules, find_ips, luhn_ok
-from bot.export.scrub._secrets import find_secrets
-from bot.export.scrub._spans import Span, apply, probe
+from bot.export.scrub._spans import Span, apply, needles, probe
 
 __all__ = ["NATIONAL_REGIONS", "SCRUBBER_VERSION", "Scrubber", "luhn_ok"]
 
 SCRUBBER_VERSION = "2026.12.1"
 
 _DIGIT = re.compile(r"\d")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+# Every key and token is a run of 16 or more characters without a space, with a digit
+# in it: eight of them on one side of some digit. (Led by the digit: a fast search.)
+_TOKEN = re.compile(r"\d(?:(?<=\S{8}\d)|(?=\S{8}))")
+# The words that the detectors led by a keyword need; one scan says whether to run them.
+# (Labelled ids need digits too: they are looked for with the numbers.)
+_KEYWORDS = needles(*_secrets.TRIGGERS, *_contact.TRIGGERS)
 
 
 class Scrubber:
@@ -71,35 +74,31 @@ class Scrubber:
         self, deny_names: Iterable[str] = (), phone_regions: Sequence[str] = NATIONAL_REGIONS
     ) -> None:
         self._numbers = PhoneRules(phone_regions)
-        words: list[str] = []
-        anywhere: list[str] = []
-        for name in {unicodedata.normalize("NFC", n.strip()) for n in deny_names}:
-            if not name:
-                continue
-            (anywhere if _CJK.search(name) else words).append(re.escape(name))
-        # Longest first, so "Anna Maria" wins over "Anna".
-        words.sort(key=len, reverse=True)
-        anywhere.sort(key=len, reverse=True)
-        alternatives = []
-        if words:
-            alternatives.append(r"(?<!\w)(?:" + "|".join(words) + r")(?!\w)")
-        if anywhere:
-            alternatives.append("(?:" + "|".join(anywhere) + ")")
-        self._names = re.compile("|".join(alternatives), re.IGNORECASE) if alternatives else None
+        self._names = DenyList(deny_names)
 
     def scrub(self, text: str) -> str:
         """`text` with every recognised piece of personal data replaced."""
         if not text:
             return text
         look = probe(text)
+        low = look.lower()
         spans: list[Span] = []
-        find_secrets(look, spans)
-        find_contacts(look, spans)
+        if "://" in look:
+            _secrets.find_url_secrets(look, spans)
+        if "@" in look or "<#" in look:
+            _contact.find_at_signs(look, spans)
+        if _KEYWORDS.search(low) is not None:
+            _secrets.find_secret_phrases(look, low, spans)
+            _contact.find_spelled_emails(look, low, spans)
+        elif _contact.plain_at(low):
+            _contact.find_spelled_emails(look, low, spans)
         if _DIGIT.search(look) is not None:
-            find_ids(look, spans)
+            if _TOKEN.search(look) is not None:
+                _secrets.find_keys(look, spans)
+            _ids.find_ids(look, spans)
+            _ids.find_labelled_ids(look, low, spans)
             self._numbers.find(look, spans)
             find_ips(look, spans)
-            find_addresses(look, spans)
-        if self._names is not None:
-            spans.extend((m.start(), m.end(), "<NAME>") for m in self._names.finditer(look))
+            find_addresses(look, low, spans)
+        self._names.find(look, low, spans)
         return apply(text, spans)

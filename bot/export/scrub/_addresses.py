@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from bot.export.scrub._spans import Span
+from bot.export.scrub._spans import Span, needles
 
 __all__ = ["find_addresses"]
 
@@ -63,7 +63,6 @@ _FR = re.compile(
     r"[A-ZÀ-Ý][\w'’-]*(?:\s+(?:de|du|des|la|le)?\s?[A-ZÀ-Ý][\w'’-]*){0,3}"
     r"(?:,?\s{1,2}\d{5}\s{1,2}[A-ZÀ-Ý][\w-]+)?"
 )
-_LATIN = (_US, _DE, _ES, _FR)
 
 # CJK: the end of an address, found first.
 _CN_END = re.compile(
@@ -95,10 +94,36 @@ def _grow_back(probe: str, start: int) -> int:
     return pos
 
 
-def find_addresses(probe: str, out: list[Span]) -> None:
-    """Report street addresses (see the module docstring for the forms)."""
-    if any(c.isdigit() for c in probe):
-        for pattern in _LATIN:
+# The street words each pattern needs (lower-cased), tested before it runs.
+_STREET_WORDS = (
+    (_US, (" st", "street", "ave", " rd", "road", "blvd", "boulevard", "lane", " ln", " dr",
+           "drive", " ct", "court", " way", " pl", "place", "terrace", "pkwy", "parkway",
+           "hwy", "highway", "circle", "square", " sq", "trail", "crescent", "close",
+           "gardens", " row", "mews")),
+    (_DE, ("stra", "str.", "weg", "platz", "allee", "gasse", "damm", "ufer", "chaussee",
+           "steig", "pfad")),
+    (_ES, ("calle", "c/", "avenida", "avda", "av.", "plaza", "pza", "paseo", "camino",
+           "carretera", "ronda", "travesía", "pasaje", "carrer", "rúa")),
+    (_FR, ("rue", "avenue", "av.", "boulevard", "bd", "place", "allée", "impasse", "chemin",
+           "quai", "cours", "route")),
+)  # fmt: skip
+_NEEDS = tuple((pattern, needles(*found)) for pattern, found in _STREET_WORDS)
+_ANY_STREET = needles(*(word for _, found in _STREET_WORDS for word in found))
+
+
+# The number next to a word that every Latin address has: "5 Main", "12 rue",
+# "Hauptstraße 5", "Mayor 5,". Not a time or a decimal: "at 12:30." has none.
+_NUMBER_WORD = re.compile(  # led by the digit, which the search skips to quickly
+    r"\d(?:(?<![\d:.,]\d)\d{0,5}[A-Za-z]?\s{1,2}[^\W\d]"
+    r"|(?:(?<=[^\W\d]\s\d)|(?<=[^\W\d.]\s\s\d)|(?<=[./]\s\d))\d{0,3}[a-zA-Z]?(?![\d:]|[.,]\d))"
+)
+
+
+def find_addresses(probe: str, low: str, out: list[Span]) -> None:
+    """Report street addresses (see the module docstring; text with digits)."""
+    latin = _NUMBER_WORD.search(probe) is not None and _ANY_STREET.search(low) is not None
+    for pattern, needed in _NEEDS if latin else ():
+        if needed.search(low) is not None:
             out.extend((m.start(), m.end(), ADDRESS) for m in pattern.finditer(probe))
     if "号" in probe or "號" in probe:
         for match in _CN_END.finditer(probe):
@@ -107,6 +132,8 @@ def find_addresses(probe: str, out: list[Span]) -> None:
                 out.append((start, match.end(), ADDRESS))
     if "〒" in probe:
         out.extend((m.start(), m.end(), ADDRESS) for m in _JP_POSTAL.finditer(probe))
+    if probe.isascii():
+        return
     for match in _JP_END.finditer(probe):
         start = _grow_back(probe, match.start())
         if any(c in _PLACE_WORDS for c in probe[start : match.start()]):

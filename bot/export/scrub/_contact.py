@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from bot.export.scrub._spans import Span, words
+from bot.export.scrub._spans import Span, needles, words
 
-__all__ = ["find_contacts"]
+__all__ = ["TRIGGERS", "find_at_signs", "find_spelled_emails", "plain_at"]
 
 # Every pattern starts only where its first part starts (a look-behind for the
 # character class it repeats), so a long run of word characters is read once, not
@@ -66,6 +66,14 @@ _NOT_LOCAL = words(
 _SIGN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 
 
+# What a spelled-out address needs somewhere in the text (lower-cased): a written-out
+# or bracketed '@', or a spelled-out dot; or a plain " at " and a mail provider.
+_SPELLED_AT = ("@", "(at", "[at", "{at", "<at", "(ät", "[ät", "#", "★", "☆", "アットマーク", "艾特")
+_DOT_WORDS = ("dot", "punkt", "punto", "point", "点", "點", "ドット", "arroba", "arobase")
+TRIGGERS = (*_SPELLED_AT, *_DOT_WORDS)
+_NEEDED = needles(*_SPELLED_AT, *_DOT_WORDS)
+
+
 def _email_span(probe: str, match: re.Match[str]) -> Span | None:
     start, end = match.span()
     if start and probe[start - 1] == ":" and "://" in probe[max(0, start - 80) : start]:
@@ -104,16 +112,35 @@ def _spelled_ok(match: re.Match[str]) -> bool:
     return spelled or first in _PROVIDERS
 
 
-def find_contacts(probe: str, out: list[Span]) -> None:
-    """Report e-mail addresses, spelled-out ones, @handles and platform mentions."""
-    if "@" in probe:
-        for match in _EMAIL.finditer(probe):
-            span = _email_span(probe, match)
-            if span is not None:
-                out.append(span)
-        out.extend((m.start(), m.end(), "<HANDLE>") for m in _HANDLE.finditer(probe))
-    if "<@" in probe or "<#" in probe:
-        out.extend((m.start(), m.end(), "<HANDLE>") for m in _MENTION.finditer(probe))
+def plain_at(low: str) -> bool:
+    """Whether `low` may hold "name at provider.tld": " at ", then a provider, then a dot."""
+    for word in (" at ", " ät "):
+        pos = low.find(word)
+        while pos != -1:
+            start = pos + len(word)
+            end = start
+            while end < len(low) and (low[end].isalnum() or low[end] == "-"):
+                end += 1
+            if low[start:end] in _PROVIDERS and low.startswith(".", end):
+                return True
+            pos = low.find(word, end)
+    return False
+
+
+def find_at_signs(probe: str, out: list[Span]) -> None:
+    """Report e-mail addresses, @handles and platform mentions (text with '@' or '<#')."""
+    for match in _EMAIL.finditer(probe):
+        span = _email_span(probe, match)
+        if span is not None:
+            out.append(span)
+    out.extend((m.start(), m.end(), "<HANDLE>") for m in _HANDLE.finditer(probe))
+    out.extend((m.start(), m.end(), "<HANDLE>") for m in _MENTION.finditer(probe))
+
+
+def find_spelled_emails(probe: str, low: str, out: list[Span]) -> None:
+    """Report addresses spelled out to dodge spam bots ("john at gmail dot com")."""
+    if _NEEDED.search(low) is None and not plain_at(low):
+        return
     for match in _SPELLED.finditer(probe):
         if _spelled_ok(match):
             out.append((match.start(), match.end(), "<EMAIL>"))

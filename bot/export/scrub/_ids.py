@@ -16,9 +16,9 @@ from stdnum import iban
 from stdnum.es import dni, nie
 from stdnum.it import codicefiscale
 
-from bot.export.scrub._spans import Span
+from bot.export.scrub._spans import Span, needles
 
-__all__ = ["find_ids"]
+__all__ = ["find_ids", "find_labelled_ids"]
 
 ID = "<ID_NUMBER>"
 
@@ -53,8 +53,23 @@ _LABEL = re.compile(
 )
 
 
+_LABEL_WORDS = (
+    "pass", "ausweis", "ssn", "social security", "insurance", "ni number", "nino", "tax id",
+    "steuer", "dni", "nif", "id card", "id number", "licen", "führerschein", "número de",
+    "documento", "护照", "護照", "身份证", "身份證", "旅券", "パスポート", "マイナンバー",
+    "个人编号", "住民票", "여권", "주민등록번호",
+)  # fmt: skip
+_NEEDED = needles(*_LABEL_WORDS)
+# Every shape above has two letters right before two digits (IBAN, codice fiscale),
+# six digits in pairs (NINO) or seven in a row (DNI, NIE). Led by the digit, which
+# the search skips to quickly: digits are rare in text, letters are not.
+_SHAPES = re.compile(r"\d(?:(?<=[A-Za-z]{2}\d)\d|\d[ -]?\d\d[ -]?\d\d)")
+
+
 def find_ids(probe: str, out: list[Span]) -> None:
-    """Report IBANs, UK NINOs, Spanish and Italian ids, and labelled id numbers."""
+    """Report IBANs, UK NINOs, Spanish and Italian ids (text with digits)."""
+    if _SHAPES.search(probe) is None:
+        return
     for match in _IBAN.finditer(probe):
         if iban.is_valid(match.group().replace("-", "").upper()):
             out.append((match.start(), match.end(), "<IBAN>"))
@@ -66,6 +81,12 @@ def find_ids(probe: str, out: list[Span]) -> None:
     for match in _CODICE.finditer(probe):
         if codicefiscale.is_valid(match.group().upper()):
             out.append((match.start(), match.end(), ID))
+
+
+def find_labelled_ids(probe: str, low: str, out: list[Span]) -> None:
+    """Report numbers that a label says are ids ("passport no. …", "护照号码…")."""
+    if _NEEDED.search(low) is None:
+        return
     for match in _LABEL.finditer(probe):
         value = match.group("v")
         if sum(c.isdigit() for c in value) >= 4:

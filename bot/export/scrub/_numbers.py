@@ -41,6 +41,7 @@ NATIONAL_REGIONS: tuple[str, ...] = (
 _CANDIDATE = re.compile(
     r"(?<![0-9A-Za-z_.,+])(?:\+|\(0?)?\d[\d \-/().]{5,30}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
 )
+_RUN = re.compile(r"\d[\d \-/().]{5}")  # what a candidate needs, led by a digit: fast
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 _DATE = re.compile(  # not "01.23.45.67.89": a date has three parts
     r"\d{1,2}([./-])\d{1,2}\1\d{2,4}(?!\1\d)|\d{4}([./-])\d{1,2}\2\d{1,2}(?!\2\d)"
@@ -99,14 +100,30 @@ def _national_id(candidate: str, digits: str) -> str | None:
     return None
 
 
+def _trunk_prefix(region: str) -> str | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    return None if metadata is None else metadata.national_prefix
+
+
 class PhoneRules:
-    """Classifies number candidates; `regions` are tried for numbers without a country code."""
+    """Classifies number candidates; `regions` are tried for numbers without a country code.
+
+    What it finds never changes. The order it tries regions in does: the region that
+    last recognised a number goes first (an export's chats come from few countries,
+    and each try costs a libphonenumber parse). Reordering is one attribute
+    assignment, so sharing an instance between threads is safe.
+    """
 
     def __init__(self, regions: Sequence[str] = NATIONAL_REGIONS) -> None:
         self._regions = tuple(regions)
+        # A number written with a leading 0 is national only where 0 is the trunk
+        # prefix or part of the number (not in the US, where it is 1, or Russia, 8).
+        self._zero_regions = tuple(r for r in self._regions if _trunk_prefix(r) in (None, "0"))
 
     def find(self, probe: str, out: list[Span]) -> None:
         """Report phones, cards, national ids and IPv4 addresses among the digit runs."""
+        if _RUN.search(probe) is None:
+            return
         for match in _CANDIDATE.finditer(probe):
             value = match.group()
             core = value.rstrip(" -/(.")  # a trailing separator is not part of it
@@ -175,12 +192,20 @@ class PhoneRules:
         return self._valid_somewhere(candidate)
 
     def _valid_somewhere(self, candidate: str) -> bool:
-        for region in self._regions:
+        zero = candidate.lstrip("(")[:1] == "0"
+        regions = self._zero_regions if zero else self._regions
+        for index, region in enumerate(regions):
             try:
                 number = phonenumbers.parse(candidate, region)
             except phonenumbers.NumberParseException:
                 continue
             if phonenumbers.is_valid_number(number):
+                if index:
+                    moved = (region, *regions[:index], *regions[index + 1 :])
+                    if zero:
+                        self._zero_regions = moved
+                    else:
+                        self._regions = moved
                 return True
         return False
 

@@ -12,9 +12,9 @@ import math
 import re
 from collections import Counter
 
-from bot.export.scrub._spans import Span, words
+from bot.export.scrub._spans import Span, needles, words
 
-__all__ = ["find_secrets"]
+__all__ = ["TRIGGERS", "find_keys", "find_secret_phrases", "find_url_secrets"]
 
 SECRET = "<SECRET>"  # noqa: S105 (a placeholder, not a password)
 
@@ -81,6 +81,22 @@ _NOT_PASSWORD = words(
 )
 
 
+# Each pattern runs only on text that has what it needs (lower-cased): most chat
+# lines have none of these.
+_ASSIGN_WORDS = ("key", "secret", "token", "passw", "pwd", "auth")
+_BEARER_WORDS = ("bearer", "basic", "token")
+_PHRASE_WORDS = (
+    "pass", "pin", "pw", "kennwort", "zugangscode", "contrase", "clave", "parola",
+    "密码", "密碼", "口令", "パスワード", "비밀번호",
+)  # fmt: skip
+TRIGGERS = _ASSIGN_WORDS + _BEARER_WORDS + _PHRASE_WORDS
+_GATED = (
+    (_BEARER, needles(*_BEARER_WORDS), "."),
+    (_ASSIGNED, needles(*_ASSIGN_WORDS), "."),
+    (_PHRASE, needles(*_PHRASE_WORDS), ".,"),
+)
+
+
 def _entropy(text: str) -> float:
     counts = Counter(text)
     n = len(text)
@@ -141,23 +157,29 @@ def _pem_spans(probe: str, out: list[Span]) -> None:
         out.append((match.start(), end, SECRET))
 
 
-def find_secrets(probe: str, out: list[Span]) -> None:
-    """Report credentials: in URLs, by token shape, by assignment, and in sentences."""
-    if "://" in probe:
-        for match in _URL.finditer(probe):
-            url = match.group().rstrip(".,;:!?")
-            _url_spans(url, match.start(), out)
+def find_url_secrets(probe: str, out: list[Span]) -> None:
+    """Report userinfo, secret parameters and token path segments of URLs."""
+    for match in _URL.finditer(probe):
+        url = match.group().rstrip(".,;:!?")
+        _url_spans(url, match.start(), out)
+
+
+def find_keys(probe: str, out: list[Span]) -> None:
+    """Report keys and tokens by shape (they all have digits; the caller checks)."""
     out.extend((m.start(), m.end(), SECRET) for m in _KEYS.finditer(probe))
     for match in _OPAQUE.finditer(probe):
         if _opaque(match.group()):
             out.append((match.start(), match.end(), SECRET))
-    for pattern in (_BEARER, _ASSIGNED):
-        for match in pattern.finditer(probe):
-            value = match.group("v").rstrip(".:!?)]}")
-            out.append((match.start("v"), match.start("v") + len(value), SECRET))
     if "PRIVATE KEY" in probe:
         _pem_spans(probe, out)
-    for match in _PHRASE.finditer(probe):
-        value = match.group("v").rstrip(".,;:!?)]}")
-        if value and value.lower() not in _NOT_PASSWORD:
-            out.append((match.start("v"), match.start("v") + len(value), SECRET))
+
+
+def find_secret_phrases(probe: str, low: str, out: list[Span]) -> None:
+    """Report `key = value` secrets, bearer tokens and passwords in sentences."""
+    for pattern, needed, punctuation in _GATED:
+        if needed.search(low) is None:
+            continue
+        for match in pattern.finditer(probe):
+            value = match.group("v").rstrip(punctuation + ";:!?)]}")
+            if value and value.lower() not in _NOT_PASSWORD:
+                out.append((match.start("v"), match.start("v") + len(value), SECRET))

@@ -10,9 +10,10 @@ exactly as it was written.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
-__all__ = ["Span", "apply", "probe", "words"]
+__all__ = ["Span", "apply", "needles", "probe", "words"]
 
 Span = tuple[int, int, str]
 
@@ -20,6 +21,31 @@ Span = tuple[int, int, str]
 def words(text: str) -> frozenset[str]:
     """The whitespace-separated words of `text`: word lists written as prose."""
     return frozenset(text.split())
+
+
+_Trie = dict[str, "_Trie"]
+
+
+def needles(*literals: str) -> re.Pattern[str]:
+    """A search for whether any of `literals` occurs: the cheap test before a pattern.
+
+    The literals are merged into a trie ("p(?:ass|in)|…"), so each position of the
+    text tries a branch per first character rather than one per literal.
+    """
+    trie: _Trie = {}
+    for literal in literals:
+        node = trie
+        for char in literal:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return re.compile(_trie_pattern(trie))
+
+
+def _trie_pattern(node: _Trie) -> str:
+    if "" in node:  # a literal ends here: what could follow does not matter
+        return ""
+    branches = [re.escape(char) + _trie_pattern(node[char]) for char in sorted(node)]
+    return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
 
 
 def _table() -> dict[int, int]:
