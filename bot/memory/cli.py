@@ -145,11 +145,12 @@ def forget(
     except (ForgetRefused, KeyError, ValueError) as exc:
         typer.echo(f"refused: {exc.args[0] if exc.args else exc}", err=True)
         raise typer.Exit(1) from None
-    bookkeeping = ("reembedded", "failures_scrubbed")
+    bookkeeping = ("reembedded", "failures_scrubbed", "inbox_payloads")
     deleted = ", ".join(f"{n} {what}" for what, n in counts.items() if what not in bookkeeping)
     typer.echo(
         f"deleted {deleted}; re-embedded {counts.get('reembedded', 0)} later turn(s); "
-        f"{counts.get('failures_scrubbed', 0)} failure record(s) lost their details"
+        f"cleared the details of {counts.get('failures_scrubbed', 0)} failure record(s) "
+        f"and {counts.get('inbox_payloads', 0)} inbox payload(s)"
     )
 
 

@@ -15,7 +15,8 @@ What goes (the scope of one forget):
 
 Always: the embeddings of everything that goes. Failures recorded about a message
 that goes keep their stage, type and time, but lose their reason (it may quote the
-text) and their link to it.
+text) and their link to it. Handled inbox events of the same chat that carry a
+forgotten message's text lose their raw payload.
 
 What makes sure no byte stays (the caller, `SQLiteMemory.forget`, does the last
 three after this module's transaction):
@@ -113,7 +114,10 @@ def forget_rows(
         else:
             summaries = [target.item]
     facts = _with_replaced(conn, user_id, facts)
-    return _delete(conn, user_id, messages, facts, summaries, everything=target.kind == "all")
+    everything = target.kind == "all"
+    return _delete(
+        conn, user_id, messages, facts, summaries, everything=everything, persona_id=persona_id
+    )
 
 
 def _check_owner(conn: Connection, user_id: int, target: Target) -> None:
@@ -211,6 +215,7 @@ def _delete(
     summaries: Sequence[int],
     *,
     everything: bool,
+    persona_id: str | None = None,
 ) -> Forgotten:
     done = Forgotten()
     mids, fids, sids = _json(messages), _json(facts), _json(summaries)
@@ -227,6 +232,7 @@ def _delete(
             text(f"SELECT id, conversation_id, user_id FROM messages WHERE id IN {_IN}"),
             {"ids": mids},
         ).all()
+        done.counts["inbox_payloads"] = _clear_inbox(conn, mids)
         done.counts["followups"] = conn.execute(
             text(f"DELETE FROM followups WHERE source_message_id IN {_IN}"), {"ids": mids}
         ).rowcount
@@ -247,11 +253,24 @@ def _delete(
             {"ids": mids},
         )
     if everything:
+        params = {"uid": user_id, "persona": persona_id}
         done.counts["followups"] = done.counts.get("followups", 0) + (
             conn.execute(
-                text("DELETE FROM followups WHERE user_id = :uid"), {"uid": user_id}
+                text(
+                    "DELETE FROM followups WHERE user_id = :uid "
+                    "AND (:persona IS NULL OR persona_id = :persona)"
+                ),
+                params,
             ).rowcount
         )
+        # Vectors whose item went without them (retention deletes messages only).
+        embeddings += conn.execute(
+            text(
+                "DELETE FROM embeddings WHERE user_id = :uid AND (:persona IS NULL OR "
+                "conversation_id IN (SELECT id FROM conversations WHERE persona_id = :persona))"
+            ),
+            params,
+        ).rowcount
     done.counts["messages"] = conn.execute(
         text(f"DELETE FROM messages WHERE id IN {_IN}"), {"ids": mids}
     ).rowcount
@@ -268,6 +287,46 @@ def _delete(
         if deleted:
             _rewrite_indexes(conn, table)
     return done
+
+
+def _clear_inbox(conn: Connection, mids: str) -> int:
+    """Clear the raw payloads of handled (`done` or `failed`) inbox events of the same
+    platform and chat that carry a forgotten message's text, as the inbox's own
+    pruning clears old ones (a cleared event cannot be replayed into a message
+    again). Pending events are new messages, not these."""
+    if (
+        conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'inbox_events'")).first()
+        is None
+    ):
+        return 0
+    rows = conn.execute(
+        text(
+            "SELECT m.text, c.platform, c.channel FROM messages m "
+            f"JOIN conversations c ON c.id = m.conversation_id WHERE m.id IN {_IN}"
+        ),
+        {"ids": mids},
+    ).all()
+    cleared = 0
+    for platform, channel in {(r.platform, r.channel) for r in rows}:
+        forms: set[str] = set()
+        for r in rows:
+            if (r.platform, r.channel) == (platform, channel) and r.text.strip():
+                # As received, or as JSON writes it (escaped, with or without ASCII).
+                forms |= {
+                    r.text,
+                    json.dumps(r.text)[1:-1],
+                    json.dumps(r.text, ensure_ascii=False)[1:-1],
+                }
+        cleared += conn.execute(
+            text(
+                "UPDATE inbox_events SET payload = '' WHERE status IN ('done', 'failed') "
+                "AND platform = :platform AND (chat IS NULL OR chat = :channel) "
+                "AND payload != '' AND EXISTS (SELECT 1 FROM json_each(:forms) f "
+                "WHERE instr(inbox_events.payload, f.value) > 0)"
+            ),
+            {"platform": platform, "channel": channel, "forms": json.dumps(sorted(forms))},
+        ).rowcount
+    return cleared
 
 
 def _drop_neighbour_vectors(conn: Connection, places: Sequence[Any]) -> list[int]:

@@ -120,8 +120,9 @@ async def tell(db: Database, memory: SQLiteMemory, path: Path) -> Story:
     scope, m1, r1 = await say(
         ledger, ann, "I walk my dog Rex every morning", reply="What a nice routine"
     )
+    secret = f"My secret word is {MESSAGE_MARK}, and {MESSAGE_CJK}"
     _, m2, r2 = await say(
-        ledger, ann, f"My secret word is {MESSAGE_MARK}, and {MESSAGE_CJK}", at=T0 + minute,
+        ledger, ann, secret, at=T0 + minute,
         reply=f"I will keep {MESSAGE_MARK} safe",
     )  # fmt: skip
     _, m3, r3 = await say(
@@ -188,6 +189,29 @@ async def tell(db: Database, memory: SQLiteMemory, path: Path) -> Story:
             ),
             {"m": r2, "u": scope.user_id},
         )
+        for key, chat, status, payload in (
+            (
+                "u1",
+                "dm-ann",
+                "done",
+                json.dumps({"text": f"My secret word is {MESSAGE_MARK}, and {MESSAGE_CJK}"}),
+            ),
+            ("u2", "dm-ann", "failed", json.dumps({"m": {"text": secret}}, ensure_ascii=False)),
+            ("u3", "dm-bob", "done", '{"text": "Bob\'s note about gardening"}'),
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO inbox_events (platform, event_key, chat, status, payload, "
+                    "truncated, attempts, received_at) VALUES ('t', :k, :c, :s, :p, 0, 1, :at)"
+                ),
+                {
+                    "k": key,
+                    "c": chat,
+                    "s": status,
+                    "p": payload,
+                    "at": "2026-05-01 12:00:00.000000",
+                },
+            )
         return ids
 
     ids = await db.run(derived)
@@ -275,6 +299,10 @@ async def test_no_byte_of_the_forgotten_text_is_left(
     if target == "m2":
         assert counts["messages"] == 2 and counts["facts"] == 2 and counts["summaries"] == 1
         assert counts["followups"] == 1 and counts["reactions"] == 1
+        assert counts["inbox_payloads"] == 2
+        assert remaining(story.path, "SELECT event_key FROM inbox_events WHERE payload != ''") == [
+            "u3"
+        ]
         assert counts["reembedded"] == 1
         assert remaining(story.path, "SELECT reason FROM failures") == [
             "error (details removed with a forgotten message)"
@@ -411,3 +439,23 @@ async def test_slash_forget_in_a_running_app(tmp_path: Path, minilm: Embedder) -
         stored = vector_of(path, after)
         assert stored is not None and float(stored @ minilm.embed([context])[0]) > 0.9999
     assert_not_indexed(path, MESSAGE_MARK)
+
+
+async def test_all_of_one_persona_leaves_the_others(told: Any) -> None:
+    db, memory, story, _ = told
+    ledger = Ledger(db)
+    other, kept, _ = await say(ledger, scope_for("ann", persona="q"), f"For q: {FACT_MARK}x")
+    await db.run(
+        lambda c: c.execute(
+            text(
+                "INSERT INTO followups (conversation_id, user_id, persona_id, text, due_at, "
+                "status, created_at) VALUES (:c, :u, 'q', 'ask q things', :at, 'pending', :at)"
+            ),
+            {"c": other.conversation_id, "u": other.user_id, "at": "2026-05-02 12:00:00"},
+        )
+    )
+    counts = await memory.forget(other.user_id, "all", persona_id="p")
+    assert counts["messages"] == 6
+    assert_gone(story.path, MESSAGE_MARK, SUMMARY_MARK)
+    assert remaining(story.path, "SELECT id FROM messages WHERE user_id = 1") == [kept]
+    assert remaining(story.path, "SELECT persona_id FROM followups") == ["q"]
