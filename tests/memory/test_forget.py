@@ -459,3 +459,38 @@ async def test_all_of_one_persona_leaves_the_others(told: Any) -> None:
     assert_gone(story.path, MESSAGE_MARK, SUMMARY_MARK)
     assert remaining(story.path, "SELECT id FROM messages WHERE user_id = 1") == [kept]
     assert remaining(story.path, "SELECT persona_id FROM followups") == ["q"]
+
+
+async def test_a_fact_or_summary_read_from_a_message_forgotten_meanwhile_is_not_stored(
+    db: Database,
+) -> None:
+    from bot.llm.mock import MockBackend
+    from tests.memory.test_extract import ids_in
+
+    ledger = Ledger(db)
+    memory = SQLiteMemory(db)
+    scope, secret, _ = await say(ledger, scope_for("ann"), f"My code is {MESSAGE_MARK}")
+    for i in range(4):
+        await say(ledger, scope_for("ann"), f"filler message number {i}")
+
+    async def forget_while_reading(request: Any) -> str:
+        ids = ids_in(request)
+        await memory.forget(scope.user_id, f"m{secret}")  # the person, mid-extraction
+        fact = {
+            "text": f"Ann's code is {MESSAGE_MARK}",
+            "source_ids": [ids[f"My code is {MESSAGE_MARK}"]],
+        }
+        return json.dumps({"facts": [fact]})
+
+    await memory.extract(scope, "p", MockBackend(forget_while_reading), now=T0)
+    assert remaining(Path(str(db.engine.url.database)), "SELECT count(*) FROM facts") == [0]
+
+    _, again, _ = await say(ledger, scope_for("ann"), f"Again: {MESSAGE_MARK}")
+
+    async def forget_while_summarising(request: Any) -> str:
+        await memory.forget(scope.user_id, f"m{again}")
+        return f"Ann repeated {MESSAGE_MARK}."
+
+    assert await memory.summarise(scope, "p", MockBackend(forget_while_summarising), now=T0) is None
+    assert_gone(Path(str(db.engine.url.database)), MESSAGE_MARK)
+    await memory.aclose()
