@@ -8,12 +8,20 @@ to `DiscordAdapter.handle_event`. Nothing here parses a message beyond its id an
 channel, so a payload discord.py would choke on is stored raw and failed there.
 
 What a crash (or an outage) lost is read back from the channels' history: on every
-fresh gateway session (READY, not RESUMED: a RESUME replays what was missed) the
-intake holds live messages back, reads each chat's messages after the newest one
-stored for it, bounded in count and age (`discord.catch_up_messages`,
-`discord.catch_up_max_age_s`), and commits them, oldest first, before the live ones.
+fresh gateway session (READY, not RESUMED: a RESUME replays what was missed) each
+stored chat's messages after the newest one stored for it are read, bounded in count
+and age (`discord.catch_up_messages`, `discord.catch_up_max_age_s`), and committed.
 Redeliveries are ignored by the inbox's key (the message id), so reading a message
 both ways is harmless.
+
+Live messages are not held back meanwhile (a crash would lose what was held, and a
+chat seen for the first time has no history to read it back from). So that a crash
+in the middle of a catch-up cannot move a chat's starting point past what was not
+read yet, the starting points are taken before any live message of the session is
+committed and recorded in the inbox as a `discord-catch-up` row, settled when the
+catch-up ends; the next start begins from the older of its own and an unsettled
+row's. A chat's messages caught up after a restart can thus be answered after a
+live one that arrived in the first seconds of the session.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -32,9 +40,9 @@ import discord
 import structlog
 
 from bot.errors import AdapterError
-from bot.inbox import RawEvent
+from bot.inbox import Inbox, InboxStatus, RawEvent
 
-__all__ = ["CatchUpReport", "DiscordIntake"]
+__all__ = ["CATCH_UP_PLATFORM", "CatchUpReport", "DiscordIntake"]
 
 log = structlog.get_logger("adapters.discord")
 
@@ -42,8 +50,11 @@ log = structlog.get_logger("adapters.discord")
 _BATCH = 256
 #: History pages are Discord's largest.
 _PAGE = 100
-#: Chats read back after a fresh session at most, the most recently active first.
-MAX_CATCH_UP_CHATS = 1000
+#: Chats read back after a fresh session at most, the most recently active first
+#: (their starting points are recorded in one inbox row, under its 64 KiB bound).
+MAX_CATCH_UP_CHATS = 500
+#: The inbox "platform" of the rows that record a catch-up's starting points.
+CATCH_UP_PLATFORM = "discord-catch-up"
 #: How long a catch-up waits for the session's guilds before reading anyway.
 _READY_WAIT_S = 30.0
 #: A commit that failed (the database busy or gone) is retried after this long.
@@ -93,28 +104,34 @@ class DiscordIntake:
     def __init__(
         self,
         client: discord.Client,
+        inbox: Inbox,
         *,
+        platform: str,
         accept: Callable[[list[RawEvent]], Awaitable[int]],
-        last_keys: Callable[[], Awaitable[Mapping[str, str]]],
         chat_for: Callable[[int, int | None], str],
         session_ready: asyncio.Event,
         max_messages: int,
         max_age_s: float,
     ) -> None:
-        """`chat_for(channel_id, guild_id)` is the worker lane (`Adapter.chat_key`)
-        of a channel; `session_ready` is set once a session's guilds are known."""
+        """`accept` commits live events (and wakes the worker); `chat_for(channel_id,
+        guild_id)` is the worker lane (`Adapter.chat_key`) of a channel;
+        `session_ready` is set once a session's guilds are known."""
         self.client = client
+        self.inbox = inbox
+        self.platform = platform
         self._accept = accept
-        self._last_keys = last_keys
         self._chat_for = chat_for
         self._session_ready = session_ready
         self.max_messages = max_messages
         self.max_age_s = max_age_s
         self._queue: asyncio.Queue[_Frame] = asyncio.Queue()
+        self._in_hand = 0
+        self._catching_up: set[asyncio.Task[None]] = set()
+        self._one_at_a_time = asyncio.Lock()
+        #: One report per catch-up, oldest first.
         self.catch_ups: list[CatchUpReport] = []
         #: Messages committed live (not from history).
         self.accepted_live = 0
-        self._in_hand = 0
 
     # -- discord.py's side ----------------------------------------------------------------
 
@@ -143,37 +160,41 @@ class DiscordIntake:
 
     @property
     def queued(self) -> int:
-        """Frames received and not yet committed (catch-ups included)."""
-        return self._queue.qsize() + self._in_hand
+        """Frames received and not yet committed, plus catch-ups running."""
+        return self._queue.qsize() + self._in_hand + len(self._catching_up)
 
     # -- committing -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit queued frames until cancelled; a READY's catch-up runs in its place
-        in the stream, so live messages after it are committed after what it read."""
-        while True:
-            first = await self._queue.get()
-            frames = [first]
-            while len(frames) < _BATCH and not self._queue.empty():
-                frames.append(self._queue.get_nowait())
-            self._in_hand = len(frames)
-            try:
-                live: list[RawEvent] = []
-                for frame in frames:
-                    if frame.kind == "ready":
-                        await self._commit(live)
-                        live = []
-                        await self._catch_up_safely(frame.data)
-                    else:
-                        live.append(self._raw(frame.data, frame.received_at))
-                await self._commit(live)
-                self.accepted_live += len(live)
-            finally:
-                self._in_hand = 0
+        """Commit queued frames until cancelled. At a READY the catch-up's starting
+        points are taken (before any later frame is committed), then it reads the
+        history beside the live stream."""
+        try:
+            while True:
+                first = await self._queue.get()
+                frames = [first]
+                while len(frames) < _BATCH and not self._queue.empty():
+                    frames.append(self._queue.get_nowait())
+                self._in_hand = len(frames)
+                try:
+                    live: list[RawEvent] = []
+                    for frame in frames:
+                        if frame.kind == "ready":
+                            await self._commit(live)
+                            live = []
+                            await self._start_catch_up(frame.data)
+                        else:
+                            live.append(self._raw(frame.data, frame.received_at))
+                    await self._commit(live)
+                finally:
+                    self._in_hand = 0
+        finally:
+            for task in list(self._catching_up):
+                task.cancel()
 
     async def flush(self) -> int:
-        """Commit whatever is queued now (on stop; catch-ups are skipped); returns
-        how many messages were committed."""
+        """Commit whatever is queued now (on stop; catch-ups are left to the next
+        start); returns how many messages were committed."""
         events = []
         while not self._queue.empty():
             frame = self._queue.get_nowait()
@@ -190,6 +211,7 @@ class DiscordIntake:
         while events:
             try:
                 await self._accept(events)
+                self.accepted_live += len(events)
                 return
             except Exception as exc:
                 log.error("discord.inbox_commit_failed", events=len(events), error=str(exc))
@@ -215,45 +237,92 @@ class DiscordIntake:
 
     # -- catch-up ---------------------------------------------------------------------------
 
-    async def _catch_up_safely(self, ready: Any) -> None:
+    async def _start_catch_up(self, ready: Any) -> None:
+        if self.max_messages <= 0:
+            return
         try:
-            await self.catch_up(ready if isinstance(ready, dict) else {})
+            anchors, records = await self._starting_points()
+        except Exception as exc:  # live messages go on; the next fresh session retries
+            log.exception("discord.catch_up_failed", error=str(exc))
+            return
+        task = asyncio.create_task(
+            self._catch_up_safely(ready if isinstance(ready, dict) else {}, anchors, records),
+            name="discord-catch-up",
+        )
+        self._catching_up.add(task)
+        task.add_done_callback(self._catching_up.discard)
+
+    async def _starting_points(self) -> tuple[dict[str, int], list[int]]:
+        """Per chat the newest stored message id, or an unsettled catch-up's older one;
+        recorded (one inbox row) before it is returned, with the rows to settle."""
+        anchors: dict[str, int] = {}
+        for chat, key in (await self.inbox.last_keys(self.platform)).items():
+            if (snowflake := _snowflake(key)) is not None:
+                anchors[chat] = snowflake
+        unsettled = await self.inbox.list(
+            status=InboxStatus.PENDING, platform=CATCH_UP_PLATFORM, limit=20
+        )
+        for row in unsettled:
+            try:
+                earlier = json.loads(row.payload)
+            except ValueError:
+                continue
+            if isinstance(earlier, dict):
+                for chat, key in earlier.items():
+                    if (snowflake := _snowflake(key)) is not None:
+                        anchors[chat] = min(anchors.get(chat, snowflake), snowflake)
+        newest = dict(sorted(anchors.items(), key=lambda item: -item[1])[:MAX_CATCH_UP_CHATS])
+        key = f"{time.time_ns()}"
+        await self.inbox.accept(
+            CATCH_UP_PLATFORM,
+            [RawEvent(key=key, payload=json.dumps({c: str(k) for c, k in newest.items()}))],
+        )
+        rows = await self.inbox.list(
+            status=InboxStatus.PENDING, platform=CATCH_UP_PLATFORM, limit=21
+        )
+        merged = {r.id for r in unsettled}
+        return newest, [r.id for r in rows if r.key == key or r.id in merged]
+
+    async def _catch_up_safely(
+        self, ready: dict[str, Any], anchors: dict[str, int], records: list[int]
+    ) -> None:
+        try:
+            async with self._one_at_a_time:
+                await self.catch_up(ready, anchors)
+            for record in records:  # read to the end: the next start need not go back
+                await self.inbox.done(record)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # live messages must go on even if history cannot be read
+        except Exception as exc:  # left unsettled: the next fresh session reads again
             log.exception("discord.catch_up_failed", error=str(exc))
 
-    async def catch_up(self, ready: dict[str, Any], *, now: float | None = None) -> CatchUpReport:
-        """Read back, into the inbox, what each stored chat got while we were away."""
+    async def catch_up(
+        self, ready: dict[str, Any], anchors: dict[str, int], *, now: float | None = None
+    ) -> CatchUpReport:
+        """Read back, into the inbox, what each chat got after its starting point
+        (and within the age bound)."""
         report = CatchUpReport()
         self.catch_ups.append(report)
-        if self.max_messages <= 0:
-            return report
         try:
             await asyncio.wait_for(self._session_ready.wait(), _READY_WAIT_S)
         except TimeoutError:
             log.warning("discord.catch_up_without_guilds")
         shard = ready.get("shard")
-        anchors = await self._last_keys()
         floor_ms = int(((time.time() if now is None else now) - self.max_age_s) * 1000)
         floor = max(discord.utils.time_snowflake(_from_ms(floor_ms)), 0)
-        chats = sorted(
-            ((int(key), chat) for chat, key in anchors.items() if _snowflake(key) is not None),
-            reverse=True,
-        )[:MAX_CATCH_UP_CHATS]
-        for anchor, chat in chats:
+        for chat, anchor in sorted(anchors.items(), key=lambda item: -item[1]):
             channel_id = _snowflake(chat.rsplit("/", 1)[-1])
             if channel_id is None:
                 continue
-            guild = self._guild_of(channel_id)
-            if not self._on_this_shard(guild, shard):
-                continue
-            cached = self.client.get_channel(channel_id)
+            cached: Any = self.client.get_channel(channel_id)
             last = _snowflake(getattr(cached, "last_message_id", None))
             if cached is not None and last is not None and last <= anchor:
                 continue  # the guild said what is newest there: nothing new
-            report.chats += 1
             try:
+                guild = await self._guild_of(channel_id, cached)
+                if not self._on_this_shard(guild, shard):
+                    continue
+                report.chats += 1
                 found, over = await self._read_after(channel_id, max(anchor, floor))
             except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Deleted, or no longer visible to the bot: nothing to answer there.
@@ -288,10 +357,14 @@ class DiscordIntake:
         )
         return report
 
-    def _guild_of(self, channel_id: int) -> int | None:
-        channel: Any = self.client.get_channel(channel_id)
-        guild = getattr(channel, "guild", None)
-        return getattr(guild, "id", None) if guild is not None else None
+    async def _guild_of(self, channel_id: int, cached: Any) -> int | None:
+        """The channel's guild (None: a DM), from the cache or else asked once: a
+        server message taken for a DM would be answered as if addressed."""
+        if cached is not None:
+            guild = getattr(cached, "guild", None)
+            return getattr(guild, "id", None) if guild is not None else None
+        data: Any = await self.client.http.get_channel(channel_id)
+        return _snowflake(data.get("guild_id")) if isinstance(data, dict) else None
 
     def _on_this_shard(self, guild: int | None, shard: Any) -> bool:
         if not isinstance(shard, list) or len(shard) != 2:

@@ -62,6 +62,8 @@ _UNREACHABLE_CODES = frozenset({50007, 50278})
 _MAX_UPLOAD_BYTES = 256 * 1024
 #: Discord wants an interaction answered within 3 s; past this we defer and follow up.
 _ANSWER_WITHIN_S = 2.0
+#: A typing indicator not through by then is given up (it is cosmetic).
+_TYPING_TIMEOUT_S = 2.0
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 _CHANNEL_MENTION = re.compile(r"<#(\d+)>")
@@ -166,8 +168,9 @@ class DiscordAdapter(Adapter):
         client = self._client = self._make_client()
         intake = self.intake = DiscordIntake(
             client,
+            inbox,
+            platform=self.platform,
             accept=self.accept,
-            last_keys=lambda: inbox.last_keys(self.platform),
             chat_for=self._chat_for_channel,
             session_ready=self._session_ready,
             max_messages=self.settings.catch_up_messages,
@@ -519,19 +522,30 @@ class DiscordAdapter(Adapter):
 
     # -- delivery -----------------------------------------------------------------------
 
+    async def _deliver_part(self, outgoing: Outgoing, text: str, part: int) -> str | None:
+        """One part of a reply, with a nonce from the reply's row and the part's index
+        and `enforce_nonce`: a resend after a crash returns the message Discord already
+        made instead of making it again."""
+        return await self._post(
+            outgoing, text, first=part == 0, nonce=self.part_nonce(outgoing, part)
+        )
+
     async def _deliver(self, outgoing: Outgoing, text: str) -> str | None:
+        # (Only for a caller without a part index: the first part of a split is a
+        # prefix of the text, except for a re-fenced code block.)
+        return await self._post(
+            outgoing, text, first=outgoing.text.strip().startswith(text), nonce=None
+        )
+
+    async def _post(
+        self, outgoing: Outgoing, text: str, *, first: bool, nonce: str | None
+    ) -> str | None:
         client = self._require_client()
         scope = outgoing.scope
         target = client.get_partial_messageable(int(scope.thread or scope.channel))
         reference: discord.MessageReference | None = None
         # In a busy channel a reply says whom it answers; only its first part needs to.
-        # (The first part of a split is a prefix of the text, except for a re-fenced
-        # code block, where going without the reference is harmless.)
-        if (
-            not scope.is_direct
-            and outgoing.reply_to_platform_id
-            and outgoing.text.strip().startswith(text)
-        ):
+        if not scope.is_direct and outgoing.reply_to_platform_id and first:
             reference = discord.MessageReference(
                 message_id=int(outgoing.reply_to_platform_id),
                 channel_id=target.id,
@@ -543,11 +557,13 @@ class DiscordAdapter(Adapter):
             users=[discord.Object(int(scope.user))] if reference is not None else False,
             replied_user=reference is not None,
         )
+        options: dict[str, Any] = {"allowed_mentions": mentions}
+        if reference is not None:
+            options["reference"] = reference
+        if nonce is not None:  # discord.py sends enforce_nonce with it
+            options["nonce"] = nonce
         try:
-            if reference is not None:
-                sent = await target.send(text, reference=reference, allowed_mentions=mentions)
-            else:
-                sent = await target.send(text, allowed_mentions=mentions)
+            sent = await target.send(text, **options)
         except discord.RateLimited as exc:  # longer than discord.py is willing to wait
             raise RateLimited(exc.retry_after, "(Discord)") from exc
         except discord.Forbidden as exc:
@@ -559,7 +575,9 @@ class DiscordAdapter(Adapter):
         except discord.HTTPException as exc:
             if exc.status == 429:  # a 429 discord.py would not retry (no Via: Cloudflare)
                 raise RateLimited(
-                    _retry_after(exc), "(Discord, not retried by discord.py)"
+                    _retry_after(exc),
+                    "(Discord, not retried by discord.py)",
+                    everything=_is_global(exc),
                 ) from exc
             raise DeliveryError(
                 f"Discord refused the message ({exc.status}, code {exc.code}): {exc.text}"
@@ -569,8 +587,11 @@ class DiscordAdapter(Adapter):
         return str(sent.id)
 
     async def _send_typing(self, scope: Scope) -> None:
+        # Best effort (the base asks the pacer first): never left waiting out a 429
+        # in discord.py's retry loop, where it would hold a request slot.
         client = self._require_client()
-        await client.get_partial_messageable(int(scope.thread or scope.channel)).typing()
+        target = client.get_partial_messageable(int(scope.thread or scope.channel))
+        await asyncio.wait_for(target.typing(), timeout=_TYPING_TIMEOUT_S)
 
     # -- reactions, edits, deletions ----------------------------------------------------
 
@@ -800,6 +821,14 @@ class DiscordAdapter(Adapter):
         except Exception as exc:  # the person still gets an answer; the log gets the rest
             log.exception("discord.command_failed", command=name)
             return f"Sorry, /{name} failed: {type(exc).__name__}."
+
+
+def _is_global(exc: discord.HTTPException) -> bool:
+    """A 429 of the bot's overall limit (every chat waits), not of one route."""
+    headers = exc.response.headers if exc.response is not None else {}
+    return headers.get("X-RateLimit-Global", "").lower() == "true" or (
+        headers.get("X-RateLimit-Scope") == "global"
+    )
 
 
 def _retry_after(exc: discord.HTTPException) -> float:

@@ -227,15 +227,8 @@ async def discord_bot(tmp_path: Path, discord_fake: Any) -> AsyncIterator[Discor
         cm = open_app(settings, backend=backend, watch=False)
         app = await cm.__aenter__()
         opened.append(cm)
-        services = app.services
-        if services.inbox is None:  # until App.services carries the inbox itself
-            from dataclasses import replace
-
-            from bot.inbox import Inbox
-
-            services = replace(services, inbox=Inbox(app.db))
         adapter = DiscordAdapter(
-            services,
+            app.services,
             settings.discord,
             default_persona="tester",
             pacing=pacing,

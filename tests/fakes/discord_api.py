@@ -211,6 +211,7 @@ class FakeDiscord:
         self._script: dict[str, list[_Scripted]] = {}
         self._ids: Iterator[int] = _Snowflakes()
         self._dm_channels: dict[int, int] = {}  # channel id -> recipient user id
+        self._users: dict[int, FakeUser] = dict(_USERS)
         self._sockets: dict[int, web.WebSocketResponse] = {}  # shard id -> socket
         self._shard_count = 1
         self._seq = 0
@@ -291,6 +292,7 @@ class FakeDiscord:
                 return channel
         channel = next(self._ids)
         self._dm_channels[channel] = user.id
+        self._users[user.id] = user
         return channel
 
     def add_attachment(self, name: str, data: bytes) -> dict[str, Any]:
@@ -344,7 +346,7 @@ class FakeDiscord:
 
     def channel_payload(self, channel: int) -> dict[str, Any]:
         if channel in self._dm_channels:
-            user = _USERS[self._dm_channels[channel]]
+            user = self._users[self._dm_channels[channel]]
             return {"id": str(channel), "type": 1, "recipients": [user.payload()],
                     "last_message_id": None}  # fmt: skip
         if channel == THREAD:
