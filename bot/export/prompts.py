@@ -8,6 +8,11 @@ zone (`users.timezone`, else the configured default). Two things differ on purpo
 or by necessity, and manifests say so: the person's display name and id are their
 pseudonyms, and the per-turn blocks (the persona's lore that applied and recalled
 memories) are not part of it: they are chosen per turn and not stored with it.
+
+The rendered prompt goes through the same scrubber as every message: a persona's
+text may hold its author's e-mail or a template may print what it was given.
+Scrubbing is per line, cached: records of one persona version share all lines
+but the one with the time, so most lines are scrubbed once per export.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from bot.prompt import SystemLayout
 __all__ = ["SystemPrompts", "TurnContext", "parse_time"]
 
 log = structlog.get_logger("bot.export")
+
+_LINE_CACHE = 4096  # distinct scrubbed lines kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +60,20 @@ class SystemPrompts:
 
     `lookup(content_hash)` returns the stored (path, YAML source) of a version, or None.
     A version that is missing or no longer parses renders as None (the caller drops
-    and counts those records) and is logged once.
+    and counts those records) and is logged once. `scrub` is applied to what is
+    rendered (see the module docstring).
     """
 
     def __init__(
-        self, lookup: Callable[[str], tuple[str, str] | None], default_timezone: str
+        self,
+        lookup: Callable[[str], tuple[str, str] | None],
+        default_timezone: str,
+        scrub: Callable[[str], str],
     ) -> None:
         self._lookup = lookup
         self._default = default_timezone
+        self._scrub = scrub
+        self._lines: dict[str, str] = {}
         self._versions: dict[str, tuple[Persona, SystemLayout] | None] = {}
         self._zones: dict[str, ZoneInfo] = {}
 
@@ -117,4 +130,17 @@ class SystemPrompts:
         except PersonaError as exc:
             log.warning("export.render_failed", persona_hash=ctx.persona_hash, error=str(exc))
             return None
-        return layout.compose(rendered)
+        return self._scrubbed(layout.compose(rendered))
+
+    def _scrubbed(self, text: str) -> str:
+        if "PRIVATE KEY" in text:  # a block over many lines: scrub it whole
+            return self._scrub(text)
+        if len(self._lines) > _LINE_CACHE:
+            self._lines.clear()  # bounded; a new export's worth of lines comes back fast
+        out = []
+        for line in text.split("\n"):
+            done = self._lines.get(line)
+            if done is None:
+                done = self._lines[line] = self._scrub(line)
+            out.append(done)
+        return "\n".join(out)

@@ -93,7 +93,9 @@ def export_datasets(
     try:
         with DatasetWriter(target, force=force) as writer, read_engine.connect() as conn:
             prompts = SystemPrompts(
-                lambda content_hash: persona_version(conn, content_hash), options.default_timezone
+                lambda content_hash: persona_version(conn, content_hash),
+                options.default_timezone,
+                scrubber.scrub,
             )
             builder = DatasetBuilder(writer, options, scrubber, Pseudonymizer(key), prompts)
             statement = export_query(persona=persona, since=since, until=until)

@@ -25,12 +25,13 @@ __all__ = ["find_addresses"]
 ADDRESS = "<ADDRESS>"
 
 _US_STREET = (
-    r"Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|"
-    r"Terrace|Parkway|Pkwy|Highway|Hwy|Circle|Square|Sq|Trail|Crescent|Close|Gardens|Row|Mews"
+    r"(?:Street|Avenue|Road|Boulevard|Lane|Drive|Court|Way|Place|Terrace|Parkway|Highway|"
+    r"Circle|Square|Trail|Crescent|Close|Gardens|Row|Mews)\b"
+    r"|(?:St|Ave|Rd|Blvd|Ln|Dr|Ct|Pl|Pkwy|Hwy|Sq)\b\.?"  # the dot of an abbreviation only
 )
 _US = re.compile(
     rf"(?<![\w,.-])\d{{1,6}}[A-Za-z]?(?:-\d{{1,4}})?\s+(?:[NSEW]\.?\s+)?"
-    rf"(?:[A-Z0-9][A-Za-z0-9'.-]*\s+){{1,4}}(?:{_US_STREET})\b\.?"
+    rf"(?:[A-Z0-9][A-Za-z0-9'.-]*\s+){{1,4}}(?:{_US_STREET})"
     r"(?:\s+(?:NW|NE|SW|SE|N|S|E|W)\b)?"
     r"(?:,?\s{1,2}(?:Apt|Apartment|Suite|Ste|Unit|Flat|#)\.?\s{0,2}[A-Za-z0-9-]{1,6})?"
     # ", Springfield, IL 62704" / ", London NW1 6XE"
