@@ -11,13 +11,22 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2.exceptions import SecurityError
+from jinja2.utils import Namespace
 
-__all__ = ["Budget", "RenderLimitExceeded", "RenderLimits", "current_budget", "is_int", "width"]
+__all__ = [
+    "Budget",
+    "RenderLimitExceeded",
+    "RenderLimits",
+    "current_budget",
+    "deep_size",
+    "is_int",
+    "width",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +116,28 @@ class Budget:
 
     def value(self, value: Any) -> Any:
         """Check the size of a value an operation made, and count it; returns it."""
-        if isinstance(value, str | bytes | list | tuple | dict):
-            size = len(value)
+        if isinstance(value, str | bytes | list | tuple | dict | set | frozenset | Namespace):
+            size = len(value) if isinstance(value, str | bytes) else deep_size(value, self)
             if size > self.limits.max_value_chars:
                 raise RenderLimitExceeded(
-                    f"a value of {size} characters or items; the limit is "
-                    f"{self.limits.max_value_chars}"
+                    f"a value of more than {self.limits.max_value_chars} characters or items "
+                    "(nested values counted each time they occur)"
                 )
             self.spend(size)
         elif isinstance(value, int) and value.bit_length() > self.limits.max_int_bits:
             raise RenderLimitExceeded(f"a number of more than {self.limits.max_int_bits} bits")
         return value
+
+    def text_size(self, values: Iterable[Any]) -> int:
+        """Characters that writing each of `values` as text may take (`ascii()` is at
+        least as long as `str()` and `repr()`), stopping past the value limit."""
+        total = 0
+        for value in values:
+            self.step()
+            total += len(value) if isinstance(value, str) else len(ascii(value))
+            if total > self.limits.max_value_chars:
+                break
+        return total
 
     def check_size(self, size: int, what: str) -> None:
         """Refuse, before it runs, an operation that would make `size` characters."""
@@ -126,6 +146,33 @@ class Budget:
                 f"{what} would make {size} characters or items; the limit is "
                 f"{self.limits.max_value_chars}"
             )
+
+
+def deep_size(value: Any, budget: Budget) -> int:
+    """Characters and items of `value`, nested values counted each time they occur
+    (as `str()` would write them: `[s] * 99999` is 99999 times `s`), counting no
+    further than just past the budget's value limit."""
+    limit = budget.limits.max_value_chars
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += max(len(item), 1)
+        elif isinstance(item, dict):
+            total += 1
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 1
+            stack.extend(item)
+        elif isinstance(item, Namespace):
+            stack.append(object.__getattribute__(item, "_Namespace__attrs"))
+        else:
+            total += 1
+        if total > limit:
+            break
+    return total
 
 
 _CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(

@@ -48,29 +48,51 @@ _HUGE_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\*|\d{6,}|\d*\.(?:\*|\d{6
 _HUGE_NUMBER = re.compile(r"\d{6,}")
 
 
-def _check_percent(fmt: str) -> None:
+_PERCENT = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\d*)(?:\.(\d*))?[a-zA-Z%]")
+
+
+def _check_percent(budget: Budget, fmt: str, args: Any) -> None:
+    """Refuse `fmt % args` past the value limit: widths, and every conversion as
+    long as the longest argument (`'%s' * 50000 % ((big,) * 50000)`)."""
     if _HUGE_PERCENT.search(fmt):
         raise RenderLimitExceeded("'%' formatting with a huge or '*' width is not allowed")
+    conversions = _PERCENT.findall(fmt)
+    if not conversions:
+        return
+    pads = sum(int(w or 0) + int(p or 0) for w, p in conversions)
+    values = (
+        args.values() if isinstance(args, dict) else args if isinstance(args, tuple) else (args,)
+    )
+    longest = max((budget.text_size([v]) for v in values), default=0)
+    budget.check_size(len(fmt) + pads + len(conversions) * longest, "'%' formatting")
 
 
-def _check_format_spec(fmt: str) -> None:
-    """Refuse `str.format` fields with nested (computed) or huge widths."""
+def _check_format(budget: Budget, fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse `str.format` with nested (computed) or huge widths, or whose fields
+    would write more than the value limit."""
     try:
-        fields = list(string.Formatter().parse(fmt))
+        fields = [f for f in string.Formatter().parse(fmt) if f[1] is not None]
     except ValueError:
         return  # format() itself raises the clearer error
+    pads = 0
     for _, _, spec, _ in fields:
         if spec and ("{" in spec or _HUGE_NUMBER.search(spec)):
             raise RenderLimitExceeded(
                 "format() with a computed or huge width or precision is not allowed"
             )
+        pads += sum(int(n) for n in re.findall(r"\d+", spec or ""))
+    values = [*args, *kwargs.values()]
+    if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
+        values.extend(args[0].values())  # format_map
+    longest = max((budget.text_size([v]) for v in values), default=0)
+    budget.check_size(len(fmt) + pads + len(fields) * longest, "format()")
 
 
 def check_binop(budget: Budget, op: str, left: Any, right: Any) -> None:
     """Refuse an operator whose result would be past the budget's size limits."""
     limits = budget.limits
     if op == "%" and isinstance(left, str):
-        _check_percent(left)
+        _check_percent(budget, left, right)
     elif op in ("*", "**") and is_int(left) and is_int(right):
         if op == "**":
             bits = abs(left).bit_length() * right if abs(left) > 1 and right > 0 else 0
@@ -152,7 +174,9 @@ def method_allowed(obj: Any, attr: str, value: Any) -> bool:
     return False
 
 
-def check_str_method(budget: Budget, text: str, name: str, args: tuple[Any, ...]) -> Any:
+def check_str_method(
+    budget: Budget, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """Pre-check a call of a `str` method that can grow its text; returns the
     arguments to call it with (`join` gets its items as a list)."""
     if name in ("center", "ljust", "rjust", "zfill") and args:
@@ -169,11 +193,11 @@ def check_str_method(budget: Budget, text: str, name: str, args: tuple[Any, ...]
             budget.check_size(len(text) + hits * len(new), "str.replace")
     elif name == "join" and args:
         items = materialize(budget, args[0])
-        size = sum(len(i) for i in items if isinstance(i, str))
+        size = budget.text_size(items)
         budget.check_size(size + len(text) * max(len(items) - 1, 0), "str.join")
         return (items, *args[1:])
     elif name in ("format", "format_map"):
-        _check_format_spec(text)
+        _check_format(budget, text, args, kwargs)
     return args
 
 
@@ -205,13 +229,13 @@ def _pre_center(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None
 
 def _pre_indent(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None:
     text = str(args[0])
-    width = _arg(args, kwargs, 1, "width", 4)
-    pad = len(width) if isinstance(width, str) else width(width)
+    indent = _arg(args, kwargs, 1, "width", 4)
+    pad = len(indent) if isinstance(indent, str) else width(indent)
     budget.check_size(len(text) + (text.count("\n") + 1) * pad, "indent")
 
 
 def _pre_format(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None:
-    _check_percent(str(args[0]))
+    _check_percent(budget, str(args[0]), kwargs or tuple(args[1:]))
 
 
 def _pre_replace(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -228,16 +252,16 @@ def _pre_join(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None:
     items = materialize(budget, args[0])
     args[0] = items
     separator = str(_arg(args, kwargs, 1, "d", ""))
-    size = sum(len(i) for i in items if isinstance(i, str))
+    size = budget.text_size(items)
     budget.check_size(size + len(separator) * max(len(items) - 1, 0), "join")
 
 
 def _pre_wordwrap(budget: Budget, args: list[Any], kwargs: dict[str, Any]) -> None:
     text = str(args[0])
-    width = _arg(args, kwargs, 1, "width", 79)
+    columns = _arg(args, kwargs, 1, "width", 79)
     wrap = _arg(args, kwargs, 3, "wrapstring", None)
-    if is_int(width) and width > 0 and isinstance(wrap, str):
-        lines = len(text) // width + text.count("\n") + 1
+    if is_int(columns) and columns > 0 and isinstance(wrap, str):
+        lines = len(text) // columns + text.count("\n") + 1
         budget.check_size(len(text) + lines * len(wrap), "wordwrap")
 
 

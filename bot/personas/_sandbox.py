@@ -165,7 +165,8 @@ class PersonaSandbox(ImmutableSandboxedEnvironment):
         target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped
         owner = getattr(target, "__self__", None)
         if isinstance(owner, str):
-            args = check_str_method(budget, owner, getattr(target, "__name__", ""), args)
+            name = getattr(target, "__name__", "")
+            args = check_str_method(budget, owner, name, args, kwargs)
         budget.depth += 1
         try:
             if budget.depth > budget.limits.max_call_depth:

@@ -78,10 +78,15 @@ class TemplateIssue:
 
 
 class TemplateRefused(Exception):
-    """A template that cannot be compiled; `.issue` says why and where."""
+    """A template that cannot be compiled; `.issue` says why and where.
 
-    def __init__(self, issue: TemplateIssue) -> None:
+    `limit` is true when it is refused for its size or nesting (or a feature that is
+    not available), not for a mistake in its syntax.
+    """
+
+    def __init__(self, issue: TemplateIssue, *, limit: bool = False) -> None:
         self.issue = issue
+        self.limit = limit
         super().__init__(issue.message)
 
 
@@ -176,7 +181,9 @@ def compile_template(source: str) -> BoundedTemplate:
         raise
     except (RecursionError, MemoryError, SyntaxError, ValueError, OverflowError):
         # The checks above keep trees far from these; never let one escape as a traceback.
-        raise TemplateRefused(TemplateIssue(1, "the template is too complex to compile")) from None
+        raise TemplateRefused(
+            TemplateIssue(1, "the template is too complex to compile"), limit=True
+        ) from None
     return BoundedTemplate(template)
 
 
@@ -187,7 +194,8 @@ def _syntax_message(exc: TemplateSyntaxError) -> str:
 def _parse(source: str) -> nodes.Template:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise TemplateRefused(
-            TemplateIssue(1, f"the template is longer than {MAX_TEMPLATE_CHARS} characters")
+            TemplateIssue(1, f"the template is longer than {MAX_TEMPLATE_CHARS} characters"),
+            limit=True,
         )
     try:
         _check_nesting(source)
@@ -195,7 +203,9 @@ def _parse(source: str) -> nodes.Template:
     except TemplateSyntaxError as exc:
         raise TemplateRefused(TemplateIssue(exc.lineno, _syntax_message(exc))) from None
     except (RecursionError, MemoryError):
-        raise TemplateRefused(TemplateIssue(1, "the template nests too deeply")) from None
+        raise TemplateRefused(
+            TemplateIssue(1, "the template nests too deeply"), limit=True
+        ) from None
 
 
 def _check_nesting(source: str) -> None:
@@ -245,7 +255,9 @@ def _block_tag(tokens: Iterator[Any], line: int, depth: int) -> int:
 
 
 def _refuse(line: int, message: str) -> None:
-    raise TemplateRefused(TemplateIssue(line, f"the template is too deeply nested: {message}"))
+    raise TemplateRefused(
+        TemplateIssue(line, f"the template is too deeply nested: {message}"), limit=True
+    )
 
 
 def _check_tree_depth(tree: nodes.Template) -> None:
@@ -261,12 +273,16 @@ def _check_tree_depth(tree: nodes.Template) -> None:
 
 
 class _Guard(NodeTransformer):
-    """Routes every loop and every `~` through the budget's guards."""
+    """Routes every loop, every `~` and every literal list, tuple and dict through
+    the budget's guards."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         if node.recursive:
             raise TemplateRefused(
-                TemplateIssue(node.lineno, "recursive loops are not available in persona templates")
+                TemplateIssue(
+                    node.lineno, "recursive loops are not available in persona templates"
+                ),
+                limit=True,
             )
         self.generic_visit(node)
         literal = nodes.Const(_literal_chars(node.body), lineno=node.lineno)
@@ -276,6 +292,21 @@ class _Guard(NodeTransformer):
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        return self._checked(node)
+
+    # Literals nest values without an operation: `[l, l, l, l]` four times over.
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        return self._checked(node)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        return self._checked(node)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        if node.ctx != "load":  # an assignment target: `{% for k, v in ... %}`
+            return node
+        return self._checked(node)
+
+    def _checked(self, node: nodes.Expr) -> nodes.Node:
         self.generic_visit(node)
         return nodes.Filter(node, VALUE_GUARD, [], [], None, None, lineno=node.lineno)
 

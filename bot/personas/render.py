@@ -253,7 +253,8 @@ def _render(
         template = compile_template(source)
         return template.render(template_variables(persona, ctx), limits).strip()
     except TemplateRefused as exc:
-        raise PersonaTemplateError(persona.id, field, exc.issue.message, exc.issue.line) from None
+        refused = TemplateLimitError if exc.limit else PersonaTemplateError
+        raise refused(persona.id, field, exc.issue.message, exc.issue.line) from None
     except RenderFailure as exc:
         kind = (
             TemplateLimitError
