@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.errors import StorageError
 from bot.memory.lines import InputFileError, Line, read_lines
 from bot.text import clean_text
 
@@ -128,12 +129,24 @@ def check_file(path: Path) -> int:
 async def import_file(path: Path, memory: Any, ledger: Any) -> int:
     """Store every message of a checked file through the ledger and queue it for
     embedding; returns how many. A line that turns bad since `check_file` (the file
-    changed) stops the import with `InputFileError` naming it."""
+    changed) stops the import with `InputFileError` naming it; a storage failure
+    (a full disk) stops it with `StorageError` saying how many lines were stored."""
+    progress = [0]
+    try:
+        await _store_lines(path, memory, ledger, progress)
+    except StorageError as exc:
+        done = progress[0]
+        raise StorageError(f"{path}: stopped after storing {done} message(s): {exc}") from exc
+    finally:
+        await memory.flush()
+    return progress[0]
+
+
+async def _store_lines(path: Path, memory: Any, ledger: Any, progress: list[int]) -> None:
     from bot.memory.ledger import ReplyRecord
     from bot.messages import Actor, Incoming, Scope
 
     last_user: dict[tuple[str, str], tuple[int, int]] = {}  # (conversation, user) -> ids
-    count = 0
     for line in parse_lines(path):
         if isinstance(line, str):
             raise InputFileError([f"{line} (the file changed during the import)"])
@@ -171,6 +184,4 @@ async def import_file(path: Path, memory: Any, ledger: Any) -> int:
                 )
             )
         memory.enqueue([("message", message_id)])
-        count += 1
-    await memory.flush()
-    return count
+        progress[0] += 1
