@@ -420,3 +420,87 @@ async def test_kill_9_in_the_middle_of_a_load_loses_nothing_and_duplicates_nothi
     # A send in flight at the kill is sent again with the same nonce: Discord (and the
     # fake) answer it with the first message, so not even those repeat.
     assert duplicated == 0, (duplicated, in_flight, fake.nonce_hits)
+
+
+# -- pacing -----------------------------------------------------------------------------------
+
+
+async def test_typing_never_starves_replies_under_a_burst(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    async def thinking(request: ChatRequest) -> str:
+        await asyncio.sleep(0.3)  # long enough for typing indicators to be wanted
+        return voiced(request)
+
+    fake = discord_fake  # Discord's limits: 5 per 5 s per channel, 50 requests/s overall
+    bot = await discord_bot(thinking, pacing=None, **CONFIG)  # the adapter's own pacing
+    people = [FakeUser(310_000_000_000_000_000 + n, f"b{n}") for n in range(80)]
+    dms = [fake.dm_channel(p) for p in people]
+    started = time.monotonic()
+    for person, dm in zip(people, dms, strict=True):  # every message at once
+        await fake.send_message(fake.message(dm, person, "quick question"))
+    await until(lambda: all(fake.sent_messages(dm) for dm in dms), timeout=20)
+    took = time.monotonic() - started
+    await settle(bot)
+    global_429s = [r for r in fake.rate_limited if r[0] == "global"]
+    stats = bot.adapter.pacer.stats
+    # Typing is best effort: it used what replies did not need, and no reply waited
+    # behind it long enough to draw the global limit.
+    assert len(global_429s) <= 2, (len(global_429s), stats)
+    assert stats.typing_sent + stats.typing_skipped >= 1
+    assert len(fake.typing_posts()) < len(people)
+    assert all(len(fake.sent_messages(dm)) == 1 for dm in dms)
+    assert took < 15, took
+
+
+# -- nonces -----------------------------------------------------------------------------------
+
+
+async def test_a_resent_reply_carries_the_same_nonces_and_discord_makes_nothing_new(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    from bot.messages import Outgoing, Scope
+
+    sentence = "A sentence of a reply long enough to be split in parts. "
+    bot = await discord_bot(lambda _: sentence * 80, **CONFIG)
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    await fake.send_message(fake.message(dm, ANN, "tell me a lot"))
+    [(reply_id, text)] = await until_rows(
+        bot, "select id, text from messages where direction = 'out' and status = 'delivered'"
+    )
+    first = fake.sent_messages(dm)
+    assert len(first) >= 3
+    assert [m["nonce"] for m in first] == [f"{reply_id}.{i}" for i in range(len(first))]
+    assert all(m["enforce_nonce"] is True for m in first)
+    # What a restart does with a reply caught `sending`: the same parts again.
+    scope = Scope(platform="discord", channel=str(dm), user=str(ANN.id), persona="tester")
+    ids = await bot.adapter.send(Outgoing(scope=scope, text=text, message_id=reply_id))
+    assert fake.nonce_hits == len(first)
+    assert len(fake.created) == len(first)  # nothing new on Discord
+    assert ids == [m["id"] for m in fake.created]  # the messages made the first time
+
+
+async def test_the_fake_honours_enforce_nonce_like_discord(discord_fake: FakeDiscord) -> None:
+    import aiohttp
+
+    from tests.fakes.discord_api import TOKEN
+
+    fake = discord_fake
+    headers = {"Authorization": f"Bot {TOKEN}"}
+    url = f"{fake.api_base_url}/channels/{GENERAL}/messages"
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def post(body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(url, json=body) as response:
+                assert response.status == 200
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+        one = await post({"content": "a", "nonce": "n1", "enforce_nonce": True})
+        again = await post({"content": "a", "nonce": "n1", "enforce_nonce": True})
+        loose = await post({"content": "a", "nonce": "n1"})  # not enforced: a new message
+        other = await post({"content": "b", "nonce": "n2", "enforce_nonce": True})
+    assert again["id"] == one["id"] and fake.nonce_hits == 1
+    assert len({one["id"], loose["id"], other["id"]}) == 3
+    assert [m["id"] for m in fake.created] == [one["id"], loose["id"], other["id"]]
