@@ -95,13 +95,20 @@ def _check_sqlite_file(path: Path, *, must_exist: bool = False) -> None:
 
 
 def _check_sqlite_header(path: Path) -> None:
+    # Never open the file ourselves: closing any descriptor of it drops every POSIX lock
+    # this process holds on the file (a running writer's too), and another process's
+    # reader may then checkpoint and delete the WAL under us, losing what we write
+    # next. SQLite's own VFS shares descriptors per file and so keeps the locks.
     try:
-        with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_HEADER))
-    except OSError as exc:
-        raise StorageError(f"database file {path}: cannot read it ({exc.strerror})") from exc
-    if head and head != SQLITE_HEADER:
-        raise StorageError(f"database file {path} is not a SQLite database")
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise StorageError(f"database file {path} is not a SQLite database") from None
+        raise StorageError(f"database file {path}: cannot read it ({exc})") from None
 
 
 def check_database(url: str) -> None:

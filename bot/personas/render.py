@@ -27,6 +27,8 @@ under the same bounds; the loader refuses a file whose templates fail it.
 from __future__ import annotations
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,9 +65,17 @@ __all__ = [
 #: The bounds every render runs under, at load (the trial) and on every turn.
 RENDER_LIMITS = RenderLimits()
 
-# A render in a thread that has not returned this long after its deadline is given
-# up on (the cooperative deadline should have stopped it long before).
-_GRACE_S = 1.0
+# A render that has not returned this long after its deadline is given up on: the
+# cooperative deadline stops a running render, so this only covers one that waited
+# for a thread behind others, or a bug that escaped the budget.
+_GRACE_S = 5.0
+
+# Renders run on threads of their own: a burst of slow templates (each stopped at
+# its deadline) then queues behind itself, not in front of every other `to_thread`
+# user of the process (storage, memory, model loading). Created on first use.
+_RENDER_THREADS = 4
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
 
 # Fixed English names: strftime("%A") would follow the process locale.
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -200,14 +210,14 @@ def render_greeting(
 async def render_system_prompt_async(
     persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
 ) -> str:
-    """`render_system_prompt` in a worker thread, so the event loop keeps running."""
+    """`render_system_prompt` on a render thread, so the event loop keeps running."""
     return await _off_loop(persona, "system_prompt", persona.system_prompt, ctx, limits)
 
 
 async def render_greeting_async(
     persona: Persona, ctx: PromptContext, *, limits: RenderLimits = RENDER_LIMITS
 ) -> str | None:
-    """`render_greeting` in a worker thread, so the event loop keeps running."""
+    """`render_greeting` on a render thread, so the event loop keeps running."""
     if persona.greeting is None:
         return None
     return await _off_loop(persona, "greeting", persona.greeting, ctx, limits)
@@ -235,15 +245,24 @@ def trial_render(persona: Persona, *, limits: RenderLimits = RENDER_LIMITS) -> l
 async def _off_loop(
     persona: Persona, field: str, source: str, ctx: PromptContext, limits: RenderLimits
 ) -> str:
+    loop = asyncio.get_running_loop()
+    job = loop.run_in_executor(_render_threads(), _render, persona, field, source, ctx, limits)
     try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(_render, persona, field, source, ctx, limits),
-            timeout=limits.max_seconds + _GRACE_S,
-        )
+        return await asyncio.wait_for(job, timeout=limits.max_seconds + _GRACE_S)
     except TimeoutError:
         raise TemplateLimitError(
-            persona.id, field, f"the template takes longer than {limits.max_seconds:g} s to render"
+            persona.id,
+            field,
+            f"the template did not render within {limits.max_seconds + _GRACE_S:g} s",
         ) from None
+
+
+def _render_threads() -> ThreadPoolExecutor:
+    global _executor  # one pool per process, made on first use
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(_RENDER_THREADS, thread_name_prefix="persona-render")
+        return _executor
 
 
 def _render(
