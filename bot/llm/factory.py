@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError
 from bot.llm.base import LLMBackend
-from bot.llm.tokens import load_token_counter
+from bot.llm.tokens import ApproxTokenCounter, HFTokenCounter, load_token_counter
 
 if TYPE_CHECKING:
     from bot.config import LLMSettings
@@ -28,7 +28,9 @@ async def create_backend(
     """A ready backend for `settings`; `backend`, `model` and `base_url` override them.
 
     `openai` loads `settings.tokenizer` for exact token counts (in a thread; an
-    estimate when it cannot be loaded) and does not contact the server.
+    estimate when it cannot be loaded) and asks the server once, best effort, for
+    the served model's context length (vLLM's `max_model_len`), which then bounds
+    the context window prompts are budgeted for.
     `transformers` loads the model (in its worker thread) and raises
     `BackendUnavailable` when it cannot. `mock` echoes, for trying things out.
     The caller owns the backend and must `aclose()` it.
@@ -38,7 +40,15 @@ async def create_backend(
         from bot.llm.openai_backend import OpenAIBackend
 
         tokens = await asyncio.to_thread(load_token_counter, settings.tokenizer)
-        return OpenAIBackend.from_settings(settings, model=model, base_url=base_url, tokens=tokens)
+        served = OpenAIBackend.from_settings(
+            settings, model=model, base_url=base_url, tokens=tokens
+        )
+        limit = await served.served_context_length()
+        if limit is not None and isinstance(tokens, ApproxTokenCounter | HFTokenCounter):
+            # This counter is this backend's own: it may learn the server's limit.
+            known = tokens.context_limit
+            tokens.context_limit = limit if known is None else min(known, limit)
+        return served
     if kind == "transformers":
         from bot.llm.transformers_backend import TransformersBackend
 

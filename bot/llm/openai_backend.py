@@ -265,6 +265,24 @@ class OpenAIBackend:
             raise self._error(exc, self.model) from exc
         return [m.id async for m in page]
 
+    async def served_context_length(self, timeout_s: float = 2.0) -> int | None:
+        """The served model's context length as vLLM reports it (`max_model_len` in
+        `/models`), or None: another server, no answer within `timeout_s`, no such model.
+
+        One request, no retries, never raises: it is asked once when the backend is
+        created, and a server that is down then is not an error yet.
+        """
+        client = self._client.with_options(max_retries=0, timeout=timeout_s)
+        try:
+            page = await client.models.list()
+            async for served in page:
+                if served.id == self.model:
+                    value = (served.model_extra or {}).get("max_model_len")
+                    return value if isinstance(value, int) and value > 0 else None
+        except _ERRORS as exc:
+            _log.info("llm_context_unknown", base_url=self.base_url, reason=_short(exc))
+        return None
+
     async def health(self) -> bool:
         """True when the server answers `/models` and serves this backend's model."""
         try:

@@ -55,7 +55,9 @@ class ApproxTokenCounter:
 
     per_message_overhead = 4
     control_tokens: ControlTokens = GENERIC
-    context_limit: int | None = None
+
+    def __init__(self, *, context_limit: int | None = None) -> None:
+        self.context_limit = context_limit
 
     def count_text(self, text: str) -> int:
         """Estimated tokens in `text`."""

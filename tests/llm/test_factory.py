@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from bot.llm import (
     create_backend,
 )
 from bot.llm.openai_backend import OpenAIBackend
+from bot.llm.tokens import context_limit, fit_window
 from bot.llm.transformers_backend import TransformersBackend
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -67,3 +69,32 @@ async def test_mock_and_unknown() -> None:
     assert isinstance(llm, MockBackend)
     with pytest.raises(ConfigError, match=r"llm\.backend = 'nope'"):
         await create_backend(LLMSettings(), backend="nope")
+
+
+async def test_openai_learns_no_limit_from_a_server_that_does_not_say(
+    fake_openai: FakeOpenAIServer,
+) -> None:
+    settings = LLMSettings(backend="openai", model="tiny", base_url=fake_openai.base_url)
+    llm = await create_backend(settings)
+    try:
+        assert context_limit(llm.tokens) is None
+        assert fit_window(4096, llm.tokens) == 4096
+    finally:
+        await llm.aclose()
+
+
+async def test_openai_with_the_server_down_is_created_at_once() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    llm = await create_backend(
+        LLMSettings(backend="openai", base_url=f"http://127.0.0.1:{port}/v1")
+    )
+    try:
+        assert context_limit(llm.tokens) is None
+        assert time.monotonic() - started < 5
+    finally:
+        await llm.aclose()

@@ -182,3 +182,23 @@ async def test_people_cannot_write_special_tokens_through_vllm(
         assert result.prompt_tokens == len(ids)
         if isinstance(counter, HFTokenCounter):
             assert result.prompt_tokens == counter.count_messages(messages)
+
+
+async def test_the_servers_context_length_bounds_the_window(
+    vllm_server: str, vllm_model_name: str, tiny_model_dir: Path
+) -> None:
+    from bot.config import LLMSettings
+    from bot.llm import create_backend
+    from bot.llm.tokens import context_limit, fit_window
+
+    for tokenizer in (str(tiny_model_dir), None):
+        settings = LLMSettings(
+            backend="openai", model=vllm_model_name, base_url=vllm_server, tokenizer=tokenizer
+        )
+        llm = await create_backend(settings)
+        try:
+            # Served with --max-model-len 512; the tokenizer alone would say 2048.
+            assert context_limit(llm.tokens) == 512
+            assert fit_window(4096, llm.tokens) == 512
+        finally:
+            await llm.aclose()
