@@ -8,11 +8,13 @@ Checked on the raw files, for each kind of target, through the store, through
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from bot.db import Database
@@ -71,7 +75,7 @@ def assert_gone(path: Path, *markers: str) -> None:
 
 
 def assert_kept(path: Path, *markers: str) -> None:
-    data = raw_files(path)[path.name]
+    data = b"".join(raw_files(path).values())
     for marker in markers:
         assert marker.lower().encode() in data, f"{marker!r} was deleted too"
 
@@ -494,3 +498,67 @@ async def test_a_fact_or_summary_read_from_a_message_forgotten_meanwhile_is_not_
     assert await memory.summarise(scope, "p", MockBackend(forget_while_summarising), now=T0) is None
     assert_gone(Path(str(db.engine.url.database)), MESSAGE_MARK)
     await memory.aclose()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    turns=st.lists(
+        st.tuples(st.sampled_from(["ann", "bob"]), st.booleans()), min_size=1, max_size=8
+    ),
+    picks=st.lists(st.integers(0, 7), max_size=4),
+)
+def test_any_conversation_any_forgets_leave_nothing_and_every_vector_current(
+    turns: list[tuple[str, bool]], picks: list[int]
+) -> None:
+    """Property: whatever was said and whichever of Ann's messages she forgets (in a
+    row, apart, twice), each forgotten text is gone from the raw files, every other
+    text is there, and every stored vector is the embedding of its current context."""
+    asyncio.run(_forget_some(turns, picks))
+
+
+async def _forget_some(turns: list[tuple[str, bool]], picks: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.db"
+        db = Database.open(f"sqlite:///{path}")
+        embedder = HashEmbedder()
+        memory = SQLiteMemory(db, embedder=embedder, embed_delay_s=0)
+        ledger = Ledger(db)
+        said: list[tuple[str, int, str]] = []  # speaker, message id, marker
+        for i, (who, replied) in enumerate(turns):
+            mark = f"zz{who}{i}mark{i * 7919 % 1000:03d}qx"
+            _, mid, rid = await say(
+                ledger, scope_for(who), f"turn {i}: {mark}", at=T0 + timedelta(minutes=i),
+                reply=f"you said {mark}" if replied else None,
+            )  # fmt: skip
+            said.append((who, mid, mark))
+            memory.enqueue([("message", mid)] + ([("message", rid)] if rid else []))
+        await memory.flush()
+        ann = await memory.find_user("t", "ann")
+        forgotten: set[str] = set()
+        anns = [(mid, mark) for who, mid, mark in said if who == "ann"]
+        for pick in picks:
+            if not anns:
+                break
+            mid, mark = anns[pick % len(anns)]
+            if mark in forgotten:
+                with pytest.raises(KeyError):
+                    await memory.forget(ann, f"m{mid}")
+                continue
+            await memory.forget(ann, f"m{mid}")
+            forgotten.add(mark)
+        if forgotten:
+            assert_gone(path, *forgotten)
+        assert_kept(path, *(m for _, _, m in said if m not in forgotten))
+        rows = await db.read(
+            lambda c: list(c.execute(text("SELECT item_id, vector FROM embeddings")).all())
+        )
+        contexts = await db.read(
+            lambda c: _texts_for(c, [("message", int(r.item_id)) for r in rows], 1)
+        )
+        assert len(contexts) == len(rows) == len(remaining(path, "SELECT id FROM messages"))
+        by_id = {r["id"]: r["text"] for r in contexts}
+        for row in rows:
+            stored = np.frombuffer(row.vector, dtype="<f4")
+            assert float(stored @ embedder.embed([by_id[row.item_id]])[0]) > 0.9999
+        await memory.aclose()
+        await db.aclose()
