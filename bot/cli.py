@@ -179,6 +179,12 @@ async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
 
     kind, model = bot.backends.choice(loaded)
     if kind == "openai":
+        tokenizer = settings.llm.tokenizer
+        if tokenizer:  # loaded from the hub for exact counts: offline, say so at once
+            try:
+                await asyncio.to_thread(prepare_hub_model, tokenizer)
+            except BackendError as exc:
+                _progress(f"warning: token counts are estimated: {exc}")
         key = settings.llm.resolved_api_key()
         warning = await probe_openai_server(
             settings.llm.base_url,

@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 import bot.models  # noqa: F401
 from bot.db import Database, create_db_engine, current_revision, head_revision, upgrade
-from bot.errors import StorageError
+from bot.errors import ConfigError, StorageError
 from bot.memory.ledger import Ledger
 from bot.memory.tables import include_object
 from bot.messages import Actor, Incoming, Scope
@@ -46,8 +46,12 @@ def test_database_directory_is_created(tmp_path: Path) -> None:
 
 
 def test_invalid_url_is_a_clear_error() -> None:
-    with pytest.raises(StorageError, match="not a valid SQLAlchemy URL"):
+    # A bad URL is a configuration mistake (exit 2), named with its credentials masked.
+    with pytest.raises(ConfigError, match="not a database URL"):
         create_db_engine("no such url")
+    with pytest.raises(ConfigError) as err:
+        create_db_engine("nosuchdialect://bot:hunter2-pw@db/x")
+    assert "hunter2-pw" not in str(err.value)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
