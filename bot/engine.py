@@ -44,7 +44,7 @@ from bot.personas import (
     render_system_prompt_async,
 )
 from bot.postprocess import StreamCleaner, clean_reply
-from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, speaker_label
+from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, persona_guidance, speaker_label
 from bot.text import clean_text, truncate
 
 __all__ = [
@@ -820,8 +820,13 @@ class PersonaEngine:
         rendered = await render_system_prompt_async(loaded.persona, ctx)
         layout = self._layouts.get(loaded.content_hash)
         if layout is None:
-            # Two more renders, once per version: in a thread too.
-            layout = await asyncio.to_thread(SystemLayout.for_persona, loaded.persona)
+            # Two more renders, once per version: in a thread too. They are for made-up
+            # people; a template that fails only for them still serves real ones, with
+            # its text in one piece after the guidance.
+            try:
+                layout = await asyncio.to_thread(SystemLayout.for_persona, loaded.persona)
+            except PersonaError:
+                layout = SystemLayout(static_head="", guidance=persona_guidance(loaded.persona))
             self._layouts[loaded.content_hash] = layout
         return layout.compose(rendered)
 

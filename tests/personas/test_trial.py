@@ -187,3 +187,33 @@ async def test_a_greeting_renders_off_the_loop(app: App) -> None:
     scope = Scope(platform="test", channel="dm-new", user="new", persona="tester")
     out = await app.engine.greeting(scope, "New")
     assert out is not None and out.text == "Hi!"
+
+
+async def test_a_template_that_fails_only_for_the_layouts_made_up_people_still_serves(
+    tmp_path: Path,
+) -> None:
+    # The engine renders the template for two made-up people to find its static
+    # head; a template that fails for them (here: an unknown platform) must still
+    # serve real people, who passed the trial.
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    template = "Hello from {{ {'telegram': 'T', 'discord': 'D', 'test': 'X'}[platform] }}."
+    (personas / "tester.yaml").write_text(with_prompt("tester", template), encoding="utf-8")
+    settings = load_settings(
+        None,
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/t.db"},
+            "personas": {"dirs": [str(personas)], "default": "tester", "watch": False},
+            "memory": {"enabled": False},
+        },
+    )
+    seen: list[Any] = []
+
+    def answer(request: Any) -> str:
+        seen.append(request)
+        return "reply"
+
+    async with open_app(settings, backend=MockBackend(answer), watch=False) as opened:
+        [out] = await opened.engine.handle(dm("ann"))
+    assert not out.is_error and out.text == "reply"
+    assert "Hello from X." in seen[0].messages[0].content
