@@ -112,10 +112,13 @@ class DiscordIntake:
         session_ready: asyncio.Event,
         max_messages: int,
         max_age_s: float,
+        bound_channels: frozenset[int] = frozenset(),
     ) -> None:
         """`accept` commits live events (and wakes the worker); `chat_for(channel_id,
         guild_id)` is the worker lane (`Adapter.chat_key`) of a channel;
-        `session_ready` is set once a session's guilds are known."""
+        `session_ready` is set once a session's guilds are known; `bound_channels`
+        (configured always-on and persona channels) are caught up even before a
+        message of theirs was stored, within the age bound."""
         self.client = client
         self.inbox = inbox
         self.platform = platform
@@ -124,6 +127,7 @@ class DiscordIntake:
         self._session_ready = session_ready
         self.max_messages = max_messages
         self.max_age_s = max_age_s
+        self.bound_channels = bound_channels
         self._queue: asyncio.Queue[_Frame] = asyncio.Queue()
         self._in_hand = 0
         self._catching_up: set[asyncio.Task[None]] = set()
@@ -271,6 +275,10 @@ class DiscordIntake:
                 for chat, key in earlier.items():
                     if (snowflake := _snowflake(key)) is not None:
                         anchors[chat] = min(anchors.get(chat, snowflake), snowflake)
+        if anchors:  # not the very first start: the bot was away from these too
+            for channel in self.bound_channels:
+                if not any(chat.rsplit("/", 1)[-1] == str(channel) for chat in anchors):
+                    anchors[str(channel)] = 0  # from the age bound on
         newest = dict(sorted(anchors.items(), key=lambda item: -item[1])[:MAX_CATCH_UP_CHATS])
         key = f"{time.time_ns()}"
         await self.inbox.accept(

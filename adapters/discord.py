@@ -175,6 +175,7 @@ class DiscordAdapter(Adapter):
             session_ready=self._session_ready,
             max_messages=self.settings.catch_up_messages,
             max_age_s=self.settings.catch_up_max_age_s,
+            bound_channels=self._bound_channels(),
         )
         intake.install()
         # Interaction answers go through discord.py's webhook adapter: this task's
@@ -292,6 +293,14 @@ class DiscordAdapter(Adapter):
             self._busy -= 1
             if self._busy == 0:
                 self._idle.set()
+
+    def _bound_channels(self) -> frozenset[int]:
+        """Channels config names: always-on ones and "GUILD/CHANNEL" persona places."""
+        places = [
+            *self.settings.always_on,
+            *(k.split("/")[-1] for k in self.settings.personas if "/" in k),
+        ]
+        return frozenset(int(p) for p in places if p.isdigit() and len(p) <= 20)
 
     def _warn_unknown_personas(self) -> None:
         personas = self.services.commands.personas

@@ -21,6 +21,7 @@ from bot.llm.base import ChatRequest
 from tests.adapters.conftest import DiscordBot, DiscordBotFactory
 from tests.adapters.test_discord import CONFIG, MENTION, settle, until, until_rows, voiced
 from tests.fakes.discord_api import (
+    ALWAYS_ON,
     ANN,
     BOB,
     BOT,
@@ -189,6 +190,26 @@ async def test_catch_up_is_bounded_in_count_and_age(
     assert report.over_count == 3
     keys = {r[0] for r in await inbox(again)}
     assert str(too_old) not in keys
+
+
+async def test_a_bound_channel_is_caught_up_before_anything_was_stored_there(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    fake = discord_fake
+    bot = await discord_bot(voiced, **CONFIG)
+    dm = fake.dm_channel(ANN)
+    await fake.send_message(fake.message(dm, ANN, "hi"))  # the bot has run here before
+    await until(lambda: fake.sent_messages(dm))
+    await settle(bot)
+    await bot.shutdown()
+    # ALWAYS_ON is configured, but nothing was ever said there while the bot listened.
+    old = snowflake_at(time.time() - 7200)
+    await fake.send_message(fake.message(ALWAYS_ON, BOB, "two hours ago", message_id=old))
+    await fake.send_message(fake.message(ALWAYS_ON, BOB, "anyone while you were away?"))
+    again = await discord_bot(voiced, **CONFIG)
+    await until(lambda: fake.sent_messages(ALWAYS_ON), timeout=10)
+    await settle(again)
+    assert contents(fake, ALWAYS_ON) == ["Tess heard: Bob: anyone while you were away?"]
 
 
 async def test_a_resumed_session_replays_what_it_missed_and_does_not_read_history(
