@@ -356,8 +356,10 @@ class BotRun:
 
     async def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and a clean exit; returns the exit code."""
-        if self.process is None or self.process.returncode is not None:
-            return 0 if self.process is None else int(self.process.returncode)
+        if self.process is None:
+            return 0
+        if self.process.returncode is not None:
+            return self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
             return await asyncio.wait_for(self.process.wait(), timeout)
