@@ -29,7 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.errors import ConfigError, StorageError
 from bot.logs import redact_text
@@ -243,10 +243,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-    except OperationalError as exc:
-        raise StorageError(f"cannot migrate the database: {_sqlite_reason(exc)}") from exc
-    except SQLAlchemyError as exc:  # "file is not a database", a corrupt file, ...
-        raise StorageError(f"cannot migrate the database: {_sqlite_reason(exc)}") from exc
+    except SQLAlchemyError as exc:  # locked, read-only, "file is not a database", ...
+        where = redact_text(engine.url.render_as_string(hide_password=True))
+        raise StorageError(f"cannot migrate the database {where}: {_sqlite_reason(exc)}") from exc
 
 
 def _sqlite_reason(exc: SQLAlchemyError) -> str:
