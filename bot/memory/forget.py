@@ -44,9 +44,13 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
-__all__ = ["ForgetRefused", "Forgotten", "Target", "forget_rows", "parse_target"]
+__all__ = ["TOMBSTONE", "ForgetRefused", "Forgotten", "Target", "forget_rows", "parse_target"]
 
 _SPOKEN = "('message', 'proactive', 'greeting')"
+#: The `embeddings.kind` of a row without a vector that a forget writes for each
+#: conversation (and model) it took vectors from: every process that caches that
+#: scope's vectors sees it with its next search's new rows, and loads them again.
+TOMBSTONE = "forget"
 _TABLES = {"fact": "facts", "summary": "summaries", "message": "messages"}
 _PREFIX = {"f": "fact", "s": "summary", "m": "message"}
 #: The FTS5 indexes over each table (migration 0002).
@@ -219,6 +223,9 @@ def _delete(
 ) -> Forgotten:
     done = Forgotten()
     mids, fids, sids = _json(messages), _json(facts), _json(summaries)
+    cached = _cached_scopes(conn, user_id, mids, fids, sids)
+    if everything:  # and the conversations of vectors whose item went without them
+        cached = sorted(set(cached) | set(_vector_scopes(conn, user_id, persona_id)))
     embeddings = 0
     for kind, ids in (("message", mids), ("fact", fids), ("summary", sids)):
         embeddings += conn.execute(
@@ -286,7 +293,51 @@ def _delete(
     for table, deleted in (("messages", messages), ("facts", facts)):
         if deleted:
             _rewrite_indexes(conn, table)
+    _tombstones(conn, user_id, cached)
     return done
+
+
+def _cached_scopes(
+    conn: Connection, user_id: int, mids: str, fids: str, sids: str
+) -> list[tuple[int, str]]:
+    """The (conversation, model) pairs whose vectors a process may hold in memory."""
+    rows = conn.execute(
+        text(
+            "SELECT DISTINCT conversation_id, model FROM embeddings WHERE user_id = :uid "
+            "AND conversation_id IN ("
+            f"SELECT conversation_id FROM messages WHERE id IN {_IN.replace(':ids', ':m')} "
+            f"UNION SELECT conversation_id FROM facts WHERE id IN {_IN.replace(':ids', ':f')} "
+            f"UNION SELECT conversation_id FROM summaries WHERE id IN {_IN.replace(':ids', ':s')})"
+        ),
+        {"uid": user_id, "m": mids, "f": fids, "s": sids},
+    ).all()
+    return [(int(r.conversation_id), str(r.model)) for r in rows]
+
+
+def _vector_scopes(conn: Connection, user_id: int, persona_id: str | None) -> list[tuple[int, str]]:
+    rows = conn.execute(
+        text(
+            "SELECT DISTINCT e.conversation_id, e.model FROM embeddings e "
+            "JOIN conversations c ON c.id = e.conversation_id WHERE e.user_id = :uid "
+            "AND (:persona IS NULL OR c.persona_id = :persona)"
+        ),
+        {"uid": user_id, "persona": persona_id},
+    ).all()
+    return [(int(r.conversation_id), str(r.model)) for r in rows]
+
+
+def _tombstones(conn: Connection, user_id: int, scopes: Sequence[tuple[int, str]]) -> None:
+    for cid, model in scopes:
+        conn.execute(
+            text(
+                "INSERT OR REPLACE INTO embeddings (kind, item_id, user_id, conversation_id, "
+                "model, dim, vector, created_at) VALUES (:kind, :item, :uid, :cid, :model, 0, "
+                "x'', strftime('%Y-%m-%d %H:%M:%f', 'now'))"
+            ),
+            # One per person and conversation: replaced (with a new, larger id) each time.
+            {"kind": TOMBSTONE, "item": (user_id << 32) | cid, "uid": user_id, "cid": cid,
+             "model": model},
+        )  # fmt: skip
 
 
 def _clear_inbox(conn: Connection, mids: str) -> int:

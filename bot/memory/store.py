@@ -46,7 +46,7 @@ from bot.memory.extract import (
     build_request,
     parse_extraction,
 )
-from bot.memory.forget import ForgetRefused, Forgotten, forget_rows, parse_target
+from bot.memory.forget import TOMBSTONE, ForgetRefused, Forgotten, forget_rows, parse_target
 from bot.memory.query import cjk_runs, match_expression, trigram_expression, words
 from bot.memory.timeparse import parse_time_range
 from bot.text import clean_text
@@ -498,6 +498,13 @@ class SQLiteMemory:
             vector = asyncio.ensure_future(self._query_vector(query))
         try:
             fresh = await self.db.read(lambda conn: self._fresh_vectors(conn, scope))
+            key = (scope.user_id, scope.conversation_id)
+            if key in self._cache and any(r.kind == TOMBSTONE for r in fresh):
+                # Another process forgot something of this scope: what is cached may
+                # hold it, so the scope is wiped and loaded again.
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._drop_scope, key)
+                fresh = await self.db.read(lambda conn: self._fresh_vectors(conn, scope))
             if vector is None:
                 # A model not loaded yet is loaded only once this scope is known to
                 # hold vectors at all: a person with none costs no model load.
@@ -554,8 +561,11 @@ class SQLiteMemory:
             vectors = self._cache[key] = _Vectors()
         self._cache.move_to_end(key)
         new = [r for r in fresh if r.id > vectors.max_id]
-        if new:
-            vectors.add(new, int(new[0].dim))
+        real = [r for r in new if r.kind != TOMBSTONE]
+        if real:
+            vectors.add(real, int(real[0].dim))
+        if new:  # a tombstone seen is a tombstone handled
+            vectors.max_id = max(vectors.max_id, max(r.id for r in new))
         while (
             sum(len(v.ids) for v in self._cache.values()) > self._cache_limit
             and len(self._cache) > 1
@@ -808,7 +818,12 @@ class SQLiteMemory:
     def _drop_cached(self, user_id: int) -> None:
         """Zero and drop the person's cached vectors (not just unreference them)."""
         for key in [k for k in self._cache if k[0] == user_id]:
-            self._cache.pop(key).wipe()
+            self._drop_scope(key)
+
+    def _drop_scope(self, key: tuple[int, int]) -> None:
+        vectors = self._cache.pop(key, None)
+        if vectors is not None:
+            vectors.wipe()
 
     async def _reembed(self, message_ids: Sequence[int]) -> int:
         if self.embedder is None or not message_ids:

@@ -69,7 +69,11 @@ class Summary(SQLModel, table=True):
 
 
 class Embedding(SQLModel, table=True):
-    """A dense vector (float32, little-endian) of a message, fact or summary."""
+    """A dense vector (float32, little-endian) of a message, fact or summary.
+
+    A row of kind `forget` holds no vector: it tells processes that cache the
+    conversation's vectors that some were forgotten (`bot.memory.forget`).
+    """
 
     __tablename__ = "embeddings"
     __table_args__ = (

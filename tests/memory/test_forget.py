@@ -550,7 +550,11 @@ async def _forget_some(turns: list[tuple[str, bool]], picks: list[int]) -> None:
             assert_gone(path, *forgotten)
         assert_kept(path, *(m for _, _, m in said if m not in forgotten))
         rows = await db.read(
-            lambda c: list(c.execute(text("SELECT item_id, vector FROM embeddings")).all())
+            lambda c: list(
+                c.execute(
+                    text("SELECT item_id, vector FROM embeddings WHERE kind != 'forget'")
+                ).all()
+            )
         )
         contexts = await db.read(
             lambda c: _texts_for(c, [("message", int(r.item_id)) for r in rows], 1)
@@ -562,3 +566,25 @@ async def _forget_some(turns: list[tuple[str, bool]], picks: list[int]) -> None:
             assert float(stored @ embedder.embed([by_id[row.item_id]])[0]) > 0.9999
         await memory.aclose()
         await db.aclose()
+
+
+async def test_another_process_drops_its_cached_vectors_at_its_next_search(told: Any) -> None:
+    db, memory, story, embedder = told
+    bot_db = Database.open(f"sqlite:///{story.path}")  # a running bot beside the CLI
+    bot = SQLiteMemory(bot_db, embedder=embedder)
+    scope, *_ = await say(Ledger(db), scope_for("ann"), "what was my secret word?")
+    assert await bot.search(scope, MESSAGE_MARK)
+    held = bot._cache[(scope.user_id, scope.conversation_id)]
+    assert ("message", story.ids["m2"]) in zip(held.kinds, held.items, strict=True)
+    await memory.forget(scope.user_id, f"m{story.ids['m2']}")  # the other process
+    assert await bot.search(scope, MESSAGE_MARK) == []
+    assert held.rows is None and held.size == 0  # the old copy zeroed
+    reloaded = bot._cache[(scope.user_id, scope.conversation_id)]
+    assert ("message", story.ids["m2"]) not in zip(reloaded.kinds, reloaded.items, strict=True)
+    assert ("message", story.ids["m3"]) in zip(reloaded.kinds, reloaded.items, strict=True)
+    size = reloaded.size
+    await bot.search(scope, "cook tonight")  # the tombstone is handled once, not each time
+    assert bot._cache[(scope.user_id, scope.conversation_id)] is reloaded
+    assert reloaded.size == size
+    await bot.aclose()
+    await bot_db.aclose()
