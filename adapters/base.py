@@ -49,6 +49,10 @@ log = structlog.get_logger("adapters")
 
 K = TypeVar("K")
 
+#: Waits shorter than this are no wait: a float a hair above a deadline must not
+#: ask for a sleep too short to move any clock.
+_EPSILON = 1e-6
+
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s*")
 _FENCE = "```"
 
@@ -206,7 +210,8 @@ class PacingPolicy:
     Per chat: a short burst of `per_chat_burst`, then one per `per_chat_interval_s`
     (a token bucket). Per group
     chat: at most `group_per_minute` in any 60 s. Overall: at most
-    `global_per_second` in any one second. Typing indicators may use at most
+    `global_per_second` in any one second, and no two closer than
+    `1 / global_per_second`. Typing indicators may use at most
     `typing_share` of the overall budget, and only while no reply waits for it.
     """
 
@@ -337,6 +342,7 @@ class Pacer:
         self._global: _Window | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._global_lock = asyncio.Lock()
+        self._last_grant = float("-inf")
         self._waiting = 0
 
     @property
@@ -380,7 +386,7 @@ class Pacer:
                         self._paused.get(chat, 0.0) - now,
                         self._paused_all - now,
                     )
-                    if delay <= 0:
+                    if delay <= _EPSILON:
                         break
                     await self.clock.sleep(delay)
                 await self._take_global()
@@ -394,13 +400,19 @@ class Pacer:
             self._forget_idle(self.clock.now())
 
     async def _take_global(self) -> None:
+        # Evenly spaced as well as windowed: 30 grants in one instant would reach the
+        # platform with jitter, and some of them in the next second's count.
+        spacing = 1.0 / self.policy.global_per_second
         async with self._global_lock:
             while True:
                 now = self.clock.now()
                 window = self._overall()
-                delay = max(window.delay(now), self._paused_all - now)
-                if delay <= 0:
+                delay = max(
+                    window.delay(now), self._paused_all - now, self._last_grant + spacing - now
+                )
+                if delay <= _EPSILON:
                     window.take(now)
+                    self._last_grant = now
                     return
                 await self.clock.sleep(delay)
 

@@ -231,6 +231,8 @@ async def test_a_burst_never_sends_more_than_the_overall_limit_in_any_second() -
     await clock.run(*(one(f"c{i}") for i in range(300) for _ in range(5)))
     assert len(granted) == 1500
     assert most_in_any_window(granted, 1.0) <= 30
+    # Evenly spaced: the platform sees about 30 a second whatever jitter it adds.
+    assert min(b - a for a, b in itertools.pairwise(sorted(granted))) >= 1 / 30 - 1e-9
     # ... and the bot itself is not what holds it below the ceiling.
     assert max(granted) <= 1500 / 30 + 1
 
@@ -247,9 +249,10 @@ async def test_one_chat_gets_a_short_burst_then_one_per_second() -> None:
         granted.append(clock.now())
 
     await clock.run(*(one() for _ in range(8)))
-    assert granted[:3] == [0.0, 0.0, 0.0]  # the burst
+    assert granted[2] < 0.1  # the burst, spaced only by the overall budget (1/30 s)
+    assert all(b - a >= 1 / 30 - 1e-9 for a, b in itertools.pairwise(granted))
     gaps = [b - a for a, b in itertools.pairwise(granted[2:])]
-    assert all(abs(g - 1.0) < 1e-6 for g in gaps), granted
+    assert all(abs(g - 1.0) < 0.07 for g in gaps), granted
 
 
 async def test_a_group_gets_at_most_twenty_a_minute() -> None:
