@@ -414,6 +414,8 @@ MAX_CONFIG_BYTES = 1024 * 1024
 def _read_toml(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, not a config file")
+    if path.is_fifo() or path.is_socket():  # reading one could wait forever
+        raise ConfigError(f"{path}: is a pipe or socket, not a config file")
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)

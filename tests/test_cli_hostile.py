@@ -34,7 +34,11 @@ CREATES_DATABASE = {"chat", "db upgrade", "memory import", "run"}
 #: Commands whose run is not bounded by their arguments (they talk to people).
 LONG_RUNNING = {"chat", "run"}
 #: Arguments some commands need to get as far as their database.
-EXTRA = {"memory forget": ["--all"], "memory search": ["--query", "x"]}
+EXTRA = {
+    "memory forget": ["--all"],
+    "memory search": ["--query", "x"],
+    "inbox replay": ["--failed"],
+}
 
 
 @dataclass(frozen=True)
@@ -277,7 +281,10 @@ def _bad_configs(tmp: Path) -> dict[str, tuple[Path, str]]:
     unknown.write_text('[llm]\nmodle = "x"\n', encoding="utf-8")
     folder = tmp / "folder.toml"
     folder.mkdir()
+    fifo = tmp / "fifo.toml"
+    os.mkfifo(fifo)  # nobody writes to it: reading would wait forever
     return {
+        "fifo": (fifo, "is a pipe or socket"),
         "latin1": (latin1, "latin1.toml:2 (llm.model): not valid UTF-8"),
         "noise": (noise, "not valid UTF-8"),
         "broken": (broken, "not valid TOML"),
