@@ -220,6 +220,21 @@ def test_config_show_masks_secrets(workdir: Path) -> None:
     shown = json.loads(result.stdout)
     assert shown["llm"]["api_key"] == "**********"
     assert "sk-supersecretvalue123" not in result.stdout + result.stderr
+    in_urls = bot(
+        "config",
+        "show",
+        cwd=workdir,
+        env={
+            "BOT_DATABASE__URL": "postgresql+psycopg://bot:pg-secret-123@db:5432/bot",
+            "BOT_LLM__BASE_URL": "https://llm-token-789@gpu-box:8000/v1",
+            "BOT_TELEGRAM__WEBHOOK_URL": "https://bot.example/telegram?token=tg-secret-456",
+        },
+    )
+    assert in_urls.returncode == 0, in_urls.stderr
+    shown = json.loads(in_urls.stdout)
+    assert shown["database"]["url"] == "postgresql+psycopg://bot:**********@db:5432/bot"
+    assert shown["llm"]["base_url"] == "https://**********@gpu-box:8000/v1"
+    assert shown["telegram"]["webhook_url"] == "https://bot.example/telegram?token=**********"
 
 
 def test_personas_check_reports_every_problem_with_location(workdir: Path) -> None:
