@@ -588,3 +588,24 @@ async def test_another_process_drops_its_cached_vectors_at_its_next_search(told:
     assert reloaded.size == size
     await bot.aclose()
     await bot_db.aclose()
+
+
+async def test_the_wal_is_truncated_only_when_no_reader_holds_it(tmp_path: Path) -> None:
+    from bot.errors import StorageError
+
+    path = tmp_path / "busy.db"
+    db = Database.open(f"sqlite:///{path}", busy_timeout_ms=50)
+    ledger = Ledger(db)
+    await say(ledger, scope_for("ann"), "first")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (1,)  # a snapshot
+    await say(ledger, scope_for("ann"), f"then {MESSAGE_MARK}")
+    with pytest.raises(StorageError, match="could not truncate the write-ahead log"):
+        await db.checkpoint()
+    reader.execute("ROLLBACK")
+    await db.checkpoint()
+    assert Path(f"{path}-wal").stat().st_size == 0
+    await say(ledger, scope_for("ann"), "writes go on after a checkpoint")
+    reader.close()
+    await db.aclose()
