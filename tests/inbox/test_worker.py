@@ -4,11 +4,16 @@ failures recorded, and chats that do not wait for each other."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from bot.inbox import InboxStatus, RawEvent
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.db import Database
+from bot.inbox import Inbox, InboxEvent, InboxStatus, InboxWorker, RawEvent
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
 from tests.inbox.conftest import settled
@@ -131,3 +136,103 @@ async def test_events_not_started_at_stop_stay_pending_for_the_next_start(
         # The first one was stored and claimed before the stop: recovery answers it,
         # the redelivered event is recognised; the second is answered from the inbox.
         assert sorted(text for _, text, _ in platform.sent) == ["re:one", "re:two"]
+
+
+# -- the worker alone, over hostile interleavings ---------------------------------------
+
+_DB: dict[str, object] = {}
+_PLATFORMS = itertools.count()
+
+
+async def run_worker(
+    db: Database, platform: str, events: list[RawEvent], handler: Any, **kw: Any
+) -> InboxWorker:
+    inbox = Inbox(db)
+    worker = InboxWorker(inbox, platform, handler, poll_s=0.01, **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await inbox.accept(platform, events)
+    worker.wake()
+    for _ in range(500):
+        counts = await inbox.counts(platform)
+        if not counts.get("pending") and worker.backlog == 0:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    await worker.drain(5)
+    return worker
+
+
+# Each event: (chat or None, what the handler does: ok, raise, or slow).
+plans = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c", None]), st.sampled_from(["ok", "raise", "slow"])),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(plan=plans)
+def test_every_event_is_settled_once_and_each_chat_keeps_its_order(
+    tmp_path_factory: Any, plan: list[tuple[str | None, str]]
+) -> None:
+    async def go() -> None:
+        if "url" not in _DB:
+            _DB["url"] = f"sqlite:///{tmp_path_factory.mktemp('w')}/w.db"
+        db = Database.open(str(_DB["url"]))
+        platform = f"p{next(_PLATFORMS)}"
+        handled: list[tuple[str | None, int]] = []
+
+        async def handler(event: InboxEvent) -> None:
+            n = int(event.key)
+            what = plan[n][1]
+            if what == "slow":
+                await asyncio.sleep(0.005)
+            handled.append((event.chat, n))
+            if what == "raise":
+                raise RuntimeError(f"poison {n}")
+
+        try:
+            events = [RawEvent(key=str(n), payload="{}", chat=c) for n, (c, _) in enumerate(plan)]
+            worker = await run_worker(db, platform, events, handler)
+            inbox = Inbox(db)
+            assert sorted(n for _, n in handled) == list(range(len(plan)))  # each once
+            for chat in ("a", "b", "c"):
+                seen = [n for c, n in handled if c == chat]
+                assert seen == sorted(seen)
+            failed = await inbox.list(status=InboxStatus.FAILED, platform=platform)
+            assert sorted(int(e.key) for e in failed) == [
+                n for n, (_, what) in enumerate(plan) if what == "raise"
+            ]
+            assert all(e.reason == f"RuntimeError: poison {e.key}" for e in failed)
+            assert worker.stats.failed == len(failed)
+            assert worker.stats.handled == len(plan) - len(failed)
+        finally:
+            await db.aclose()
+
+    asyncio.run(go())
+
+
+async def test_an_event_that_hangs_is_failed_after_its_timeout(tmp_path: Path) -> None:
+    db = Database.open(f"sqlite:///{tmp_path}/w.db")
+    done: list[str] = []
+
+    async def handler(event: InboxEvent) -> None:
+        if event.key == "1":
+            await asyncio.Event().wait()  # never returns
+        done.append(event.key)
+
+    try:
+        await run_worker(
+            db,
+            "x",
+            [RawEvent(key=k, payload="{}", chat="c") for k in ("1", "2")],
+            handler,
+            event_timeout_s=0.2,
+        )
+        assert done == ["2"]
+        (failed,) = await Inbox(db).list(status=InboxStatus.FAILED)
+        assert failed.key == "1" and "not handled within 0.2 s" in (failed.reason or "")
+    finally:
+        await db.aclose()
