@@ -4,6 +4,20 @@ tests and by a real `bot export` over a SQLite ledger holding every case."""
 
 from __future__ import annotations
 
+import re
+
+PLACEHOLDER = re.compile(r"<(?:EMAIL|HANDLE|PHONE|CARD|IBAN|ID_NUMBER|IP|ADDRESS|SECRET|NAME)>")
+
+
+def removed(text: str, expected: str) -> list[str]:
+    """The parts of `text` that its scrubbed form `expected` replaced by placeholders
+    (those of four characters or more: what must never be seen again)."""
+    pieces = PLACEHOLDER.split(expected)
+    pattern = "(.+?)".join(re.escape(piece) for piece in pieces)
+    match = re.fullmatch(pattern, text, re.DOTALL)
+    assert match is not None, (text, expected)
+    return [group for group in match.groups() if len(group.strip()) >= 4]
+
 DENY_NAMES = ["Gretchen Müller", "Gretchen", "王小明", "Søren"]
 
 JWT = (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,9 @@ from bot.config import Settings
 from tests.export.conftest import KEY
 from tests.export.helpers import chats, run_export
 from tests.export.ledger import PERSONA_YAML, Ledger
-from tests.export.pii_cases import DENY_NAMES, REPLACED, UNTOUCHED
+from tests.export.pii_cases import DENY_NAMES, REPLACED, UNTOUCHED, removed
 
 REPO = Path(__file__).resolve().parents[2]
-PLACEHOLDER = re.compile(r"<(?:EMAIL|HANDLE|PHONE|CARD|IBAN|ID_NUMBER|IP|ADDRESS|SECRET|NAME)>")
-
-
-def removed(text: str, expected: str) -> list[str]:
-    """The parts of `text` that its scrubbed form `expected` replaced by placeholders."""
-    pieces = PLACEHOLDER.split(expected)
-    pattern = "(.+?)".join(re.escape(piece) for piece in pieces)
-    match = re.fullmatch(pattern, text, re.DOTALL)
-    assert match is not None, (text, expected)
-    return [group for group in match.groups() if len(group.strip()) >= 4]
-
-
 def contents(out: Path) -> list[str]:
     """Every text of every record in every data file (not ids, not the manifest)."""
     found: list[str] = []

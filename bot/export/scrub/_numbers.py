@@ -39,8 +39,10 @@ NATIONAL_REGIONS: tuple[str, ...] = (
 # Separators inside a number: space, dash, slash, dot, brackets. The look-arounds are
 # ASCII: Chinese runs digits into letters ("手机号是13800138000，").
 _CANDIDATE = re.compile(
-    r"(?<![0-9A-Za-z_.,+])(?:\+|\(0?)?\d[\d \-/().]{5,30}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
+    r"(?<![0-9A-Za-z_.,+])(?:\+|\(0?)?\d[\d \-/().]{5,46}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
 )
+_GROUP = re.compile(r"[^ ]+")
+_MAX_GROUPS = 5  # "+49 (0)30 123 456 78"
 _RUN = re.compile(r"\d[\d \-/().]{5}")  # what a candidate needs, led by a digit: fast
 _IPV4 = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}")
 _DATE = re.compile(  # not "01.23.45.67.89": a date has three parts
@@ -105,6 +107,25 @@ def _trunk_prefix(region: str) -> str | None:
     return None if metadata is None else metadata.national_prefix
 
 
+# A phone costs libphonenumber parses, one per region tried. A text gets a budget of
+# them that grows with its length; a text that spends it (a megabyte of "4111 4111 …")
+# has the rest of its phone-shaped numbers replaced unchecked: bounded time, and
+# nothing let through for want of it.
+_PARSES_FREE = 200
+_CHARS_PER_PARSE = 100
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def spend(self, cost: int) -> bool:
+        self.left -= cost
+        return self.left >= 0
+
+
 class PhoneRules:
     """Classifies number candidates; `regions` are tried for numbers without a country code.
 
@@ -124,6 +145,7 @@ class PhoneRules:
         """Report phones, cards, national ids and IPv4 addresses among the digit runs."""
         if _RUN.search(probe) is None:
             return
+        budget = _Budget(_PARSES_FREE + len(probe) // _CHARS_PER_PARSE)
         for match in _CANDIDATE.finditer(probe):
             value = match.group()
             core = value.rstrip(" -/(.")  # a trailing separator is not part of it
@@ -137,11 +159,38 @@ class PhoneRules:
                 if len(rest) < 7:
                     continue
                 start, core = start + len(core) - len(rest), rest
-            label = self._classify(core, probe, start)
+            label = self._classify(core, probe, start, budget)
             if label is not None:
                 out.append((start, start + len(core), label))
+            elif " " in core:
+                self._trimmed(core, probe, start, budget, out)
 
-    def _classify(self, candidate: str, probe: str, start: int) -> str | None:
+    def _trimmed(self, core: str, probe: str, start: int, budget: _Budget, out: list[Span]) -> None:
+        # "030 1234567 0151 23456789", "room 12 0151 23456789": phones inside a run of
+        # groups. The run is cut before each group that starts the way a phone does
+        # (+, a trunk 0; not right after a country code), and each piece is tried
+        # whole, then without groups at its end. Only pieces that start that way are
+        # tried: any 8 digits are a phone somewhere ("4111 1111 1111 1112" is not).
+        groups = [m.span() for m in _GROUP.finditer(core)]
+        starts = [
+            k
+            for k, (b, _) in enumerate(groups)
+            if core[b] in "+0(" and not (k and core[groups[k - 1][0]] == "+")
+        ]
+        for n, k in enumerate(starts):
+            stop = starts[n + 1] if n + 1 < len(starts) else len(groups)
+            begin = groups[k][0]
+            for j in range(min(stop, k + _MAX_GROUPS), k, -1):
+                end = groups[j - 1][1]
+                part = core[begin:end]
+                if sum(c.isdigit() for c in part) < 7:
+                    break
+                label = self._classify(part, probe, start + begin, budget)
+                if label is not None:
+                    out.append((start + begin, start + end, label))
+                    break
+
+    def _classify(self, candidate: str, probe: str, start: int, budget: _Budget) -> str | None:
         if _IPV4.fullmatch(candidate):
             if _ip_ok(candidate) and not _after_version_word(probe, start):
                 return "<IP>"
@@ -156,19 +205,19 @@ class PhoneRules:
             return "<CARD>"
         if len(digits) in (10, 13) and isbn.is_valid(candidate):
             return None  # a book
-        if self._phone(candidate, digits):
+        if self._phone(candidate, digits, budget):
             return "<PHONE>"
-        if len(digits) > 15 and " " in candidate:
-            return self._several(candidate)
         return None
 
-    def _phone(self, candidate: str, digits: str) -> bool:
+    def _phone(self, candidate: str, digits: str, budget: _Budget) -> bool:
         if not 7 <= len(digits) <= 15:
             return False
         if "." in candidate and not (_DOTTED.fullmatch(candidate) or _NANP.fullmatch(candidate)):
             return False  # 3.14159, 1.299.000: numbers, not phones
         if candidate.startswith("+") or candidate.startswith("00"):
             text = "+" + candidate[2:] if candidate.startswith("00") else candidate
+            if not budget.spend(1):
+                return True  # out of parses: see _PARSES_FREE
             try:
                 number = phonenumbers.parse(text, None)
             except phonenumbers.NumberParseException:
@@ -189,12 +238,14 @@ class PhoneRules:
             return False  # "10-12 14-16", "1 2 3 4 5 6 7 8"
         elif separated and len(digits) < 10 and len(groups[0]) < 3:
             return False  # "SKU 12-3456-78": short numbers start with an area code
-        return self._valid_somewhere(candidate)
+        return self._valid_somewhere(candidate, budget)
 
-    def _valid_somewhere(self, candidate: str) -> bool:
+    def _valid_somewhere(self, candidate: str, budget: _Budget) -> bool:
         zero = candidate.lstrip("(")[:1] == "0"
         regions = self._zero_regions if zero else self._regions
         for index, region in enumerate(regions):
+            if not budget.spend(1):
+                return True  # out of parses: a number shaped like a phone goes
             try:
                 number = phonenumbers.parse(candidate, region)
             except phonenumbers.NumberParseException:
@@ -208,14 +259,6 @@ class PhoneRules:
                         self._regions = moved
                 return True
         return False
-
-    def _several(self, candidate: str) -> str | None:
-        # "0151 2345678 0171 2345679": two phones in one run. libphonenumber's matcher
-        # finds them; if it finds any, the whole run goes.
-        for region in self._regions[:4]:
-            if phonenumbers.PhoneNumberMatcher(candidate, region).has_next():
-                return "<PHONE>"
-        return None
 
 
 # IPv6 has its own shape (hex groups and colons); IPv4 is a number candidate above.
