@@ -18,6 +18,7 @@ def removed(text: str, expected: str) -> list[str]:
     assert match is not None, (text, expected)
     return [group for group in match.groups() if len(group.strip()) >= 4]
 
+
 DENY_NAMES = ["Gretchen Müller", "Gretchen", "王小明", "Søren"]
 
 JWT = (

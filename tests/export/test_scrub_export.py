@@ -21,6 +21,8 @@ from tests.export.ledger import PERSONA_YAML, Ledger
 from tests.export.pii_cases import DENY_NAMES, REPLACED, UNTOUCHED, removed
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 def contents(out: Path) -> list[str]:
     """Every text of every record in every data file (not ids, not the manifest)."""
     found: list[str] = []
