@@ -223,7 +223,12 @@ class DiscordIntake:
                 delay = min(delay * 2, 10.0)
 
     def _raw(self, data: Any, received_at: datetime, chat: str | None = None) -> RawEvent:
-        payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+        """The event to store for one message as received; never raises (a frame the
+        intake choked on would stop every message behind it)."""
+        try:
+            payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+        except (ValueError, TypeError, RecursionError) as exc:  # stored anyway, and failed
+            payload = json.dumps({"unserializable": repr(data)[:4096], "error": str(exc)})
         if chat is None and isinstance(data, dict):
             chat = self._lane(data)
         return RawEvent(
@@ -350,8 +355,7 @@ class DiscordIntake:
             for data in sorted(found, key=lambda m: int(m["id"])):
                 if guild is not None:
                     data.setdefault("guild_id", str(guild))  # REST messages leave it out
-                written = discord.utils.snowflake_time(int(data["id"]))
-                events.append(self._raw(data, written, chat))
+                events.append(self._raw(data, _written_at(int(data["id"])), chat))
             report.read += len(events)
             for start in range(0, len(events), _BATCH):
                 report.new += await self._accept(events[start : start + _BATCH])
@@ -408,6 +412,14 @@ class DiscordIntake:
             if len(page) < _PAGE or not ids:
                 return found, 0
             before = ids[-1][0]
+
+
+def _written_at(snowflake: int) -> datetime:
+    """When a message was written, from its id (now, for an id past datetime's range)."""
+    try:
+        return discord.utils.snowflake_time(snowflake)
+    except (OverflowError, ValueError, OSError):
+        return datetime.now(UTC)
 
 
 def _from_ms(ms: int) -> datetime:

@@ -46,7 +46,7 @@ from adapters.base import (
 )
 from bot.commands import CommandContext
 from bot.config import DiscordSettings
-from bot.errors import AdapterError, ConfigError
+from bot.errors import AdapterError, BotError, ConfigError
 from bot.inbox import InboxEvent
 from bot.messages import Actor, Attachment, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
@@ -405,15 +405,20 @@ class DiscordAdapter(Adapter):
                 raise TypeError(f"a JSON {type(data).__name__}, not an object")
             guild = _optional_id(data.get("guild_id"))
             message = self._parse_message(data)
+            # A message that waited (in Discord's history while we were away) is as old
+            # as when it was written: the engine expires it rather than answer it late.
+            written = discord.utils.snowflake_time(message.id)
+            incoming = await self._incoming(
+                message, guild=guild, received_at=min(written, event.received_at)
+            )
+        except BotError:  # the store or the config, not the payload: failed as it is
+            raise
         except Exception as exc:  # whatever discord.py's model raises for a bad payload
             raise UnparsableMessage(
                 f"not a Discord message: {type(exc).__name__}: {exc}"[:500]
             ) from exc
-        # A message that waited (in Discord's history while we were away) is as old as
-        # when it was written: the engine expires it rather than answer hours late.
-        written = discord.utils.snowflake_time(message.id)
-        received_at = min(written, event.received_at)
-        await self._handle_message(message, guild=guild, received_at=received_at)
+        if incoming is not None:
+            await self.answer(incoming)
 
     def _parse_message(self, data: dict[str, Any]) -> discord.Message:
         # What discord.py's own MESSAGE_CREATE parser does, from the stored JSON.
@@ -434,23 +439,25 @@ class DiscordAdapter(Adapter):
             parent = found.parent_id if isinstance(found, discord.Thread) else None
         return f"{parent}/{channel_id}" if parent is not None else str(channel_id)
 
-    async def _handle_message(
+    async def _incoming(
         self, message: discord.Message, *, guild: int | None, received_at: datetime
-    ) -> None:
+    ) -> Incoming | None:
+        """The message as an `Incoming`, or None when it is not conversation. Every
+        part of the payload it reads is read here, so a malformed one fails here."""
         me = self._me()
         author = message.author
         if author.id == me or (author.bot and self.settings.ignore_bots):
-            return
+            return None
         # Joins, pins, boosts, thread starters and the like are not conversation.
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):
-            return
+            return None
         # The guild from the payload, not from the cache: a guild not (yet) cached must
         # not turn a server message into a DM (which is always answered).
         scope = await self._scope(guild, message.channel.id, author.id)
         if guild is None:  # they wrote to us: a refused DM earlier no longer counts
             await self.services.people.mark_reachable(self.platform, str(author.id))
         reference = message.reference
-        incoming = Incoming(
+        return Incoming(
             scope=scope,
             actor=self._actor(author),
             text=self._text(message, me),
@@ -464,7 +471,6 @@ class DiscordAdapter(Adapter):
             addressed_to_bot=self._addressed(message, me, scope),
             received_at=received_at,
         )
-        await self.answer(incoming)
 
     def _addressed(self, message: discord.Message, me: int, scope: Scope) -> bool:
         """DMs, mentions (not @everyone), replies to the bot, always-on channels, keywords."""

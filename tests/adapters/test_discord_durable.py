@@ -12,10 +12,13 @@ import signal
 import sqlite3
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.llm.base import ChatRequest
 from tests.adapters.conftest import DiscordBot, DiscordBotFactory
@@ -527,3 +530,95 @@ async def test_the_fake_honours_enforce_nonce_like_discord(discord_fake: FakeDis
     assert again["id"] == one["id"] and fake.nonce_hits == 1
     assert len({one["id"], loose["id"], other["id"]}) == 3
     assert [m["id"] for m in fake.created] == [one["id"], loose["id"], other["id"]]
+
+
+# -- hostile payloads, as a class ---------------------------------------------------------------
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(codec=None), max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_JSON | st.dictionaries(st.sampled_from(["id", "channel_id", "guild_id", "author"]), _JSON)
+)
+def test_the_intake_stores_any_frame_without_raising(data: Any) -> None:
+    from adapters._discord_intake import DiscordIntake
+
+    def lane(channel: int, guild: int | None) -> str:
+        if guild is not None and guild % 2:
+            raise LookupError("a cache that fails")  # the lane falls back, the event stays
+        return str(channel)
+
+    intake = DiscordIntake(
+        cast(Any, None), cast(Any, None), platform="discord", accept=cast(Any, None),
+        chat_for=lane, session_ready=asyncio.Event(), max_messages=1, max_age_s=1.0,
+    )  # fmt: skip
+    event = intake._raw(data, datetime.now(UTC))
+    assert isinstance(event.key, str) and 0 < len(event.key) <= 45
+    json.loads(event.payload)  # stored as JSON text, whatever came in
+    assert event.chat is None or event.chat.isdigit()
+
+
+HOSTILE_VALUES: list[Any] = [
+    None,
+    "",
+    "x",
+    -1,
+    2**70,
+    1.5,
+    True,
+    [],
+    {},
+    "\ud800",
+    [None],
+    {"id": {}},
+]
+FIELDS = [
+    "id", "channel_id", "guild_id", "author", "member", "content", "timestamp", "mentions",
+    "mention_roles", "attachments", "embeds", "type", "flags", "message_reference",
+    "referenced_message", "sticker_items", "edited_timestamp",
+]  # fmt: skip
+
+
+async def test_every_field_of_a_message_replaced_by_hostile_values_costs_at_most_one_failure(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    from adapters.discord import UnparsableMessage
+    from bot.inbox import InboxEvent, InboxStatus
+
+    bot = await discord_bot(lambda _: "ok", **CONFIG)
+    fake = discord_fake
+    dm = fake.dm_channel(ANN)
+    failures: dict[str, int] = {}
+    # Mostly unaddressed server messages (parsed, normalised and stored as context:
+    # quick); a DM (answered) for the fields a turn reads.
+    cases = [(fake.message(GENERAL, BOB, "context"), field) for field in FIELDS]
+    cases += [(fake.message(dm, ANN, "hi"), f) for f in ("author", "content", "attachments")]
+    for base, field in cases:
+        for value in HOSTILE_VALUES:
+            data = {**base, field: value}
+            event = InboxEvent(
+                id=0, platform="discord", key=str(data.get("id")), chat=None,
+                payload=json.dumps(data), status=InboxStatus.PENDING,
+                received_at=datetime.now(UTC),
+            )  # fmt: skip
+            try:
+                await asyncio.wait_for(bot.adapter.handle_event(event), 10)
+            except UnparsableMessage:
+                failures[field] = failures.get(field, 0) + 1
+            except Exception as exc:  # the worker records it too; but name it as such
+                raise AssertionError(f"{field}={value!r}: {type(exc).__name__}: {exc}") from exc
+    # A broken id, channel or author is not a message; a broken decoration is not fatal.
+    assert {"id", "channel_id", "author"} <= failures.keys(), failures
+    await fake.send_message(fake.message(dm, ANN, "and now?"))
+    await until(lambda: any(m["content"] == "ok" for m in fake.sent_messages(dm)))

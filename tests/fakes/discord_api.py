@@ -361,8 +361,15 @@ class FakeDiscord:
         return {
             "id": str(channel), "type": 0, "name": names.get(channel, "channel"),
             "guild_id": str(GUILD), "position": 0, "permission_overwrites": [], "nsfw": False,
-            "topic": None, "last_message_id": None, "parent_id": None, "rate_limit_per_user": 0,
+            "topic": None, "last_message_id": self._last_message_id(channel), "parent_id": None,
+            "rate_limit_per_user": 0,
         }  # fmt: skip
+
+    def _last_message_id(self, channel: int) -> str | None:
+        # What Discord puts in GUILD_CREATE: the newest message's id (a bot may skip
+        # reading a channel's history when it has that one already).
+        messages = self.history.get(channel)
+        return max((m["id"] for m in messages), key=int) if messages else None
 
     def guild_payload(self) -> dict[str, Any]:
         role = {"position": 0, "color": 0, "hoist": False, "managed": False,
