@@ -30,6 +30,7 @@ from tests.fakes.discord_api import (
     BOT,
     GENERAL,
     GUILD,
+    KEYWORDS,
     TOKEN,
     FakeDiscord,
     FakeUser,
@@ -126,6 +127,7 @@ async def test_messages_written_while_the_bot_was_down_are_answered_after_restar
     bot = await discord_bot(voiced, **CONFIG)
     await fake.send_message(fake.message(dm, ANN, "before"))
     await fake.send_message(fake.message(GENERAL, BOB, "chatter before"))
+    await fake.send_message(fake.message(KEYWORDS, BOB, "quiet here afterwards"))
     await until(lambda: fake.sent_messages(dm))
     await settle(bot)
     await bot.shutdown()
@@ -148,6 +150,10 @@ async def test_messages_written_while_the_bot_was_down_are_answered_after_restar
     assert fake.session_starts == ["identify", "identify"]
     report = again.adapter.intake.catch_ups[-1]
     assert report.read >= 5 and report.over_count == 0
+    read = {c.path for c in fake.calls if c.method == "GET" and c.path.endswith("/messages")}
+    assert {f"/channels/{dm}/messages", f"/channels/{GENERAL}/messages"} <= read
+    # Discord said (GUILD_CREATE's last_message_id) nothing is new there: not read.
+    assert f"/channels/{KEYWORDS}/messages" not in read
     stored = await again.rows(
         "select text, status from messages where direction = 'in' and text like '%away%'"
     )
