@@ -25,8 +25,25 @@ memory_app = typer.Typer(
 
 T = TypeVar("T")
 
-UserOption = Annotated[str, typer.Option("--user", help="The person's platform user id.")]
-PlatformOption = Annotated[str, typer.Option(help="The platform of --user.")]
+
+def _name(value: str | None) -> str | None:
+    """An id or name from the command line, as it can be stored: decodable, no control
+    characters, not blank (a mistyped or garbled argument is a usage error)."""
+    if value is None:
+        return None
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise typer.BadParameter("is not valid UTF-8 (the shell passed undecodable bytes)")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise typer.BadParameter("contains control characters")
+    if not value.strip():
+        raise typer.BadParameter("is empty")
+    return value
+
+
+UserOption = Annotated[
+    str, typer.Option("--user", help="The person's platform user id.", callback=_name)
+]
+PlatformOption = Annotated[str, typer.Option(help="The platform of --user.", callback=_name)]
 DbOption = Annotated[Path | None, typer.Option(help="SQLite file (default from config).")]
 ConfigOption = Annotated[
     Path | None,
@@ -79,7 +96,7 @@ async def _user_id(memory: Any, platform: str, user: str) -> int:
 def show(
     user: UserOption,
     platform: PlatformOption = "console",
-    persona: Annotated[str | None, typer.Option(help="Only this persona.")] = None,
+    persona: Annotated[str | None, typer.Option(help="Only this persona.", callback=_name)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
     db: DbOption = None,
     config: ConfigOption = None,
@@ -124,7 +141,9 @@ def forget(
         bool, typer.Option("--all", help="Everything: facts, summaries, messages.")
     ] = False,
     platform: PlatformOption = "console",
-    persona: Annotated[str | None, typer.Option(help="With --all: only this persona.")] = None,
+    persona: Annotated[
+        str | None, typer.Option(help="With --all: only this persona.", callback=_name)
+    ] = None,
     db: DbOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -182,7 +201,9 @@ def import_file(
 @memory_app.command("search")
 def search(
     user: UserOption,
-    persona: Annotated[str, typer.Option(help="The persona whose memories to search.")],
+    persona: Annotated[
+        str, typer.Option(help="The persona whose memories to search.", callback=_name)
+    ],
     query: Annotated[str | None, typer.Option(help="What to look for.")] = None,
     queries: Annotated[
         Path | None,
@@ -192,16 +213,20 @@ def search(
         ),
     ] = None,
     channel: Annotated[
-        str | None, typer.Option(help="The channel's memories (default: the person's DMs).")
+        str | None,
+        typer.Option(help="The channel's memories (default: the person's DMs).", callback=_name),
     ] = None,
     space: Annotated[
         str | None,
         typer.Option(
             help="The server or group of --channel (needed when "
-            "several have a channel of that name)."
+            "several have a channel of that name).",
+            callback=_name,
         ),
     ] = None,
-    thread: Annotated[str | None, typer.Option(help="A thread inside --channel.")] = None,
+    thread: Annotated[
+        str | None, typer.Option(help="A thread inside --channel.", callback=_name)
+    ] = None,
     now: Annotated[
         str | None,
         typer.Option(help="The clock for recency and 'last week' (ISO 8601; default: now)."),

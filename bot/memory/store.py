@@ -744,6 +744,8 @@ class SQLiteMemory:
 
     async def find_user(self, platform: str, platform_user_id: str) -> int | None:
         """The user row id of a person, or None if we never met them."""
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in platform + platform_user_id):
+            return None  # not encodable, so never stored: nobody has that id
         return await self.db.run(
             lambda conn: conn.execute(
                 text("SELECT id FROM users WHERE platform = :p AND platform_user_id = :u"),

@@ -162,3 +162,28 @@ def test_a_query_with_undecodable_bytes_searches(db: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["text"] == "My sister Mia lives in Lisbon"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--user", "\udcff", "--persona", "tess", "--query", "x"],
+        ["search", "--user", "ann", "--persona", "t\udcfe", "--query", "x"],
+        ["search", "--user", "ann", "--persona", "tess", "--query", "x", "--channel", "\x1b[2J"],
+        ["search", "--user", "ann", "--platform", " ", "--persona", "tess", "--query", "x"],
+        ["show", "--user", "an\udcffn"],
+        ["forget", "--user", "\udcff", "--all"],
+        ["forget", "--user", "ann", "--all", "--persona", "\x00"],
+    ],
+)
+def test_garbled_names_on_the_command_line_are_usage_errors(
+    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["memory", *argv, "--db", str(db)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert len(err.strip().splitlines()) == 1
