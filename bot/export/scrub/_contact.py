@@ -43,7 +43,9 @@ _DOT_SPELLED = (
 )
 _DOT = rf"(?:{_DOT_SPELLED}|\s{{0,2}}\.\s{{0,2}})"
 _SPELLED = re.compile(
-    rf"(?<![A-Za-z0-9._+-])(?P<local>[A-Za-z0-9][A-Za-z0-9._+-]{{0,63}})"
+    rf"(?<![A-Za-z0-9._+-])(?P<local>[A-Za-z0-9][A-Za-z0-9._+-]{{0,63}}"
+    # "sarah dot jones at gmail dot com": the local part spelled out too
+    r"(?:\s{1,3}(?:dot|punkt|punto|point)\s{1,3}[A-Za-z0-9][A-Za-z0-9._+-]{0,63}){0,3})"
     rf"(?:(?P<strong>{_AT_STRONG})|(?P<weak>{_AT_WEAK})|(?P<sign>{_AT_SIGNLIKE}))"
     rf"(?P<domain>[A-Za-z0-9-]{{1,63}}(?:{_DOT}[A-Za-z0-9-]{{1,63}}){{0,3}})"
     rf"(?P<dot>{_DOT})(?:{_TLDS})(?![A-Za-z0-9-])",

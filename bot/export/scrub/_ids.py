@@ -44,7 +44,8 @@ _LABEL = re.compile(
     r"|护照|護照|身份证|身份證|旅券|パスポート|マイナンバー|个人编号|住民票|여권|주민등록번호"
     r")"
     # What people write between the label and the number: "number is", "Nr.:", "号码是".
-    r"(?:\s{0,3}(?:number|no\.?|nr\.?|num\.?|nummer|número|numéro|n[°º]\.?|#|号码|號碼|号|番号|번호))?"
+    r"(?:[\s-]{0,3}(?:number|no\.?|nr\.?|num\.?|nummer|número|numéro|n[°º]\.?|#"
+    r"|号码|號碼|号|番号|번호))?"
     r"(?:\s{0,3}(?:is|was|ist|lautet|es|est|è|是|为|為|は|는|은|이))?"
     r"[\s:：#=\-]{0,4}"
     # One run, then groups that carry a digit ("1234 5678 9012"), so no word is taken.
@@ -54,8 +55,8 @@ _LABEL = re.compile(
 
 
 _LABEL_WORDS = (
-    "pass", "ausweis", "ssn", "social security", "insurance", "ni number", "nino", "tax id",
-    "steuer", "dni", "nif", "id card", "id number", "licen", "führerschein", "número de",
+    "pass", "pasaport", "ausweis", "ssn", "social security", "insurance", "ni number", "nino",
+    "tax id", "steuer", "dni", "nif", "id card", "id number", "licen", "führerschein", "número de",
     "documento", "护照", "護照", "身份证", "身份證", "旅券", "パスポート", "マイナンバー",
     "个人编号", "住民票", "여권", "주민등록번호",
 )  # fmt: skip
@@ -89,5 +90,5 @@ def find_labelled_ids(probe: str, low: str, out: list[Span]) -> None:
         return
     for match in _LABEL.finditer(probe):
         value = match.group("v")
-        if sum(c.isdigit() for c in value) >= 4:
+        if sum(c.isdigit() for c in value) >= 3 and len(value) >= 6:
             out.append((match.start("v"), match.end("v"), ID))

@@ -50,6 +50,7 @@ _DATE = re.compile(  # not "01.23.45.67.89": a date has three parts
     r"|\d{4}-\d{2}-\d{2}[ T]\d{2}|\d{1,2}\.\d{1,2}\.\d{4} \d{1,2}"
 )
 _YEARS = re.compile(r"(?:19|20)\d\d\s?[-/]\s?(?:19|20)\d\d")
+_YEAR_FIRST = re.compile(r"(?:19|20)\d\d[-/]")
 _DOTTED = re.compile(r"\d{2,4}(?:\.\d{2,4}){2,5}")
 _NANP = re.compile(r"(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}")
 _CARD_SHAPE = re.compile(
@@ -77,11 +78,12 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _ip_ok(text: str) -> bool:
+    """A valid address that could point at someone (not 127.0.0.1, ::1, 0.0.0.0)."""
     try:
-        ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return False
-    return True
+    return not (address.is_loopback or address.is_unspecified)
 
 
 def _after_version_word(probe: str, start: int) -> bool:
@@ -238,6 +240,8 @@ class PhoneRules:
             return False  # "10-12 14-16", "1 2 3 4 5 6 7 8"
         elif separated and len(digits) < 10 and len(groups[0]) < 3:
             return False  # "SKU 12-3456-78": short numbers start with an area code
+        elif len(digits) < 10 and _YEAR_FIRST.match(candidate):
+            return False  # "Rechnung Nr. 2024-0815": a year, then a serial
         return self._valid_somewhere(candidate, budget)
 
     def _valid_somewhere(self, candidate: str, budget: _Budget) -> bool:
