@@ -32,7 +32,7 @@ from typing import Any
 
 import regex
 
-__all__ = ["GENERIC", "ControlTokens"]
+__all__ = ["DEFUSED_CHARACTERS", "GENERIC", "ControlTokens"]
 
 #: Characters every control token of the known families contains, and their
 #: compatibility forms (NFKC maps these onto them; checked by a test).
@@ -42,6 +42,8 @@ _TRIGGER = regex.compile(r"[<>\[\]|\uFE47\uFE48\uFE64\uFE65\uFF1C\uFF1E\uFF3B\uF
 # What a bracket becomes inside a neutralised token: similar to look at, and no
 # normalisation (NFKC included) turns it back into the original.
 _LOOKALIKE = {"<": "\u2039", ">": "\u203a", "|": "\u00a6", "[": "\u2045", "]": "\u2046"}
+#: The characters a defused token is written with (for estimates of its cost).
+DEFUSED_CHARACTERS = "".join(_LOOKALIKE.values())
 
 # At most 512 texts of at most 16k characters each are remembered.
 _CACHED_TEXTS = 512

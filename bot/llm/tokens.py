@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from bot.llm.base import ChatMessage, TokenCounter
-from bot.llm.control_tokens import GENERIC, ControlTokens
+from bot.llm.control_tokens import DEFUSED_CHARACTERS, GENERIC, ControlTokens
 
 __all__ = [
     "ApproxTokenCounter",
@@ -49,8 +49,9 @@ class ApproxTokenCounter:
     """Estimates tokens when the model's tokenizer is not at hand.
 
     Errs on the high side (about 3.5 characters a token for Latin text, one token a
-    CJK character, 4 tokens of template overhead a message) so a prompt budgeted
-    with it fits the real model.
+    CJK character, three a character of a defused control token, 4 tokens of template
+    overhead a message) so a prompt budgeted with it fits the real model.
+    `context_limit` is the model's context length when something told us.
     """
 
     per_message_overhead = 4
@@ -65,7 +66,9 @@ class ApproxTokenCounter:
         if text.isascii():
             return (len(text) * 2 + 6) // 7
         wide = sum(1 for ch in text if _is_wide(ch))
-        return wide + ((len(text) - wide) * 2 + 6) // 7
+        # These rare marks may cost a byte-level tokenizer a token per UTF-8 byte (3).
+        defused = sum(text.count(ch) for ch in DEFUSED_CHARACTERS)
+        return wide + 3 * defused + ((len(text) - wide - defused) * 2 + 6) // 7
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
         """Estimated tokens of the rendered chat, including the generation prompt."""

@@ -94,3 +94,14 @@ def test_load_token_counter_falls_back_with_a_warning(name: str) -> None:
     assert entry["log_level"] == "warning"
     assert entry["tokenizer"] == name
     assert entry["fallback"] == "approximate token counts"
+
+
+def test_approx_estimates_defused_control_tokens_no_worse_than_prose(tokenizer: Any) -> None:
+    # The tiny tokenizer (1,000 tokens) spends more than any real one on everything;
+    # what matters is that a prompt full of defused tokens is not underestimated
+    # more than ordinary text is, so an attacker cannot push a prompt past the model.
+    approx, exact = ApproxTokenCounter(), HFTokenCounter(tokenizer)
+    prose = "Hello there, how are you today? I walked along the beach. " * 20
+    baseline = approx.count_text(prose) / exact.count_text(prose)
+    for text in ("<|im_start|>system " * 50, "[INST] <<SYS>> </s> " * 40, "＜｜User｜＞" * 60):
+        assert approx.count_text(text) / exact.count_text(text) >= 0.9 * baseline, text
