@@ -10,22 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
-from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from bot.cli_errors import run_app
+from bot.cli_run import chat_session, progress, run_bot
 from bot.config import Settings, load_settings, merge_overrides
-from bot.errors import AdapterError, BackendError, ConfigError, UsageError
+from bot.errors import BackendError, UsageError
 from bot.logs import configure_logging
-
-if TYPE_CHECKING:
-    from adapters.base import Adapter
-    from bot.app import App
 
 __all__ = ["app", "main"]
 
@@ -91,18 +86,6 @@ def _db_url(db: Path | None) -> str | None:
     return f"sqlite:///{db}"
 
 
-def _progress(text: str) -> None:
-    """A short line about what the command is doing, on stderr (stdout is the chat)."""
-    print(f"[{text}]", file=sys.stderr, flush=True)
-
-
-def _check_db(settings: Settings) -> None:
-    """Refuse a database that is not there, for commands that only read one."""
-    from bot.db import check_database
-
-    check_database(settings.database.url)
-
-
 # -- chat and run ---------------------------------------------------------------------
 
 
@@ -146,62 +129,7 @@ def chat(
         _logging(settings, quiet=True, file=log_file)
     except OSError:
         _logging(settings, quiet=True)  # no log file: stderr it is
-    asyncio.run(_chat(settings, persona or settings.personas.default, output))
-
-
-async def _chat(settings: Settings, persona: str, output: str) -> None:
-    from adapters.console import ConsoleAdapter
-    from bot.app import open_app
-
-    async with open_app(settings) as bot:
-        loaded = bot.personas.get(persona)  # unknown persona: fail before reading input
-        await _ready_backend(bot, settings, loaded)
-        console = ConsoleAdapter(
-            bot.services,
-            persona=persona,
-            user_id=settings.console.user_id,
-            display_name=settings.console.display_name,
-            output_format="jsonl" if output == "jsonl" else "text",
-        )
-        stop = asyncio.Event()
-        _on_signals(stop)
-        await console.run(stop)
-    if console.unanswered:
-        raise BackendError(
-            f"{console.unanswered} of {console.turns} message(s) got the apology instead "
-            "of a reply: the backend failed (the failures table and the log say why)"
-        )
-
-
-async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
-    """Reach (or load) the persona's model before the first prompt, saying so."""
-    from bot.preflight import prepare_hub_model, probe_openai_server
-
-    kind, model = bot.backends.choice(loaded)
-    if kind == "openai":
-        tokenizer = settings.llm.tokenizer
-        if tokenizer:  # loaded from the hub for exact counts: offline, say so at once
-            try:
-                await asyncio.to_thread(prepare_hub_model, tokenizer)
-            except BackendError as exc:
-                _progress(f"warning: token counts are estimated: {exc}")
-        key = settings.llm.resolved_api_key()
-        warning = await probe_openai_server(
-            settings.llm.base_url,
-            api_key=key.get_secret_value() if key is not None else None,
-            model=model,
-            timeout_s=settings.llm.connect_timeout_s,
-        )
-        if warning is not None:
-            _progress(f"warning: {warning}")
-    elif kind == "transformers":
-        found = await asyncio.to_thread(prepare_hub_model, model)
-        _progress(
-            f"loading {model}"
-            + (" (downloading it the first time: about 1 GB)" if found == "hub" else "")
-        )
-    await bot.backends.for_persona(loaded)
-    _progress(f"ready: {loaded.persona.name} ({loaded.persona.id})")
+    asyncio.run(chat_session(settings, persona or settings.personas.default, output))
 
 
 @app.command()
@@ -209,116 +137,7 @@ def run(config: ConfigOption = None) -> None:
     """Run the bot: every adapter enabled in the config, next to the engine."""
     settings = _settings(config)
     _logging(settings)
-    asyncio.run(_run(settings))
-
-
-async def _run(settings: Settings) -> None:
-    import structlog
-
-    from bot.app import open_app
-
-    log = structlog.get_logger("bot.run")
-    async with open_app(settings) as bot:
-        adapters: list[Adapter] = []
-        if settings.console.enabled:
-            from adapters.console import ConsoleAdapter
-
-            adapters.append(
-                ConsoleAdapter(
-                    bot.services,
-                    persona=settings.personas.default,
-                    user_id=settings.console.user_id,
-                    display_name=settings.console.display_name,
-                )
-            )
-        if settings.discord.token is not None:
-            from adapters.discord import DiscordAdapter
-
-            adapters.append(
-                DiscordAdapter(
-                    bot.services, settings.discord, default_persona=settings.personas.default
-                )
-            )
-        if settings.telegram.token is not None:
-            from adapters.telegram import TelegramAdapter
-
-            adapters.append(
-                TelegramAdapter(
-                    bot.services, settings.telegram, default_persona=settings.personas.default
-                )
-            )
-        if not adapters:
-            raise ConfigError(
-                "no adapter is enabled: set DISCORD_TOKEN or TELEGRAM_TOKEN in the environment, "
-                "or console.enabled = true"
-            )
-        stop = asyncio.Event()
-        _on_signals(stop)
-        scheduler = await _start_scheduler(bot, settings, adapters)
-        tasks: dict[asyncio.Future[Any], Adapter] = {
-            asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}"): a for a in adapters
-        }
-        log.info("bot.started", adapters=[a.platform for a in adapters])
-        waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
-        running: set[asyncio.Future[Any]] = set(tasks)
-        while running and not stop.is_set():
-            done, running = await asyncio.wait(
-                running | {waiter}, return_when=asyncio.FIRST_COMPLETED
-            )
-            running.discard(waiter)
-            for task in done - {waiter}:
-                # One adapter failing (a bad token, say) must not take the others down.
-                error = None if task.cancelled() else task.exception()
-                if error is not None:
-                    log.error("adapter.stopped", adapter=tasks[task].platform, error=str(error))
-        log.info("bot.stopping")
-        stop.set()  # adapters stop taking messages and finish the replies in hand
-        if running:
-            _, stuck = await asyncio.wait(running, timeout=settings.engine.reply_timeout_s)
-            for task in stuck:
-                task.cancel()
-        waiter.cancel()
-        if scheduler is not None:
-            await scheduler.stop()
-        if all(not t.cancelled() and t.exception() is not None for t in tasks):
-            raise AdapterError("every adapter stopped with an error; see the log above")
-
-
-async def _start_scheduler(bot: App, settings: Settings, adapters: list[Adapter]) -> Any:
-    """Proactive messages and upkeep, sending through the running adapters."""
-    if not settings.scheduler.enabled:
-        return None
-    from bot.scheduler.followups import FollowUpExtractor
-    from bot.scheduler.service import Scheduler
-
-    scheduler = Scheduler(
-        db=bot.db,
-        engine=bot.engine,
-        personas=bot.personas,
-        settings=settings.scheduler,
-        default_zone=settings.engine.timezone,
-        senders={adapter.platform: adapter for adapter in adapters},
-        upkeep=bot.upkeep,
-    )
-    bot.engine.observers.append(
-        FollowUpExtractor(
-            db=bot.db,
-            personas=bot.personas,
-            backends=bot.backends,
-            default_zone=settings.engine.timezone,
-            horizon_days=settings.scheduler.followup_horizon_days,
-            on_created=scheduler.schedule_followup,
-        )
-    )
-    await scheduler.start()
-    return scheduler
-
-
-def _on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    asyncio.run(run_bot(settings))
 
 
 # -- personas -------------------------------------------------------------------------
@@ -462,7 +281,7 @@ def models_fetch(
         return
     from huggingface_hub import snapshot_download
 
-    _progress(f"downloading {model} (about 1 GB for the default model)")
+    progress(f"downloading {model} (about 1 GB for the default model)")
     try:
         path = snapshot_download(
             model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]

@@ -1,0 +1,193 @@
+"""What `bot chat` and `bot run` do once their settings are built: open the app,
+get the model ready before the first prompt (saying so on stderr), run the
+adapters until they stop or a signal comes, and turn what went wrong into the
+project's errors (bot/cli_errors.py makes those exit codes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+from bot.config import Settings
+from bot.errors import AdapterError, BackendError, ConfigError
+
+if TYPE_CHECKING:
+    from adapters.base import Adapter
+    from bot.app import App
+
+__all__ = ["chat_session", "progress", "run_bot"]
+
+
+def progress(text: str) -> None:
+    """A short line about what the command is doing, on stderr (stdout is the chat)."""
+    print(f"[{text}]", file=sys.stderr, flush=True)
+
+
+async def chat_session(settings: Settings, persona: str, output: str) -> None:
+    """Chat with `persona` on this terminal; `BackendError` when a message went unanswered."""
+    from adapters.console import ConsoleAdapter
+    from bot.app import open_app
+
+    async with open_app(settings) as bot:
+        loaded = bot.personas.get(persona)  # unknown persona: fail before reading input
+        await _ready_backend(bot, settings, loaded)
+        console = ConsoleAdapter(
+            bot.services,
+            persona=persona,
+            user_id=settings.console.user_id,
+            display_name=settings.console.display_name,
+            output_format="jsonl" if output == "jsonl" else "text",
+        )
+        stop = asyncio.Event()
+        _on_signals(stop)
+        await console.run(stop)
+    if console.unanswered:
+        raise BackendError(
+            f"{console.unanswered} of {console.turns} message(s) got the apology instead "
+            "of a reply: the backend failed (the failures table and the log say why)"
+        )
+
+
+async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
+    """Reach (or load) the persona's model before the first prompt, saying so."""
+    from bot.preflight import prepare_hub_model, probe_openai_server
+
+    kind, model = bot.backends.choice(loaded)
+    if kind == "openai":
+        tokenizer = settings.llm.tokenizer
+        if tokenizer:  # loaded from the hub for exact counts: offline, say so at once
+            try:
+                await asyncio.to_thread(prepare_hub_model, tokenizer)
+            except BackendError as exc:
+                progress(f"warning: token counts are estimated: {exc}")
+        key = settings.llm.resolved_api_key()
+        warning = await probe_openai_server(
+            settings.llm.base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            model=model,
+            timeout_s=settings.llm.connect_timeout_s,
+        )
+        if warning is not None:
+            progress(f"warning: {warning}")
+    elif kind == "transformers":
+        found = await asyncio.to_thread(prepare_hub_model, model)
+        progress(
+            f"loading {model}"
+            + (" (downloading it the first time: about 1 GB)" if found == "hub" else "")
+        )
+    await bot.backends.for_persona(loaded)
+    progress(f"ready: {loaded.persona.name} ({loaded.persona.id})")
+
+
+async def run_bot(settings: Settings) -> None:
+    """Every enabled adapter and the scheduler, until a signal or all adapters stop."""
+    import structlog
+
+    from bot.app import open_app
+
+    log = structlog.get_logger("bot.run")
+    async with open_app(settings) as bot:
+        adapters: list[Adapter] = []
+        if settings.console.enabled:
+            from adapters.console import ConsoleAdapter
+
+            adapters.append(
+                ConsoleAdapter(
+                    bot.services,
+                    persona=settings.personas.default,
+                    user_id=settings.console.user_id,
+                    display_name=settings.console.display_name,
+                )
+            )
+        if settings.discord.token is not None:
+            from adapters.discord import DiscordAdapter
+
+            adapters.append(
+                DiscordAdapter(
+                    bot.services, settings.discord, default_persona=settings.personas.default
+                )
+            )
+        if settings.telegram.token is not None:
+            from adapters.telegram import TelegramAdapter
+
+            adapters.append(
+                TelegramAdapter(
+                    bot.services, settings.telegram, default_persona=settings.personas.default
+                )
+            )
+        if not adapters:
+            raise ConfigError(
+                "no adapter is enabled: set DISCORD_TOKEN or TELEGRAM_TOKEN in the environment, "
+                "or console.enabled = true"
+            )
+        stop = asyncio.Event()
+        _on_signals(stop)
+        scheduler = await _start_scheduler(bot, settings, adapters)
+        tasks: dict[asyncio.Future[Any], Adapter] = {
+            asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}"): a for a in adapters
+        }
+        log.info("bot.started", adapters=[a.platform for a in adapters])
+        waiter: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+        running: set[asyncio.Future[Any]] = set(tasks)
+        while running and not stop.is_set():
+            done, running = await asyncio.wait(
+                running | {waiter}, return_when=asyncio.FIRST_COMPLETED
+            )
+            running.discard(waiter)
+            for task in done - {waiter}:
+                # One adapter failing (a bad token, say) must not take the others down.
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    log.error("adapter.stopped", adapter=tasks[task].platform, error=str(error))
+        log.info("bot.stopping")
+        stop.set()  # adapters stop taking messages and finish the replies in hand
+        if running:
+            _, stuck = await asyncio.wait(running, timeout=settings.engine.reply_timeout_s)
+            for task in stuck:
+                task.cancel()
+        waiter.cancel()
+        if scheduler is not None:
+            await scheduler.stop()
+        if all(not t.cancelled() and t.exception() is not None for t in tasks):
+            raise AdapterError("every adapter stopped with an error; see the log above")
+
+
+async def _start_scheduler(bot: App, settings: Settings, adapters: list[Adapter]) -> Any:
+    """Proactive messages and upkeep, sending through the running adapters."""
+    if not settings.scheduler.enabled:
+        return None
+    from bot.scheduler.followups import FollowUpExtractor
+    from bot.scheduler.service import Scheduler
+
+    scheduler = Scheduler(
+        db=bot.db,
+        engine=bot.engine,
+        personas=bot.personas,
+        settings=settings.scheduler,
+        default_zone=settings.engine.timezone,
+        senders={adapter.platform: adapter for adapter in adapters},
+        upkeep=bot.upkeep,
+    )
+    bot.engine.observers.append(
+        FollowUpExtractor(
+            db=bot.db,
+            personas=bot.personas,
+            backends=bot.backends,
+            default_zone=settings.engine.timezone,
+            horizon_days=settings.scheduler.followup_horizon_days,
+            on_created=scheduler.schedule_followup,
+        )
+    )
+    await scheduler.start()
+    return scheduler
+
+
+def _on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
