@@ -415,7 +415,7 @@ async def test_kill_9_in_the_middle_of_a_load_loses_nothing_and_duplicates_nothi
     tmp_path: Path, seed: int
 ) -> None:
     rng = random.Random(seed)
-    people = [FakeUser(300_000_000_000_000_000 + n, f"p{n}") for n in range(60)]
+    people = [FakeUser(300_000_000_000_000_000 + n, f"p{n}") for n in range(40)]
     with FakeOpenAIServer() as llm:
         async with FakeDiscord() as fake:
             fake.record = False  # the load is counted from `history`
