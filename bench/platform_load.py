@@ -32,6 +32,7 @@ Prints, and writes to bench/results/platform_load.json.
     python bench/platform_load.py [--platform telegram|discord|all]
                                   [--people 1000] [--messages 10] [--think 1.0]
     python bench/platform_load.py --burst --people 300 --messages 5
+    python bench/platform_load.py --burst --rate 20 --people 300 --messages 2
     python bench/platform_load.py --kill --people 300 --messages 5 [--seed 7]
 
 Targets on the 2-core reference machine: paced, >= 200 messages/s, zero lost;
@@ -386,6 +387,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0, help="--burst/--kill: per call")
     parser.add_argument("--share-429", type=float, default=0.02, help="--burst/--kill: 429 share")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="--burst: messages/s instead of all at once"
+    )
     args = parser.parse_args()
     names = list(RUNS) if args.platform == "all" else [args.platform]
     runs = {name: _plain(RUNS[name], args) for name in names}
@@ -394,7 +398,14 @@ def main() -> None:
 
         chosen = run_burst if args.burst else run_kill
         name = "telegram_burst" if args.burst else "telegram_kill"
-        options = {"seed": args.seed, "latency_ms": args.latency_ms, "share_429": args.share_429}
+        options: dict[str, Any] = {
+            "seed": args.seed,
+            "latency_ms": args.latency_ms,
+            "share_429": args.share_429,
+        }
+        if args.burst and args.rate is not None:
+            options["rate"] = args.rate
+            name = "telegram_steady"
         runs = {name: lambda: chosen(args.people, args.messages, **options)}
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
