@@ -72,6 +72,12 @@ _PII = (
     "我的手机号是1380013{n:04d}",
     "see https://example.com/p?token=abc{n}&page=2",
     "ask @friend_{n} about it",
+    "or write to jo{n} at gmail dot com",
+    "my cell is 212.555.{n:04d}",
+    "iban de89370400440532013000 please",
+    "I live at {n} Evergreen Terrace",
+    "my password is hunter{n}",
+    "my server is 10.0.0.7",
 )
 
 

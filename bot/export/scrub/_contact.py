@@ -116,6 +116,8 @@ def _spelled_ok(match: re.Match[str]) -> bool:
 
 def plain_at(low: str) -> bool:
     """Whether `low` may hold "name at provider.tld": " at ", then a provider, then a dot."""
+    if "." not in low or (" at " not in low and " ät " not in low):
+        return False
     for word in (" at ", " ät "):
         pos = low.find(word)
         while pos != -1:
