@@ -26,10 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_scale import build, checkpoint, vocabulary  # noqa: E402
+from memory_scale import build, checkpoint, vocabulary
 
-from bot.db import Database  # noqa: E402
-from bot.memory.store import SQLiteMemory  # noqa: E402
+from bot.db import Database
+from bot.memory.store import SQLiteMemory
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
