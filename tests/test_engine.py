@@ -629,6 +629,9 @@ async def test_a_message_older_than_the_limit_is_expired_with_one_away_notice(
     assert backend.requests == []  # never answered late
     fresh = await app.engine.handle(dm("there you are", received_at=now), expire_before=limit)
     assert [o.text for o in fresh] == ["late answer"]
+    # The model sees what the person saw: their expired messages and the notice.
+    seen = [m.content for m in backend.requests[-1].messages[1:]]
+    assert seen == ["hello?", "Sorry, I was away.", "anyone?", "there you are"]
     assert rows(tmp_path, "select text, status from messages where direction = 'in'") == [
         ("hello?", "expired"),
         ("anyone?", "expired"),

@@ -51,8 +51,14 @@ _messages: Table = _tables[Message.__tablename__]
 _failures: Table = _tables[Failure.__tablename__]
 _versions: Table = _tables[PersonaVersion.__tablename__]
 
-# Kinds of outgoing rows that are part of the conversation the model should see.
-_SPOKEN_KINDS = (TurnKind.MESSAGE.value, TurnKind.PROACTIVE.value, TurnKind.GREETING.value)
+# Kinds of outgoing rows that are part of the conversation the model should see
+# ("away": the "sorry, I was away" a person got for messages that expired).
+_SPOKEN_KINDS = (
+    TurnKind.MESSAGE.value,
+    TurnKind.PROACTIVE.value,
+    TurnKind.GREETING.value,
+    "away",
+)
 
 # Statements on the hot path are built once: SQLAlchemy then reuses their compiled
 # form, which halves the cost of a turn's queries compared to building them per call.
