@@ -204,3 +204,20 @@ def test_query_files(tmp_path: Path) -> None:
     assert [p.split(": ", 1)[0] for p in caught.value.problems] == [
         f"{bad}:{n}" for n in (2, 3, 4, 5, 6)
     ]
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "empty"])
+def test_files_that_are_not_there_or_hold_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: str
+) -> None:
+    data = tmp_path / "in.jsonl"
+    if make == "directory":
+        data.mkdir()
+    elif make == "empty":
+        data.write_bytes(b"\n  \n")
+    db = tmp_path / "m.db"
+    code, out, err = bot(capsys, "memory", "import", str(data), "--db", str(db))
+    if make == "empty":
+        assert code == 0 and "imported 0 message(s)" in out and not db.exists()
+        return
+    assert code == 2 and f"{data}: cannot read it" in err and len(err.strip().splitlines()) == 1
