@@ -221,3 +221,33 @@ def test_files_that_are_not_there_or_hold_nothing(
         assert code == 0 and "imported 0 message(s)" in out and not db.exists()
         return
     assert code == 2 and f"{data}: cannot read it" in err and len(err.strip().splitlines()) == 1
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=60),
+            st.text(max_size=40).map(str.encode),
+            st.builds(
+                lambda q, k: json.dumps({"query": q, "k": k}).encode(),
+                st.text(max_size=20),
+                st.integers(-5, 2000),
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_any_query_file_gives_queries_or_named_problems(tmp_path: Path, lines: list[bytes]) -> None:
+    data = tmp_path / "q.txt"
+    data.write_bytes(b"\n".join(lines))
+    try:
+        found = read_queries(data)
+    except InputFileError as exc:
+        assert all(p.startswith(f"{data}:") for p in exc.problems)
+        return
+    for query in found:
+        query.text.encode("utf-8")  # nothing a tokenizer or SQLite refuses
+        assert query.k is None or 1 <= query.k <= 1000
