@@ -26,6 +26,8 @@ import structlog
 import typer
 
 from bot.cli import app, main
+from bot.cli_errors import run_app
+from bot.errors import ConfigError, StorageError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -361,3 +363,52 @@ def test_undecodable_and_control_characters_in_arguments_are_shown_escaped() -> 
     assert result.stderr.startswith("config error: ") and "not found" in result.stderr
     assert "\x1b" not in result.stderr and "\\x1b" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- how run_app ends what it does not know -------------------------------------------
+
+
+def _app_raising(error: BaseException) -> typer.Typer:
+    tiny = typer.Typer()
+
+    @tiny.command()
+    def boom() -> None:
+        raise error
+
+    @tiny.command()
+    def fine() -> None:
+        typer.echo("fine")
+
+    return tiny
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (RuntimeError("surprise"), 70, "internal error: RuntimeError: surprise (a bug in"),
+        (PermissionError(13, "Permission denied", "/srv/x"), 3, "file error: /srv/x: Permission"),
+        (UsageError("--x 'y': no"), 2, "usage error: --x 'y': no"),
+        (StorageError("the disk\nis full"), 3, "storage error: the disk"),
+        (ConfigError("key = 'postgresql://u:pw-123456@h/db': bad"), 2, "config error: key = "),
+    ],
+    ids=["bug", "oserror", "usage", "storage", "config"],
+)
+def test_run_app_ends_everything_with_its_line_and_code(
+    error: BaseException, code: int, line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_app(_app_raising(error), ["boom"]) == code
+    out, err = capsys.readouterr()
+    assert err.startswith(line) and "Traceback" not in err + out
+    assert "pw-123456" not in err  # secrets masked in every message
+
+
+def test_a_bug_shows_its_traceback_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="surprise"):
+        run_app(_app_raising(RuntimeError("surprise")), ["boom"])
+
+
+def test_ok_and_interrupted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_app(_app_raising(KeyboardInterrupt()), ["fine"]) == 0
+    assert capsys.readouterr().out == "fine\n"
+    assert run_app(_app_raising(KeyboardInterrupt()), ["boom"]) == 130
