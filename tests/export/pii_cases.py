@@ -285,6 +285,8 @@ UNTOUCHED: list[str] = [
     "HTTP/1.1 200 OK",
     "std::vector<int> and Foo::Bar",
     "commit 3f786850e387550fdab836ed7e6dc881de23001b",
+    "request 550e8400-e29b-41d4-a716-446655440000 failed",
+    "MAC 00:1A:2B:3C:4D:5E",
     "score 3-2, 10/10 would play again",
     "第3章第5节",
     # ordinary sentences with "at", "dot", streets and passwords
