@@ -295,6 +295,7 @@ async def run_kill(
             kill_after = rng.uniform(0.2, 0.8) * total / 28
             await asyncio.sleep(kill_after)
             delivered_at_kill = len(reply_times)
+            at_the_fake = api.sends_in_flight  # requests the fake is answering right now
             await bot.kill()
             inflight = await asyncio.to_thread(in_flight, tmp / "bot.db")
             down = time.monotonic()
@@ -323,7 +324,10 @@ async def run_kill(
         "killed_after_s": round(kill_after, 2),
         "delivered_before_kill": delivered_at_kill,
         "restart_s": round(restart_s, 2),
-        "sends_in_flight_at_kill": inflight,
+        # Replies recorded `sending` (begun: pacing or on the wire): the bound that the
+        # tests check duplicates against; the fake's count is what was on the wire.
+        "sends_begun_at_kill": inflight,
+        "requests_at_the_fake_at_kill": at_the_fake,
         "rate_limited_429": limited,
         "answered": result.answered,
         "failed": result.failed,
