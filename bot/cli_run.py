@@ -54,7 +54,7 @@ async def chat_session(settings: Settings, persona: str, output: str) -> None:
 
 async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
     """Reach (or load) the persona's model before the first prompt, saying so."""
-    from bot.preflight import prepare_hub_model, probe_openai_server
+    from bot.preflight import is_cached, prepare_hub_model, probe_openai_server
 
     kind, model = bot.backends.choice(loaded)
     if kind == "openai":
@@ -75,10 +75,8 @@ async def _ready_backend(bot: App, settings: Settings, loaded: Any) -> None:
             progress(f"warning: {warning}")
     elif kind == "transformers":
         found = await asyncio.to_thread(prepare_hub_model, model)
-        progress(
-            f"loading {model}"
-            + (" (downloading it the first time: about 1 GB)" if found == "hub" else "")
-        )
+        download = found == "hub" and not await asyncio.to_thread(is_cached, model)
+        progress(f"loading {model}" + (" (downloading it first)" if download else ""))
     await bot.backends.for_persona(loaded)
     progress(f"ready: {loaded.persona.name} ({loaded.persona.id})")
 
