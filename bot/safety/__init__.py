@@ -1,0 +1,36 @@
+"""Safety: the stage the engine runs around every turn, and its checks.
+
+stage        `SafetyStage` (before_turn, after_generation, moderate), the check
+             protocols, the stream guard
+normalize    text as the patterns see it (NFKC, case, invisible characters, leetspeak)
+crisis       crisis detection (patterns per language, optional classifier) and reply
+disclosure   "are you human?" questions and replies that claim to be human
+"""
+
+from bot.safety.stage import (
+    EventSink,
+    InputCheck,
+    InputContext,
+    InputHit,
+    InputVerdict,
+    OutputCheck,
+    OutputContext,
+    OutputVerdict,
+    SafetyEvent,
+    SafetyStage,
+    StreamGuard,
+)
+
+__all__ = [
+    "EventSink",
+    "InputCheck",
+    "InputContext",
+    "InputHit",
+    "InputVerdict",
+    "OutputCheck",
+    "OutputContext",
+    "OutputVerdict",
+    "SafetyEvent",
+    "SafetyStage",
+    "StreamGuard",
+]
