@@ -348,7 +348,9 @@ class SafetyStage:
             self.counters[("record", "error")] += 1
 
     def _check_failed(self, name: str, exc: Exception) -> None:
-        log.warning("safety.check_failed", check=name, error=str(exc), error_type=type(exc).__name__)
+        log.warning(
+            "safety.check_failed", check=name, error=str(exc), error_type=type(exc).__name__
+        )
         self.counters[(name, "error")] += 1
 
 
