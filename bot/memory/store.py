@@ -802,18 +802,22 @@ class SQLiteMemory:
         checkpoint).
         """
         parsed = parse_target(target)
-        # No embedding batch may run meanwhile: one that read a forgotten text before
-        # the delete would store its vector after it.
-        async with self._embed_lock:
-            done: Forgotten = await self.db.run(
-                lambda conn: forget_rows(conn, user_id, parsed, persona_id)
-            )
-            # On the thread that scans them, so no search is mid-scan of what is wiped.
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._drop_cached, user_id)
-            counts = dict(done.counts)
-            counts["reembedded"] = await self._reembed(done.neighbours)
-        await self.db.checkpoint()
+        done: Forgotten | None = None
+        try:
+            # No embedding batch may run meanwhile: one that read a forgotten text
+            # before the delete would store its vector after it.
+            async with self._embed_lock:
+                done = await self.db.run(
+                    lambda conn: forget_rows(conn, user_id, parsed, persona_id)
+                )
+                # On the thread that scans them, so no search is mid-scan of a wipe.
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._drop_cached, user_id)
+                counts = dict(done.counts)
+                counts["reembedded"] = await self._reembed(done.neighbours)
+        finally:
+            if done is not None:  # something was deleted: its old pages leave the WAL
+                await self.db.checkpoint()
         log.info("memory.forgot", user_id=user_id, target=parsed.ref, **counts)
         return counts
 
@@ -835,6 +839,9 @@ class SQLiteMemory:
         except EmbeddingUnavailable as exc:
             # Their old vectors are gone either way; BM25 still finds them.
             self._dense_unavailable(exc)
+            return 0
+        except Exception as exc:  # the forget itself is done; its vectors can wait
+            log.warning("memory.reembed_failed", error=str(exc), items=len(message_ids))
             return 0
         return len(message_ids)
 

@@ -609,3 +609,17 @@ async def test_the_wal_is_truncated_only_when_no_reader_holds_it(tmp_path: Path)
     await say(ledger, scope_for("ann"), "writes go on after a checkpoint")
     reader.close()
     await db.aclose()
+
+
+async def test_a_model_failing_at_the_forget_leaves_the_forget_complete(told: Any) -> None:
+    _db, memory, story, embedder = told
+
+    def broken(texts: Sequence[str]) -> Any:
+        raise RuntimeError("the model fell over")
+
+    embedder.embed = broken
+    counts = await memory.forget(await memory.find_user("t", "ann"), f"m{story.ids['m2']}")
+    assert counts["messages"] == 2 and counts["reembedded"] == 0
+    assert_gone(story.path, MESSAGE_MARK, MESSAGE_CJK)
+    assert Path(f"{story.path}-wal").stat().st_size == 0
+    assert vector_of(story.path, story.ids["m3"]) is None  # its old context went with it
