@@ -40,7 +40,8 @@ NATIONAL_REGIONS: tuple[str, ...] = (
 # ASCII: Chinese runs digits into letters ("手机号是13800138000，"). Not after "x-":
 # the tail of a UUID or a product code is not a number of its own.
 _CANDIDATE = re.compile(
-    r"(?<![0-9A-Za-z_.,+])(?<![0-9A-Za-z]-)(?:\+|\(0?)?\d[\d \-/().]{5,46}\d[Xx]?(?![0-9A-Za-z_]|[.,]\d)"
+    r"(?<![0-9A-Za-z_.,+])(?<![0-9A-Za-z]-)(?:\+|\(0?)?\d[\d \-/().]{5,46}\d[Xx]?"
+    r"(?![0-9A-Za-z_]|[.,]\d)"
 )
 _GROUP = re.compile(r"[^ ]+")
 _MAX_GROUPS = 5  # "+49 (0)30 123 456 78"
