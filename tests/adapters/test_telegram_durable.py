@@ -274,6 +274,52 @@ async def _count(bot: TelegramBot, sql: str, expected: int) -> bool:
     return bool((await bot.rows(sql))[0][0] >= expected)
 
 
+# -- the getUpdates loop never spins ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"status": 500, "description": "Internal Server Error"},
+        {"status": 502, "description": "Bad Gateway"},
+        {"status": 409, "description": "Conflict: terminated by other getUpdates request"},
+        {"status": 429, "retry_after": 1},
+    ],
+)
+async def test_get_updates_errors_back_off_and_the_bot_recovers(
+    harsh_bot: Factory, failure: dict[str, Any]
+) -> None:
+    bot = await harsh_bot()
+    api = bot.api
+    polls = api.counts["getUpdates"]
+    for _ in range(3):
+        api.fail_next("getUpdates", **failure)
+    api.private_message(440, "still there?")
+    started = time.monotonic()
+    await api.wait_for(lambda: api.sent_to(440), timeout=20)
+    took = time.monotonic() - started
+    await bot.shutdown()
+    calls = api.counts["getUpdates"] - polls
+    # Three failures, then success: 0.5 + 1 + 2 s of backoff (±25 %), never a hot loop.
+    assert calls <= 6 and took >= 1.0, (calls, took)
+
+
+async def test_a_server_that_does_not_long_poll_cannot_make_the_loop_spin(
+    harsh_bot: Factory,
+) -> None:
+    bot = await harsh_bot()
+    api = bot.api
+    api.long_poll = False  # every getUpdates answers [] at once
+    await asyncio.sleep(0.2)
+    polls = api.counts["getUpdates"]
+    await asyncio.sleep(2.0)
+    idle_calls = api.counts["getUpdates"] - polls
+    api.private_message(441, "hello")
+    await api.wait_for(lambda: api.sent_to(441), timeout=10)
+    await bot.shutdown()
+    assert idle_calls <= 4, idle_calls  # about one a second, not hundreds
+
+
 # -- order in one chat -------------------------------------------------------------------
 
 

@@ -167,6 +167,9 @@ class FakeTelegramAPI:
         self.confirmed = 0
         #: sendMessage calls being answered right now (a crash here may repeat them).
         self.sends_in_flight = 0
+        #: False: getUpdates answers at once, ignoring `timeout` (a server that does
+        #: not long-poll; a naive client would spin on it).
+        self.long_poll = True
         #: Called with each update just before it is posted to the webhook.
         self.on_webhook_post: Callable[[dict[str, Any]], None] | None = None
         self._failures: list[_Failure] = []
@@ -610,7 +613,7 @@ class FakeTelegramAPI:
             return self._error(409, "Conflict: can't use getUpdates method while webhook is active")
         offset = _int(params.get("offset")) or 0
         limit = _int(params.get("limit")) or 100
-        timeout = float(params.get("timeout") or 0)
+        timeout = float(params.get("timeout") or 0) if self.long_poll else 0.0
         allowed = params.get("allowed_updates")
         if allowed is not None:
             self.allowed_updates = json.loads(allowed) if isinstance(allowed, str) else allowed
