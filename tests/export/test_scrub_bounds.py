@@ -98,3 +98,14 @@ def test_any_text_scrubs_without_error_and_keeps_its_lines(text: str) -> None:
     again = SCRUBBER.scrub(out)
     for placeholder in set(PLACEHOLDER.findall(out)):
         assert again.count(placeholder) >= out.count(placeholder)
+
+
+def test_a_text_that_spends_its_parse_budget_fails_closed() -> None:
+    # Thousands of phone numbers in one text cost more libphonenumber parses than
+    # the text's budget; the ones past it are replaced unchecked, none let through.
+    numbers = [f"+49 30 {1000000 + i}" for i in range(20_000)]
+    text = ", ".join(numbers)
+    started = time.process_time()
+    out = SCRUBBER.scrub(text)
+    assert time.process_time() - started < BOUND_S
+    assert "+49" not in out and out.count("<PHONE>") == len(numbers)
