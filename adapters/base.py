@@ -609,7 +609,7 @@ class Adapter(abc.ABC):
             if self.typing_delay_s > 0:
                 await asyncio.sleep(self.typing_delay_s)
             while True:
-                if self.pacer.try_typing():
+                if self._typing_allowed():
                     try:
                         await self._send_typing(scope)
                     except Exception as exc:  # typing is cosmetic; never fail a turn for it
@@ -623,6 +623,15 @@ class Adapter(abc.ABC):
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+
+    def _typing_allowed(self) -> bool:
+        # Under a backlog (more events in hand than a second of sends), the replies
+        # behind need every send: typing would only delay them.
+        worker = self.worker
+        if worker is not None and worker.backlog > self.pacing.global_per_second:
+            self.pacer.stats.typing_skipped += 1
+            return False
+        return self.pacer.try_typing()
 
     @final
     async def send(self, outgoing: Outgoing, *, first_part: int = 0) -> list[str | None]:

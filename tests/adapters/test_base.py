@@ -379,3 +379,18 @@ async def test_a_send_is_recorded_as_sending_before_its_first_part_leaves(
     )
     await platform.send(Outgoing(scope=incoming().scope, text=text, message_id=mid))
     assert seen == [("sending", 0), ("sending", 1), ("sending", 2)]
+
+
+async def test_no_typing_while_the_inbox_has_a_backlog(app: App) -> None:
+    class Busy:
+        backlog = 1000
+
+    platform = ScriptedPlatform(app.services, [])
+    platform.worker = Busy()  # type: ignore[assignment]
+    async with platform.typing(incoming().scope):
+        await asyncio.sleep(0.2)
+    assert platform.typing_calls == 0 and platform.pacer.stats.typing_skipped >= 2
+    platform.worker = None
+    async with platform.typing(incoming().scope):
+        await asyncio.sleep(0.12)
+    assert platform.typing_calls >= 2
