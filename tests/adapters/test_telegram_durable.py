@@ -57,6 +57,7 @@ async def harsh_bot(tmp_path: Path) -> AsyncIterator[Factory]:
         handler: Callable[..., Any] = echo_handler,
         *,
         pacing: PacingPolicy = TELEGRAM_FAST_PACING,
+        database: dict[str, Any] | None = None,
         **telegram: Any,
     ) -> TelegramBot:
         api = FakeTelegramAPI(harsh=harsh)
@@ -64,7 +65,7 @@ async def harsh_bot(tmp_path: Path) -> AsyncIterator[Factory]:
         settings = load_settings(
             None,
             {
-                "database": {"url": f"sqlite:///{tmp_path}/telegram.db"},
+                "database": {"url": f"sqlite:///{tmp_path}/telegram.db", **(database or {})},
                 "personas": {
                     "dirs": [str(write_personas(tmp_path))],
                     "default": "tester",
@@ -268,6 +269,56 @@ async def test_webhook_bodies_are_stored_before_200_and_malformed_ones_fail_with
     assert reasons[0].startswith("UnparsableUpdate: not JSON")
     assert "no integer update_id" in reasons[1]
     await bot.shutdown()
+
+
+async def test_a_webhook_whose_commit_fails_answers_503_and_gets_the_update_again(
+    harsh_bot: Factory, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bot = await harsh_bot(
+        mode="webhook",
+        webhook_url=f"http://127.0.0.1:{port}/telegram",
+        listen_port=port,
+        database={"busy_timeout_ms": 100},
+    )
+    api = bot.api
+    # Another process holds the database's write lock: the bot cannot commit.
+    blocker = sqlite3.connect(tmp_path / "telegram.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        api.private_message(450, "are you there?")
+        await api.wait_for(lambda: 503 in api.webhook_responses, timeout=10)
+        assert not api.sent_to(450) and api.updates  # not acknowledged: Telegram keeps it
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await api.wait_for(lambda: api.sent_to(450), timeout=15)
+    await bot.shutdown()
+    assert [m.text for m in api.sent_to(450)] == ["You said: are you there?"]  # once
+    assert api.webhook_responses[-1] == 200 and not api.updates
+
+
+async def test_a_batch_that_cannot_be_committed_is_not_confirmed_and_comes_again(
+    harsh_bot: Factory, tmp_path: Path
+) -> None:
+    bot = await harsh_bot(database={"busy_timeout_ms": 100})
+    api = bot.api
+    blocker = sqlite3.connect(tmp_path / "telegram.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        update = api.private_message(451, "hello?")
+        polls = api.counts["getUpdates"]
+        await api.wait_for(lambda: api.counts["getUpdates"] >= polls + 2, timeout=10)
+        # Fetched again and again, but never confirmed: the offset did not move past it.
+        assert api.confirmed < update["update_id"] and api.updates
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    await api.wait_for(lambda: api.sent_to(451), timeout=15)
+    await bot.shutdown()
+    assert len(api.sent_to(451)) == 1
 
 
 async def _count(bot: TelegramBot, sql: str, expected: int) -> bool:
