@@ -383,7 +383,7 @@ async def test_a_send_is_recorded_as_sending_before_its_first_part_leaves(
 
 async def test_no_typing_while_the_inbox_has_a_backlog(app: App) -> None:
     class Busy:
-        backlog = 1000
+        backlog = 10_000  # more than a second of sends at this pacing
 
     platform = ScriptedPlatform(app.services, [])
     platform.worker = Busy()  # type: ignore[assignment]
