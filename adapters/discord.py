@@ -26,7 +26,6 @@ from typing import Any
 import aiohttp
 import discord
 import structlog
-from discord import app_commands
 
 from adapters._discord_client import (
     Routes,
@@ -34,6 +33,7 @@ from adapters._discord_client import (
     reset_webhook_routes,
     use_routes_for_webhooks,
 )
+from adapters._discord_commands import SlashCommands
 from adapters._discord_intake import DiscordIntake
 from adapters.base import (
     Adapter,
@@ -42,9 +42,7 @@ from adapters.base import (
     PacingPolicy,
     RateLimited,
     Unreachable,
-    split_message,
 )
-from bot.commands import CommandContext
 from bot.config import DiscordSettings
 from bot.errors import AdapterError, BotError, ConfigError
 from bot.inbox import InboxEvent
@@ -58,10 +56,6 @@ log = structlog.get_logger("adapters.discord")
 #: Discord answers these when a DM cannot reach the person: DMs closed or blocked
 #: (50007), no server in common any more (50278).
 _UNREACHABLE_CODES = frozenset({50007, 50278})
-#: The largest persona file /persona upload reads.
-_MAX_UPLOAD_BYTES = 256 * 1024
-#: Discord wants an interaction answered within 3 s; past this we defer and follow up.
-_ANSWER_WITHIN_S = 2.0
 #: A typing indicator not through by then is given up (it is cosmetic).
 _TYPING_TIMEOUT_S = 2.0
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
@@ -147,6 +141,7 @@ class DiscordAdapter(Adapter):
         self._session_ready = asyncio.Event()
         #: Live and caught-up messages into the inbox (while running).
         self.intake: DiscordIntake | None = None
+        self.slash = SlashCommands(self)
         #: Set once the gateway session is ready (guilds received).
         self.ready = asyncio.Event()
 
@@ -181,7 +176,7 @@ class DiscordAdapter(Adapter):
         # Interaction answers go through discord.py's webhook adapter: this task's
         # context (and the gateway tasks started from it) routes them too.
         webhooks = use_routes_for_webhooks(self._routes)
-        tree = self._build_tree(client)
+        tree = self.slash.build_tree(client)
         connection: asyncio.Task[None] | None = None
         committing: asyncio.Task[None] | None = None
         try:
@@ -191,7 +186,7 @@ class DiscordAdapter(Adapter):
                 raise AdapterError(_LOGIN_REFUSED_HELP) from None
             except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
                 raise AdapterError(f"cannot log in to Discord: {exc}") from exc
-            await self._sync_commands(tree)
+            await self.slash.sync(tree)
             # Recovery first, then the worker; messages are committed by the intake
             # (even while stopping: what the worker no longer takes stays pending).
             async with self.processing(drain_timeout_s=self.drain_timeout_s):
@@ -677,165 +672,6 @@ class DiscordAdapter(Adapter):
                     await self.on_delete(scope, str(message_id))
             except Exception:
                 log.exception("discord.delete_failed", channel=channel)
-
-    # -- slash commands -----------------------------------------------------------------
-
-    def _build_tree(self, client: discord.Client) -> app_commands.CommandTree[discord.Client]:
-        tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
-        adapter = self
-
-        @tree.command(name="persona", description="Who you are talking with; switch or upload one")
-        @app_commands.describe(
-            switch="A persona id to switch this channel to (where allowed)",
-            upload="Moderators: a persona YAML file to validate and apply",
-        )
-        async def persona(
-            interaction: discord.Interaction,
-            switch: str | None = None,
-            upload: discord.Attachment | None = None,
-        ) -> None:
-            if upload is not None:
-                await adapter._slash(interaction, "persona", "upload", upload=upload)
-            elif switch:
-                # A switch changes the channel for everyone: say so where they see it.
-                await adapter._slash(interaction, "persona", switch, ephemeral=False)
-            else:
-                await adapter._slash(interaction, "persona", "")
-
-        @tree.command(name="memory", description="What the persona remembers about you")
-        async def memory(interaction: discord.Interaction) -> None:
-            await adapter._slash(interaction, "memory", "")
-
-        @tree.command(name="forget", description="Delete a memory (an id from /memory) or all")
-        @app_commands.describe(what="A memory id from /memory, or all")
-        async def forget(interaction: discord.Interaction, what: str) -> None:
-            await adapter._slash(interaction, "forget", what)
-
-        @tree.command(name="optout", description="Keep your messages out of training data")
-        async def optout(interaction: discord.Interaction) -> None:
-            await adapter._slash(interaction, "optout", "")
-
-        @tree.command(name="optin", description="Undo /optout")
-        async def optin(interaction: discord.Interaction) -> None:
-            await adapter._slash(interaction, "optin", "")
-
-        @tree.command(name="timezone", description="Your time zone, e.g. Europe/Berlin")
-        @app_commands.describe(zone="An IANA time zone such as Europe/Berlin")
-        async def timezone(interaction: discord.Interaction, zone: str) -> None:
-            await adapter._slash(interaction, "timezone", zone)
-
-        @tree.command(name="help", description="What the persona's commands do")
-        async def help_(interaction: discord.Interaction) -> None:
-            await adapter._slash(interaction, "help", "")
-
-        @tree.command(name="reload", description="Moderators: reload every persona file")
-        async def reload(interaction: discord.Interaction) -> None:
-            await adapter._slash(interaction, "reload", "")
-
-        return tree
-
-    async def _sync_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
-        # Idempotent on Discord's side (unchanged commands are not re-created). A bot
-        # invited without the applications.commands scope still chats: log, go on.
-        try:
-            synced = await tree.sync()
-        except (discord.HTTPException, aiohttp.ClientError) as exc:
-            log.error("discord.commands_not_synced", error=str(exc))
-            return
-        log.info("discord.commands_synced", commands=[c.name for c in synced])
-
-    def _is_moderator(self, interaction: discord.Interaction) -> bool:
-        user = interaction.user
-        if not isinstance(user, discord.Member):  # a DM: no server roles to check
-            return False
-        if getattr(interaction.permissions, self.settings.moderator_permission, False) is True:
-            return True
-        wanted = self.settings.moderator_role
-        return wanted is not None and any(wanted in (str(r.id), r.name) for r in user.roles)
-
-    async def _slash(
-        self,
-        interaction: discord.Interaction,
-        name: str,
-        args: str,
-        *,
-        ephemeral: bool = True,
-        upload: discord.Attachment | None = None,
-    ) -> None:
-        """Run `/name args` and answer it: at once when quick, else defer and follow up."""
-        async with self._in_hand() as taking:
-            if taking:
-                await self._answer_command(interaction, name, args, ephemeral, upload)
-                return
-        with suppress(discord.HTTPException, aiohttp.ClientError):
-            await interaction.response.send_message(
-                "I am restarting; try again in a minute.", ephemeral=True
-            )
-
-    async def _answer_command(
-        self,
-        interaction: discord.Interaction,
-        name: str,
-        args: str,
-        ephemeral: bool,
-        upload: discord.Attachment | None,
-    ) -> None:
-        work = asyncio.ensure_future(self._run_command(interaction, name, args, upload))
-        deferred = False
-        try:
-            answer = await asyncio.wait_for(asyncio.shield(work), timeout=_ANSWER_WITHIN_S)
-        except TimeoutError:
-            try:
-                await interaction.response.defer(ephemeral=ephemeral, thinking=True)
-            except (discord.HTTPException, aiohttp.ClientError) as exc:
-                # Too late to answer (the interaction expired): the command still runs.
-                log.error("discord.command_defer_failed", command=name, error=str(exc))
-                return
-            deferred = True
-            answer = await work
-        parts = split_message(answer, self.max_message_length) or ["(nothing to say)"]
-        none = discord.AllowedMentions.none()
-        try:
-            if not deferred:
-                await interaction.response.send_message(
-                    parts[0], ephemeral=ephemeral, allowed_mentions=none
-                )
-                parts = parts[1:]
-            for part in parts:
-                await interaction.followup.send(part, ephemeral=ephemeral, allowed_mentions=none)
-        except (discord.HTTPException, aiohttp.ClientError) as exc:
-            log.error("discord.command_answer_failed", command=name, error=str(exc))
-
-    async def _run_command(
-        self,
-        interaction: discord.Interaction,
-        name: str,
-        args: str,
-        upload: discord.Attachment | None,
-    ) -> str:
-        try:
-            channel = interaction.channel_id or 0
-            scope = await self._scope(interaction.guild_id, channel, interaction.user.id)
-            text: str | None = None
-            if upload is not None:
-                if upload.size > _MAX_UPLOAD_BYTES:
-                    return f"{upload.filename} is too large for a persona file (over 256 KiB)."
-                try:
-                    text = (await upload.read()).decode("utf-8")
-                except UnicodeDecodeError:
-                    return f"{upload.filename} is not UTF-8 text; save the YAML as UTF-8."
-            ctx = CommandContext(
-                scope=scope,
-                actor=self._actor(interaction.user),
-                is_moderator=self._is_moderator(interaction),
-                allow_switch=self.settings.allow_switch,
-                attachment_text=text,
-                attachment_name=None if upload is None else upload.filename,
-            )
-            return await self.command(name, args, ctx)
-        except Exception as exc:  # the person still gets an answer; the log gets the rest
-            log.exception("discord.command_failed", command=name)
-            return f"Sorry, /{name} failed: {type(exc).__name__}."
 
 
 def _is_global(exc: discord.HTTPException) -> bool:

@@ -410,9 +410,9 @@ async def test_moderator_commands(
 async def test_slow_command_is_deferred_then_followed_up(
     discord_bot: DiscordBotFactory, discord_fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import adapters.discord
+    import adapters._discord_commands
 
-    monkeypatch.setattr(adapters.discord, "_ANSWER_WITHIN_S", 0.05)
+    monkeypatch.setattr(adapters._discord_commands, "_ANSWER_WITHIN_S", 0.05)
     bot = await discord_bot(voiced, **CONFIG)
     original = bot.adapter.command
 
