@@ -96,6 +96,8 @@ REPLACED: list[tuple[str, str, str]] = [
     ("phone", "Mon numéro : 06.12.34.56.78", "Mon numéro : <PHONE>"),
     ("phone", "Nummern: 030 1234567 0151 23456789", "Nummern: <PHONE> <PHONE>"),
     ("phone", "room 12 0151 23456789", "room 12 <PHONE>"),
+    ("phone", "Tel. 0151–23456789", "Tel. <PHONE>"),
+    ("phone", "電話 090‐1234‐5678", "電話 <PHONE>"),
     ("phone", "+55 11 91234-5678", "<PHONE>"),
     ("phone", "am 12.05.2024 unter 0151 23456789", "am 12.05.2024 unter <PHONE>"),
     # cards (Luhn)

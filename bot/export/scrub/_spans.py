@@ -1,11 +1,11 @@
 """Where detectors look (a probe of the text) and how their findings are applied.
 
 Detectors never edit text. Each reads the *probe*, a copy of the text of exactly the
-same length in which full-width forms (`＠`, `１３８`, `．`) and every other script's
-decimal digits are their ASCII selves, and reports spans `(start, end, placeholder)`.
-The spans are merged (overlaps become one span, so no part of anything found is
-left behind) and applied to the original text: what is not personal data stays
-exactly as it was written.
+same length in which full-width forms (`＠`, `１３８`, `．`), every other script's
+decimal digits and the typographic dashes (`0151–2345678`) are their ASCII selves,
+and reports spans `(start, end, placeholder)`. The spans are merged (overlaps
+become one span, so no part of anything found is left behind) and applied to the
+original text: what is not personal data stays exactly as it was written.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def _table() -> dict[int, int]:
     table = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}  # full-width ASCII
     table[0x3000] = 0x20  # ideographic space
     table[0xFE6B] = 0x40  # small commercial at
+    for dash in (*range(0x2010, 0x2016), 0x2212, 0xFE58, 0xFE63):  # hyphens, dashes, minus
+        table[dash] = 0x2D
     for block in (range(0x80, 0x10000), range(0x1D7CE, 0x1D800), range(0x1FBF0, 0x1FBFA)):
         for cp in block:
             value = unicodedata.decimal(chr(cp), None)
