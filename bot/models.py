@@ -35,6 +35,7 @@ __all__ = [
     "MessageStatus",
     "PersonaBinding",
     "PersonaVersion",
+    "SafetyRecord",
     "SchedulerJob",
     "User",
 ]
@@ -275,3 +276,39 @@ class SchedulerJob(SQLModel, table=True):
     id: str = Field(sa_column=Column("id", Unicode(191), primary_key=True))
     next_run_time: float | None = Field(default=None, sa_column=Column(Float(25), index=True))
     job_state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SafetyRecord(SQLModel, table=True):
+    """A safety hit or block (bot/safety): a crisis, a disclosure, a blocked reply.
+
+    Crisis rows are also the moderators' queue (unreviewed, newest first) and hold the
+    alert's delivery state and the proactive pause for the person."""
+
+    __tablename__ = "safety_events"
+    __table_args__ = (
+        Index("ix_safety_events_queue", "check_name", "reviewed_at", "id"),
+        Index("ix_safety_events_person", "user_id", "persona_id", "check_name"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=_ts(index=True))
+    platform: str = Field(max_length=32)
+    platform_user_id: str = Field(max_length=256)
+    persona_id: str = Field(max_length=64)
+    # Plain ids, no foreign keys: retention and forget delete messages, and the
+    # record of a crisis outlives them (its excerpt is cut to a short phrase).
+    conversation_id: int | None = None
+    message_id: int | None = None
+    user_id: int | None = None
+    check_name: str = Field(max_length=32)
+    verdict: str = Field(max_length=32)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    #: JSON: language, detection layer, matched phrase, ...
+    details: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    #: Proactive messages to this person and persona wait until then (crisis).
+    pause_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: none | pending | sent | failed | queued (no channel configured: the queue only)
+    alert_status: str = Field(default="none", max_length=16)
+    alert_reason: str | None = Field(default=None, max_length=512)
+    reviewed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    reviewed_by: str | None = Field(default=None, max_length=256)

@@ -35,6 +35,9 @@ _INVISIBLE = dict.fromkeys(
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a",
                        "$": "s", "!": "i", "|": "l", "+": "t"})  # fmt: skip
 
+# Typographic apostrophes as the ASCII one patterns are written with.
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u00b4": "'", "`": "'"})
+
 _SPACE = re.compile(r"\s+")
 # Single letters kept apart by one separator each: "k i l l", "k.i.l.l", "k-i-l-l".
 _SPACED = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-_*]){2,}[^\W\d_](?![^\W\d_])")
@@ -63,7 +66,7 @@ def fold(text: str) -> str:
     """The base form: NFKC, invisible characters removed, accents stripped,
     casefolded, runs of whitespace as one space."""
     text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
-    text = _strip_marks(text).casefold()
+    text = _strip_marks(text).casefold().translate(_QUOTES)
     return _SPACE.sub(" ", text).strip()
 
 

@@ -217,6 +217,7 @@ class SafetyStage:
         from bot.safety.crisis import CrisisCheck
         from bot.safety.disclosure import DisclosureQuestionCheck, HumanClaimCheck
 
+        # No first-contact notice here: it needs to know who was told (the app's store).
         return cls(
             input_checks=[CrisisCheck(), DisclosureQuestionCheck()],
             output_checks=[HumanClaimCheck()],
@@ -311,9 +312,18 @@ class SafetyStage:
         verdict = await self.after_generation(retry, text)
         if verdict.ok:
             return text, completion, verdict
-        return deflection(ctx.loaded), completion, verdict
+        return self._stand_in(verdict, ctx.loaded), completion, verdict
 
     # -- helpers --------------------------------------------------------------------
+
+    def _stand_in(self, verdict: OutputVerdict, loaded: LoadedPersona) -> str:
+        """What replaces a reply blocked twice: the blocking check's own `replacement`
+        (the disclosure text for a human claim), else the persona's deflection."""
+        for check in self.output_checks:
+            replacement = getattr(check, "replacement", None)
+            if check.name == verdict.check and callable(replacement):
+                return str(replacement(loaded))
+        return deflection(loaded)
 
     async def _record_input(self, ctx: InputContext, hit: InputHit) -> None:
         await self._record(
