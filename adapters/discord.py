@@ -35,6 +35,7 @@ from adapters._discord_client import (
 )
 from adapters._discord_commands import SlashCommands
 from adapters._discord_intake import DiscordIntake
+from adapters._discord_parse import is_addressed, message_attachments, message_text
 from adapters.base import (
     Adapter,
     AdapterServices,
@@ -46,7 +47,7 @@ from adapters.base import (
 from bot.config import DiscordSettings
 from bot.errors import AdapterError, BotError, ConfigError
 from bot.inbox import InboxEvent
-from bot.messages import Actor, Attachment, Incoming, Outgoing, Reaction, Scope
+from bot.messages import Actor, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
 
 __all__ = ["DiscordAdapter", "UnparsableMessage"]
@@ -58,9 +59,6 @@ log = structlog.get_logger("adapters.discord")
 _UNREACHABLE_CODES = frozenset({50007, 50278})
 #: A typing indicator not through by then is given up (it is cosmetic).
 _TYPING_TIMEOUT_S = 2.0
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
-_ROLE_MENTION = re.compile(r"<@&(\d+)>")
-_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
 
 _INTENTS_HELP = (
     "Discord refused the gateway connection because the MESSAGE CONTENT intent is not "
@@ -322,6 +320,10 @@ class DiscordAdapter(Adapter):
             raise DeliveryError("the Discord adapter is not running")
         return self._client
 
+    def _bot_name(self) -> str | None:
+        user = self._require_client().user
+        return None if user is None else user.display_name
+
     def _me(self) -> int:
         user = self._require_client().user
         if user is None:
@@ -455,80 +457,19 @@ class DiscordAdapter(Adapter):
         return Incoming(
             scope=scope,
             actor=self._actor(author),
-            text=self._text(message, me),
-            attachments=self._attachments(message),
+            text=message_text(message, me, self._bot_name()),
+            attachments=message_attachments(message),
             platform_message_id=str(message.id),
             reply_to_platform_id=(
                 str(reference.message_id)
                 if reference is not None and reference.message_id
                 else None
             ),
-            addressed_to_bot=self._addressed(message, me, scope),
+            addressed_to_bot=is_addressed(
+                message, me, scope, always_on=self._always_on, keywords=self._keywords
+            ),
             received_at=received_at,
         )
-
-    def _addressed(self, message: discord.Message, me: int, scope: Scope) -> bool:
-        """DMs, mentions (not @everyone), replies to the bot, always-on channels, keywords."""
-        if scope.is_direct:
-            return True
-        if any(user.id == me for user in message.mentions):
-            return True
-        reference = message.reference
-        if reference is not None:
-            replied = reference.resolved or reference.cached_message
-            if isinstance(replied, discord.Message) and replied.author.id == me:
-                return True
-        if scope.channel in self._always_on or (scope.thread or "") in self._always_on:
-            return True
-        return bool(self._keywords and self._keywords.search(message.content.casefold()))
-
-    def _text(self, message: discord.Message, me: int) -> str:
-        """The content with mentions as names: `<@id>` means nothing to the model."""
-        text = message.content.strip()
-        # A leading mention of the bot says who is addressed, not what is said (but a
-        # bare mention is all that was said: keep it, it reads "@name" below).
-        text = re.sub(rf"^<@!?{me}>[\s,:]*", "", text) or text
-        users = {u.id: u.display_name for u in message.mentions}
-        client_user = self._require_client().user
-        if client_user is not None:
-            users.setdefault(me, client_user.display_name)
-        roles = {r.id: r.name for r in message.role_mentions}
-        guild = message.guild
-
-        def user(match: re.Match[str]) -> str:
-            return "@" + users.get(int(match[1]), "someone")
-
-        def role(match: re.Match[str]) -> str:
-            return "@" + roles.get(int(match[1]), "role")
-
-        def channel(match: re.Match[str]) -> str:
-            found = guild.get_channel_or_thread(int(match[1])) if guild is not None else None
-            return "#" + (found.name if found is not None else "channel")
-
-        text = _USER_MENTION.sub(user, text)
-        text = _ROLE_MENTION.sub(role, text)
-        return _CHANNEL_MENTION.sub(channel, text)
-
-    @staticmethod
-    def _attachments(message: discord.Message) -> tuple[Attachment, ...]:
-        found: list[Attachment] = []
-        for item in message.attachments:
-            kind = (item.content_type or "").split("/")[0]
-            if item.is_voice_message():
-                kind = "voice"
-            elif kind not in ("image", "video", "audio"):
-                kind = "file"
-            found.append(
-                Attachment(
-                    kind=kind,
-                    filename=item.filename[:256],
-                    description=item.description or "",
-                    size_bytes=item.size,
-                )
-            )
-        for sticker in message.stickers:
-            found.append(Attachment(kind="sticker", description=sticker.name))
-        return tuple(found)
 
     # -- delivery -----------------------------------------------------------------------
 
@@ -650,7 +591,9 @@ class DiscordAdapter(Adapter):
                 if message.author.id == me or (message.author.bot and self.settings.ignore_bots):
                     return
                 scope = await self._scope(payload.guild_id, payload.channel_id, message.author.id)
-                await self.on_edit(scope, str(payload.message_id), self._text(message, me))
+                await self.on_edit(
+                    scope, str(payload.message_id), message_text(message, me, self._bot_name())
+                )
             except Exception:
                 log.exception("discord.edit_failed", message_id=payload.message_id)
 
