@@ -193,6 +193,9 @@ def _url_with(secret: str, where: str, scheme: str) -> str:
 def test_config_show_never_contains_a_urls_credentials(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, secret: str, where: str, scheme: str
 ) -> None:
+    if where not in ("password", "userinfo"):
+        # In a query an unencoded & or # ends the value: the secret would not be one.
+        assume("&" not in secret and "#" not in secret)
     url = _url_with(secret, where, scheme)
     assume(secret not in url.replace(secret, ""))  # the secret is not also the host, say
     monkeypatch.chdir(tmp_path)
