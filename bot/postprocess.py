@@ -55,43 +55,40 @@ class _Rules:
             "|".join([*(regex.escape(s) for s in clean_stops), _TEMPLATE_TOKENS]), regex.V0
         )
         self.cut_max = max([_TEMPLATE_MAX, *(len(s) for s in clean_stops)])
+        # Where a stop string or a template token can start: only there is a partial
+        # match worth trying.
+        firsts = {"<", "[", *(s[0] for s in clean_stops)}
+        self.starts = regex.compile("[" + "".join(regex.escape(c) for c in sorted(firsts)) + "]")
 
-    def clean(self, raw: str, *, final: bool) -> tuple[str, bool]:
-        """What can be shown of `raw`, and whether it ended at a stop or template token.
-
-        With `final` the text is complete: this is `clean_reply`. Without, the result
-        is the longest prefix of every possible final result, for a stream.
-        """
-        if not final:
-            raw = _without_partial_escape(raw)
+    def clean(self, raw: str) -> str:
+        """`clean_reply` of `raw`: the whole text, complete."""
         text = strip_controls(raw)
-        cut, hold = self._cut(text, final=final)
-        stopped = cut is not None
+        cut, _ = self.cut_at(text, 0, final=True)
         if cut is not None:
-            text, final = text[:cut], True
-        else:
-            text = text[:hold]
-        head = self._head(text, final=final)
-        if head is None:
-            return "", stopped
-        # Trailing whitespace is held back too: the final result is stripped.
-        return text[head:].strip(), stopped
+            text = text[:cut]
+        head = self.head(text, final=True)
+        assert head is not None  # a final text always has a head
+        return text[head:].strip()
 
-    def _cut(self, text: str, *, final: bool) -> tuple[int | None, int]:
-        """(where the reply ends for sure, or None; how much of it is safe to show)."""
-        found = self.cut.search(text)
+    def cut_at(self, text: str, start: int, *, final: bool) -> tuple[int | None, int]:
+        """(where the reply ends for sure, or None; how much of `text` is safe to show).
+
+        No stop string or token starts before `start` (the caller checked that part).
+        """
+        found = self.cut.search(text, start)
         first = found.start() if found is not None else None
         if final:
             return first, len(text)
         # A stop string or token may be starting in the last few characters: nothing
         # from where it starts is safe, and it may end the reply before `first`.
         end = first if first is not None else len(text)
-        for at in range(max(0, len(text) - self.cut_max), end):
+        for candidate in self.starts.finditer(text, max(start, len(text) - self.cut_max), end):
+            at = candidate.start()
             if self.cut.match(text, at, partial=True) is not None:
                 return None, at
         return first, len(text)
 
-    def _head(self, text: str, *, final: bool) -> int | None:
+    def head(self, text: str, *, final: bool) -> int | None:
         """How many leading characters are role labels; None while that may change."""
         at = 0
         while (found := self.label.match(text, at)) is not None and found.end() > at:
@@ -110,14 +107,19 @@ class _Rules:
         return at
 
 
-def _without_partial_escape(raw: str) -> str:
-    # An escape sequence still arriving would lose only its ESC if cleaned now, and
-    # show the rest of it; hold it back until it is complete (or cannot be one).
+def _split_pending(raw: str) -> tuple[str, str]:
+    """(the part of `raw` that cleans the same whatever follows, the rest).
+
+    Held back: an escape sequence still arriving (cleaned now, it would lose only its
+    ESC and show the rest) and a final CR (it may be the start of a CRLF).
+    """
     for start in _ESCAPE_START.finditer(raw, max(0, len(raw) - _ESCAPE_MAX)):
         found = _ESCAPE_LONG.match(raw, start.start(), partial=True)
         if found is not None and found.partial:
-            return raw[: start.start()]
-    return raw
+            return raw[: start.start()], raw[start.start() :]
+    if raw.endswith("\r"):
+        return raw[:-1], "\r"
+    return raw, ""
 
 
 @lru_cache(maxsize=256)
@@ -131,7 +133,7 @@ def clean_reply(text: str, *, names: Sequence[str] = (), stops: Sequence[str] = 
 
     Returns "" when nothing is left; the caller decides what to do about that.
     """
-    return _rules(tuple(names), tuple(stops)).clean(text, final=True)[0]
+    return _rules(tuple(names), tuple(stops)).clean(text)
 
 
 class StreamCleaner:
@@ -139,36 +141,67 @@ class StreamCleaner:
 
     The concatenation of everything `feed` and `finish` return is exactly
     `clean_reply` of the concatenated deltas (up to the first stop, after which
-    `stopped` is true and further deltas are ignored).
+    `stopped` is true and further deltas are ignored). Each delta costs about its
+    own length once the head is decided: only a bounded tail is looked at again.
     """
 
     def __init__(self, *, names: Sequence[str] = (), stops: Sequence[str] = ()) -> None:
         self._rules = _rules(tuple(names), tuple(stops))
-        self._buffer = ""
-        self._emitted = ""
+        self._raw: list[str] = []  # every delta, for the final clean_reply
+        self._pending = ""  # raw text that cannot be cleaned yet
+        self._text = ""  # the clean text so far (controls and escapes removed)
+        self._body: int | None = None  # where the reply starts in it, once known
+        self._shown = 0  # how far into it has been emitted
+        self._emitted: list[str] = []
+        self._done = False
         self.stopped = False
 
     def feed(self, delta: str) -> str:
         """Text that can be shown now (possibly empty)."""
-        if self.stopped:
+        if self._done or not delta:
             return ""
-        self._buffer += delta
-        text, self.stopped = self._rules.clean(self._buffer, final=False)
-        if self.stopped:  # the reply is complete: what remains is final
-            text, _ = self._rules.clean(self._buffer, final=True)
-        return self._advance(text)
+        self._raw.append(delta)
+        safe, self._pending = _split_pending(self._pending + delta)
+        searched = len(self._text)
+        self._text += strip_controls(safe)
+        text = self._text
+        # Nothing ends the reply in what was searched before, except its last few
+        # characters, where a stop string may have been starting.
+        cut, hold = self._rules.cut_at(
+            text, max(0, searched - self._rules.cut_max), final=False
+        )
+        if cut is not None:
+            self.stopped = self._done = True
+            return self._final()
+        if self._body is None:
+            head = self._rules.head(text[:hold], final=False)
+            if head is None:
+                return ""  # a label could still be forming
+            rest = text[head:hold]
+            self._body = self._shown = head + len(rest) - len(rest.lstrip())
+        # Trailing whitespace waits: the final reply is stripped.
+        end = self._shown + len(text[self._shown : hold].rstrip())
+        if end <= self._shown:
+            return ""
+        return self._emit(text[self._shown : end], end)
 
     def finish(self) -> str:
         """Whatever is left when the stream ends."""
-        if self.stopped:
+        if self._done:
             return ""
-        text, _ = self._rules.clean(self._buffer, final=True)
-        return self._advance(text)
+        self._done = True
+        return self._final()
 
-    def _advance(self, text: str) -> str:
-        # Never unsay anything: the rules make every safe text extend the last one.
-        if not text.startswith(self._emitted):
+    def _final(self) -> str:
+        final = self._rules.clean("".join(self._raw))
+        shown = "".join(self._emitted)
+        # Never unsay anything: what was shown is always the start of the final reply.
+        if not final.startswith(shown):
             return ""
-        out = text[len(self._emitted) :]
-        self._emitted = text
+        return self._emit(final[len(shown) :], self._shown)
+
+    def _emit(self, out: str, shown: int) -> str:
+        if out:
+            self._emitted.append(out)
+        self._shown = shown
         return out
