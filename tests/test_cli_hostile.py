@@ -120,6 +120,12 @@ def clean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("BOT_", "DISCORD_", "TELEGRAM_")):
             monkeypatch.delenv(name)
+    for name in (
+        "HF_HUB_DISABLE_PROGRESS_BARS",
+        "TRANSFORMERS_VERBOSITY",
+        "TOKENIZERS_PARALLELISM",
+    ):
+        monkeypatch.delenv(name, raising=False)  # `bot chat` sets them: restored after
     monkeypatch.setenv("BOT_MEMORY__EMBEDDING_MODEL", "none")
     monkeypatch.setenv("BOT_EXPORT__HMAC_KEY", "a-test-key-of-enough-length")
     monkeypatch.chdir(tmp_path)
