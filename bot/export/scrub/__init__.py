@@ -62,7 +62,8 @@ _KEYWORDS = needles(*_secrets.TRIGGERS, *_contact.TRIGGERS)
 class Scrubber:
     """Replaces personal data in text with typed placeholders (`<EMAIL>`, `<PHONE>`, ...).
 
-    Immutable after construction; safe to share between threads. `deny_names` are
+    What it finds is fixed at construction (only the order it tries phone regions
+    in adapts, for speed); safe to share between threads. `deny_names` are
     matched case-insensitively as whole words, or anywhere for names in CJK scripts
     (which are written without spaces). `phone_regions` are the regions whose
     national formats (numbers written without a country code) are recognised.
