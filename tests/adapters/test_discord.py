@@ -4,6 +4,7 @@ Discord (tests/fakes/discord_api.py), with a real app (MockBackend, tmp SQLite).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -536,6 +537,12 @@ async def test_shutdown_finishes_the_reply_in_flight(
     release.set()
     await asyncio.wait_for(bot.task, 10)
     assert [m["content"] for m in discord_fake.sent_messages(dm)] == ["Tess heard: last words"]
+    # Not answered in this run, but not lost: committed, for the next start.
+    pending = await bot.rows(
+        "select payload from inbox_events where platform = 'discord' and status = 'pending'"
+    )
+    theirs = [json.loads(p) for (p,) in pending]
+    assert [m["content"] for m in theirs if m["author"]["id"] != str(BOT_ID)] == ["too late"]
 
 
 @pytest.mark.parametrize("shard_count", [0, 2], ids=["recommended", "configured"])

@@ -628,3 +628,44 @@ async def test_every_field_of_a_message_replaced_by_hostile_values_costs_at_most
     assert {"id", "channel_id", "author"} <= failures.keys(), failures
     await fake.send_message(fake.message(dm, ANN, "and now?"))
     await until(lambda: any(m["content"] == "ok" for m in fake.sent_messages(dm)))
+
+
+async def test_replies_in_a_busy_guild_channel_leave_in_the_order_of_the_messages(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    delays = iter([0.4, 0.0, 0.3, 0.0, 0.2, 0.0])  # earlier turns are slower
+
+    async def uneven(request: ChatRequest) -> str:
+        await asyncio.sleep(next(delays, 0.0))
+        return voiced(request)
+
+    fake = discord_fake
+    bot = await discord_bot(uneven, **CONFIG)
+    asked = []
+    for i in range(6):  # Ann's questions with Bob's chatter between them
+        asked.append(
+            await fake.send_message(
+                fake.message(GENERAL, ANN, f"{MENTION} question {i}", mentions=(BOT,))
+            )
+        )
+        await fake.send_message(fake.message(GENERAL, BOB, f"chatter {i}"))
+    await until(lambda: len(fake.sent_messages(GENERAL)) == 6, timeout=15)
+    await settle(bot)
+    answered = [str(m["message_reference"]["message_id"]) for m in fake.sent_messages(GENERAL)]
+    assert answered == [m["id"] for m in asked]
+
+
+def test_a_discord_py_without_the_parser_table_is_one_clear_error() -> None:
+    from types import SimpleNamespace
+
+    from adapters._discord_intake import DiscordIntake
+    from bot.errors import AdapterError
+
+    client = SimpleNamespace(_connection=SimpleNamespace(parsers={"READY": print}))
+    intake = DiscordIntake(
+        cast(Any, client), cast(Any, None), platform="discord", accept=cast(Any, None),
+        chat_for=lambda c, g: str(c), session_ready=asyncio.Event(), max_messages=1,
+        max_age_s=1.0,
+    )  # fmt: skip
+    with pytest.raises(AdapterError, match="no parser table"):
+        intake.install()
