@@ -31,12 +31,15 @@ MASK = "**********"
 
 # The userinfo of a URL: everything between "scheme://" and the last "@" before the
 # path, so a password with an unencoded "@" in it is masked whole.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s/?#]*)@")
+# Bounded repeats keep the cost linear in the text, whatever a hostile string holds.
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<userinfo>[^\s/?#]{0,512})@"
+)
 # Query (or fragment) parameters whose name says they carry a credential.
 _URL_SECRET_PARAM = re.compile(
-    r"(?i)(?P<name>[?&;#](?:[^=&#;\s]*?)"
+    r"(?i)(?P<name>[?&;#](?:[^=&#;?\s]{0,64}?)"
     r"(?:token|secret|passw(?:or)?d|pwd|key|auth|sig(?:nature)?|credential|session)"
-    r"[^=&#;\s]*=)(?P<value>[^&#\s]+)"
+    r"[^=&#;?\s]{0,64}=)(?P<value>[^&#\s]+)"
 )
 
 
@@ -49,8 +52,11 @@ def _mask_userinfo(match: re.Match[str]) -> str:
 def mask_url_credentials(text: str) -> str:
     """`text` with the password (or lone token) of every URL's userinfo, and every
     credential-named query parameter (`token=`, `api_key=`, `sig=`...), masked."""
-    text = _URL_USERINFO.sub(_mask_userinfo, text)
-    return _URL_SECRET_PARAM.sub(lambda m: m["name"] + MASK, text)
+    if "://" in text:
+        text = _URL_USERINFO.sub(_mask_userinfo, text)
+    if "=" in text:
+        text = _URL_SECRET_PARAM.sub(lambda m: m["name"] + MASK, text)
+    return text
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:

@@ -2,6 +2,7 @@ import io
 import json
 import logging
 import string
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from bot.app import open_app
 from bot.config import load_settings
 from bot.llm.mock import MockBackend
-from bot.logs import SecretRedactor, configure_logging, mask_url_credentials
+from bot.logs import SecretRedactor, configure_logging, mask_url_credentials, redact_text
 from bot.messages import Actor, Incoming, Scope
 from tests.test_engine import PERSONA
 
@@ -144,3 +145,22 @@ def test_a_log_file_takes_records_and_python_warnings(tmp_path: Path) -> None:
     assert "hello" in events and "a library grumbles" in events and "chatter" in events
     text = path.read_text(encoding="utf-8")
     assert "hunter2-secret" not in text and "pw12345" not in text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a://" * 250_000,
+        "?" * 1_000_000,
+        "?=" * 500_000,
+        ("?" + "a" * 63) * 15_000 + "=",
+        "http://u:p@h/?token=1&" * 40_000,
+        "&token" * 150_000,
+        "Bearer " + "a" * 1_000_000,
+    ],
+    ids=["schemes", "question-marks", "empty-params", "long-names", "urls", "names", "bearer"],
+)
+def test_redacting_a_hostile_megabyte_stays_linear(text: str) -> None:
+    started = time.perf_counter()
+    redact_text(text)
+    assert time.perf_counter() - started < 5  # generous; about 0.5 s at worst here
