@@ -332,11 +332,17 @@ class DiscordIntake:
             if cached is not None and last is not None and last <= anchor:
                 continue  # the guild said what is newest there: nothing new
             try:
-                guild = await self._guild_of(channel_id, cached)
-                if not self._on_this_shard(guild, shard):
+                # A cached channel knows its guild; an uncached one (a DM, after a
+                # restart) is asked only when it has something to store.
+                guild = await self._guild_of(channel_id, cached) if cached is not None else None
+                if cached is not None and not self._on_this_shard(guild, shard):
                     continue
                 report.chats += 1
                 found, over = await self._read_after(channel_id, max(anchor, floor))
+                if found and cached is None:
+                    guild = await self._guild_of(channel_id, None)
+                    if not self._on_this_shard(guild, shard):
+                        continue
             except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Deleted, or no longer visible to the bot: nothing to answer there.
                 log.info("discord.catch_up_unreadable", chat=chat, error=str(exc))
