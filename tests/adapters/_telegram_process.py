@@ -32,6 +32,8 @@ id: tester
 name: Tess
 description: A terse test persona.
 system_prompt: You are Tess. Answer in one short line.
+safety:
+  away_message: Sorry, I was away for a while.
 """
 
 
