@@ -253,11 +253,8 @@ async def run_discord(people: int, messages: int, think_s: float) -> dict[str, A
     events go out over the fake gateway (tests/fakes/discord_api.py), discord.py
     parses them, the adapter runs each turn and the reply arrives at the fake's REST
     API. Discord's per-channel pacing stays; its overall 50 requests/s per bot is
-    raised (the fake does not enforce it), as for Telegram.
+    raised (and the fake's own limits are off), as for Telegram.
     """
-    import discord.gateway
-    import discord.http
-
     from adapters.base import PacingPolicy
     from adapters.discord import DiscordAdapter
     from bot.app import open_app
@@ -277,22 +274,24 @@ async def run_discord(people: int, messages: int, think_s: float) -> dict[str, A
     pending: set[asyncio.Task[None]] = set()
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = load_settings(
-            None,
-            {
-                "database": {"url": f"sqlite:///{tmp}/load.db"},
-                "personas": {"dirs": [str(REPO / "personas")], "watch": False},
-                "llm": {"max_concurrency": 1000},
-                "memory": {"enabled": False},  # the platform layer is measured, not memory
-                "logging": {"level": "WARNING"},
-                "discord": {"token": TOKEN},
-            },
-        )
-        async with FakeDiscord() as fake:
+        # The fake's Discord limits are off: the framework's throughput is measured.
+        async with FakeDiscord(limits=False) as fake:
+            settings = load_settings(
+                None,
+                {
+                    "database": {"url": f"sqlite:///{tmp}/load.db"},
+                    "personas": {"dirs": [str(REPO / "personas")], "watch": False},
+                    "llm": {"max_concurrency": 1000},
+                    "memory": {"enabled": False},  # the platform layer, not memory
+                    "logging": {"level": "WARNING"},
+                    "discord": {
+                        "token": TOKEN,
+                        "api_base_url": fake.api_base_url,
+                        "gateway_url": fake.gateway_url,
+                    },
+                },
+            )
             fake.record = False
-            saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-            for target, name, value in fake.patch_targets():
-                setattr(target, name, value)
             channels = {fake.dm_channel(user): user for user in users}
 
             def inject(channel: int) -> None:
@@ -315,40 +314,37 @@ async def run_discord(people: int, messages: int, think_s: float) -> dict[str, A
                     loop.call_later(think_s, inject, channel)
 
             fake.on_created = on_created
-            try:
-                async with open_app(settings, backend=MockBackend(), watch=False) as app:
-                    pacing = PacingPolicy(
-                        per_chat_interval_s=DiscordAdapter.pacing.per_chat_interval_s,
-                        group_per_minute=DiscordAdapter.pacing.group_per_minute,
-                        global_per_second=1_000_000,
-                    )
-                    adapter = DiscordAdapter(
-                        app.services,
-                        settings.discord,
-                        default_persona="samantha",
-                        pacing=pacing,
-                        guild_ready_timeout=0.1,
-                    )
-                    stop = asyncio.Event()
-                    runner = asyncio.create_task(adapter.run(stop))
-                    await asyncio.wait_for(adapter.ready.wait(), 30)
-                    cpu0 = time.process_time()
-                    started = time.monotonic()
-                    rng = random.Random(7)
-                    for channel in channels:
-                        loop.call_later(rng.random(), inject, channel)
-                    timeout = messages * (think_s + 5) + 120
-                    try:
-                        await asyncio.wait_for(done.wait(), timeout)
-                    except TimeoutError:
-                        print(f"timed out after {timeout:.0f} s", file=sys.stderr)
-                    elapsed = time.monotonic() - started
-                    cpu = time.process_time() - cpu0
-                    stop.set()
-                    await runner
-                    lost = await _telegram_lost(app, injected)  # the same ledger check
-            finally:
-                discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+            async with open_app(settings, backend=MockBackend(), watch=False) as app:
+                pacing = PacingPolicy(
+                    per_chat_interval_s=DiscordAdapter.pacing.per_chat_interval_s,
+                    group_per_minute=DiscordAdapter.pacing.group_per_minute,
+                    global_per_second=1_000_000,
+                )
+                adapter = DiscordAdapter(
+                    app.services,
+                    settings.discord,
+                    default_persona="samantha",
+                    pacing=pacing,
+                    guild_ready_timeout=0.1,
+                )
+                stop = asyncio.Event()
+                runner = asyncio.create_task(adapter.run(stop))
+                await asyncio.wait_for(adapter.ready.wait(), 30)
+                cpu0 = time.process_time()
+                started = time.monotonic()
+                rng = random.Random(7)
+                for channel in channels:
+                    loop.call_later(rng.random(), inject, channel)
+                timeout = messages * (think_s + 5) + 120
+                try:
+                    await asyncio.wait_for(done.wait(), timeout)
+                except TimeoutError:
+                    print(f"timed out after {timeout:.0f} s", file=sys.stderr)
+                elapsed = time.monotonic() - started
+                cpu = time.process_time() - cpu0
+                stop.set()
+                await runner
+                lost = await _telegram_lost(app, injected)  # the same ledger check
             delivered = len(latencies)
 
     return {
