@@ -22,14 +22,16 @@ import json
 import random
 import re
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import structlog
 from telegram import Bot
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
 
 from bot.errors import AdapterError
 from bot.inbox import RawEvent
@@ -44,6 +46,7 @@ __all__ = [
     "raw_events",
     "repair_text",
     "repaired",
+    "retry_after_s",
     "webhook_events",
 ]
 
@@ -66,6 +69,14 @@ _CHAT_KINDS = (
     "chat_boost",
     "removed_chat_boost",
 )
+
+
+def retry_after_s(exc: RetryAfter) -> float:
+    """`retry_after` as seconds: PTB gives an int, or a timedelta with PTB_TIMEDELTA=1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class RawUpdatesBot(Bot):
@@ -238,9 +249,7 @@ class UpdatePoller:
                     "telegram: the Bot API rejected the token (401 Unauthorized)"
                 ) from None
             except RetryAfter as exc:
-                from adapters.telegram import _retry_after  # one reading of PTB's field
-
-                await _sleep(max(1.0, _retry_after(exc)), stop)
+                await _sleep(max(1.0, retry_after_s(exc)), stop)
                 continue
             except Conflict as exc:  # a webhook is set, or another process polls
                 await self._failed("telegram.poll_conflict", exc, stop)

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -39,10 +38,9 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.warnings import PTBDeprecationWarning
 
 from adapters._telegram_http import AiohttpRequest
-from adapters._telegram_intake import RawUpdatesBot, UpdatePoller
+from adapters._telegram_intake import RawUpdatesBot, UpdatePoller, retry_after_s
 from adapters._telegram_parse import (
     UnparsableUpdate,
     attachments,
@@ -107,15 +105,8 @@ _POOL_SIZE = 32
 _TYPING_POOL = 2
 
 
-def _seconds(value: int | float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _retry_after(exc: RetryAfter) -> float:
-    """`retry_after` as seconds: PTB gives an int, or a timedelta with PTB_TIMEDELTA=1."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        return _seconds(exc.retry_after)
+#: One reading of PTB's `RetryAfter.retry_after` (seconds), shared with the poller.
+_retry_after = retry_after_s
 
 
 class TelegramAdapter(Adapter):
