@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 
 from bot.db import Database
 from bot.memory.ledger import Ledger, ReplyRecord
@@ -17,6 +18,15 @@ from bot.memory.store import MemoryScope, SQLiteMemory
 from bot.messages import Actor, Incoming, Scope
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config() -> Iterator[None]:
+    """A CLI run configures structlog to write to the (captured) stream of the moment;
+    put back what was there, so no later test logs into a closed file."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 class HashEmbedder:
