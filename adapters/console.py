@@ -131,6 +131,8 @@ class ConsoleAdapter(Adapter):
                 "message_id": outgoing.message_id,
                 "persona": outgoing.scope.persona,
                 "error": outgoing.is_error,
+                # Set when the safety stage answered instead of the model ("crisis").
+                "safety": outgoing.safety,
             }
             self._write(json.dumps(record, ensure_ascii=False) + "\n")
         elif not self.interactive:
@@ -165,12 +167,14 @@ class ConsoleAdapter(Adapter):
         self.turns += 1
         if self.interactive:
             started = False
+            shown: list[str] = []
 
             async def on_delta(delta: str) -> None:
                 nonlocal started
                 if not started:
                     self._write(f"{self.engine.personas.get(self.persona).persona.name}> ")
                     started = True
+                shown.append(delta)
                 self._write(delta)
 
             try:
@@ -181,8 +185,13 @@ class ConsoleAdapter(Adapter):
                 return
             self.unanswered += any(r.is_error for r in replies)
             for reply in replies:
-                if started and not reply.is_error and reply.message_id is not None:
+                # A reply the safety stage replaced after part of it streamed is
+                # written whole on a line of its own.
+                whole = "".join(shown).strip() == reply.text.strip()
+                if started and not reply.is_error and reply.message_id is not None and whole:
                     self._streamed.add(reply.message_id)
+                elif started:
+                    self._write("\n")
                 await self.send(reply)
             return
         try:

@@ -27,6 +27,7 @@ from bot.memory.ledger import Ledger
 from bot.memory.store import SearchWeights, SQLiteMemory
 from bot.people import People
 from bot.personas import LoadedPersona, PersonaRegistry
+from bot.safety.build import Safety, build_safety
 
 if TYPE_CHECKING:
     from adapters.base import AdapterServices
@@ -102,6 +103,8 @@ class App:
     upkeep: dict[str, Callable[[datetime], Awaitable[Any]]] = field(default_factory=dict)
     #: Platform events, committed before they are acknowledged (`bot.inbox`).
     inbox: Inbox | None = None
+    #: The safety stage, its events and the moderators' alerts (`bot.safety`).
+    safety: Safety | None = None
 
     @property
     def services(self) -> AdapterServices:
@@ -157,6 +160,11 @@ async def open_app(
 
             long_term = build_memory(db, settings.memory, backend_for=backend_for)
             stack.push_async_callback(long_term.aclose)
+        async def default_backend() -> LLMBackend:
+            return await backends.for_persona(registry.get(settings.personas.default))
+
+        safety = build_safety(settings, db, default_backend=default_backend)
+        stack.push_async_callback(safety.aclose)
         engine = PersonaEngine(
             personas=registry,
             ledger=ledger,
@@ -166,6 +174,7 @@ async def open_app(
             context_window=settings.llm.context_window,
             timezone=settings.engine.timezone,
             memory=long_term,
+            safety=safety.stage,
         )
         if settings.personas.watch if watch is None else watch:
             stop = asyncio.Event()
@@ -198,6 +207,7 @@ async def open_app(
             memory=long_term,
             upkeep=_upkeep_jobs(settings, long_term, inbox),
             inbox=inbox,
+            safety=safety,
         )
 
 

@@ -42,6 +42,8 @@ async def chat_session(settings: Settings, persona: str, output: str) -> None:
             display_name=settings.console.display_name,
             output_format="jsonl" if output == "jsonl" else "text",
         )
+        if bot.safety is not None:  # crisis alerts configured for the console go here
+            bot.safety.alerts.attach(console)
         stop = asyncio.Event()
         _on_signals(stop)
         await console.run(stop)
@@ -122,6 +124,8 @@ async def run_bot(settings: Settings) -> None:
                 "no adapter is enabled: set DISCORD_TOKEN or TELEGRAM_TOKEN in the environment, "
                 "or console.enabled = true"
             )
+        if bot.safety is not None:  # crisis alerts go out through the running adapters
+            bot.safety.alerts.attach(*adapters)
         stop = asyncio.Event()
         _on_signals(stop)
         scheduler = await _start_scheduler(bot, settings, adapters)

@@ -45,6 +45,7 @@ from bot.personas import (
 )
 from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, persona_guidance, speaker_label
+from bot.safety.stage import InputContext, InputVerdict, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
 
 __all__ = [
@@ -161,7 +162,10 @@ class PersonaEngine:
         timezone: str = "UTC",
         memory: MemorySource | None = None,
         observers: Sequence[TurnObserver] = (),
+        safety: SafetyStage | None = None,
     ) -> None:
+        #: Crisis, disclosure and moderation around every turn (bot/safety).
+        self.safety = safety if safety is not None else SafetyStage.default()
         self.memory = memory
         self.observers = list(observers)
         self.personas = personas
@@ -447,10 +451,14 @@ class PersonaEngine:
         )
         request = self._chat_request(loaded, prompt.messages)
         started = time.perf_counter()
+        checked = OutputContext(scope, loaded, kind, conversation_id, user_id=user_id)
+        names = (persona.name, persona.id)
         try:
             async with self._slots:
-                text, completion = await asyncio.wait_for(
-                    self._generate(backend, request, (persona.name, persona.id), None),
+                text, completion, _ = await asyncio.wait_for(
+                    self.safety.moderate(
+                        checked, lambda d: self._generate(backend, request, names, d)
+                    ),
                     timeout=self.settings.reply_timeout_s,
                 )
         except (BackendError, TimeoutError) as exc:
@@ -597,6 +605,20 @@ class PersonaEngine:
                     limit=self._history_limit(persona.id),
                 )
             )
+        verdict = await self.safety.before_turn(
+            InputContext(
+                incoming,
+                text,
+                stored.message_id,
+                stored.conversation_id,
+                stored.user_id,
+                loaded,
+                first_in_conversation=not history,
+                now=incoming.received_at,
+            )
+        )
+        if verdict.answers:
+            return await self._fixed(incoming, stored, loaded, verdict, started)
         model_text, cut = truncate(text, self.settings.max_input_chars)
         if cut:
             model_text += (
@@ -636,7 +658,7 @@ class PersonaEngine:
         lore = self._lore_text(loaded, backend, model_text, history)
         prompt = builder.build(
             system=system,
-            dynamic_system=_join(lore, remembered),
+            dynamic_system=_join(lore, remembered, verdict.guidance),
             history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
             new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
@@ -645,11 +667,22 @@ class PersonaEngine:
         request = self._chat_request(loaded, prompt.messages)
         overhead_ms = (time.perf_counter() - started) * 1000
         names = (persona.name, persona.id)
+        checked = OutputContext(
+            scope,
+            loaded,
+            TurnKind.MESSAGE,
+            stored.conversation_id,
+            message_id=stored.message_id,
+            user_id=stored.user_id,
+            incoming_text=text,
+        )
         gen_started = time.perf_counter()
         try:
             async with self._slots:
-                reply, completion = await asyncio.wait_for(
-                    self._generate(backend, request, names, on_delta),
+                reply, completion, moderated = await asyncio.wait_for(
+                    self.safety.moderate(
+                        checked, lambda d: self._generate(backend, request, names, d), on_delta
+                    ),
                     timeout=self.settings.reply_timeout_s,
                 )
         except (BackendError, TimeoutError) as exc:
@@ -658,12 +691,13 @@ class PersonaEngine:
             return await self._fail(incoming, stored, "generate", exc, loaded)
         generation_ms = (time.perf_counter() - gen_started) * 1000
         after = time.perf_counter()
+        sent = _join(*verdict.notices, reply)  # a first-contact disclosure goes first
         message_id = await self.ledger.record_reply(
             ReplyRecord(
                 conversation_id=stored.conversation_id,
                 user_id=stored.user_id,
                 reply_to_id=stored.message_id,
-                text=reply,
+                text=sent,
                 persona_id=persona.id,
                 persona_hash=loaded.content_hash,
                 backend=backend.name,
@@ -696,12 +730,47 @@ class PersonaEngine:
         )
         out = Outgoing(
             scope=scope,
-            text=reply,
+            text=sent,
             reply_to_platform_id=incoming.platform_message_id,
             message_id=message_id,
             persona_hash=loaded.content_hash,
+            safety=None if moderated.ok else "blocked",
         )
         return TurnResult((out,), stored, overhead_ms=overhead_ms, generation_ms=generation_ms)
+
+    async def _fixed(
+        self,
+        incoming: Incoming,
+        stored: StoredIncoming,
+        loaded: LoadedPersona,
+        verdict: InputVerdict,
+        started: float,
+    ) -> TurnResult:
+        """The safety stage's fixed reply (crisis, disclosure, ...), stored as a reply
+        of that kind, sent instead of the model's (the model is not asked)."""
+        assert verdict.reply is not None and verdict.kind is not None
+        message_id = await self.ledger.record_reply(
+            ReplyRecord(
+                conversation_id=stored.conversation_id,
+                user_id=stored.user_id,
+                reply_to_id=stored.message_id,
+                text=verdict.reply,
+                persona_id=loaded.persona.id,
+                persona_hash=loaded.content_hash,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                kind=verdict.kind[:16],
+            )
+        )
+        log.info("turn.safety_reply", message_id=message_id, safety=verdict.kind)
+        out = Outgoing(
+            scope=incoming.scope,
+            text=verdict.reply,
+            reply_to_platform_id=incoming.platform_message_id,
+            message_id=message_id,
+            persona_hash=loaded.content_hash,
+            safety=verdict.kind,
+        )
+        return TurnResult((out,), stored)
 
     async def _generate(
         self,

@@ -132,6 +132,11 @@ class Outgoing(_Frozen):
     persona_hash: str | None = None
     kind: TurnKind = TurnKind.MESSAGE
     is_error: bool = Field(default=False, description="An apology standing in for a failed reply.")
+    safety: str | None = Field(
+        default=None,
+        description="Set when the safety stage answered instead of the model: crisis, "
+        "disclosure, blocked (the deflection), ...",
+    )
 
 
 class Reaction(_Frozen):

@@ -24,6 +24,10 @@ from tests.fakes.openai_server import FakeOpenAIServer
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# The first reply to a person starts with the persona's AI disclosure (bot/safety):
+# off for tests about other things, whose replies are compared word for word;
+# tests/safety turns it on.
+os.environ.setdefault("BOT_SAFETY__DISCLOSE_FIRST_CONTACT", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -199,7 +199,7 @@ class Unfinished:
 
 #: Outgoing kinds a restart delivers. A greeting is not among them: /start sends it
 #: inside its answer, and a greeting resent after a crash greets a person twice.
-_REDELIVERED_KINDS = ("message", "proactive", "apology", "away")
+_REDELIVERED_KINDS = ("message", "proactive", "apology", "away", "crisis", "disclosure")
 _UNFINISHED_IN = (MessageStatus.RECEIVED.value, MessageStatus.ANSWERING.value)
 _UNFINISHED_OUT = (MessageStatus.GENERATED.value, MessageStatus.SENDING.value)
 

@@ -143,7 +143,8 @@ class StructuredClassifier:
             confidence = float(confidence)
             if kind != "none" and confidence < self.min_confidence:
                 kind = "none"
-        return ClassifierResult(kind=kind, raw=raw[:200], confidence=confidence)
+        verdict: Kind = "none" if kind == "none" else "danger" if kind == "danger" else "self_harm"
+        return ClassifierResult(kind=verdict, raw=raw[:200], confidence=confidence)
 
 
 _GUARD_VERDICT = re.compile(r"^\s*(safe|unsafe)\b", re.IGNORECASE)

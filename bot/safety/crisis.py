@@ -65,7 +65,7 @@ class CrisisDetector:
                 sources = kinds.get(kind, ())
                 if sources:
                     joined = "|".join(f"(?:{fold_pattern(s)})" for s in sources)
-                    self._compiled.append((kind, language, re.compile(joined)))  # type: ignore[arg-type]
+                    self._compiled.append((kind, language, re.compile(joined)))
 
     def detect(self, text: str) -> Signal | None:
         """The strongest signal in `text` (self-harm or danger before uncertain)."""

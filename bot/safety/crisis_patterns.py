@@ -176,7 +176,8 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
             r"\bquitarme la vida\b",
             r"\bacabar con mi vida\b",
             r"\bhacerme dano\b",
-            r"\b(?:quiero|voy a|necesito|volvi a|sigo) cortarme\b(?! el (?:pelo|cabello)| las unas)",
+            r"\b(?:quiero|voy a|necesito|volvi a|sigo) cortarme\b"
+            r"(?! el (?:pelo|cabello)| las unas)",
             r"\bestar(?:ian|ia|an) mejor sin mi\b",
             r"\bmejor sin mi\b",
             r"\bno vale la pena vivir\b",

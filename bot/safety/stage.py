@@ -375,19 +375,29 @@ def _replace(ctx: OutputContext, **changes: object) -> OutputContext:
     return replace(ctx, **changes)  # type: ignore[arg-type]
 
 
-# A sentence ends at . ! ? … (and their full-width forms) or a line break.
-_BOUNDARY = re.compile(r"[.!?。！？…\n]")
+# Where shown text may end: after a space or a punctuation mark (CJK ones too).
+_BOUNDARY = re.compile(r"[\s.!?,;:。！？，、；：…]")
 
 
 class StreamGuard:
-    """Shows a streamed reply a sentence at a time, each only after the output
-    checks passed on everything up to it, so streaming never shows text the stage
-    would block. The held tail is shown by `flush` once the whole reply passed."""
+    """Shows a streamed reply as it comes, but only up to a word boundary at least
+    `hold_back` characters behind the newest text, and only once the output checks
+    passed on everything up to there: what is shown is always a prefix the stage let
+    through, and a phrase still arriving is held. The held tail is shown by `flush`
+    once the whole reply passed."""
 
-    def __init__(self, stage: SafetyStage, ctx: OutputContext, on_delta: DeltaCallback) -> None:
+    def __init__(
+        self,
+        stage: SafetyStage,
+        ctx: OutputContext,
+        on_delta: DeltaCallback,
+        *,
+        hold_back: int = 24,
+    ) -> None:
         self.stage = stage
         self.ctx = ctx
         self.on_delta = on_delta
+        self.hold_back = hold_back
         self._text: list[str] = []
         self._shown = 0  # characters of the joined text already shown
         self._blocked = False
@@ -403,7 +413,7 @@ class StreamGuard:
         if self._blocked:
             return
         text = "".join(self._text)
-        end = _last_boundary(text, self._shown)
+        end = _last_boundary(text, self._shown, len(text) - self.hold_back)
         if end <= self._shown:
             return
         verdict = await self.stage.screen(self.ctx, text[:end])
@@ -425,8 +435,11 @@ class StreamGuard:
         self._blocked = True
 
 
-def _last_boundary(text: str, start: int) -> int:
+def _last_boundary(text: str, start: int, limit: int) -> int:
+    """The end of the last boundary in text[start:limit] (start when there is none)."""
     end = start
-    for match in _BOUNDARY.finditer(text, start):
+    if limit <= start:
+        return end
+    for match in _BOUNDARY.finditer(text, start, limit):
         end = match.end()
     return end

@@ -26,6 +26,8 @@ class PersonState:
     timezone: str
     sent_today: int  # proactive messages since local midnight
     unanswered_in_row: int  # proactive messages since their last message
+    #: After a crisis (bot/safety) the persona does not speak first until then.
+    paused_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +46,18 @@ def local_day_start(now: datetime, zone: str) -> datetime:
 
 def decide(state: PersonState, schedule: Schedule, now: datetime) -> Decision:
     """May a proactive message go to this person at `now`? Checks, in order: they
-    started the conversation, did not opt out, can be reached, it is not their quiet
-    hours, the daily cap, and the run of unanswered messages."""
+    started the conversation, did not opt out, can be reached, no safety pause (after
+    a crisis), it is not their quiet hours, the daily cap, and the run of unanswered
+    messages."""
     if not state.started:
         return Decision(False, "never wrote to the persona")
     if state.opted_out:
         return Decision(False, "opted out")
     if state.unreachable:
         return Decision(False, "unreachable on this platform")
+    if state.paused_until is not None and now < state.paused_until:
+        until = state.paused_until.astimezone(ZoneInfo("UTC"))
+        return Decision(False, f"paused after a crisis until {until:%Y-%m-%d %H:%M} UTC")
     local = now.astimezone(ZoneInfo(state.timezone))
     if schedule.quiet_hours is not None and schedule.quiet_hours.contains(local.time()):
         return Decision(False, f"quiet hours ({local:%H:%M} {state.timezone})")

@@ -15,6 +15,7 @@ from sqlmodel import SQLModel
 
 from bot.messages import Scope
 from bot.models import Conversation, Direction, Message, User
+from bot.safety.store import pause_until
 from bot.scheduler.policy import PersonState, local_day_start
 
 __all__ = ["Target", "load_target", "load_targets"]
@@ -123,6 +124,7 @@ def load_targets(
                     timezone=zone,
                     sent_today=int(sent_today),
                     unanswered_in_row=int(unanswered),
+                    paused_until=pause_until(conn, uid, persona),
                 ),
             )
         )
