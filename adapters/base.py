@@ -27,6 +27,7 @@ from bot.commands import CommandContext, Commands
 from bot.engine import PersonaEngine
 from bot.errors import AdapterError, BotError
 from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
+from bot.inbox.worker import in_lane
 from bot.messages import Incoming, Outgoing, Reaction, Scope
 from bot.people import People
 
@@ -643,7 +644,19 @@ class Adapter(abc.ABC):
         already confirmed (a restart resends only the rest: at most the part in
         flight at a crash repeats). Raises `DeliveryError` (after recording it, the
         reply `undeliverable`) when a part could not be delivered.
+
+        Called from outside the inbox worker while it runs (a proactive message from
+        the scheduler), the send takes its place in the chat's lane, behind the
+        events already queued there: a chat's messages leave in the order of what
+        caused them.
         """
+        worker = self.worker
+        if worker is not None and not in_lane():
+            chat = self.chat_key(outgoing.scope)
+            return await worker.call(chat, lambda: self._send_now(outgoing, first_part))
+        return await self._send_now(outgoing, first_part)
+
+    async def _send_now(self, outgoing: Outgoing, first_part: int) -> list[str | None]:
         ids: list[str | None] = []
         ledger = self.engine.ledger
         chat = self.chat_key(outgoing.scope)

@@ -18,13 +18,25 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 
 from bot.inbox.store import Inbox, InboxEvent
 
-__all__ = ["EventHandler", "InboxWorker", "Job", "WorkerStats"]
+__all__ = ["EventHandler", "InboxWorker", "Job", "WorkerStats", "in_lane"]
+
+T = TypeVar("T")
+
+#: Set while a lane runs an event or job (and in the tasks it starts).
+_IN_LANE: ContextVar[bool] = ContextVar("inbox_in_lane", default=False)
+
+
+def in_lane() -> bool:
+    """Whether the caller runs inside a worker lane (an event or a recovery job)."""
+    return _IN_LANE.get()
 
 log = structlog.get_logger("bot.inbox")
 
@@ -95,6 +107,26 @@ class InboxWorker:
     def submit(self, chat: str | None, job: Job, *, name: str = "job") -> None:
         """Run `job` in `chat`'s lane, after everything already queued for that chat."""
         self._enqueue(chat, _Item(None, job, name))
+
+    async def call(self, chat: str | None, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` in `chat`'s lane, after what is queued there, and return its
+        result (or raise its error): how work from outside the inbox (a proactive
+        message) keeps its place in a chat's order."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def job() -> None:
+            try:
+                result = await work()
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            if not future.done():
+                future.set_result(result)
+
+        self.submit(chat, job, name="call")
+        value: T = await future
+        return value
 
     @property
     def backlog(self) -> int:
@@ -173,6 +205,7 @@ class InboxWorker:
             self._tasks[key] = asyncio.create_task(self._run_lane(key), name=f"inbox-{key[:40]}")
 
     async def _run_lane(self, key: str) -> None:
+        _IN_LANE.set(True)  # this task's own context: lanes' sends go straight out
         lane = self._lanes[key]
         try:
             while lane:

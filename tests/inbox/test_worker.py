@@ -236,3 +236,31 @@ async def test_an_event_that_hangs_is_failed_after_its_timeout(tmp_path: Path) -
         assert failed.key == "1" and "not handled within 0.2 s" in (failed.reason or "")
     finally:
         await db.aclose()
+
+
+async def test_a_proactive_send_waits_for_the_chats_queued_events(opened: Any) -> None:
+    """A message the persona starts itself (sent from outside the inbox, as the
+    scheduler does) leaves after the replies to events already queued in its chat."""
+    from bot.messages import Outgoing, Scope
+
+    release = asyncio.Event()
+
+    async def handler(req: ChatRequest) -> str:
+        if req.messages[-1].content == "slow":
+            await release.wait()
+        return f"re:{req.messages[-1].content}"
+
+    async with opened(MockBackend(handler)) as app:
+        platform = JsonPlatform(app.services)
+        async with platform.processing():
+            await platform.accept([event("1", "c1", "slow"), event("2", "c1", "next")])
+            await asyncio.sleep(0.1)
+            scope = Scope(platform="json", channel="c1", user="c1", persona="tester")
+            proactive = asyncio.create_task(platform.send(Outgoing(scope=scope, text="hey!")))
+            other = Scope(platform="json", channel="c2", user="c2", persona="tester")
+            await platform.send(Outgoing(scope=other, text="elsewhere"))  # not held up
+            assert [t for _, t, _ in platform.sent] == ["elsewhere"]
+            release.set()
+            await proactive
+            await settled(app, platform)
+        assert [t for c, t, _ in platform.sent if c == "c1"] == ["re:slow", "re:next", "hey!"]
