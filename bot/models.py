@@ -31,6 +31,7 @@ __all__ = [
     "FollowUp",
     "InboxRow",
     "InboxStatus",
+    "LoraAdapterRow",
     "Message",
     "MessageStatus",
     "PersonaBinding",
@@ -312,3 +313,34 @@ class SafetyRecord(SQLModel, table=True):
     alert_reason: str | None = Field(default=None, max_length=512)
     reviewed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     reviewed_by: str | None = Field(default=None, max_length=256)
+
+
+class LoraAdapterRow(SQLModel, table=True):
+    """A LoRA adapter registered for serving (bot/train/registry.py, `bot adapters`).
+
+    `status`: candidate → canary (a `canary_share` of the persona's conversations) →
+    serving (all of them) → retired (replaced by a newer one), or rolled_back. The
+    name is what vLLM serves it as, and what each reply it wrote records as `model`.
+    """
+
+    __tablename__ = "lora_adapters"
+    __table_args__ = (Index("ix_lora_adapters_persona_status", "persona_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    persona_id: str = Field(max_length=64)
+    path: str = Field(sa_column=Column(Text, nullable=False))
+    sha256: str = Field(max_length=64)
+    base_model: str = Field(sa_column=Column(Text, nullable=False))
+    rank: int
+    #: train_report.json as it was at deploy time ("{}" when there was none).
+    report: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    status: str = Field(max_length=16)
+    canary_share: float = 0.0
+    #: Deployed with --force past a failed or missing gate.
+    forced: bool = False
+    #: Why it last changed status (a rollback's comparison, "promoted by hand", ...).
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(sa_column=_ts())
+    promoted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    retired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
