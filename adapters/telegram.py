@@ -51,6 +51,7 @@ from adapters._telegram_parse import (
     strip_handle,
 )
 from adapters._telegram_parse import emoji as reaction_emoji
+from adapters._telegram_upload import download_persona_yaml
 from adapters._telegram_webhook import WebhookServer
 from adapters.base import (
     Adapter,
@@ -95,7 +96,6 @@ _MENU = (
 )
 #: Commands whose answers are about one person: never answered in front of a group.
 _PRIVATE_ONLY = frozenset({"memory", "forget"})
-_MAX_UPLOAD_BYTES = 1_000_000
 _BINDING_TTL_S = 30.0  # how soon a switch made by another replica is seen
 #: Connections to the Bot API for sends. Far more than 30 messages/s need, so that a
 #: send the pacer let go never waits for a connection held by a slow call: a queue
@@ -351,7 +351,7 @@ class TelegramAdapter(Adapter):
         else:
             text_file, file_name = None, None
             if name == "persona" and args.split()[:1] == ["upload"] and moderator:
-                text_file, file_name, problem = await self._download_yaml(message)
+                text_file, file_name, problem = await download_persona_yaml(message, self._http)
                 if problem:
                     await self._reply(scope, problem, message)
                     return
@@ -372,30 +372,6 @@ class TelegramAdapter(Adapter):
         out = Outgoing(scope=scope, text=text, reply_to_platform_id=str(message.message_id))
         with suppress(DeliveryError):  # recorded by send
             await self.send(out)
-
-    async def _download_yaml(self, message: Message) -> tuple[str | None, str | None, str | None]:
-        """The YAML of `/persona upload`: a document sent with the command, or the one
-        the command replies to. Returns (text, file name, problem)."""
-        document = message.document
-        if document is None and message.reply_to_message is not None:
-            document = message.reply_to_message.document
-        if document is None:
-            return None, None, None  # Commands answers how to attach it
-        if document.file_size is not None and document.file_size > _MAX_UPLOAD_BYTES:
-            return None, None, f"That file is too large for a persona ({document.file_size} bytes)."
-        try:
-            async with self._http:
-                file = await document.get_file()
-                data = bytes(await file.download_as_bytearray())
-        except TelegramError as exc:
-            return None, None, f"I could not download the file: {exc}"
-        if len(data) > _MAX_UPLOAD_BYTES:
-            return None, None, "That file is too large for a persona."
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return None, None, "The persona file must be UTF-8 text (YAML)."
-        return text, document.file_name or "upload.yaml", None
 
     async def _edited(self, message: Message) -> Awaitable[object] | None:
         user = message.from_user
