@@ -374,6 +374,9 @@ class SafetySettings(_Section):
     )
     #: The first reply to a person starts with the persona's disclosure text.
     disclose_first_contact: bool = True
+    #: Platforms without the first-contact notice: the console is the operator's own
+    #: terminal (disclosure questions, crisis replies and output checks still apply).
+    first_contact_exempt: list[str] = Field(default_factory=lambda: ["console"])
     #: Where crisis alerts go: a channel (or a moderator's DM chat) on one platform.
     alert_platform: str | None = Field(default=None, max_length=32)
     alert_channel: str | None = Field(default=None, max_length=256)

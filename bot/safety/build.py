@@ -117,7 +117,7 @@ def build_safety(
     )
     inputs: list[InputCheck] = [crisis, DisclosureQuestionCheck(store)]
     if config.disclose_first_contact:
-        inputs.append(FirstContactCheck(store))
+        inputs.append(FirstContactCheck(store, exempt=frozenset(config.first_contact_exempt)))
     outputs: list[OutputCheck] = [HumanClaimCheck()]
     stage = SafetyStage(
         input_checks=[*inputs, *(extra_input or [])],

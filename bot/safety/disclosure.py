@@ -167,11 +167,17 @@ class FirstContactCheck:
 
     name = "disclosure"
 
-    def __init__(self, disclosures: Disclosures | None = None) -> None:
+    def __init__(
+        self, disclosures: Disclosures | None = None, *, exempt: frozenset[str] = frozenset()
+    ) -> None:
         self.disclosures: Disclosures = disclosures or MemoryDisclosures()
+        #: Platforms that get no notice (the operator's console).
+        self.exempt = exempt
 
     async def check(self, ctx: InputContext) -> InputHit | None:
         persona = ctx.scope.persona
+        if ctx.scope.platform in self.exempt:
+            return None
         if await self.disclosures.disclosed(ctx.user_id, persona):
             return None
         await self.disclosures.mark(ctx.user_id, persona)
