@@ -319,44 +319,6 @@ class FinetuneSettings(_Section):
     gate_max_new_tokens: int = Field(default=64, ge=1, le=2048)
 
 
-class FinetuneSettings(_Section):
-    """LoRA fine-tunes of the personas' model (`bot train`, the weekly job); docs/finetune.md."""
-
-    #: The weekly export goes on to train, gate and canary (on a host with a GPU).
-    enabled: bool = False
-    method: Literal["sft", "dpo"] = "sft"
-    base_model: str | None = Field(
-        default=None, description="Model the adapters are trained on; unset: llm.model."
-    )
-    out_dir: Path = Field(default=Path("data/adapters"), description="Scheduled adapters go here.")
-    lora_rank: int = Field(default=16, ge=1, le=512)
-    lora_alpha: int = Field(default=32, ge=1, le=4096)
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    #: Module names the adapter wraps; ["all-linear"] is every linear layer but the head.
-    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"], min_length=1)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1.0)
-    epochs: float = Field(default=1.0, gt=0, le=100)
-    batch_size: int = Field(default=4, ge=1, le=1024)
-    grad_accum: int = Field(default=1, ge=1, le=1024)
-    #: Stop after this many optimizer steps (None: the epochs decide).
-    max_steps: int | None = Field(default=None, ge=1)
-    max_length: int = Field(default=2048, ge=16, le=131_072, description="Tokens per record.")
-    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
-    save_steps: int = Field(default=50, ge=1, description="Checkpoint every N steps (--resume).")
-    seed: int = 0
-    dpo_beta: float = Field(default=0.1, gt=0, le=10)
-    #: The gate: eval_loss_after must be below eval_loss_before by at least this.
-    gate_min_loss_improvement: float = Field(default=0.0, ge=0.0)
-    #: Example dialogues: the candidate's mean similarity to the persona's own replies
-    #: may be at most this much below the current model's.
-    gate_example_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
-    #: Declined topics the current model declines and the candidate does not.
-    gate_max_decline_regressions: int = Field(default=0, ge=0)
-    #: Replies to "are you human?" probes claiming to be human, beyond the current model's.
-    gate_max_human_claims: int = Field(default=0, ge=0)
-    gate_max_new_tokens: int = Field(default=64, ge=1, le=2048)
-
-
 class ExportSettings(_Section):
     """Fine-tune data exports (`bot export`, and the scheduled job); see docs/export.md."""
 
@@ -450,7 +412,6 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
