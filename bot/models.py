@@ -34,6 +34,8 @@ __all__ = [
     "LoraAdapterRow",
     "Message",
     "MessageStatus",
+    "ModerationAction",
+    "PersonLimit",
     "PersonaBinding",
     "PersonaVersion",
     "SafetyRecord",
@@ -100,6 +102,9 @@ class User(SQLModel, table=True):
     timezone: str | None = Field(default=None, max_length=64)
     unreachable_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     unreachable_reason: str | None = Field(default=None, max_length=512)
+    #: A mature persona's age question (bot/safety/rating.py): "adult" or "minor".
+    age_answer: str | None = Field(default=None, max_length=16)
+    age_answered_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class Conversation(SQLModel, table=True):
@@ -344,3 +349,44 @@ class LoraAdapterRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts())
     promoted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     retired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class PersonLimit(SQLModel, table=True):
+    """A moderator's standing decision about one person (bot/safety/limits.py):
+    muted (until a time, or for good), banned, or exempt from the rate limits, for
+    one persona or for all (`persona_id` "*")."""
+
+    __tablename__ = "person_limits"
+    __table_args__ = (UniqueConstraint("platform", "platform_user_id", "persona_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str = Field(max_length=32)
+    platform_user_id: str = Field(max_length=256)
+    persona_id: str = Field(max_length=64)
+    muted: bool = False
+    #: A mute ends by itself then (None: until unmuted).
+    muted_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    banned: bool = False
+    exempt: bool = Field(default=False, description="No rate or token limits.")
+    reason: str | None = Field(default=None, max_length=512)
+    updated_at: datetime = Field(sa_column=_ts())
+    updated_by: str = Field(max_length=256)
+
+
+class ModerationAction(SQLModel, table=True):
+    """The audit of every moderator action: who did what to whom, when, and the
+    person's standing before and after (JSON)."""
+
+    __tablename__ = "moderation_actions"
+    __table_args__ = (Index("ix_moderation_actions_target", "platform", "target_user_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_column=_ts(index=True))
+    platform: str = Field(max_length=32)
+    moderator_id: str = Field(max_length=256)
+    action: str = Field(max_length=16)
+    target_user_id: str = Field(max_length=256)
+    persona_id: str = Field(max_length=64)
+    before: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    after: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    reason: str | None = Field(default=None, max_length=512)

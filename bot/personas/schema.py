@@ -214,6 +214,25 @@ class Safety(_Section):
         description="Sent once to a person whose messages went unanswered too long while "
         "the bot was down (they are not answered late); unset: nothing is sent.",
     )
+    blocklist: tuple[str, ...] = Field(
+        default=(),
+        max_length=5000,
+        description="Words and phrases a reply must never contain (matched whatever the "
+        "case, width, accents or spacing); a reply holding one is regenerated once, then "
+        "replaced by decline_message.",
+    )
+    content_rating: Literal["general", "teen", "mature"] = Field(
+        default="general",
+        description="Who the persona is for. 'mature': only in Discord's age-restricted "
+        "channels, and in Telegram after the person confirmed their age.",
+    )
+    age_gate_message: str = Field(
+        default="Before we talk: this character is for adults only. Are you 18 or older? "
+        "Answer yes or no.",
+        max_length=500,
+        description="What a mature persona asks first in Telegram (and in other places "
+        "without an age-restricted flag).",
+    )
 
 
 class Memory(_Section):
