@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bot.personas._templates import check_template
+from bot.personas.cards.section import CardInfo
 from bot.personas.schedule import Schedule
 
 __all__ = [
@@ -486,6 +487,11 @@ class Persona(_Section):
         default_factory=dict,
         description="Reserved: per-platform settings (any mapping for now; a later schema "
         "version types it).",
+    )
+    card: CardInfo | None = Field(
+        default=None,
+        description="The character card this persona was imported from, as the card wrote "
+        "it (kept for `bot personas export`); the bot speaks from the fields above.",
     )
 
     @field_validator("system_prompt", "greeting")
