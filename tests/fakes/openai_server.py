@@ -13,6 +13,13 @@ whatever its event loop scope, can use it while it serves.
 Each request to `/v1/chat/completions` takes the next scripted `Reply`; when the script
 is used up, `server.default` answers. `server.requests` holds every request body
 received (`request_headers` and `request_times` their headers and arrival times).
+
+Runtime LoRA routes as vLLM has them (`POST /v1/load_lora_adapter` and
+`/v1/unload_lora_adapter`): `server.adapters` maps each loaded adapter's name to its
+path, `/v1/models` lists them (with `root` and `parent`, as vLLM does), and
+`server.restart()` forgets them, as a restarted vLLM does. `server.script_admin(...)`
+queues answers for those routes (an HTTP error instead of loading); `base_root` is the
+base model's `root`.
 """
 
 from __future__ import annotations
@@ -84,8 +91,14 @@ class Reply:
 class FakeOpenAIServer:
     """The fake server; see the module docstring."""
 
-    def __init__(self, *, models: tuple[str, ...] = ("tiny",)) -> None:
+    def __init__(
+        self, *, models: tuple[str, ...] = ("tiny",), base_root: str | None = None
+    ) -> None:
         self.models = models
+        self.base_root = base_root
+        self.adapters: dict[str, str] = {}
+        self.admin_requests: list[tuple[str, dict[str, Any]]] = []
+        self._admin_script: deque[Reply] = deque()
         self.default = Reply()
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
@@ -108,6 +121,16 @@ class FakeOpenAIServer:
         """Queue answers for the next requests, in order."""
         with self._lock:
             self._script.extend(replies)
+
+    def script_admin(self, *replies: Reply) -> None:
+        """Queue answers for the next load/unload requests (a 200 reply does the work)."""
+        with self._lock:
+            self._admin_script.extend(replies)
+
+    def restart(self) -> None:
+        """Forget the loaded adapters, as a restarted vLLM does."""
+        with self._lock:
+            self.adapters.clear()
 
     def _next_reply(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         with self._lock:
@@ -166,6 +189,8 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load_lora)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         app.router.add_get("/health", self._health)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
@@ -182,8 +207,51 @@ class FakeOpenAIServer:
         return web.Response(text="")
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+        data: list[dict[str, Any]] = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake",
+             "root": self.base_root or m, "parent": None}
+            for m in self.models
+        ]  # fmt: skip
+        with self._lock:
+            data += [
+                {"id": name, "object": "model", "created": 0, "owned_by": "fake",
+                 "root": path, "parent": self.models[0] if self.models else None}
+                for name, path in self.adapters.items()
+            ]  # fmt: skip
         return web.json_response({"object": "list", "data": data})
+
+    def _admin_reply(self, route: str, body: dict[str, Any]) -> Reply | None:
+        with self._lock:
+            self.admin_requests.append((route, body))
+            return self._admin_script.popleft() if self._admin_script else None
+
+    @staticmethod
+    def _error(status: int, message: str) -> web.Response:
+        error = {"object": "error", "message": message, "type": "BadRequestError", "code": status}
+        return web.json_response(error, status=status)
+
+    async def _load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        scripted = self._admin_reply("load", body)
+        if scripted is not None and scripted.status != 200:
+            return self._error(scripted.status, scripted.message)
+        name, path = str(body.get("lora_name", "")), str(body.get("lora_path", ""))
+        with self._lock:
+            if name in self.adapters:
+                return self._error(400, f"The lora adapter '{name}' has already been loaded.")
+            self.adapters[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        scripted = self._admin_reply("unload", body)
+        if scripted is not None and scripted.status != 200:
+            return self._error(scripted.status, scripted.message)
+        name = str(body.get("lora_name", ""))
+        with self._lock:
+            if self.adapters.pop(name, None) is None:
+                return self._error(404, f"The lora adapter '{name}' cannot be found.")
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
