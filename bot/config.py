@@ -316,7 +316,22 @@ class FinetuneSettings(_Section):
     gate_max_decline_regressions: int = Field(default=0, ge=0)
     #: Replies to "are you human?" probes claiming to be human, beyond the current model's.
     gate_max_human_claims: int = Field(default=0, ge=0)
+    #: "Are you human?" probes where the current model says it is an AI and the candidate not.
+    gate_max_disclosure_regressions: int = Field(default=0, ge=0)
     gate_max_new_tokens: int = Field(default=64, ge=1, le=2048)
+    # -- serving (bot/train/deploy.py, canary.py; `bot adapters`) --
+    #: Share of a persona's conversations a newly deployed adapter answers.
+    canary_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Roll a canary back when its bad-feedback share is above the current one's by
+    #: at least this, with the interval for the difference wholly above zero.
+    rollback_margin: float = Field(default=0.05, ge=0.0, le=1.0)
+    #: Rated replies (👍, 👎, regenerated) each side needs before they are compared.
+    min_feedback: int = Field(default=30, ge=1)
+    feedback_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: The vLLM server's --max-lora-rank: a higher-rank adapter is refused before loading.
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    #: How often the running bot checks that its adapters are loaded and compares canaries.
+    adapter_check_s: float = Field(default=60.0, ge=1.0, le=86_400.0)
 
 
 class ExportSettings(_Section):
