@@ -125,9 +125,9 @@ class Alerter:
             await sender.send(Outgoing(scope=scope, text=text))
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            log.warning("safety.alert_undelivered", event=event_id, reason=reason)
+            log.warning("safety.alert_undelivered", event_id=event_id, reason=reason)
             await self.store.set_alert(event_id, "failed", reason)
             return False
         await self.store.set_alert(event_id, "sent")
-        log.info("safety.alert_sent", event=event_id, platform=self.platform)
+        log.info("safety.alert_sent", event_id=event_id, platform=self.platform)
         return True

@@ -191,7 +191,7 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
             r"\b(?:me|nos) (?:esta|sigue) (?:pegando|golpeando|amenazando|violando|maltratando)\b",
             r"\b(?:mi (?:padre|papa|madre|mama|pareja|esposo|marido|novio|novia|padrastro)|el|ella|"
             r"alguien) me (?:pega|golpea|maltrata|viola|amenaza)\b",
-            r"\bme amenaza(?:o|ron)? con matarme\b",
+            r"\bme amenaz(?:a|o|aron|aba|an) con matarme\b",
             r"\bestoy en peligro\b",
             r"\btengo miedo por mi vida\b",
             r"\babusa(?:n|ndo|ron)? de mi\b",
@@ -210,6 +210,8 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
     "ja": {
         "self_harm": (
             r"死にたい",
+            r"(?:しにたい|シニタイ|氏にたい|タヒにたい)",  # kana and look-alike spellings
+            r"(?:きえたい|キエタイ)",
             r"自殺",
             r"消えたい",
             r"生きていたくない",
