@@ -297,9 +297,12 @@ async def check_canaries(
         if pair.canary is None:
             continue
         verdict = await compare_canary(
-            registry.db, pair.canary, margin=margin, min_feedback=min_feedback,
+            registry.db,
+            pair.canary,
+            margin=margin,
+            min_feedback=min_feedback,
             confidence=confidence,
-        )  # fmt: skip
+        )
         if verdict.rollback:
             try:
                 await registry.rollback(

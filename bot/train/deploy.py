@@ -32,7 +32,12 @@ import structlog
 
 from bot.errors import BackendError, BackendUnavailable, UsageError
 from bot.logs import mask_url_credentials
-from bot.train.registry import AdapterRecord, AdapterRegistry, check_adapter_name
+from bot.train.registry import (
+    AdapterRecord,
+    AdapterRegistry,
+    check_adapter_name,
+    check_persona_id,
+)
 
 __all__ = [
     "AdapterFileError",
@@ -377,7 +382,7 @@ async def deploy(
     """Check, load and register an adapter as the persona's canary (see the module
     docstring). Nothing is registered unless vLLM loaded it; nothing stays loaded
     when registering fails."""
-    check_adapter_name(persona_id)
+    check_persona_id(persona_id)
     if not 0.0 <= canary_share <= 1.0:
         raise UsageError(f"--canary {canary_share!r}: a share from 0 to 1")
     info = inspect_adapter(adapter_dir)

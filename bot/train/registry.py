@@ -33,6 +33,7 @@ __all__ = [
     "AdapterRegistry",
     "AdapterStatus",
     "check_adapter_name",
+    "check_persona_id",
 ]
 
 _t: Table = LoraAdapterRow.__table__  # type: ignore[attr-defined]
@@ -51,6 +52,20 @@ def check_adapter_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+_PERSONA = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # as persona files' `id`
+
+
+def check_persona_id(persona_id: str) -> str:
+    """`persona_id` if a persona file could have it as `id`; UsageError otherwise."""
+    if not _PERSONA.fullmatch(persona_id):
+        shown = persona_id if len(persona_id) <= 80 else persona_id[:77] + "..."
+        raise UsageError(
+            f"persona id {shown!r}: 1-64 lower-case letters, digits, '_' or '-' "
+            "(the `id` in the persona file)"
+        )
+    return persona_id
 
 
 class AdapterStatus(StrEnum):
@@ -195,6 +210,7 @@ class AdapterRegistry:
         at once, the previous serving adapter retired). A previous canary of the
         persona is retired: one canary at a time. UsageError if the name is taken."""
         check_adapter_name(name)
+        check_persona_id(persona_id)
         if not 0.0 <= canary_share <= 1.0:
             raise UsageError(f"--canary {canary_share!r}: a share from 0 to 1")
         at = now or datetime.now(UTC)
@@ -262,9 +278,13 @@ class AdapterRegistry:
             conn.execute(
                 update(_t)
                 .where(_t.c.id == record.id)
-                .values(status=AdapterStatus.SERVING.value, canary_share=1.0, promoted_at=at,
-                        reason=reason)
-            )  # fmt: skip
+                .values(
+                    status=AdapterStatus.SERVING.value,
+                    canary_share=1.0,
+                    promoted_at=at,
+                    reason=reason,
+                )
+            )
             return self._one(conn, name)
 
         return await self.db.run(work)
@@ -318,9 +338,12 @@ class AdapterRegistry:
             conn.execute(
                 update(_t)
                 .where(_t.c.id == previous.id)
-                .values(status=AdapterStatus.SERVING.value, retired_at=None,
-                        reason=f"serving again: {target.name} rolled back")
-            )  # fmt: skip
+                .values(
+                    status=AdapterStatus.SERVING.value,
+                    retired_at=None,
+                    reason=f"serving again: {target.name} rolled back",
+                )
+            )
             return self._one(conn, target.name), self._one(conn, previous.name)
 
         return await self.db.run(work)
