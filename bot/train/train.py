@@ -65,6 +65,8 @@ class TrainJob:
     progress: bool = True
     #: Extra `transformers.TrainerCallback`s (tests interrupt a run with one).
     callbacks: Sequence[Any] = ()
+    #: Keep OUT/checkpoints after a run that finished (they only serve --resume).
+    keep_checkpoints: bool = False
 
     @property
     def chosen_method(self) -> Method:
@@ -346,6 +348,8 @@ def train_adapter(job: TrainJob) -> dict[str, Any]:
         },
     }
     write_report(job.out, report)
+    if not job.keep_checkpoints:
+        remove_checkpoints(job.out)
     _log.info(
         "train.done",
         persona=job.persona,
