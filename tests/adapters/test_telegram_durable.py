@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -586,3 +587,58 @@ async def test_a_webhook_that_dies_before_answering_gets_the_update_again_and_an
     assert len(posts) > len(set(posts))  # what the process died on was posted again
     for chat in range(9200, 9206):
         assert len(api.sent_to(chat)) == 1  # answered once
+
+
+async def _bot_cli(config: Path, *args: str) -> str:
+    """Run a `bot` command (a real process) against the config; its output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from bot.cli import main; main()",
+        *args,
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=config.parent,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0, out.decode()
+    return out.decode()
+
+
+async def test_a_failed_update_is_listed_and_replayed_with_bot_inbox(
+    tmp_path: Path, llm: FakeOpenAIServer
+) -> None:
+    async with FakeTelegramAPI() as api:
+        api.record_calls = False
+        config = write_config(tmp_path, llm_url=llm.base_url, api=api)
+        bot = BotProcess(config, api)
+        await bot.start()
+        poison = api.poll_message(9300)
+        api.private_message(9301, "hi")
+        await api.wait_for(lambda: api.sent_to(9301), timeout=15)
+        await _settled(tmp_path / "bot.db", 1, timeout=10)
+        assert await bot.stop() == 0, bot.log()
+
+        listed = await _bot_cli(config, "inbox", "list", "--status", "failed", "--json")
+        (row,) = [json.loads(line) for line in listed.splitlines() if line.startswith("{")]
+        assert row["key"] == str(poison["update_id"]) and "cannot parse" in row["reason"]
+        replayed = await _bot_cli(config, "inbox", "replay", "--failed", "--platform", "telegram")
+        assert replayed.startswith("1 event(s) back to pending")
+
+        await bot.start()  # the next start handles it again (the same library: it fails again)
+
+        def attempts() -> int:
+            with sqlite3.connect(tmp_path / "bot.db") as con:
+                found = con.execute(
+                    "select attempts from inbox_events where status = 'failed'"
+                ).fetchall()
+            return int(found[0][0]) if found else 0
+
+        deadline = time.monotonic() + 15
+        while await asyncio.to_thread(attempts) < 2:
+            assert time.monotonic() < deadline, bot.log()
+            await asyncio.sleep(0.1)
+        assert await bot.stop() == 0, bot.log()
+    assert len(api.sent_to(9301)) == 1  # the rest is not handled twice
