@@ -6,23 +6,27 @@ platform's `retry_after` (a bounded number of times), and on a 403/blocked answe
 marks the person unreachable on that platform and records why, never retrying in a
 loop. Each platform implements only `_deliver` (one raw send), `_send_typing` and
 `run`. `Adapter.answer` runs a turn with the typing indicator kept alive.
+
+With an inbox, `accept` commits raw events before the platform is told they
+arrived, `processing()` runs recovery and the inbox worker, and `handle_event`
+(each platform's) handles one stored event. Pacing lives in `adapters._pacing`,
+splitting in `adapters._split`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import re
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Protocol, TypeVar, final
+from typing import Generic, TypeVar, final
 
 import structlog
 
+from adapters._pacing import Clock, DeliveryStats, MonotonicClock, Pacer, PacingPolicy
+from adapters._split import split_message
 from bot.commands import CommandContext, Commands
 from bot.engine import PersonaEngine
 from bot.errors import AdapterError, BotError
@@ -50,14 +54,6 @@ log = structlog.get_logger("adapters")
 
 K = TypeVar("K")
 
-#: Waits shorter than this are no wait: a float a hair above a deadline must not
-#: ask for a sleep too short to move any clock.
-_EPSILON = 1e-6
-
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s*")
-_FENCE = "```"
-
-
 class DeliveryError(BotError):
     """A platform refused or failed a send (not retried by the base)."""
 
@@ -78,103 +74,6 @@ class Unreachable(DeliveryError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _code_spans(text: str) -> list[tuple[int, int]]:
-    spans = []
-    start = text.find(_FENCE)
-    while start != -1:
-        end = text.find(_FENCE, start + 3)
-        if end == -1:
-            spans.append((start, len(text)))
-            break
-        spans.append((start, end + 3))
-        start = text.find(_FENCE, end + 3)
-    return spans
-
-
-def _inside(spans: list[tuple[int, int]], at: int) -> bool:
-    return any(s < at < e for s, e in spans)
-
-
-def split_message(text: str, limit: int) -> list[str]:
-    """Parts of at most `limit` characters, cut at a paragraph, line, sentence or word
-    boundary, in that order of preference, and never inside a ``` code block when a
-    boundary outside one exists. A code block longer than `limit` is itself split at
-    line boundaries and each part re-fenced, so every part renders as code. A single
-    word longer than `limit` is the only thing ever cut mid-word."""
-    if limit <= 8:
-        raise ValueError("limit must be more than 8 characters")
-    parts: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        spans = _code_spans(rest)
-        window = rest[:limit]
-        cut = _best_cut(window, spans, limit)
-        if cut is None:  # inside a code block that does not fit: split it, re-fenced
-            block_start = next(s for s, e in spans if s < limit < e or s <= limit <= e)
-            if block_start > limit // 3:
-                cut = block_start
-            else:
-                cut = _split_code_block(rest, block_start, limit, parts)
-                rest = rest[cut:].lstrip("\n")
-                continue
-        parts.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest:
-        parts.append(rest)
-    return [p for p in parts if p]
-
-
-def _best_cut(window: str, spans: list[tuple[int, int]], limit: int) -> int | None:
-    floor = limit // 3
-    for sep in ("\n\n", "\n"):
-        at = window.rfind(sep)
-        while at > floor:
-            if not _inside(spans, at):
-                return at
-            at = window.rfind(sep, 0, at)
-    ends = [m.end() for m in _SENTENCE_END.finditer(window) if m.end() > floor]
-    ends = [e for e in ends if e <= len(window) and not _inside(spans, e)]
-    if ends:
-        return ends[-1]
-    at = window.rfind(" ")
-    while at > 0:
-        if not _inside(spans, at):
-            return at
-        at = window.rfind(" ", 0, at)
-    if any(s < limit <= e for s, e in spans):
-        return None
-    return limit
-
-
-def _split_code_block(rest: str, start: int, limit: int, parts: list[str]) -> int:
-    """Emit the code block starting at `start` as re-fenced parts; return where it ends."""
-    if start:
-        parts.append(rest[:start].rstrip())
-    end = rest.find(_FENCE, start + 3)
-    end = len(rest) if end == -1 else end + 3
-    block = rest[start:end]
-    first_nl = block.find("\n")
-    opener = block[: first_nl + 1] if first_nl != -1 else _FENCE + "\n"
-    body = block[len(opener) :]
-    body = body[:-3] if body.endswith(_FENCE) else body
-    room = limit - len(opener) - len("\n" + _FENCE)
-    chunk = ""
-    for line in body.splitlines(keepends=True):
-        while len(line) > room:  # a single line longer than the room: hard cut
-            if chunk:
-                parts.append(f"{opener}{chunk.rstrip()}\n{_FENCE}")
-                chunk = ""
-            parts.append(f"{opener}{line[:room]}\n{_FENCE}")
-            line = line[room:]
-        if len(chunk) + len(line) > room:
-            parts.append(f"{opener}{chunk.rstrip()}\n{_FENCE}")
-            chunk = ""
-        chunk += line
-    if chunk.strip():
-        parts.append(f"{opener}{chunk.rstrip()}\n{_FENCE}")
-    return end
 
 
 class KeyedLocks(Generic[K]):
@@ -202,258 +101,6 @@ class KeyedLocks(Generic[K]):
             users[0] -= 1
             if users[0] == 0:
                 del self._entries[key]
-
-
-@dataclass(frozen=True)
-class PacingPolicy:
-    """How fast one adapter may send: per chat, per group chat, and overall.
-
-    Per chat: a short burst of `per_chat_burst`, then one per `per_chat_interval_s`
-    (a token bucket). Per group
-    chat: at most `group_per_minute` in any 60 s. Overall: at most
-    `global_per_second` in any one second, and no two closer than
-    `1 / global_per_second`. Typing indicators may use at most
-    `typing_share` of the overall budget, and only while no reply waits for it.
-    """
-
-    per_chat_interval_s: float = 1.0
-    group_per_minute: int = 20
-    global_per_second: float = 30.0
-    max_rate_limit_retries: int = 3
-    max_retry_after_s: float = 60.0
-    per_chat_burst: int = 3
-    typing_share: float = 0.5
-
-
-class Clock(Protocol):
-    """Time for the pacer: tests pass a virtual clock, so they never sleep."""
-
-    def now(self) -> float:
-        """Seconds on a monotonic scale."""
-        ...
-
-    async def sleep(self, seconds: float) -> None:
-        """Wait `seconds` (other tasks run meanwhile)."""
-        ...
-
-
-class MonotonicClock:
-    """The real clock: `time.monotonic` and `asyncio.sleep`."""
-
-    def now(self) -> float:
-        """Seconds on the monotonic clock."""
-        return time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """`asyncio.sleep`."""
-        await asyncio.sleep(seconds)
-
-
-class _Window:
-    """At most `limit` events in any `period` seconds: the times of the last `limit`."""
-
-    __slots__ = ("limit", "period", "times")
-
-    def __init__(self, limit: int, period: float) -> None:
-        self.limit = max(1, limit)
-        self.period = period
-        self.times: deque[float] = deque()
-
-    def delay(self, now: float) -> float:
-        """How long until one more event fits (0: now)."""
-        while self.times and now - self.times[0] >= self.period:
-            self.times.popleft()
-        if len(self.times) < self.limit:
-            return 0.0
-        return self.period - (now - self.times[0])
-
-    def used(self, now: float) -> int:
-        self.delay(now)
-        return len(self.times)
-
-    def take(self, now: float) -> None:
-        self.times.append(now)
-        while len(self.times) > self.limit:
-            self.times.popleft()
-
-    def idle(self, now: float) -> bool:
-        return not self.times or now - self.times[-1] >= self.period
-
-
-class _Bucket:
-    """A token bucket: `capacity` at once, then one per `interval` seconds."""
-
-    __slots__ = ("capacity", "interval", "stamp", "tokens")
-
-    def __init__(self, capacity: int, interval: float, now: float) -> None:
-        self.capacity = max(1, capacity)
-        self.interval = interval
-        self.tokens = float(self.capacity)
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        if self.interval <= 0:
-            self.tokens = float(self.capacity)
-        else:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) / self.interval)
-        self.stamp = now
-
-    def delay(self, now: float) -> float:
-        self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
-
-    def take(self, now: float) -> None:
-        self._refill(now)
-        self.tokens -= 1
-
-    def idle(self, now: float) -> bool:
-        self._refill(now)
-        return self.tokens >= self.capacity
-
-
-@dataclass
-class DeliveryStats:
-    """What one adapter's sender did: the numbers a benchmark or /metrics reads."""
-
-    sent: int = 0
-    rate_limited: int = 0
-    failed: int = 0
-    typing_sent: int = 0
-    typing_skipped: int = 0
-
-
-class Pacer:
-    """The one owner of an adapter's rate limits: spaces sends so the platform's
-    limits are met before it has to say 429 (see `PacingPolicy`).
-
-    Sends to one chat take their turn in order (FIFO); waiting is `clock.sleep`, so
-    other chats go on meanwhile. A 429 pauses the chat it concerns (or everything,
-    for a global one) for its `retry_after`. Typing indicators ask `try_typing`,
-    which says no whenever a reply is waiting or the overall budget is half used.
-    """
-
-    def __init__(self, policy: PacingPolicy, *, clock: Clock | None = None) -> None:
-        self.policy = policy
-        self.clock: Clock = clock or MonotonicClock()
-        self.stats = DeliveryStats()
-        self._chat: dict[str, _Bucket] = {}
-        self._group: dict[str, _Window] = {}
-        self._paused: dict[str, float] = {}
-        self._paused_all = 0.0
-        self._global: _Window | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._global_lock = asyncio.Lock()
-        self._last_grant = float("-inf")
-        self._waiting = 0
-
-    @property
-    def backlog(self) -> int:
-        """Sends waiting for their turn right now."""
-        return self._waiting
-
-    def _overall(self) -> _Window:
-        rate = self.policy.global_per_second
-        if self._global is None or self._global.limit != max(1, int(rate)):
-            # Below 1/s the window is one send per 1/rate seconds.
-            limit, period = (int(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
-            self._global = _Window(limit, period)
-        return self._global
-
-    def _chat_window(self, chat: str) -> _Bucket:
-        burst = max(1, self.policy.per_chat_burst)
-        interval = self.policy.per_chat_interval_s
-        bucket = self._chat.get(chat)
-        if bucket is None or bucket.capacity != burst or bucket.interval != interval:
-            bucket = self._chat[chat] = _Bucket(burst, interval, self.clock.now())
-        return bucket
-
-    def _group_window(self, chat: str) -> _Window:
-        window = self._group.get(chat)
-        if window is None or window.limit != self.policy.group_per_minute:
-            window = self._group[chat] = _Window(self.policy.group_per_minute, 60.0)
-        return window
-
-    async def wait(self, chat: str, *, group: bool) -> None:
-        """Return when a message to `chat` may be sent now (its send is counted)."""
-        lock = self._locks.setdefault(chat, asyncio.Lock())
-        self._waiting += 1
-        try:
-            async with lock:
-                while True:
-                    now = self.clock.now()
-                    delay = max(
-                        self._chat_window(chat).delay(now),
-                        self._group_window(chat).delay(now) if group else 0.0,
-                        self._paused.get(chat, 0.0) - now,
-                        self._paused_all - now,
-                    )
-                    if delay <= _EPSILON:
-                        break
-                    await self.clock.sleep(delay)
-                await self._take_global()
-                sent = self.clock.now()
-                self._chat_window(chat).take(sent)
-                if group:
-                    self._group_window(chat).take(sent)
-        finally:
-            self._waiting -= 1
-        if len(self._locks) > 10_000:
-            self._forget_idle(self.clock.now())
-
-    async def _take_global(self) -> None:
-        # Evenly spaced as well as windowed: 30 grants in one instant would reach the
-        # platform with jitter, and some of them in the next second's count.
-        spacing = 1.0 / self.policy.global_per_second
-        async with self._global_lock:
-            while True:
-                now = self.clock.now()
-                window = self._overall()
-                delay = max(
-                    window.delay(now), self._paused_all - now, self._last_grant + spacing - now
-                )
-                if delay <= _EPSILON:
-                    window.take(now)
-                    self._last_grant = now
-                    return
-                await self.clock.sleep(delay)
-
-    def try_typing(self) -> bool:
-        """Whether a typing indicator may go out now; if so it is counted. No while
-        any reply waits, nor once `typing_share` of the overall budget is used."""
-        now = self.clock.now()
-        window = self._overall()
-        free = self._waiting == 0 and not self._global_lock.locked() and now >= self._paused_all
-        if free and window.used(now) < window.limit * self.policy.typing_share:
-            window.take(now)
-            self.stats.typing_sent += 1
-            return True
-        self.stats.typing_skipped += 1
-        return False
-
-    def rate_limited(self, chat: str | None, retry_after: float) -> float:
-        """The platform said 429: pause `chat` (None: everything) for `retry_after`
-        (bounded by the policy); returns the pause. Counted."""
-        self.stats.rate_limited += 1
-        pause = min(max(retry_after, 0.0), self.policy.max_retry_after_s)
-        until = self.clock.now() + pause
-        if chat is None:
-            self._paused_all = max(self._paused_all, until)
-        else:
-            self._paused[chat] = max(self._paused.get(chat, 0.0), until)
-        return pause
-
-    def _forget_idle(self, now: float) -> None:
-        # Chats nobody is sending to and whose windows have run out need no state.
-        for chat in [c for c, lock in self._locks.items() if not lock.locked()]:
-            chat_window, group_window = self._chat.get(chat), self._group.get(chat)
-            if (chat_window is None or chat_window.idle(now)) and (
-                group_window is None or group_window.idle(now)
-            ):
-                self._locks.pop(chat, None)
-                self._chat.pop(chat, None)
-                self._group.pop(chat, None)
-                if self._paused.get(chat, 0.0) <= now:
-                    self._paused.pop(chat, None)
 
 
 @dataclass(frozen=True)
