@@ -45,7 +45,8 @@ from bot.personas import (
 )
 from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, persona_guidance, speaker_label
-from bot.safety.stage import InputContext, InputVerdict, OutputContext, SafetyStage
+from bot.safety.replies import record_fixed_reply
+from bot.safety.stage import InputContext, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
 
 __all__ = [
@@ -617,8 +618,11 @@ class PersonaEngine:
                 now=incoming.received_at,
             )
         )
-        if verdict.answers:
-            return await self._fixed(incoming, stored, loaded, verdict, started)
+        if verdict.answers:  # crisis, disclosure, ...: the model is not asked
+            fixed = await record_fixed_reply(
+                self.ledger, incoming, stored, loaded, verdict, started=started
+            )
+            return TurnResult((fixed,), stored)
         model_text, cut = truncate(text, self.settings.max_input_chars)
         if cut:
             model_text += (
@@ -737,40 +741,6 @@ class PersonaEngine:
             safety=None if moderated.ok else "blocked",
         )
         return TurnResult((out,), stored, overhead_ms=overhead_ms, generation_ms=generation_ms)
-
-    async def _fixed(
-        self,
-        incoming: Incoming,
-        stored: StoredIncoming,
-        loaded: LoadedPersona,
-        verdict: InputVerdict,
-        started: float,
-    ) -> TurnResult:
-        """The safety stage's fixed reply (crisis, disclosure, ...), stored as a reply
-        of that kind, sent instead of the model's (the model is not asked)."""
-        assert verdict.reply is not None and verdict.kind is not None
-        message_id = await self.ledger.record_reply(
-            ReplyRecord(
-                conversation_id=stored.conversation_id,
-                user_id=stored.user_id,
-                reply_to_id=stored.message_id,
-                text=verdict.reply,
-                persona_id=loaded.persona.id,
-                persona_hash=loaded.content_hash,
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                kind=verdict.kind[:16],
-            )
-        )
-        log.info("turn.safety_reply", message_id=message_id, safety=verdict.kind)
-        out = Outgoing(
-            scope=incoming.scope,
-            text=verdict.reply,
-            reply_to_platform_id=incoming.platform_message_id,
-            message_id=message_id,
-            persona_hash=loaded.content_hash,
-            safety=verdict.kind,
-        )
-        return TurnResult((out,), stored)
 
     async def _generate(
         self,
