@@ -176,6 +176,10 @@ async def open_app(
             memory=long_term,
             safety=safety.stage,
         )
+        from bot.train.serving import attach_adapters  # canary routing, vLLM reloads
+
+        keep_adapters = backend is None and settings.llm.backend == "openai"
+        await attach_adapters(settings, db, engine, stack, keep=keep_adapters)
         if settings.personas.watch if watch is None else watch:
             stop = asyncio.Event()
             task = asyncio.create_task(registry.watch(stop), name="persona-watch")

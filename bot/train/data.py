@@ -35,6 +35,7 @@ __all__ = [
     "manifest_sha256",
     "neutralise_record",
     "tokenize_chat",
+    "tokenize_records",
 ]
 
 #: The label of a token that is not trained on (PyTorch's cross-entropy ignore index).
@@ -287,3 +288,20 @@ def tokenize_chat(
     if all(label == IGNORE_INDEX for label in labels):
         return None
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def tokenize_records(
+    tokenizer: Any, records: Sequence[dict[str, Any]], control: ControlTokens, max_length: int
+) -> tuple[list[dict[str, list[int]]], int]:
+    """The training rows of chat `records` (neutralised, then `tokenize_chat`), and
+    how many were dropped for leaving no assistant token within `max_length`."""
+    rows, dropped = [], 0
+    for record in records:
+        row = tokenize_chat(
+            tokenizer, neutralise_record(record, control)["messages"], max_length=max_length
+        )
+        if row is None:
+            dropped += 1
+        else:
+            rows.append(row)
+    return rows, dropped

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from bot.config import Settings
+from bot.db import Database
 from bot.errors import BotError
 from bot.personas.schema import Persona
 from bot.train.data import Method
@@ -35,7 +36,14 @@ from bot.train.deploy import AdapterFileError, AdapterInfo, inspect_adapter
 from bot.train.gate import GateResult, Side, run_gate
 from bot.train.report import read_report, write_report
 
-__all__ = ["Deploy", "PersonaOutcome", "after_export", "gate_adapter", "has_gpu"]
+__all__ = [
+    "Deploy",
+    "PersonaOutcome",
+    "after_export",
+    "gate_adapter",
+    "has_gpu",
+    "vllm_deploy",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -192,3 +200,32 @@ async def after_export(
             reason = f"{type(exc).__name__}: {exc}"
             outcomes.append(PersonaOutcome(persona_id, "failed", str(out), reason))
     return outcomes
+
+
+def vllm_deploy(settings: Settings, db: Database) -> Deploy | None:
+    """The hook that deploys a gated adapter into the configured vLLM server as a
+    canary of `finetune.canary_share` (bot/train/deploy.py); None when the bot does
+    not talk to a vLLM server (`llm.backend` is not openai)."""
+    if settings.llm.backend != "openai":
+        return None
+
+    async def deploy_canary(persona_id: str, adapter_dir: Path) -> Any:
+        from bot.train.deploy import VLLMAdmin, deploy
+        from bot.train.registry import AdapterRegistry
+
+        key = settings.llm.resolved_api_key()
+        async with VLLMAdmin(
+            settings.llm.base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            timeout_s=settings.llm.timeout_s,
+        ) as admin:
+            return await deploy(
+                AdapterRegistry(db),
+                admin,
+                persona_id=persona_id,
+                adapter_dir=adapter_dir,
+                canary_share=settings.finetune.canary_share,
+                max_rank=settings.finetune.max_lora_rank,
+            )
+
+    return deploy_canary

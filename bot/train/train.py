@@ -32,7 +32,7 @@ import structlog
 from bot.config import FinetuneSettings
 from bot.errors import BackendUnavailable, UsageError
 from bot.llm.control_tokens import ControlTokens
-from bot.train.data import ExportData, Method, load_export, neutralise_record, tokenize_chat
+from bot.train.data import ExportData, Method, load_export, neutralise_record, tokenize_records
 from bot.train.report import write_report
 
 __all__ = ["TrainJob", "adapter_files_present", "train_adapter"]
@@ -157,21 +157,6 @@ def _load_base(base_model: str, cuda: bool) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _sft_rows(
-    tokenizer: Any, records: list[dict[str, Any]], control: ControlTokens, max_length: int
-) -> tuple[list[dict[str, list[int]]], int]:
-    rows, dropped = [], 0
-    for record in records:
-        row = tokenize_chat(
-            tokenizer, neutralise_record(record, control)["messages"], max_length=max_length
-        )
-        if row is None:
-            dropped += 1
-        else:
-            rows.append(row)
-    return rows, dropped
-
-
 def _lora_config(settings: FinetuneSettings) -> Any:
     peft = _lazy("peft")
     targets: Any = settings.target_modules
@@ -226,8 +211,9 @@ def _trainer(job: TrainJob, export: ExportData, tokenizer: Any, model: Any, cuda
     lora = _lora_config(job.settings)
     callbacks = list(job.callbacks)
     if job.chosen_method == "sft":
-        train_rows, dropped = _sft_rows(tokenizer, export.train, control, job.settings.max_length)
-        eval_rows, _ = _sft_rows(tokenizer, export.validation, control, job.settings.max_length)
+        limit = job.settings.max_length
+        train_rows, dropped = tokenize_records(tokenizer, export.train, control, limit)
+        eval_rows, _ = tokenize_records(tokenizer, export.validation, control, limit)
         if not train_rows or not eval_rows:
             raise UsageError(
                 f"every record is longer than finetune.max_length ({job.settings.max_length} "

@@ -1,0 +1,83 @@
+"""Fixtures for training tests: the tiny model, and exports written by the real writer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.export.formats import dpo_record, openai_record
+from bot.export.writer import DatasetWriter
+
+SYSTEM = "You are Biscuit, a cheerful dog."
+
+# A persona that always answers the same way: a few steps learn it, so the
+# validation loss must go down.
+REPLIES = ["Woof! Walk?", "Woof! Ball?", "Woof! Treat?"]
+QUESTIONS = ["Good morning!", "How are you?", "What do you want?", "Hello there", "Hi!"]
+
+
+def chat_records(n: int, *, offset: int = 0) -> list[dict[str, Any]]:
+    """`n` small chat windows in the export's OpenAI shape."""
+    out = []
+    for i in range(offset, offset + n):
+        turns = [
+            ("user", QUESTIONS[i % len(QUESTIONS)]),
+            ("assistant", REPLIES[i % len(REPLIES)]),
+        ]
+        if i % 2:
+            turns += [("user", "And then?"), ("assistant", REPLIES[(i + 1) % len(REPLIES)])]
+        out.append(openai_record(SYSTEM, turns))
+    return out
+
+
+def dpo_records(n: int) -> list[dict[str, Any]]:
+    """`n` preference pairs: the dog's reply over a flat one."""
+    return [
+        dpo_record(
+            SYSTEM,
+            [("user", QUESTIONS[i % len(QUESTIONS)])],
+            REPLIES[i % len(REPLIES)],
+            "I am a language model and cannot help.",
+            "feedback",
+        )
+        for i in range(n)
+    ]
+
+
+def write_export(
+    out: Path,
+    files: dict[str, Sequence[dict[str, Any]]],
+) -> Path:
+    """An export directory at `out` with `files` (relpath -> records) and a manifest."""
+    with DatasetWriter(out) as writer:
+        for rel, records in files.items():
+            handle = writer.file(rel)
+            for record in records:
+                handle.write(record)
+        writer.commit({"note": "test export"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight model, built once per session."""
+    from bot.llm.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def biscuit_export(tmp_path: Path) -> Path:
+    """An SFT + DPO export for persona `biscuit`."""
+    return write_export(
+        tmp_path / "export",
+        {
+            "biscuit/chat.train.jsonl": chat_records(24),
+            "biscuit/chat.validation.jsonl": chat_records(6, offset=100),
+            "biscuit/dpo.train.jsonl": dpo_records(12),
+            "biscuit/dpo.validation.jsonl": dpo_records(4),
+        },
+    )
