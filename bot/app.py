@@ -209,14 +209,18 @@ async def open_app(
             people,
             commands,
             memory=long_term,
-            upkeep=_upkeep_jobs(settings, long_term, inbox),
+            upkeep=_upkeep_jobs(settings, long_term, inbox, db=db),
             inbox=inbox,
             safety=safety,
         )
 
 
 def _upkeep_jobs(
-    settings: Settings, memory: SQLiteMemory | None, inbox: Inbox | None = None
+    settings: Settings,
+    memory: SQLiteMemory | None,
+    inbox: Inbox | None = None,
+    *,
+    db: Database | None = None,
 ) -> dict[str, Callable[[datetime], Awaitable[Any]]]:
     """Upkeep the scheduler runs besides its own (retention, backups)."""
     jobs: dict[str, Callable[[datetime], Awaitable[Any]]] = {}
@@ -236,7 +240,14 @@ def _upkeep_jobs(
 
         async def export(now: datetime) -> Any:
             out = export_dir / now.strftime("%Y%m%dT%H%M%SZ")
-            return await asyncio.to_thread(export_datasets, settings, now, out=out)
+            manifest = await asyncio.to_thread(export_datasets, settings, now, out=out)
+            if not settings.finetune.enabled:
+                return manifest
+            # Train, gate and canary on a GPU host; elsewhere this logs that it only exported.
+            from bot.train.pipeline import after_export, vllm_deploy
+
+            deploy = vllm_deploy(settings, db) if db is not None else None
+            return await after_export(settings, manifest.path, manifest.data, now, deploy=deploy)
 
         jobs["export"] = export
     return jobs

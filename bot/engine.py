@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -131,6 +131,16 @@ class MemorySource(Protocol):
         ...
 
 
+class AdapterChooser(Protocol):
+    """Picks the LoRA adapter that answers a conversation (bot/train/canary.py)."""
+
+    async def adapter_for(
+        self, persona_id: str, conversation_key: str, default: str | None
+    ) -> str | None:
+        """The adapter's served name; `default` is the persona's own `model.adapter`."""
+        ...
+
+
 class BackendSource(Protocol):
     """Where the engine gets the backend for a persona."""
 
@@ -168,6 +178,8 @@ class PersonaEngine:
     ) -> None:
         #: Crisis, disclosure and moderation around every turn (bot/safety).
         self.safety = safety if safety is not None else SafetyStage.default()
+        #: Canary and serving adapters per conversation; None: the persona's own.
+        self.adapters: AdapterChooser | None = None
         self.memory = memory
         self.observers = list(observers)
         self.personas = personas
@@ -399,7 +411,7 @@ class PersonaEngine:
             budget_tokens=max(64, window - persona.sampling.max_tokens),
             group=not scope.is_direct,
         )
-        request = self._chat_request(loaded, prompt.messages)
+        request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         started = time.perf_counter()
         checked = OutputContext(scope, loaded, kind, conversation_id, user_id=user_id)
         names = (persona.name, persona.id)
@@ -616,7 +628,7 @@ class PersonaEngine:
             budget_tokens=max(64, window - sampling.max_tokens),
             group=group,
         )
-        request = self._chat_request(loaded, prompt.messages)
+        request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         overhead_ms = (time.perf_counter() - started) * 1000
         names = (persona.name, persona.id)
         checked = OutputContext(
@@ -872,6 +884,16 @@ class PersonaEngine:
         if block.left_out:
             log.info("lore.over_budget", shown=block.shown, left_out=block.left_out)
         return block.text
+
+    async def _routed(self, request: ChatRequest, scope: Scope) -> ChatRequest:
+        """`request` with the adapter `adapters` picks for this conversation (the
+        reply's `model` then records it)."""
+        if self.adapters is None:
+            return request
+        chosen = await self.adapters.adapter_for(
+            scope.persona, scope.conversation_key, request.adapter
+        )
+        return request if chosen == request.adapter else replace(request, adapter=chosen)
 
     @staticmethod
     def _chat_request(loaded: LoadedPersona, messages: tuple[ChatMessage, ...]) -> ChatRequest:

@@ -15,16 +15,19 @@ import asyncio
 import contextlib
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
-from bot.config import FinetuneSettings, Settings
 from bot.db import Database
 from bot.engine import PersonaEngine
 from bot.errors import UsageError
 from bot.train.canary import AdapterRouter, CanaryVerdict, check_canaries
 from bot.train.deploy import ReloadResult, VLLMAdmin, ensure_loaded
 from bot.train.registry import AdapterRegistry
+
+if TYPE_CHECKING:
+    from bot.config import FinetuneSettings, Settings
 
 __all__ = ["AdapterKeeper", "attach_adapters"]
 
