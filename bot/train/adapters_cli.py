@@ -153,7 +153,7 @@ def adapters_deploy(
                 force=force,
             )
 
-    done = _with_registry(settings, action, must_exist=False)
+    done = _with_registry(settings, action)
     record = done.record
     _echo(
         f"deployed {record.name} for {record.persona_id} on {done.served_base}: "
