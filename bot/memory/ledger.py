@@ -199,7 +199,10 @@ class Unfinished:
 
 #: Outgoing kinds a restart delivers. A greeting is not among them: /start sends it
 #: inside its answer, and a greeting resent after a crash greets a person twice.
-_REDELIVERED_KINDS = ("message", "proactive", "apology", "away", "crisis", "disclosure")
+_REDELIVERED_KINDS = (
+    *("message", "proactive", "apology", "away"),
+    *("crisis", "disclosure", "limited", "age_gate"),  # the safety stage's fixed replies
+)
 _UNFINISHED_IN = (MessageStatus.RECEIVED.value, MessageStatus.ANSWERING.value)
 _UNFINISHED_OUT = (MessageStatus.GENERATED.value, MessageStatus.SENDING.value)
 

@@ -2,7 +2,9 @@
 
 The engine calls this when `before_turn` answers: the reply is stored as a reply of
 the verdict's kind (so exports leave it out and a restart redelivers it) and the
-message it answers becomes answered; the model is not asked.
+message it answers becomes answered; the model is not asked. An empty reply is
+silence (a ban, a mute): no reply at all, and the message is settled as `ignored`
+(the safety event keeps the reason), so recovery never answers it later.
 """
 
 from __future__ import annotations
@@ -10,15 +12,20 @@ from __future__ import annotations
 import time
 
 import structlog
+from sqlalchemy import Connection, Table, update
+from sqlmodel import SQLModel
 
 from bot.memory.ledger import Ledger, ReplyRecord, StoredIncoming
 from bot.messages import Incoming, Outgoing
+from bot.models import Message, MessageStatus
 from bot.personas import LoadedPersona
 from bot.safety.stage import InputVerdict
 
 __all__ = ["record_fixed_reply"]
 
 log = structlog.get_logger("bot.safety")
+
+_messages: Table = SQLModel.metadata.tables[Message.__tablename__]
 
 
 async def record_fixed_reply(
@@ -29,10 +36,24 @@ async def record_fixed_reply(
     verdict: InputVerdict,
     *,
     started: float,
-) -> Outgoing:
-    """Store `verdict.reply` as the answer to `stored`; the `Outgoing` that sends it."""
+) -> Outgoing | None:
+    """Store `verdict.reply` as the answer to `stored`; the `Outgoing` that sends it,
+    or None for silence (an empty reply)."""
     if verdict.reply is None or verdict.kind is None:
         raise ValueError("record_fixed_reply needs a verdict that answers")
+    if not verdict.reply:
+        mid = stored.message_id
+
+        def settle(conn: Connection) -> None:
+            conn.execute(
+                update(_messages)
+                .where(_messages.c.id == mid)
+                .values(status=MessageStatus.IGNORED.value)
+            )
+
+        await ledger.db.run(settle)
+        log.info("turn.safety_silence", message_id=mid, safety=verdict.kind)
+        return None
     message_id = await ledger.record_reply(
         ReplyRecord(
             conversation_id=stored.conversation_id,

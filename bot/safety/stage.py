@@ -384,7 +384,10 @@ class StreamGuard:
     `hold_back` characters behind the newest text, and only once the output checks
     passed on everything up to there: what is shown is always a prefix the stage let
     through, and a phrase still arriving is held. The held tail is shown by `flush`
-    once the whole reply passed."""
+    once the whole reply passed.
+
+    When an output check is `expensive` (a model or HTTP call), the prefix is screened
+    at most every `expensive_step` characters, not at every word."""
 
     def __init__(
         self,
@@ -393,11 +396,14 @@ class StreamGuard:
         on_delta: DeltaCallback,
         *,
         hold_back: int = 24,
+        expensive_step: int = 80,
     ) -> None:
         self.stage = stage
         self.ctx = ctx
         self.on_delta = on_delta
         self.hold_back = hold_back
+        expensive = any(getattr(c, "expensive", False) for c in stage.output_checks)
+        self.step = expensive_step if expensive else 1
         self._text: list[str] = []
         self._shown = 0  # characters of the joined text already shown
         self._blocked = False
@@ -414,7 +420,7 @@ class StreamGuard:
             return
         text = "".join(self._text)
         end = _last_boundary(text, self._shown, len(text) - self.hold_back)
-        if end <= self._shown:
+        if end - self._shown < self.step:
             return
         verdict = await self.stage.screen(self.ctx, text[:end])
         if not verdict.ok:
