@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -48,6 +48,7 @@ from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, persona_guidance
 from bot.safety.replies import record_fixed_reply
 from bot.safety.stage import InputContext, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
+from bot.turns import ConversationLine, away_notice
 
 __all__ = [
     "BackendSource",
@@ -130,6 +131,16 @@ class MemorySource(Protocol):
         ...
 
 
+class AdapterChooser(Protocol):
+    """Picks the LoRA adapter that answers a conversation (bot/train/canary.py)."""
+
+    async def adapter_for(
+        self, persona_id: str, conversation_key: str, default: str | None
+    ) -> str | None:
+        """The adapter's served name; `default` is the persona's own `model.adapter`."""
+        ...
+
+
 class BackendSource(Protocol):
     """Where the engine gets the backend for a persona."""
 
@@ -167,6 +178,8 @@ class PersonaEngine:
     ) -> None:
         #: Crisis, disclosure and moderation around every turn (bot/safety).
         self.safety = safety if safety is not None else SafetyStage.default()
+        #: Canary and serving adapters per conversation; None: the persona's own.
+        self.adapters: AdapterChooser | None = None
         self.memory = memory
         self.observers = list(observers)
         self.personas = personas
@@ -176,7 +189,7 @@ class PersonaEngine:
         self.context_window = context_window
         self.timezone = ZoneInfo(timezone)
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._tails: dict[str, asyncio.Future[None]] = {}
+        self._line = ConversationLine()  # each conversation's turns in arrival order
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
         self._lore: dict[str, LoreBook] = {}  # by persona content hash
@@ -219,12 +232,9 @@ class PersonaEngine:
         self._idle.clear()
         incoming = stored.incoming
         key = incoming.scope.conversation_key
-        previous, release = self._queue_behind(key)
-        waited = False
+        place = self._line.join(key)
         try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            waited = True
+            await place.wait()
             if not await self.ledger.claim(stored.message_id):
                 log.info("turn.resume_skipped", message_id=stored.message_id)
                 return []
@@ -238,7 +248,7 @@ class PersonaEngine:
                 )
                 return list(result.outgoing)
         finally:
-            release(previous if not waited else None)
+            place.release()
             self._settle()
 
     async def expire(
@@ -251,63 +261,19 @@ class PersonaEngine:
             return None
         if stored.user_id is None or not notify:
             return None
-        return await self._away(stored.scope, stored.conversation_id, stored.user_id, stored)
+        reply_to = stored.message_id if stored.direction == "in" else None
+        return await self._away(stored.scope, stored.conversation_id, stored.user_id, reply_to)
 
     async def _away(
-        self, scope: Scope, conversation_id: int, user_id: int, stored: Unfinished | None
+        self, scope: Scope, conversation_id: int, user_id: int, reply_to: int | None
     ) -> Outgoing | None:
         try:
             loaded = self.personas.get(scope.persona)
         except PersonaError:
             return None
-        text = loaded.persona.safety.away_message
-        if not text or await self.ledger.away_sent(conversation_id, user_id):
-            return None
-        reply_to = None
-        if stored is not None:
-            reply_to = stored.message_id if stored.direction == "in" else None
-        message_id = await self.ledger.record_reply(
-            ReplyRecord(
-                conversation_id=conversation_id,
-                user_id=user_id,
-                reply_to_id=reply_to,
-                text=text,
-                persona_id=loaded.persona.id,
-                persona_hash=loaded.content_hash,
-                kind="away",
-            )
+        return await away_notice(
+            self.ledger, loaded, scope, conversation_id, user_id, reply_to_id=reply_to
         )
-        return Outgoing(
-            scope=scope, text=text, message_id=message_id, persona_hash=loaded.content_hash
-        )
-
-    def _queue_behind(
-        self, key: str
-    ) -> tuple[asyncio.Future[None] | None, Callable[[asyncio.Future[None] | None], None]]:
-        """Take the conversation's place in line: (the turn to wait for, release).
-
-        `release(previous)` lets the next turn go; given a `previous` this turn did
-        not wait for (an unaddressed or duplicate message, or a cancelled wait), the
-        next turn is let go only when `previous` finishes, so the chain of a
-        conversation's turns is never broken.
-        """
-        previous = self._tails.get(key)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tails[key] = mine
-
-        def done(_: object = None) -> None:
-            if not mine.done():
-                mine.set_result(None)
-            if self._tails.get(key) is mine:
-                del self._tails[key]
-
-        def release(unwaited: asyncio.Future[None] | None) -> None:
-            if unwaited is not None and not unwaited.done():
-                unwaited.add_done_callback(done)
-            else:
-                done()
-
-        return previous, release
 
     async def run_turn(
         self,
@@ -378,20 +344,15 @@ class PersonaEngine:
         self._active += 1
         self._idle.clear()
         key = scope.conversation_key
-        previous = self._tails.get(key)
-        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._tails[key] = mine
+        place = self._line.join(key)
         try:
-            if previous is not None:
-                await asyncio.shield(previous)
+            await place.wait()
             with structlog.contextvars.bound_contextvars(
                 platform=scope.platform, conversation=key, user=scope.user, persona=scope.persona
             ):
                 return await self._proactive(scope, instruction, display_name, kind, now)
         finally:
-            mine.set_result(None)
-            if self._tails.get(key) is mine:
-                del self._tails[key]
+            place.release()
             self._settle()
 
     async def _proactive(
@@ -450,7 +411,7 @@ class PersonaEngine:
             budget_tokens=max(64, window - persona.sampling.max_tokens),
             group=not scope.is_direct,
         )
-        request = self._chat_request(loaded, prompt.messages)
+        request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         started = time.perf_counter()
         checked = OutputContext(scope, loaded, kind, conversation_id, user_id=user_id)
         names = (persona.name, persona.id)
@@ -527,8 +488,8 @@ class PersonaEngine:
 
         key = incoming.scope.conversation_key
         # The next message of this conversation waits for us, and we for the one before.
-        previous, release = self._queue_behind(key)
-        waited = False
+        place = self._line.join(key)
+        previous = place.previous
         try:
             addressed = incoming.addressed_to_bot
             stale = (
@@ -566,17 +527,16 @@ class PersonaEngine:
                     "staleness limit (engine.stale_after_s)",
                 )
                 away = await self._away(
-                    incoming.scope, stored.conversation_id, stored.user_id, None
+                    incoming.scope, stored.conversation_id, stored.user_id, stored.message_id
                 )
                 return TurnResult(outgoing=(away,) if away else (), stored=stored)
             if previous is not None:
-                await asyncio.shield(previous)
-                waited = True
+                await place.wait()
                 if not await self.ledger.claim(stored.message_id):
                     return TurnResult(outgoing=(), stored=stored)
             return await self._answer(incoming, text, stored, started, on_delta)
         finally:
-            release(previous if previous is not None and not waited else None)
+            place.release()
 
     async def _answer(
         self,
@@ -668,7 +628,7 @@ class PersonaEngine:
             budget_tokens=max(64, window - sampling.max_tokens),
             group=group,
         )
-        request = self._chat_request(loaded, prompt.messages)
+        request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         overhead_ms = (time.perf_counter() - started) * 1000
         names = (persona.name, persona.id)
         checked = OutputContext(
@@ -924,6 +884,16 @@ class PersonaEngine:
         if block.left_out:
             log.info("lore.over_budget", shown=block.shown, left_out=block.left_out)
         return block.text
+
+    async def _routed(self, request: ChatRequest, scope: Scope) -> ChatRequest:
+        """`request` with the adapter `adapters` picks for this conversation (the
+        reply's `model` then records it)."""
+        if self.adapters is None:
+            return request
+        chosen = await self.adapters.adapter_for(
+            scope.persona, scope.conversation_key, request.adapter
+        )
+        return request if chosen == request.adapter else replace(request, adapter=chosen)
 
     @staticmethod
     def _chat_request(loaded: LoadedPersona, messages: tuple[ChatMessage, ...]) -> ChatRequest:
