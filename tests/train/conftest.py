@@ -81,3 +81,41 @@ def biscuit_export(tmp_path: Path) -> Path:
             "biscuit/dpo.validation.jsonl": dpo_records(4),
         },
     )
+
+
+def tiny_settings(**overrides: Any) -> Any:
+    """Finetune settings for a few quick steps on the tiny model."""
+    from bot.config import FinetuneSettings
+
+    values: dict[str, Any] = {
+        "max_steps": 6,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "save_steps": 2,
+        "warmup_ratio": 0.0,
+        "gate_max_new_tokens": 8,
+    }
+    values.update(overrides)
+    return FinetuneSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, Path]:
+    """(export, adapter): one SFT run on the tiny model, shared by the gate tests."""
+    from bot.train.train import TrainJob, train_adapter
+
+    root = tmp_path_factory.mktemp("trained")
+    export = write_export(
+        root / "export",
+        {
+            "biscuit/chat.train.jsonl": chat_records(24),
+            "biscuit/chat.validation.jsonl": chat_records(6, offset=100),
+        },
+    )
+    out = root / "adapter"
+    job = TrainJob("biscuit", export, str(tiny_model), out, tiny_settings(), progress=False)
+    train_adapter(job)
+    return export, out
