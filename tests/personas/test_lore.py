@@ -325,12 +325,23 @@ def test_an_invalid_always_flag_is_one_problem_not_two() -> None:
 
 def test_json_schema_documents_lore() -> None:
     lore = persona_json_schema()["$defs"]["Lore"]
-    assert set(lore["properties"]) == {"budget_tokens", "scan_depth", "entries"}
+    assert set(lore["properties"]) == {
+        "budget_tokens",
+        "scan_depth",
+        "recursive",
+        "max_recursion",
+        "worlds",
+        "entries",
+    }
     entry = persona_json_schema()["$defs"]["LoreEntry"]
     assert entry["required"] == ["text"]
     # Editors also flag an entry without keys that is not always-on.
     assert entry["then"]["required"] == ["keys"]
-    assert entry["if"]["not"]["properties"]["always"] == {"const": True}
+    flags = entry["if"]["not"]["anyOf"]
+    assert [f["properties"] for f in flags] == [
+        {"always": {"const": True}},
+        {"constant": {"const": True}},
+    ]
     assert all(prop.get("description") for prop in entry["properties"].values())
 
 
