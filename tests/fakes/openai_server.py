@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["FakeOpenAIServer", "Reply"]
+__all__ = ["FakeOpenAIServer", "Moderation", "Reply"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,18 @@ class Reply:
         return (*(w + " " for w in words[:-1]), words[-1])
 
 
+@dataclass(frozen=True)
+class Moderation:
+    """One scripted /v1/moderations answer: `flagged` with `categories`, or `raw`
+    bytes as the body (garbage), after `delay_s` (to outlast a timeout)."""
+
+    flagged: bool = False
+    categories: tuple[str, ...] = ()
+    status: int = 200
+    raw: bytes | None = None
+    delay_s: float = 0.0
+
+
 class FakeOpenAIServer:
     """The fake server; see the module docstring."""
 
@@ -104,6 +116,9 @@ class FakeOpenAIServer:
         self.request_headers: list[dict[str, str]] = []
         self.request_times: list[float] = []
         self._script: deque[Reply] = deque()
+        #: Bodies posted to /v1/moderations, and its scripted answers.
+        self.moderation_requests: list[dict[str, Any]] = []
+        self._moderation_script: deque[Moderation] = deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,6 +146,11 @@ class FakeOpenAIServer:
         """Forget the loaded adapters, as a restarted vLLM does."""
         with self._lock:
             self.adapters.clear()
+
+    def script_moderation(self, *answers: Moderation) -> None:
+        """Queue answers for the next /v1/moderations requests (then: not flagged)."""
+        with self._lock:
+            self._moderation_script.extend(answers)
 
     def _next_reply(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         with self._lock:
@@ -189,6 +209,7 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/moderations", self._moderations)
         app.router.add_post("/v1/load_lora_adapter", self._load_lora)
         app.router.add_post("/v1/unload_lora_adapter", self._unload_lora)
         app.router.add_get("/health", self._health)
@@ -202,6 +223,28 @@ class FakeOpenAIServer:
         await runner.cleanup()
 
     # -- handlers --------------------------------------------------------------------
+
+    async def _moderations(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            self.moderation_requests.append(body)
+            answer = self._moderation_script.popleft() if self._moderation_script else None
+        answer = answer or Moderation()
+        if answer.delay_s:
+            assert self._stopping is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), answer.delay_s)
+        if answer.raw is not None:
+            return web.Response(body=answer.raw, status=answer.status)
+        result = {
+            "flagged": answer.flagged,
+            "categories": {c: True for c in answer.categories},
+            "category_scores": {c: 0.99 for c in answer.categories},
+        }
+        return web.json_response(
+            {"id": "modr-fake", "model": str(body.get("model", "")), "results": [result]},
+            status=answer.status,
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -226,7 +269,7 @@ class FakeOpenAIServer:
             return self._admin_script.popleft() if self._admin_script else None
 
     @staticmethod
-    def _error(status: int, message: str) -> web.Response:
+    def _admin_error(status: int, message: str) -> web.Response:
         error = {"object": "error", "message": message, "type": "BadRequestError", "code": status}
         return web.json_response(error, status=status)
 
@@ -234,11 +277,12 @@ class FakeOpenAIServer:
         body = await request.json()
         scripted = self._admin_reply("load", body)
         if scripted is not None and scripted.status != 200:
-            return self._error(scripted.status, scripted.message)
+            return self._admin_error(scripted.status, scripted.message)
         name, path = str(body.get("lora_name", "")), str(body.get("lora_path", ""))
         with self._lock:
             if name in self.adapters:
-                return self._error(400, f"The lora adapter '{name}' has already been loaded.")
+                message = f"The lora adapter '{name}' has already been loaded."
+                return self._admin_error(400, message)
             self.adapters[name] = path
         return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
 
@@ -246,11 +290,11 @@ class FakeOpenAIServer:
         body = await request.json()
         scripted = self._admin_reply("unload", body)
         if scripted is not None and scripted.status != 200:
-            return self._error(scripted.status, scripted.message)
+            return self._admin_error(scripted.status, scripted.message)
         name = str(body.get("lora_name", ""))
         with self._lock:
             if self.adapters.pop(name, None) is None:
-                return self._error(404, f"The lora adapter '{name}' cannot be found.")
+                return self._admin_error(404, f"The lora adapter '{name}' cannot be found.")
         return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
