@@ -41,6 +41,9 @@ app.add_typer(__import__("bot.export.cli", fromlist=["_"]).export_app, name="exp
 app.add_typer(__import__("bot.memory.cli", fromlist=["_"]).memory_app, name="memory")
 app.add_typer(__import__("bot.scheduler.cli", fromlist=["_"]).schedule_app, name="schedule")
 app.add_typer(__import__("bot.inbox.cli", fromlist=["_"]).inbox_app, name="inbox")
+_cards = __import__("bot.personas.cards.cli", fromlist=["_"])
+personas_app.command("import")(_cards.import_command)
+personas_app.command("export")(_cards.export_command)
 app.add_typer(__import__("bot.train.cli", fromlist=["_"]).train_app, name="train")
 app.add_typer(__import__("bot.train.adapters_cli", fromlist=["_"]).adapters_app, name="adapters")
 
