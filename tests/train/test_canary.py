@@ -159,12 +159,12 @@ class Ledger:
                         conversation_id=1, user_id=1, direction="in", status="answered",
                         text="hi", persona_id=persona, created_at=at,
                     )
-                ).inserted_primary_key[0]  # fmt: skip
+                ).inserted_primary_key[0]  # type: ignore[index]  # fmt: skip
                 reply = dict(
                     conversation_id=1, direction="out", status="delivered", text="r",
                     persona_id=persona, model=model, reply_to_id=asked, created_at=at,
                 )  # fmt: skip
-                rid = conn.execute(insert(msgs).values(**reply)).inserted_primary_key[0]
+                rid = conn.execute(insert(msgs).values(**reply)).inserted_primary_key[0]  # type: ignore[index]
                 emoji = "👍" if i < up else "👎" if i < up + down else None
                 if emoji:
                     conn.execute(
