@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
@@ -90,7 +90,44 @@ class SlashCommands:
         async def reload(interaction: discord.Interaction) -> None:
             await adapter._slash(interaction, "reload", "")
 
+        self._moderation_commands(tree)
         return tree
+
+    def _moderation_commands(self, tree: app_commands.CommandTree[discord.Client]) -> None:
+        """/mute /unmute /ban /unban /exempt /unexempt: moderators', audited
+        (bot/commands.py `parse_moderation` reads what these build)."""
+        adapter = self
+        described = {
+            "mute": "Moderators: the persona stops answering a person (for a while)",
+            "unmute": "Moderators: undo /mute",
+            "ban": "Moderators: the persona never answers a person",
+            "unban": "Moderators: undo /ban",
+            "exempt": "Moderators: a person skips the message and token limits",
+            "unexempt": "Moderators: undo /exempt",
+        }
+        for action, description in described.items():
+
+            def make(action: str) -> Any:
+                @app_commands.describe(
+                    user="The person",
+                    everywhere="For every persona, not only this channel's",
+                    duration="Mutes only: 30m, 2h, 7d (empty: until /unmute)",
+                    reason="Why (kept in the audit)",
+                )
+                async def command(
+                    interaction: discord.Interaction,
+                    user: discord.User,
+                    everywhere: bool = False,
+                    duration: str = "",
+                    reason: str = "",
+                ) -> None:
+                    words = [f"<@{user.id}>", "all" if everywhere else ""]
+                    words += [duration.strip() if action == "mute" else "", reason]
+                    await adapter._slash(interaction, action, " ".join(w for w in words if w))
+
+                return command
+
+            tree.command(name=action, description=description)(make(action))
 
     async def sync(self, tree: app_commands.CommandTree[discord.Client]) -> None:
         # Idempotent on Discord's side (unchanged commands are not re-created). A bot

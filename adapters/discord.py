@@ -469,6 +469,7 @@ class DiscordAdapter(Adapter):
                 message, me, scope, always_on=self._always_on, keywords=self._keywords
             ),
             received_at=received_at,
+            age_restricted=_age_restricted(message.channel, guild),
         )
 
     # -- delivery -----------------------------------------------------------------------
@@ -631,3 +632,19 @@ def _retry_after(exc: discord.HTTPException) -> float:
         return float(header) if header is not None else 5.0
     except ValueError:
         return 5.0
+
+
+def _age_restricted(channel: Any, guild: int | None) -> bool:
+    """Discord's age-restricted flag of a message's place (a thread has its parent's).
+    False in a DM (Discord has no flag there) and for a channel not known (not
+    cached): a mature persona speaks only where Discord says the place is for adults
+    (bot/safety/rating.py)."""
+    if guild is None:
+        return False
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    if not callable(is_nsfw):
+        return False
+    try:
+        return bool(is_nsfw())
+    except Exception:  # a partial channel whose parent is not cached
+        return False

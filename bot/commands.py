@@ -1,6 +1,7 @@
 """Slash commands, the same on every platform: `/start`, `/help`, `/persona`,
 `/memory`, `/forget`, `/optout`, `/optin`, `/timezone`, and for moderators
-`/reload` and `/persona upload`.
+`/reload`, `/persona upload`, and `/mute` `/unmute` `/ban` `/unban` `/exempt`
+`/unexempt` (bot/safety/limits.py: per persona or for all, every one audited).
 
 Adapters parse the platform's command event into a name, an argument string and a
 `CommandContext`, and send back the text `Commands.run` returns. Nothing here
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,10 +28,15 @@ from bot.errors import PersonaError, PersonaNotFound
 from bot.messages import Actor, Scope
 from bot.people import People, place_key
 from bot.personas import PersonaFileError, PersonaRegistry, parse_persona
+from bot.safety.limits import LimitStore
+from bot.text import clean_text
 
 __all__ = ["CommandContext", "Commands", "MemoryControl", "MemoryItem", "StoreMemoryControl"]
 
 log = structlog.get_logger("bot.commands")
+
+#: Moderators' commands about a person (bot/safety/limits.py `ACTIONS`).
+MODERATOR_ACTIONS = ("mute", "unmute", "ban", "unban", "exempt", "unexempt")
 
 HELP = """\
 /persona: who you are talking with (/persona ID to switch, where allowed)
@@ -90,6 +97,7 @@ class Commands:
         "optin",
         "timezone",
         "reload",
+        *MODERATOR_ACTIONS,
     )
 
     def __init__(
@@ -99,14 +107,20 @@ class Commands:
         people: People,
         personas: PersonaRegistry,
         memory: MemoryControl | None = None,
+        limits: LimitStore | None = None,
     ) -> None:
         self.engine = engine
         self.people = people
         self.personas = personas
         self.memory = memory
+        #: Mutes, bans and exemptions (the same tables the limits check reads).
+        self.limits = limits if limits is not None else LimitStore(people.db)
 
     async def run(self, name: str, args: str, ctx: CommandContext) -> str:
         """The answer to `/name args`."""
+        if name.lower().lstrip("/") in MODERATOR_ACTIONS:
+            log.info("command", command=name, user=ctx.actor.id, platform=ctx.scope.platform)
+            return await self._moderate(name.lower().lstrip("/"), args.strip(), ctx)
         handler = getattr(self, f"_cmd_{name.lower().lstrip('/')}", None)
         if handler is None:
             return f"Unknown command /{name}.\n{HELP}"
@@ -243,12 +257,73 @@ class Commands:
         serving = self.personas.get(persona_id)
         return f"{serving.persona.name} ({persona_id}) is now version {serving.content_hash[:12]}."
 
+    async def _moderate(self, action: str, args: str, ctx: CommandContext) -> str:
+        if not ctx.is_moderator:
+            return f"Only moderators can /{action}."
+        parsed = parse_moderation(action, args, ctx.scope.persona)
+        if isinstance(parsed, str):
+            return parsed
+        target, persona, duration, reason = parsed
+        until = datetime.now(UTC) + duration if duration is not None else None
+        before, after = await self.limits.apply(
+            action,
+            platform=ctx.scope.platform,
+            target=target,
+            persona=persona,
+            moderator=ctx.actor.id,
+            reason=reason,
+            until=until,
+        )
+        where = "every persona" if persona == "*" else persona
+        done = f"{action}: {target} for {where}"
+        if until is not None:
+            done += f" until {until:%Y-%m-%d %H:%M} UTC"
+        changed = "" if before != after else " (no change)"
+        return f"Done, {done}{changed}. Audited."
+
     def _file_for(self, persona_id: str) -> Path:
         try:
             return self.personas.get(persona_id).path
         except PersonaError:
             directory = self.personas.dirs[0]
             return directory / f"{persona_id}.yaml"
+
+
+_MENTION = re.compile(r"^<@!?(\d{1,32})>$|^(\d{1,32})$")
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_moderation(
+    action: str, args: str, persona: str
+) -> tuple[str, str, timedelta | None, str | None] | str:
+    """`/mute USER [all] [30m|2h|7d] [reason...]` and the like: (target, persona or
+    "*", mute duration, reason), or the usage text for arguments that are not that.
+    USER is a numeric platform id or a Discord mention."""
+    usage = (
+        f"Say /{action} USER [all]{' [30m|2h|7d]' if action == 'mute' else ''}"
+        f"{' [reason]' if action in ('mute', 'ban') else ''}: USER is the person's "
+        "numeric id or a mention; 'all' means for every persona, not only this one."
+    )
+    words = args.split()
+    if not words:
+        return usage
+    found = _MENTION.match(words[0])
+    if found is None:
+        return f"{words[0][:40]!r} is not a user id or mention. {usage}"
+    target = found.group(1) or found.group(2)
+    rest = words[1:]
+    where = persona
+    if rest and rest[0].lower() in ("all", "everywhere", "*"):
+        where, rest = "*", rest[1:]
+    duration = None
+    if action == "mute" and rest and (length := _DURATION.match(rest[0].lower())):
+        duration = timedelta(seconds=int(length.group(1)) * _UNITS[length.group(2)])
+        if duration > timedelta(days=3650):
+            return f"A mute of {rest[0]} is too long; leave the duration out for an open mute."
+        rest = rest[1:]
+    reason = clean_text(" ".join(rest))[:512] or None
+    return target, where, duration, reason
 
 
 def _write_atomically(path: Path, text: str) -> None:

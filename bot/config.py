@@ -372,6 +372,47 @@ class ExportSettings(_Section):
         return key
 
 
+class ModerationSettings(_Section):
+    """Checks on every reply before it is stored or sent (bot/safety/moderation.py)."""
+
+    declined_topics: bool = True
+    #: Block replies holding someone else's personal data (the export scrubber's finds).
+    personal_data: bool = True
+    #: Terms no reply may hold, by place: "*", "discord", "discord:GUILD",
+    #: "telegram:CHAT", "discord:CHANNEL" (all that apply are checked).
+    blocklists: dict[str, list[str]] = Field(default_factory=dict)
+    #: A model check: "openai" posts to {base_url}/moderations, "llama_guard" asks a
+    #: safety model through the chat API.
+    model: Literal["off", "openai", "llama_guard"] = "off"
+    base_url: str | None = Field(default=None, description="Unset: llm.base_url.")
+    model_name: str | None = Field(default=None, description="Unset: the server's default.")
+    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    #: When the model check fails (timeout, error, garbage): "open" lets the reply
+    #: through (logged, counted), "closed" blocks it.
+    fail: Literal["open", "closed"] = "open"
+    #: Only these categories block ("harassment", or Llama Guard's "S10"); empty: any.
+    categories: list[str] = Field(default_factory=list)
+
+
+class LimitSettings(_Section):
+    """Messages per minute and tokens per day, per person (bot/safety/limits.py)."""
+
+    #: Answered messages per person and persona in any 60 s; 0: no limit (20 is a
+    #: good start for a public bot).
+    messages_per_minute: int = Field(default=0, ge=0, le=100_000)
+    #: Answered messages per channel (everyone in it) in any 60 s; 0: no limit.
+    channel_messages_per_minute: int = Field(default=0, ge=0, le=100_000)
+    #: Tokens the model read and wrote for one person and persona per UTC day; 0: none.
+    tokens_per_day: int = Field(default=0, ge=0)
+    #: Said (once per minute or day) when a limit is reached; a persona's
+    #: safety.limit_message wins.
+    message: str = Field(
+        default="I need a little break. Let's continue in a bit!", min_length=1, max_length=500
+    )
+    #: A person's messages queued behind their own newer one are answered together.
+    coalesce: bool = True
+
+
 class SafetySettings(_Section):
     """Crisis replies, disclosure and moderation (bot/safety; docs/safety.md)."""
 
@@ -408,6 +449,8 @@ class SafetySettings(_Section):
     classifier_model: str | None = Field(default=None, description="Unset: llm.model.")
     classifier_timeout_s: float = Field(default=5.0, gt=0, le=120)
     max_scan_chars: int = Field(default=20_000, ge=1000, le=1_000_000)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
 
 class Settings(BaseSettings):

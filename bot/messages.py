@@ -115,6 +115,11 @@ class Incoming(_Frozen):
     )
     received_at: datetime = Field(default_factory=utcnow)
     kind: TurnKind = TurnKind.MESSAGE
+    age_restricted: bool | None = Field(
+        default=None,
+        description="The place is marked for adults (Discord's age-restricted channel); "
+        "None: the platform has no such mark or it is not known.",
+    )
 
     def dedupe_key(self) -> str:
         """A stable key for at-most-once handling of platform redeliveries."""

@@ -1,7 +1,9 @@
 """The safety stage an app runs, built from `settings.safety`.
 
-    crisis → disclosure question → first contact    (before the turn, in this order)
-    human claim                                      (after generation)
+    crisis → limits (ban, mute, rates) → rating (age) → disclosure question
+           → first contact                              (before the turn, in this order)
+    human claim → declined topic → blocklist → personal data → model check
+                                                        (after generation)
 
 Other checks (moderation, limits, ratings) are appended to the stage's lists here.
 """
@@ -25,6 +27,9 @@ from bot.safety.classifier import (
 )
 from bot.safety.crisis import CrisisCheck, CrisisDetector
 from bot.safety.disclosure import DisclosureQuestionCheck, FirstContactCheck, HumanClaimCheck
+from bot.safety.limits import LimitsCheck, LimitStore
+from bot.safety.moderation import moderation_checks
+from bot.safety.rating import AgeStore, RatingCheck
 from bot.safety.stage import InputCheck, OutputCheck, SafetyStage
 from bot.safety.store import SafetyStore
 
@@ -44,6 +49,10 @@ class Safety:
         await self.alerts.drain()
         if isinstance(self.classifier, LazyClassifier):
             await self.classifier.aclose()
+        for check in self.stage.output_checks:  # a moderation endpoint's HTTP client
+            close = getattr(check, "aclose", None)
+            if callable(close):
+                await close()
 
 
 class LazyClassifier:
@@ -115,10 +124,14 @@ def build_safety(
         default_language=config.default_language,
         pause=timedelta(hours=config.proactive_pause_hours),
     )
-    inputs: list[InputCheck] = [crisis, DisclosureQuestionCheck(store)]
+    # Bans, mutes, limits and the age gate right after crisis: a person in crisis is
+    # always answered; nobody silenced gets a disclosure or the model.
+    limits = LimitsCheck(LimitStore(db), config.limits)
+    inputs: list[InputCheck] = [crisis, limits, RatingCheck(AgeStore(db))]
+    inputs.append(DisclosureQuestionCheck(store))
     if config.disclose_first_contact:
         inputs.append(FirstContactCheck(store, exempt=frozenset(config.first_contact_exempt)))
-    outputs: list[OutputCheck] = [HumanClaimCheck()]
+    outputs: list[OutputCheck] = [HumanClaimCheck(), *moderation_checks(settings)]
     stage = SafetyStage(
         input_checks=[*inputs, *(extra_input or [])],
         output_checks=[*outputs, *(extra_output or [])],

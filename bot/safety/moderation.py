@@ -27,10 +27,11 @@ from typing import Literal
 import httpx
 import structlog
 
+from bot.config import Settings
 from bot.export.scrub import Scrubber
 from bot.llm.base import ChatMessage, ChatRequest, LLMBackend, Sampling
 from bot.safety.normalize import fold, fold_pattern, variants, window
-from bot.safety.stage import OutputContext
+from bot.safety.stage import OutputCheck, OutputContext
 
 __all__ = [
     "BlocklistCheck",
@@ -40,6 +41,7 @@ __all__ = [
     "PersonalDataCheck",
     "TermMatcher",
     "channel_keys",
+    "moderation_checks",
     "personal_data",
 ]
 
@@ -66,47 +68,66 @@ def _spaced_script(char: str) -> bool:
 _SEP = r"[\s\-_.*]*"
 
 
-def _word_pattern(word: str) -> str:
-    out = []
-    for i, char in enumerate(word):
-        if i and not (_spaced_script(char) and _spaced_script(word[i - 1])):
-            out.append(_SEP)
-        out.append(re.escape(char))
-    return "".join(out)
+# Inside a word one punctuation mark may split it ("Schimpf-Wort", "frob.nicate").
+_INNER = r"[\-_.*·]?"
+_HEAD = r"(?<![^\W_])"
+_TAIL = r"(?![^\W_])"
 
 
-def _term_pattern(term: str) -> str | None:
+def _atoms(term: str) -> tuple[str, ...] | None:
+    """A term as a sequence of pattern atoms (merged into one trie for all terms)."""
     folded = fold(fold_pattern(term))
     if not folded:
         return None
-    # Words of a phrase may be joined by any run of spaces or separators ("bad-word"),
-    # and so may the characters of a CJK or Thai word ("考 试 作 弊").
-    body = _SEP.join(_word_pattern(w) for w in folded.split(" "))
-    head = r"(?<![^\W_])" if _spaced_script(folded[0]) else ""
-    tail = r"(?![^\W_])" if _spaced_script(folded[-1]) else ""
-    return head + body + tail
+    atoms: list[str] = [_HEAD] if _spaced_script(folded[0]) else []
+    for w, word in enumerate(folded.split(" ")):
+        if w:
+            # Words of a phrase may be joined by any run of spaces or separators.
+            atoms.append(_SEP)
+        for i, char in enumerate(word):
+            if i:
+                # A CJK or Thai word's characters may be spaced apart ("考 试 作 弊").
+                spaced = _spaced_script(char) and _spaced_script(word[i - 1])
+                atoms.append(_INNER if spaced else _SEP)
+            atoms.append(re.escape(char))
+    if _spaced_script(folded[-1]):
+        atoms.append(_TAIL)
+    return tuple(atoms)
+
+
+_Trie = dict[str, "_Trie"]
+
+
+def _trie_pattern(node: _Trie) -> str:
+    branches = [atom + _trie_pattern(child) for atom, child in node.items() if atom]
+    if "" in node:  # a term ends here: any match will do
+        return ""
+    if len(branches) == 1:
+        return branches[0]
+    return "(?:" + "|".join(branches) + ")"
 
 
 class TermMatcher:
     """Finds any of `terms` in a text, however it was disguised (see the module
-    docstring). One compiled pattern; linear in the text per term branch."""
+    docstring). All terms are merged into one trie-shaped pattern, so each position
+    of the text tries only the terms that begin with its character."""
 
     def __init__(self, terms: Iterable[str]) -> None:
-        self.terms: dict[str, str] = {}  # pattern source -> the term as written
+        self._terms: list[tuple[re.Pattern[str], str]] = []
+        trie: _Trie = {}
         for term in terms:
-            source = _term_pattern(term)
-            if source is not None and source not in self.terms:
-                self.terms[source] = term
-            if len(self.terms) > MAX_TERMS:
+            atoms = _atoms(term)
+            if atoms is None:
+                continue
+            node = trie
+            for atom in atoms:
+                node = node.setdefault(atom, {})
+            if "" not in node:
+                node[""] = {}
+                self._terms.append((re.compile("".join(atoms)), term))
+            if len(self._terms) > MAX_TERMS:
                 raise ValueError(f"a blocklist holds at most {MAX_TERMS} terms")
-        # Longest first, so a phrase wins over a word inside it.
-        ordered = sorted(self.terms, key=len, reverse=True)
-        self._pattern = (
-            re.compile("|".join(f"(?P<t{i}>{s})" for i, s in enumerate(ordered)))
-            if ordered
-            else None
-        )
-        self._by_group = {f"t{i}": self.terms[s] for i, s in enumerate(ordered)}
+        self._pattern = re.compile(_trie_pattern(trie)) if self._terms else None
 
     def __bool__(self) -> bool:
         return self._pattern is not None
@@ -117,8 +138,13 @@ class TermMatcher:
             return None
         for form in variants(fold(window(text, MAX_CHARS))):
             match = self._pattern.search(form)
-            if match is not None and match.lastgroup is not None:
-                return self._by_group[match.lastgroup]
+            if match is None:
+                continue
+            # Which term: only the few that match at this spot are tried again.
+            for pattern, term in self._terms:
+                if pattern.match(form, match.start()):
+                    return term
+            return self._terms[0][1]  # unreachable: the trie holds only these terms
         return None
 
 
@@ -329,6 +355,8 @@ class ModerationEndpoint:
     """
 
     name = "moderation"
+    #: A network call per screened text (see the stream guard).
+    expensive = True
 
     def __init__(
         self,
@@ -422,6 +450,7 @@ class GuardModelCheck:
     only those numbers block. Failures as for `ModerationEndpoint`."""
 
     name = "moderation"
+    expensive = True
 
     def __init__(
         self,
@@ -483,3 +512,47 @@ class GuardModelCheck:
         if self.categories and not set(numbers) & self.categories:
             return None
         return "moderation: unsafe " + ",".join(f"S{n}" for n in numbers)
+
+
+def moderation_checks(settings: Settings) -> list[OutputCheck]:
+    """The output checks `settings.safety.moderation` asks for, in order: cheap
+    local ones first, the model check last (it is asked only about text that
+    passed the others)."""
+    config = settings.safety.moderation
+    checks: list[OutputCheck] = []
+    if config.declined_topics:
+        checks.append(DeclinedTopicCheck())
+    checks.append(BlocklistCheck(config.blocklists))
+    if config.personal_data:
+        checks.append(PersonalDataCheck(Scrubber(deny_names=())))
+    if config.model == "off":
+        return checks
+    base_url = config.base_url or settings.llm.base_url
+    if config.model == "openai":
+        secret = settings.llm.resolved_api_key()
+        key = secret.get_secret_value() if secret is not None else None
+        checks.append(
+            ModerationEndpoint(
+                base_url,
+                model=config.model_name,
+                api_key=key,
+                timeout_s=config.timeout_s,
+                fail=config.fail,
+                categories=config.categories,
+            )
+        )
+        return checks
+    from bot.llm.openai_backend import OpenAIBackend
+
+    numbers = [int(c.lstrip("Ss")) for c in config.categories if c.lstrip("Ss").isdigit()]
+    model = config.model_name or settings.llm.model
+    checks.append(
+        GuardModelCheck(
+            OpenAIBackend(base_url, model, timeout_s=config.timeout_s, max_retries=0),
+            model=model,
+            timeout_s=config.timeout_s,
+            fail=config.fail,
+            categories=numbers,
+        )
+    )
+    return checks
