@@ -17,7 +17,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationInfo,
     WithJsonSchema,
     WrapValidator,
     field_validator,
@@ -27,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from bot.personas._templates import check_template
 from bot.personas.cards.section import CardInfo
+from bot.personas.lorebook.schema import Lore, LoreEntry
 from bot.personas.schedule import Schedule
 
 __all__ = [
@@ -251,117 +251,6 @@ class Memory(_Section):
     budget_tokens: int | None = Field(
         default=None, ge=0, description="Token budget for recalled memories."
     )
-
-
-def _lore_key(value: str) -> str:
-    key = value.strip()
-    if not key:
-        raise ValueError("a key is blank: write the word or phrase that triggers the entry")
-    return key
-
-
-LoreKey = Annotated[
-    str,
-    Field(
-        max_length=200,
-        # For editors; `_lore_key` refuses blank keys with a clearer message.
-        json_schema_extra={"pattern": r"\S"},
-        description="A word or phrase that triggers the entry.",
-    ),
-    AfterValidator(_lore_key),
-]
-
-
-class LoreEntry(_Section):
-    """One piece of what the persona knows, shown when it applies.
-
-    An `always` entry is in every prompt; any other entry is shown when one of its
-    `keys` occurs in the new message or in the recent history (`Lore.scan_depth`).
-    """
-
-    model_config = ConfigDict(
-        # Editors flag a keyless entry too: keys are required unless `always: true`.
-        json_schema_extra={
-            "if": {"not": {"required": ["always"], "properties": {"always": {"const": True}}}},
-            "then": {"required": ["keys"], "properties": {"keys": {"minItems": 1}}},
-        },
-    )
-
-    name: str | None = Field(
-        default=None,
-        max_length=100,
-        description="A label for logs, e.g. 'the lighthouse'.",
-    )
-    # `always` comes before `keys`: the keys validator reads it.
-    always: bool = Field(
-        default=False,
-        description="Show the entry in every prompt, keys or not (its keys are then unused).",
-    )
-    keys: tuple[LoreKey, ...] = Field(
-        default=(),
-        # Validated even when absent, so that a keyless entry is reported at `keys`.
-        validate_default=True,
-        description="Words or phrases that trigger the entry. Matched case-insensitively "
-        "(unless case_sensitive) as whole words, so 'cat' does not fire on 'category'; "
-        "keys with Chinese, Japanese or Korean characters match anywhere in the text. "
-        "Required unless always is true.",
-        examples=[["lighthouse", "the old keeper"]],
-    )
-    text: str = Field(
-        json_schema_extra={"minLength": 1, "pattern": r"\S"},
-        description="What the persona knows, told to it in the system message.",
-    )
-    priority: int = Field(
-        default=0,
-        ge=-1000,
-        le=1000,
-        description="Higher goes first when not everything fits the lore budget.",
-    )
-    case_sensitive: bool = Field(
-        default=False, description="Match the keys only with the exact capitalisation."
-    )
-
-    @field_validator("keys")
-    @classmethod
-    def _keys_unless_always(cls, keys: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        # When `always` itself is invalid it is missing here; that error says enough.
-        if not keys and info.data.get("always") is False:
-            raise ValueError(
-                "an entry needs at least one key, unless it is shown always (always: true)"
-            )
-        return keys
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("the text is empty: write what the persona knows")
-        return text.strip()
-
-
-class Lore(_Section):
-    """What the persona knows beyond its system prompt, in entries shown when they apply.
-
-    Like SillyTavern's lorebook (world info): always-on entries and entries
-    triggered by keywords, packed into a token budget of their own.
-    """
-
-    budget_tokens: int = Field(
-        default=400,
-        ge=0,
-        le=32768,
-        description="Most tokens the lore may take in a prompt, counted with the model's "
-        "tokenizer (0: no lore). Entries are packed by priority; one that does not fit is "
-        "left out.",
-    )
-    scan_depth: int = Field(
-        default=4,
-        ge=0,
-        le=100,
-        description="How many recent history messages are searched for keys, besides the "
-        "new message (0: the new message only).",
-    )
-    entries: tuple[LoreEntry, ...] = Field(default=(), description="The lore entries.")
 
 
 class Turn(_Section):
