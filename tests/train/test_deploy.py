@@ -364,3 +364,95 @@ async def test_a_restarted_server_gets_its_adapters_back(
         result = await ensure_loaded(registry, admin)
         assert list(result.failed) == ["sam-v1"] and "No adapter found" in result.failed["sam-v1"]
         assert result.loaded == ["sam-v3"]
+
+
+# -- the running bot: replies record the adapter; rollback; the keeper reloads --------
+
+PERSONA = """\
+version: 1
+id: sam
+name: Sam
+description: A test persona.
+language: en
+system_prompt: You are Sam.
+"""
+
+
+async def test_the_bot_routes_records_rolls_back_and_reloads(
+    tmp_path: Path, server: FakeOpenAIServer, adapter: Path
+) -> None:
+    import asyncio
+    import sqlite3
+
+    from bot.app import open_app
+    from bot.config import load_settings
+    from bot.messages import Actor, Incoming, Scope
+    from bot.train.canary import AdapterRouter, in_canary
+
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "sam.yaml").write_text(PERSONA, encoding="utf-8")
+    settings = load_settings(
+        None,
+        {
+            "database": {"url": f"sqlite:///{tmp_path}/bot.db"},
+            "personas": {"dirs": [str(personas)], "default": "sam", "watch": False},
+            "llm": {"backend": "openai", "model": "tiny", "base_url": server.base_url,
+                    "max_retries": 0},
+            "finetune": {"adapter_check_s": 1},
+        },
+    )  # fmt: skip
+
+    def message(user: str) -> Incoming:
+        scope = Scope(platform="test", channel=f"dm-{user}", user=user, persona="sam")
+        return Incoming(
+            scope=scope, actor=Actor(platform="test", id=user, display_name=user), text="hello"
+        )
+
+    def models() -> dict[str, list[str]]:
+        with sqlite3.connect(tmp_path / "bot.db") as conn:
+            rows = conn.execute(
+                "SELECT c.channel, m.model FROM messages m JOIN conversations c"
+                " ON c.id = m.conversation_id WHERE m.direction = 'out' ORDER BY m.id"
+            ).fetchall()
+        out: dict[str, list[str]] = {}
+        for channel, model in rows:
+            out.setdefault(channel.removeprefix("dm-"), []).append(model)
+        return out
+
+    share = 0.5
+    users = [f"u{i}" for i in range(40)]
+    routed = [u for u in users if in_canary(message(u).scope.conversation_key, "sam-v1", share)]
+    assert 5 < len(routed) < 35
+    async with open_app(settings) as app:
+        router = app.engine.adapters
+        assert isinstance(router, AdapterRouter)
+        await app.engine.handle(message(users[0]))
+        assert models() == {users[0]: ["tiny"]}  # no adapter yet: the base model
+
+        await _deploy(AdapterRegistry(app.db), server.base_url, adapter, name="sam-v1",
+                      canary_share=share)  # fmt: skip
+        router.invalidate()
+        for user in users:
+            await app.engine.handle(message(user))
+        seen = models()
+        for user in users:
+            assert seen[user][-1] == ("sam-v1" if user in routed else "tiny"), user
+        # What reached the server asked for the adapter by name.
+        assert sum(r["model"] == "sam-v1" for r in server.requests) == len(routed)
+
+        # A rollback sends the canary's conversations back to the base model.
+        await AdapterRegistry(app.db).rollback("sam")
+        router.invalidate()
+        await app.engine.handle(message(routed[0]))
+        assert models()[routed[0]][-2:] == ["sam-v1", "tiny"]
+
+        # The keeper loads a live adapter again when the server restarts.
+        await _deploy(AdapterRegistry(app.db), server.base_url, adapter, name="sam-v2",
+                      canary_share=1.0)  # fmt: skip
+        server.restart()
+        for _ in range(100):
+            if "sam-v2" in server.adapters:
+                break
+            await asyncio.sleep(0.05)
+        assert server.adapters == {"sam-v2": str(adapter.resolve())}
