@@ -127,8 +127,8 @@ def book_lore(book: Book, card: Card | None) -> tuple[list[dict[str, Any]], dict
     for key, value in (("name", book.name), ("description", book.description)):
         if value:
             meta[key] = value
-    if book.extra:
-        meta["extensions"] = book.extra
+    if book.extra:  # the book's other fields: its extensions, recursive_scanning, ...
+        meta["other"] = book.extra
     if extra:
         meta["entries"] = extra
     if unused:

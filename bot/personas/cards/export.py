@@ -89,9 +89,10 @@ def _book(persona: Persona, info: CardInfo) -> dict[str, Any] | None:
         "extensions": {},
         "entries": entries,
     }
-    extensions = meta.get("extensions")
-    if isinstance(extensions, dict):
-        book.update({k: v for k, v in extensions.items() if k not in book})
+    other = meta.get("other")
+    if isinstance(other, dict):
+        mapped = ("name", "description", "scan_depth", "token_budget", "entries")
+        book.update({k: v for k, v in other.items() if k not in mapped})
     return book
 
 
