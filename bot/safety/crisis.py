@@ -74,6 +74,8 @@ class CrisisDetector:
             for form in forms:
                 found = pattern.search(form)
                 if found is not None:
+                    if language in ("zh", "ja"):  # shared characters (自殺): kana means ja
+                        language = guess_language(form, language)
                     return Signal(kind, language, found.group(0)[:80])
         return None
 

@@ -61,6 +61,10 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
             r"\bjump (?:off|from) (?:a|the|this) (?:bridge|roof|building|cliff|balcony)\b",
             r"\bslit(?:ting)? my wrists?\b",
             r"\b(?:want|wanna) to disappear (?:forever|for good)\b",
+            # Someone else at risk: "my friend wants to kill herself".
+            r"\b(?:kill|killing|hang|hanging|hurt|hurting|cut|cutting) "
+            r"(?:him|her|them) ?sel(?:f|ves)\b",
+            r"\bend (?:his|her|their) (?:own )?life\b",
         ),
         "danger": (
             r"\b" + _EN_PEOPLE + " " + _W2 + r"(?:is |keeps |has been |was |'s |s |started )?"
@@ -144,6 +148,8 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
             r"\bnicht mehr aufwachen (?:will|mochte)\b",
             r"\balle (?:meine )?tabletten (?:nehmen|schlucken)\b",
             r"\bvon (?:der|einer) brucke springen\b",
+            r"\b(?:will|mochte|wird|droht|versucht),? sich (?:selbst )?(?:umbringen|umzubringen|"
+            r"toten|zu toten|ritzen|zu ritzen|das leben (?:zu )?nehmen)\b",
         ),
         "danger": (
             r"\b(?:er|sie|jemand|mein (?:vater|mann|freund|stiefvater|bruder|onkel)|"
@@ -186,6 +192,7 @@ PATTERNS: dict[str, dict[str, tuple[str, ...]]] = {
             r"\btirarme (?:de|por|desde) (?:un|el|la|una) (?:puente|edificio|ventana|balcon)\b",
             r"\bautolesion",
             r"\bdormirme y no despertar\b",
+            r"\b(?:quiere|va a|intento|piensa en|amenaza con) (?:matarse|quitarse la vida)\b",
         ),
         "danger": (
             r"\b(?:me|nos) (?:esta|sigue) (?:pegando|golpeando|amenazando|violando|maltratando)\b",

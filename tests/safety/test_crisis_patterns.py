@@ -28,6 +28,7 @@ CRISIS = [
     ("I'm going to take all my pills tonight", "self_harm", "en"),
     ("I won't be around much longer", "self_harm", "en"),
     ("my stepdad keeps hitting me", "danger", "en"),
+    ("my best friend says she wants to kill herself", "self_harm", "en"),
     ("he threatened to kill me", "danger", "en"),
     ("I'm not safe at home", "danger", "en"),
     # Chinese
@@ -45,6 +46,7 @@ CRISIS = [
     ("Ich denke daran, mir etwas anzutun", "self_harm", "de"),
     ("Ich habe schon einen Abschiedsbrief geschrieben", "self_harm", "de"),
     ("Mein Vater schlägt mich jeden Tag", "danger", "de"),
+    ("Mein Bruder will sich umbringen", "self_harm", "de"),
     ("Ich bin in Gefahr", "danger", "de"),
     # Spanish
     ("Quiero morir", "self_harm", "es"),
@@ -53,6 +55,7 @@ CRISIS = [
     ("pienso en quitarme la vida", "self_harm", "es"),
     ("voy a hacerme daño", "self_harm", "es"),
     ("mi padrastro me pega", "danger", "es"),
+    ("mi amiga quiere quitarse la vida", "self_harm", "es"),
     ("me amenazó con matarme", "danger", "es"),
     # Japanese
     ("死にたい", "self_harm", "ja"),
@@ -61,6 +64,8 @@ CRISIS = [
     ("私がいない方がみんな幸せ", "self_harm", "ja"),
     ("リスカしちゃった", "self_harm", "ja"),
     ("彼氏に殴られた", "danger", "ja"),
+    ("友達が自殺するって言ってる", "self_harm", "ja"),
+    ("我朋友说她想自杀", "self_harm", "zh"),
 ]
 
 NOT_CRISIS = [
