@@ -30,6 +30,8 @@ from adapters._split import split_message
 from bot.commands import CommandContext, Commands
 from bot.engine import PersonaEngine
 from bot.errors import AdapterError, BotError
+from bot.groups.policy import GroupSettings
+from bot.groups.router import GroupRouter
 from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 from bot.inbox.worker import in_lane
 from bot.messages import Incoming, Outgoing, Reaction, Scope
@@ -106,12 +108,14 @@ class KeyedLocks(Generic[K]):
 @dataclass(frozen=True)
 class AdapterServices:
     """What an adapter needs of the bot: the engine, the commands, the people store,
-    and the inbox its events are committed to (None: events are handled directly)."""
+    the inbox its events are committed to (None: events are handled directly), and
+    the groups settings (None: their defaults)."""
 
     engine: PersonaEngine
     commands: Commands
     people: People
     inbox: Inbox | None = None
+    groups: GroupSettings | None = None
 
 
 class Adapter(abc.ABC):
@@ -136,6 +140,13 @@ class Adapter(abc.ABC):
         self._sending: KeyedLocks[str] = KeyedLocks()
         #: The running inbox worker (inside `processing()`), else None.
         self.worker: InboxWorker | None = None
+        #: Who answers a group message when (bot/groups); its `rng` and `clock` can
+        #: be replaced (tests seed them).
+        self.groups = GroupRouter(
+            services.groups if services.groups is not None else GroupSettings(),
+            services.engine.personas,
+            services.people,
+        )
 
     # -- what each platform implements ----------------------------------------------------
 
@@ -217,7 +228,30 @@ class Adapter(abc.ABC):
 
     @final
     async def answer(self, incoming: Incoming) -> list[Outgoing]:
-        """Run a turn with the typing indicator on, then deliver its replies.
+        """Run a message's turns and deliver their replies; returns the replies.
+
+        Outside a DM the groups layer decides who answers (`GroupRouter.route`):
+        the message is stored once in each present persona's conversation, and
+        each persona it picked answers as its own turn. A delivered reply is shown
+        to the other personas present as a bot's message (`GroupRouter.echo`), so
+        they know what was said and a bot-to-bot chain among them stops at
+        `groups.max_bot_chain`.
+        """
+        replies: list[Outgoing] = []
+        queue = [incoming]
+        while queue:
+            for turn in await self.groups.route(queue.pop(0)):
+                for reply, sent in await self._answer_one(turn):
+                    replies.append(reply)
+                    if sent is not None and turn.addressed_to_bot:
+                        echoed = self.groups.echo(reply, sent)
+                        if echoed is not None:
+                            queue.append(echoed)
+        return replies
+
+    async def _answer_one(self, incoming: Incoming) -> list[tuple[Outgoing, str | None]]:
+        """Run one turn with the typing indicator on, then deliver its replies;
+        each reply with the platform id of its first part (None: not delivered).
 
         A message older than `engine.stale_after_s` is recorded as expired instead
         of answered late. When the message could not even be stored, this logs it
@@ -236,10 +270,13 @@ class Adapter(abc.ABC):
             if self.worker is not None:
                 raise
             return []
+        done: list[tuple[Outgoing, str | None]] = []
         for reply in replies:
+            ids: list[str | None] = []
             with suppress(DeliveryError):  # recorded by send; one bad send must not stop others
-                await self.send(reply)
-        return replies
+                ids = await self.send(reply)
+            done.append((reply, ids[0] if ids else None))
+        return done
 
     @asynccontextmanager
     async def typing(self, scope: Scope, *, enabled: bool = True) -> AsyncIterator[None]:

@@ -112,7 +112,11 @@ class App:
         from adapters.base import AdapterServices
 
         return AdapterServices(
-            engine=self.engine, commands=self.commands, people=self.people, inbox=self.inbox
+            engine=self.engine,
+            commands=self.commands,
+            people=self.people,
+            inbox=self.inbox,
+            groups=self.settings.groups,
         )
 
 

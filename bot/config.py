@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError
 
 from bot.config_source import format_validation, read_toml, settings_error
 from bot.errors import ConfigError
+from bot.groups.policy import GroupSettings
 from bot.logs import MASK, redact_text
 
 __all__ = ["Settings", "load_settings"]
@@ -476,6 +477,8 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    #: Personas in group channels: budget, bot chains, who is present (bot/groups).
+    groups: GroupSettings = Field(default_factory=GroupSettings)
 
     #: Highest-priority values (CLI flags); set on the per-call subclass made by load_settings.
     _overrides: ClassVar[dict[str, Any]] = {}

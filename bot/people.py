@@ -170,6 +170,33 @@ class People:
         ).first()
         return None if found is None else int(found.id)
 
+    async def author_persona(
+        self, scope: Scope, platform_message_id: str, personas: tuple[str, ...]
+    ) -> str | None:
+        """Which of `personas` sent the message `platform_message_id` in `scope`'s place
+        (its reply there); None if none of them did. The groups layer asks this to
+        know whom a reply to the bot's account was meant for."""
+        keys = {scope.with_persona(p).conversation_key: p for p in personas}
+
+        def work(conn: Connection) -> str | None:
+            found = conn.execute(
+                select(_conversations.c.key)
+                .select_from(
+                    _messages.join(
+                        _conversations, _messages.c.conversation_id == _conversations.c.id
+                    )
+                )
+                .where(
+                    _conversations.c.key.in_(list(keys)),
+                    _messages.c.platform_message_id == platform_message_id,
+                    _messages.c.direction == Direction.OUT.value,
+                )
+                .order_by(_messages.c.id.desc())
+            ).first()
+            return None if found is None else keys.get(str(found.key))
+
+        return await self.db.run(work)
+
     async def record_reaction(self, reaction: Reaction) -> bool:
         """Store a reaction on one of the persona's messages; False if it is not one."""
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bot.groups.policy import SpeakPolicy
 from bot.personas._templates import check_template
 from bot.personas.cards.section import CardInfo
 from bot.personas.lorebook.schema import Lore, LoreEntry
@@ -372,6 +373,11 @@ class Persona(_Section):
         default_factory=Lore,
         description="What the persona knows: entries shown always or when their keywords "
         "come up, within a token budget of their own.",
+    )
+    groups: SpeakPolicy = Field(
+        default_factory=SpeakPolicy,
+        description="When it speaks in group channels: addressed, always or talkative, "
+        "its nicknames and keywords, whether it answers bots (docs/groups.md).",
     )
     schedule: Schedule | None = Field(
         default=None,

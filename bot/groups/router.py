@@ -1,0 +1,171 @@
+"""The groups layer between an adapter and the engine: for one group message, which
+personas are present, who answers (`decide`), and one `Incoming` per present
+persona, so each stores the message in its own conversation (and so knows what was
+said where it was present) and the speakers answer it as their own turns.
+
+`GroupRouter.route` is what `Adapter.answer` calls for every message outside a
+DM; `GroupRouter.echo` turns a persona's delivered reply into a message the other
+personas present see (from a bot: the bot-to-bot chain counts it). Every decision
+is logged as `group.decision` with each persona's reason, and counted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from bot.errors import PersonaError
+from bot.groups.decide import Decision, MessageFacts, Present, decide
+from bot.groups.policy import GroupSettings, SpeakPolicy
+from bot.groups.state import GroupCounters, GroupState
+from bot.messages import Actor, Incoming, Outgoing, Scope, utcnow
+
+__all__ = ["PERSONA_ACTOR_PREFIX", "GroupRouter"]
+
+log = structlog.get_logger("bot.groups")
+
+#: An `Actor.id` of this form is one of our personas (its reply, shown to the
+#: others); platform user ids are numbers, so no person can have one.
+PERSONA_ACTOR_PREFIX = "persona:"
+
+
+class _Personas(Protocol):
+    def get(self, persona_id: str) -> object: ...
+
+
+class _Authors(Protocol):
+    async def author_persona(
+        self, scope: Scope, platform_message_id: str, personas: tuple[str, ...]
+    ) -> str | None: ...
+
+
+class GroupRouter:
+    """Decides, for each group message, which present personas answer it."""
+
+    def __init__(
+        self,
+        settings: GroupSettings,
+        personas: _Personas,
+        authors: _Authors,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`rng` and `clock` are arguments so tests can seed and set them."""
+        self.settings = settings
+        self.personas = personas
+        self.authors = authors
+        self.rng = rng if rng is not None else random.Random()
+        self.clock = clock
+        self.state = GroupState()
+        self.counters = GroupCounters()
+
+    def present(self, scope: Scope) -> list[Present]:
+        """The personas in `scope`'s place: its own persona first, then config's
+        `groups.channels` entry for it; personas without a file are left out."""
+        entry = self.settings.channel(scope.platform, scope.space, scope.channel)
+        ids = [scope.persona, *(entry.personas if entry is not None else ())]
+        found: list[Present] = []
+        for pid in dict.fromkeys(ids):
+            try:
+                persona = self.personas.get(pid).persona  # type: ignore[attr-defined]
+            except PersonaError:
+                log.warning("group.unknown_persona", persona=pid, channel=scope.channel)
+                continue
+            policy: SpeakPolicy = persona.groups
+            if entry is not None:
+                policy = policy.merged(entry.speak.get(pid))
+            found.append(Present(pid, (persona.name, *policy.nicknames), policy))
+        return found
+
+    async def route(self, incoming: Incoming) -> list[Incoming]:
+        """One `Incoming` per present persona (the silent ones first, then those who
+        answer, in order), each `addressed_to_bot` as decided. A DM is returned as
+        it is: its one persona answers it."""
+        scope = incoming.scope
+        if scope.is_direct:
+            return [incoming]
+        present = self.present(scope)
+        if not present:
+            return [incoming]
+        ids = tuple(p.id for p in present)
+        replied = None
+        if incoming.reply_to_platform_id:
+            replied = await self.authors.author_persona(scope, incoming.reply_to_platform_id, ids)
+        actor = incoming.actor.id
+        facts = MessageFacts(
+            text=incoming.text,
+            author_is_bot=incoming.actor.is_bot,
+            author_persona=actor[len(PERSONA_ACTOR_PREFIX) :]
+            if actor.startswith(PERSONA_ACTOR_PREFIX)
+            else None,
+            platform_addressed=incoming.addressed_to_bot,
+            replied_persona=replied,
+        )
+        decision = self.decide(scope, facts, present)
+        silent = [v for v in decision.verdicts if not v.speak and v.reason != "own_message"]
+        speaking = [v for v in decision.verdicts if v.speak]
+        return [
+            incoming.model_copy(
+                update={"scope": scope.with_persona(v.persona), "addressed_to_bot": v.speak}
+            )
+            for v in (*silent, *speaking)
+        ]
+
+    def decide(self, scope: Scope, facts: MessageFacts, present: list[Present]) -> Decision:
+        """`decide` with this channel's state and limits; recorded, counted and logged."""
+        entry = self.settings.channel(scope.platform, scope.space, scope.channel)
+        rpm = self.settings.replies_per_minute
+        chain = self.settings.max_bot_chain
+        if entry is not None:
+            rpm = entry.replies_per_minute if entry.replies_per_minute is not None else rpm
+            chain = entry.max_bot_chain if entry.max_bot_chain is not None else chain
+        key = f"{scope.platform}/{scope.channel}/{scope.thread or '-'}"
+        now = self.clock()
+        view = self.state.view(key, now, replies_per_minute=rpm, max_bot_chain=chain)
+        decision = decide(facts, present, view, self.rng, now)
+        self.state.record(key, facts, decision, now)
+        self.counters.count(decision)
+        log.info(
+            "group.decision",
+            platform=scope.platform,
+            channel=scope.channel,
+            thread=scope.thread,
+            speakers=list(decision.speakers),
+            reasons={v.persona: v.reason for v in decision.verdicts},
+            from_bot=facts.author_is_bot,
+            bot_chain=view.bot_chain,
+            replies_last_minute=view.replies_last_minute,
+        )
+        return decision
+
+    def echo(self, reply: Outgoing, platform_message_id: str | None) -> Incoming | None:
+        """A delivered reply as a message the other personas present receive (written
+        by a bot: theirs to answer only with `answer_bots`, and the chain counts it);
+        None when nobody else is present or the reply was an apology."""
+        scope = reply.scope
+        if scope.is_direct or reply.is_error or not reply.text.strip():
+            return None
+        present = self.present(scope)
+        if not any(p.id != scope.persona for p in present):
+            return None
+        name = next((p.names[0] for p in present if p.id == scope.persona), scope.persona)
+        actor = Actor(
+            platform=scope.platform,
+            id=f"{PERSONA_ACTOR_PREFIX}{scope.persona}",
+            display_name=name,
+            is_bot=True,
+        )
+        return Incoming(
+            scope=scope.model_copy(update={"user": actor.id}),
+            actor=actor,
+            text=reply.text,
+            platform_message_id=platform_message_id
+            or (f"reply:{reply.message_id}" if reply.message_id is not None else None),
+            addressed_to_bot=False,
+            received_at=utcnow(),
+        )

@@ -1,0 +1,106 @@
+"""Per-channel state the decision reads: replies in the last minute, the bot-to-bot
+chain, each persona's last unprompted reply; and the counters of every decision.
+
+In-process, on purpose: one bot process serves a platform (its shards included),
+and what this state protects against (a flood, a loop) is measured in seconds. A
+restart forgets it: at worst a channel gets one more minute's budget and a bot
+chain starts counting again, and the inbox never replays a decided message's
+answer (the engine's dedupe). Bounded: at most `max_channels` channels are kept,
+the least recently active forgotten first, and a channel keeps at most one
+minute of reply times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from bot.groups.decide import ChannelView, Decision, MessageFacts
+
+__all__ = ["GroupCounters", "GroupState"]
+
+WINDOW_S = 60.0
+
+
+@dataclass
+class _Channel:
+    replies: deque[float] = field(default_factory=lambda: deque(maxlen=10_001))
+    bot_chain: int = 0
+    last_unprompted: dict[str, float] = field(default_factory=dict)
+
+    def prune(self, now: float) -> None:
+        while self.replies and now - self.replies[0] >= WINDOW_S:
+            self.replies.popleft()
+
+
+class GroupState:
+    """The channels' state, keyed by a place key (the platform's channel or thread)."""
+
+    def __init__(self, max_channels: int = 20_000) -> None:
+        self.max_channels = max_channels
+        self._channels: OrderedDict[str, _Channel] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def _get(self, key: str) -> _Channel:
+        found = self._channels.get(key)
+        if found is None:
+            found = self._channels[key] = _Channel()
+            while len(self._channels) > self.max_channels:
+                self._channels.popitem(last=False)
+        else:
+            self._channels.move_to_end(key)
+        return found
+
+    def view(
+        self, key: str, now: float, *, replies_per_minute: int, max_bot_chain: int
+    ) -> ChannelView:
+        """A snapshot of `key`'s state at `now`, with its limits, for `decide`."""
+        channel = self._get(key)
+        channel.prune(now)
+        return ChannelView(
+            replies_last_minute=len(channel.replies),
+            bot_chain=channel.bot_chain,
+            last_unprompted=dict(channel.last_unprompted),
+            replies_per_minute=replies_per_minute,
+            max_bot_chain=max_bot_chain,
+        )
+
+    def record(self, key: str, facts: MessageFacts, decision: Decision, now: float) -> None:
+        """What a decided message does to the channel: a person resets the bot chain,
+        an outside bot's message lengthens it, and so does every reply of ours (a
+        reply is a bot's message; shown back to our other personas it is not
+        counted again)."""
+        channel = self._get(key)
+        if not facts.author_is_bot and facts.author_persona is None:
+            channel.bot_chain = 0
+        elif facts.author_persona is None:
+            channel.bot_chain += 1
+        for verdict in decision.verdicts:
+            if not verdict.speak:
+                continue
+            channel.bot_chain += 1
+            channel.replies.append(now)
+            if verdict.reason in ("always", "talkative"):
+                channel.last_unprompted[verdict.persona] = now
+
+
+class GroupCounters:
+    """How many times each persona spoke or stayed silent, by reason: what the
+    metrics endpoint exports (`snapshot`), and what tests read."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def count(self, decision: Decision) -> None:
+        for verdict in decision.verdicts:
+            self._counts[("spoke" if verdict.speak else "silent", verdict.reason)] += 1
+
+    def get(self, outcome: str, reason: str) -> int:
+        """The count of one outcome ("spoke" or "silent") for one reason."""
+        return self._counts[(outcome, reason)]
+
+    def snapshot(self) -> dict[str, int]:
+        """Every count as "spoke.REASON" / "silent.REASON" → n."""
+        return {f"{o}.{r}": n for (o, r), n in sorted(self._counts.items())}
