@@ -35,7 +35,8 @@ class AlertSender(Protocol):
 
 
 def alert_text(event_id: int, platform: str, user: str, persona: str, reason: str) -> str:
-    """The alert: who, where, why, and where to find it; never the person's message."""
+    """The alert: who, where, why (the kind and the matched phrase), and where to
+    find it; never the person's whole message."""
     return (
         f"[safety] Possible crisis: {platform} user {user} talking with {persona} "
         f"({reason}). The crisis reply with help resources was sent and proactive "
