@@ -43,8 +43,17 @@ from bot.personas import (
     render_greeting_async,
     render_system_prompt_async,
 )
+from bot.personas.lorebook import LoreResult, TimerState
+from bot.personas.lorebook.timers import LoreTimers, lore_turn
 from bot.postprocess import StreamCleaner, clean_reply
-from bot.prompt import PromptBuilder, PromptTurn, SystemLayout, persona_guidance, speaker_label
+from bot.prompt import (
+    PromptBuilder,
+    PromptTurn,
+    SystemLayout,
+    persona_guidance,
+    speaker_label,
+    turn_prompt,
+)
 from bot.safety.replies import record_fixed_reply
 from bot.safety.stage import InputContext, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
@@ -193,6 +202,7 @@ class PersonaEngine:
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
         self._lore: dict[str, LoreBook] = {}  # by persona content hash
+        self._lore_timers = LoreTimers(ledger.db)
         self._active = 0  # turns and background observations in flight
         self._background: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
@@ -398,14 +408,16 @@ class PersonaEngine:
                 )
             except Exception as exc:
                 log.warning("memory.recall_failed", error=str(exc))
-        lore = self._lore_text(loaded, backend, instruction, history)
+        lore = await self._lore_for(loaded, backend, instruction, history, conversation_id)
         cue = (
             "Now you write first, without being asked. "
             f"{instruction.strip()}\nWrite only the message you send, in your own voice."
         )
-        prompt = self._builder(backend).build(
+        prompt = turn_prompt(
+            self._builder(backend),
             system=system,
-            dynamic_system=_join(lore, remembered, cue),
+            lore=lore,
+            dynamic=(remembered, cue),
             history=[self._prompt_turn(t, self.settings.max_input_chars) for t in history],
             new_message=None,
             budget_tokens=max(64, window - persona.sampling.max_tokens),
@@ -619,10 +631,12 @@ class PersonaEngine:
                 await self.ledger.record_failure(
                     stage="recall", error=exc, conversation_id=stored.conversation_id
                 )
-        lore = self._lore_text(loaded, backend, model_text, history)
-        prompt = builder.build(
+        lore = await self._lore_for(loaded, backend, model_text, history, stored.conversation_id)
+        prompt = turn_prompt(
+            builder,
             system=system,
-            dynamic_system=_join(lore, remembered, verdict.guidance),
+            lore=lore,
+            dynamic=(remembered, verdict.guidance),
             history=[self._prompt_turn(turn, self.settings.max_input_chars) for turn in history],
             new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
@@ -859,31 +873,36 @@ class PersonaEngine:
             history_ids=frozenset(turn.message_id for turn in history),
         )
 
-    def _lore_text(
+    async def _lore_for(
         self,
         loaded: LoadedPersona,
         backend: LLMBackend,
         latest: str,
         history: Sequence[HistoryTurn],
-    ) -> str:
-        """The persona's lore block for this turn ("" for none), counted with the
-        backend's tokenizer.
-
-        Keys are searched for in `latest` (the new message, or a proactive turn's
-        instruction) and in the newest `lore.scan_depth` messages of `history`
-        (oldest first, as the ledger returns it).
-        """
+        conversation_id: int,
+    ) -> LoreResult:
+        """The persona's lore for this turn, counted with the backend's tokenizer, its
+        timers read from and written to the conversation's `lore_timers` (a storage
+        failure costs the timers of this turn, never the turn)."""
         book = self._lore.get(loaded.content_hash)
         if book is None:
-            book = self._lore[loaded.content_hash] = LoreBook(loaded.persona.lore)
+            book = self._lore[loaded.content_hash] = LoreBook(loaded.persona.lore, loaded.worlds)
         if not book.active:
-            return ""
-        depth = book.lore.scan_depth
-        recent = [turn.text for turn in history[-depth:]] if depth else []
-        block = book.block([latest, *recent], backend.tokens)
-        if block.left_out:
-            log.info("lore.over_budget", shown=block.shown, left_out=block.left_out)
-        return block.text
+            return LoreResult()
+        persona_id = loaded.persona.id
+        length, timers = len(history) + 1, dict[str, TimerState]()
+        if book.timed:  # the timers cost a read and a write: only for books that use them
+            try:
+                length, timers = await self._lore_timers.load(conversation_id, persona_id)
+            except StorageError as exc:
+                log.warning("lore.timers_unreadable", error=str(exc))
+        result = lore_turn(book, latest, [t.text for t in history], backend.tokens, length, timers)
+        if result.timers:
+            try:
+                await self._lore_timers.save(conversation_id, persona_id, result.timers)
+            except StorageError as exc:
+                log.warning("lore.timers_unsaved", error=str(exc))
+        return result
 
     async def _routed(self, request: ChatRequest, scope: Scope) -> ChatRequest:
         """`request` with the adapter `adapters` picks for this conversation (the

@@ -390,3 +390,18 @@ class ModerationAction(SQLModel, table=True):
     before: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     after: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     reason: str | None = Field(default=None, max_length=512)
+
+
+class LoreTimerRow(SQLModel, table=True):
+    """A lore entry's timed effects in one conversation (bot/personas/lorebook/timers.py):
+    conversation lengths, in messages, until which it stays and cannot fire again."""
+
+    __tablename__ = "lore_timers"
+
+    conversation_id: int = Field(
+        foreign_key="conversations.id", primary_key=True, ondelete="CASCADE"
+    )
+    persona_id: str = Field(max_length=64, primary_key=True)
+    entry_key: str = Field(max_length=200, primary_key=True)
+    sticky_until: int = 0
+    cooldown_until: int = 0

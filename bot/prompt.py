@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 from bot.llm.base import ChatMessage, TokenCounter
 from bot.llm.control_tokens import ControlTokens
 from bot.llm.tokens import control_tokens
+from bot.personas.lorebook import DepthNote, LoreResult
 from bot.personas.render import PromptContext, render_system_prompt
 from bot.personas.schema import Persona
 
@@ -39,6 +40,7 @@ __all__ = [
     "SystemLayout",
     "persona_guidance",
     "speaker_label",
+    "turn_prompt",
 ]
 
 _NAME_UNSAFE = re.compile(r"[\n\r\t:\[\]<>|`*_~]+")
@@ -135,19 +137,27 @@ class PromptBuilder:
         budget_tokens: int,
         group: bool = False,
         dynamic_system: str = "",
+        notes: Sequence[DepthNote] = (),
     ) -> AssembledPrompt:
         """The chat messages for this turn, within `budget_tokens` of prompt.
 
         `system` is the static persona part; `dynamic_system` (memories) follows it in
         the same system message. `group` prefixes user messages with speaker names.
         `new_message` is None for a turn the persona starts itself (a proactive message):
-        the prompt then ends with the history and the model speaks next.
+        the prompt then ends with the history and the model speaks next. `notes` are
+        system messages placed `depth` messages from the end (0: after the last one;
+        deeper than the history: right after the system message); they are never
+        dropped, so their cost is taken before the history's.
         """
         system_text = f"{system}\n\n{dynamic_system}" if dynamic_system else system
         system_msg = ChatMessage("system", self._neutral(system_text))
         framing = self.framing()
         # Exact: the system message, the template's start and the generation prompt.
         fixed = self.tokens.count_messages((system_msg,))
+        note_msgs = [(n.depth, ChatMessage("system", self._neutral(n.text))) for n in notes]
+        fixed += sum(
+            self.framing("system") + self.tokens.count_text(m.content) for _, m in note_msgs
+        )
         full_new = self._content(new_message, group) if new_message is not None else ""
         new_text = full_new
         new_cost = framing + self.tokens.count_text(new_text) if new_message is not None else 0
@@ -172,7 +182,11 @@ class PromptBuilder:
                 for t in turns
             )
             last = (ChatMessage("user", new_text),) if new_message is not None else ()
-            return (system_msg, *middle, *last)
+            chat = [*middle, *last]
+            # Deepest first, each at its place in the chat as it was before any insert.
+            for depth, note in sorted(note_msgs, key=lambda dn: -dn[0]):
+                chat.insert(max(0, len(chat) - depth), note)
+            return (system_msg, *chat)
 
         # The per-message sums above are an estimate of the template's framing; the
         # exact count renders the chat template once. Trim further if it disagrees.
@@ -223,6 +237,32 @@ class PromptBuilder:
             else:
                 hi = mid - 1
         return text[:lo] + note
+
+
+def turn_prompt(
+    builder: PromptBuilder,
+    *,
+    system: str,
+    lore: LoreResult,
+    dynamic: Sequence[str],
+    history: Sequence[PromptTurn],
+    new_message: PromptTurn | None,
+    budget_tokens: int,
+    group: bool,
+) -> AssembledPrompt:
+    """One turn's prompt with its lore in place: before_char lore ahead of the
+    persona's prompt, after_char lore first in the per-turn part (then `dynamic`:
+    memories, guidance), at_depth lore as notes in the conversation. The engine and
+    `bot personas preview` both build prompts through this."""
+    return builder.build(
+        system="\n\n".join(p for p in (lore.before, system) if p),
+        dynamic_system="\n\n".join(p for p in (lore.after, *dynamic) if p),
+        history=history,
+        new_message=new_message,
+        budget_tokens=budget_tokens,
+        group=group,
+        notes=lore.notes,
+    )
 
 
 def persona_guidance(persona: Persona) -> str:

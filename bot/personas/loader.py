@@ -8,6 +8,7 @@ each pydantic error location.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import re
@@ -24,6 +25,8 @@ from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_mark
+from bot.personas.lorebook.schema import World
+from bot.personas.lorebook.worlds import WORLDS_DIR, load_worlds
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
 from bot.personas.render import TrialFailure, trial_render
 from bot.personas.schema import TEMPLATE_ERROR, Persona, ValidatedAs
@@ -61,11 +64,18 @@ class LoadedPersona:
     path: Path
     content_hash: str
     source: str
+    #: The shared world files `persona.lore.worlds` names, read at load.
+    worlds: tuple[World, ...] = ()
 
 
 def is_persona_file(path: Path) -> bool:
-    """True for `*.yaml` / `*.yml` files that are not hidden (editor locks, swap files)."""
-    return path.suffix in PERSONA_SUFFIXES and not path.name.startswith(".")
+    """True for `*.yaml` / `*.yml` files that are not hidden (editor locks, swap files)
+    and not shared world files (`worlds/`)."""
+    return (
+        path.suffix in PERSONA_SUFFIXES
+        and not path.name.startswith(".")
+        and path.parent.name != WORLDS_DIR
+    )
 
 
 def find_persona_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
@@ -105,7 +115,13 @@ def load_persona(path: Path) -> LoadedPersona:
         raise PersonaFileError(
             [Problem(path, 1, 1, ROOT_FIELD, f"cannot read: {reason}")]
         ) from None
-    return parse_persona(data, path)
+    loaded = parse_persona(data, path)
+    if not loaded.persona.lore.worlds:
+        return loaded
+    worlds, problems = load_worlds(path, loaded.source, loaded.persona.lore.worlds)
+    if problems:
+        raise PersonaFileError(problems)
+    return dataclasses.replace(loaded, worlds=worlds)
 
 
 def parse_persona(data: bytes, path: Path) -> LoadedPersona:

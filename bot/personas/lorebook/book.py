@@ -247,9 +247,29 @@ class LoreBook:
         )
 
     @property
+    def timed(self) -> bool:
+        """True when an entry has a timed effect (sticky, cooldown or delay): only then
+        does an evaluation need the conversation's length and timers."""
+        return any(c.entry.sticky or c.entry.cooldown or c.entry.delay for c in self._entries)
+
+    @property
     def active(self) -> bool:
         """False when the book can never produce lore (no entries, or no budget)."""
         return bool(self._entries) and self.lore.budget_tokens > 0
+
+    def scan(
+        self,
+        latest: str,
+        history: Sequence[str],
+        *,
+        chat_length: int = 0,
+        timers: Mapping[str, TimerState] | None = None,
+    ) -> LoreScan:
+        """The scan of one turn: `latest` (the new message or a proactive instruction)
+        and the history (oldest first, as stored) as far back as any entry looks."""
+        depth = self.max_scan_depth
+        recent = list(history[-depth:])[::-1] if depth else []
+        return LoreScan((latest, *recent), chat_length, timers or {})
 
     def matching(self, texts: Iterable[str]) -> tuple[LoreEntry, ...]:
         """The entries that apply to `texts` (constant ones included), in layout order,
