@@ -24,7 +24,7 @@ from bot.personas.cards.errors import CardError
 from bot.personas.cards.png import PngError, write_text_chunks
 from bot.personas.cards.read import read_card_file
 from bot.personas.cards.write import dump_yaml, stage_and_commit
-from bot.personas.loader import parse_persona
+from bot.personas.loader import MAX_FILE_BYTES, parse_persona
 from bot.personas.problems import PersonaFileError
 from bot.personas.schema import Lore
 
@@ -34,6 +34,16 @@ _HEADER = (
     "# yaml-language-server: $schema=./persona.schema.json\n"
     "# Imported from a character card ({spec}) by `bot personas import`: edit freely.\n"
     "# The bot speaks from the fields above `card`; `card` keeps the card as written.\n"
+)
+_TEXT_FIELDS = (
+    "description",
+    "personality",
+    "scenario",
+    "first_mes",
+    "mes_example",
+    "system_prompt",
+    "post_history_instructions",
+    "creator_notes",
 )
 _SAFE = re.compile(r"[^a-z0-9_-]+")
 
@@ -84,6 +94,14 @@ def _persona_files(card: Card, pid: str, out: Path) -> dict[str, bytes]:
     data = persona_data(card, avatar, assets)
     data["id"] = pid
     body = dump_yaml(data, _HEADER.format(spec=card.spec))
+    if len(body) > MAX_FILE_BYTES:
+        longest = max(_TEXT_FIELDS, key=lambda name: len(getattr(card, name)))
+        raise CardError(
+            card.source,
+            ("" if card.spec == "chara_card_v1" else "data.") + longest,
+            f"{len(getattr(card, longest))} characters make a persona file of {len(body)} "
+            f"bytes (at most {MAX_FILE_BYTES})",
+        )
     try:
         parse_persona(body, out / f"{pid}.yaml")
     except PersonaFileError as exc:

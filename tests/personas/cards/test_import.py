@@ -200,7 +200,7 @@ def test_world_info_and_lorebook_v3_become_worlds(bot: Bot, tmp_path: Path) -> N
     src_wi, src_lb = tmp_path / "town.json", tmp_path / "stars.json"
     src_wi.write_text(json.dumps(make.world_info()))
     src_lb.write_text(json.dumps(make.lorebook_v3()))
-    code, out, err = bot("personas", "import", src_wi, src_lb, "--out", tmp_path / "o")
+    code, _out, err = bot("personas", "import", src_wi, src_lb, "--out", tmp_path / "o")
     assert (code, err) == (0, ""), err
     town = yaml.safe_load((tmp_path / "o" / "worlds" / "old-town.yaml").read_text())
     assert town["name"] == "Old Town"
