@@ -11,7 +11,8 @@ stays `pending` and goes out when it is (`attach`).
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import structlog
 
@@ -98,10 +99,10 @@ class Alerter:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
-    def _spawn(self, work: object) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         async def run() -> None:
             try:
-                await work  # type: ignore[misc]
+                await work
             except Exception as exc:  # recorded on the row where it could be
                 log.error("safety.alert_failed", error=str(exc), error_type=type(exc).__name__)
             finally:
