@@ -44,6 +44,7 @@ app.add_typer(__import__("bot.inbox.cli", fromlist=["_"]).inbox_app, name="inbox
 _cards = __import__("bot.personas.cards.cli", fromlist=["_"])
 personas_app.command("import")(_cards.import_command)
 personas_app.command("export")(_cards.export_command)
+personas_app.command("preview")(__import__("bot.personas.preview", fromlist=["_"]).preview_command)
 app.add_typer(__import__("bot.train.cli", fromlist=["_"]).train_app, name="train")
 app.add_typer(__import__("bot.train.adapters_cli", fromlist=["_"]).adapters_app, name="adapters")
 

@@ -495,6 +495,6 @@ def _where(texts: _Texts, offset: int, in_folded: bool) -> str:
 
 def _in_entry(texts: _Texts, labels: Sequence[str]) -> _Where:
     def where(offset: int, in_folded: bool) -> str:
-        return f"in entry {labels[texts.which(offset, in_folded)]!r}"
+        return f"in the text of entry {labels[texts.which(offset, in_folded)]!r} (recursion)"
 
     return where
