@@ -443,7 +443,10 @@ class DiscordAdapter(Adapter):
         part of the payload it reads is read here, so a malformed one fails here."""
         me = self._me()
         author = message.author
-        if author.id == me or (author.bot and self.settings.ignore_bots):
+        if author.id == me:
+            return None
+        if author.bot and self.settings.ignore_bots:
+            self.groups.dropped(self.platform, str(message.channel.id), "from_bot")
             return None
         # Joins, pins, boosts, thread starters and the like are not conversation.
         if message.type not in (discord.MessageType.default, discord.MessageType.reply):

@@ -296,17 +296,22 @@ class TelegramAdapter(Adapter):
     def _actor(self, user: User) -> Actor:
         # The name is data from a stranger: kept verbatim here, made safe by the prompt.
         return Actor(
-            platform=self.platform, id=str(user.id), display_name=display_name(user), is_bot=False
+            platform=self.platform,
+            id=str(user.id),
+            display_name=display_name(user),
+            is_bot=bool(user.is_bot),
         )
 
     async def _message(self, message: Message, stored_at: datetime) -> Awaitable[object] | None:
         user = message.from_user
-        if user is None or user.is_bot:
-            return None  # channel posts, other bots (and never ourselves)
+        if user is None or user.id == self.bot_id:
+            return None  # channel posts (and never ourselves)
         if message.chat.type == ChatType.CHANNEL:
             return None
+        if user.is_bot and message.chat.type == ChatType.PRIVATE:
+            return None  # Telegram lets no bot write to another in private
         command = command_of(message, self.username)
-        if command is not None:
+        if command is not None and not user.is_bot:  # a bot's command is only its text
             scope = await self._scope(message, user)
             return self._run_command(message, user, scope, *command)
         text = message.text if message.text is not None else (message.caption or "")

@@ -143,6 +143,12 @@ class GroupRouter:
         )
         return decision
 
+    def dropped(self, platform: str, channel: str, reason: str) -> None:
+        """A message the adapter drops before any decision (a bot's, with
+        discord.ignore_bots): logged and counted as a silent verdict all the same."""
+        self.counters.add("silent", reason)
+        log.info("group.decision", platform=platform, channel=channel, speakers=[], reason=reason)
+
     def echo(self, reply: Outgoing, platform_message_id: str | None) -> Incoming | None:
         """A delivered reply as a message the other personas present receive (written
         by a bot: theirs to answer only with `answer_bots`, and the chain counts it);

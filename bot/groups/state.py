@@ -97,6 +97,10 @@ class GroupCounters:
         for verdict in decision.verdicts:
             self._counts[("spoke" if verdict.speak else "silent", verdict.reason)] += 1
 
+    def add(self, outcome: str, reason: str) -> None:
+        """Count one verdict made outside `decide` (a bot the adapter ignores)."""
+        self._counts[(outcome, reason)] += 1
+
     def get(self, outcome: str, reason: str) -> int:
         """The count of one outcome ("spoke" or "silent") for one reason."""
         return self._counts[(outcome, reason)]
