@@ -410,8 +410,6 @@ class LimitSettings(_Section):
     message: str = Field(
         default="I need a little break. Let's continue in a bit!", min_length=1, max_length=500
     )
-    #: A person's messages queued behind their own newer one are answered together.
-    coalesce: bool = True
 
 
 class SafetySettings(_Section):

@@ -54,6 +54,7 @@ from bot.prompt import (
     speaker_label,
     turn_prompt,
 )
+from bot.safety.coalesce import Bursts, settle_coalesced
 from bot.safety.replies import record_fixed_reply
 from bot.safety.stage import InputContext, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
@@ -199,6 +200,7 @@ class PersonaEngine:
         self.timezone = ZoneInfo(timezone)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._line = ConversationLine()  # each conversation's turns in arrival order
+        self._bursts = Bursts()  # who waits in each line: a burst is answered once
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
         self._lore: dict[str, LoreBook] = {}  # by persona content hash
@@ -543,7 +545,16 @@ class PersonaEngine:
                 )
                 return TurnResult(outgoing=(away,) if away else (), stored=stored)
             if previous is not None:
-                await place.wait()
+                burst = (key, incoming.scope.user, stored.message_id)
+                self._bursts.arrived(*burst)
+                try:
+                    await place.wait()
+                    if self._bursts.newer_waiting(*burst):  # the newest one answers them all
+                        await settle_coalesced(self.ledger, stored.message_id)
+                        self.safety.counters[("burst", "coalesced")] += 1
+                        return TurnResult(outgoing=(), stored=stored)
+                finally:
+                    self._bursts.left(*burst)
                 if not await self.ledger.claim(stored.message_id):
                     return TurnResult(outgoing=(), stored=stored)
             return await self._answer(incoming, text, stored, started, on_delta)

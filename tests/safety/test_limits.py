@@ -3,6 +3,7 @@ a real app on a real SQLite file, the clock injected as each message's time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.commands import CommandContext, parse_moderation
+from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
 from bot.safety.limits import LimitStore, Standing, Window
@@ -270,3 +272,63 @@ def test_standings_merge_persona_and_all() -> None:
     assert merged.muted and merged.muted_until is None and merged.exempt
     assert Standing(banned=True).merged(Standing()).banned
     assert not Standing(muted=True, muted_until=T0).muted_at(T0)
+
+
+# -- a burst from one person ----------------------------------------------------------
+
+
+async def test_a_flood_from_one_person_is_answered_as_one_turn_that_sees_it_all(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    first_started = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_first(request: ChatRequest) -> str:
+        if not first_started.is_set():
+            first_started.set()
+            await go_on.wait()  # the persona is still writing its first reply
+        return f"answered {len(request.messages)} messages"
+
+    backend = MockBackend(slow_first)
+    app = await make_app(backend, disclose_first_contact=False)
+    first = asyncio.create_task(app.engine.handle(msg("m0", T0)))
+    await first_started.wait()
+    flood = [
+        asyncio.create_task(app.engine.handle(msg(f"m{i}", T0 + timedelta(seconds=i / 2))))
+        for i in range(1, 10)
+    ]
+    while len(rows(tmp_path, "select id from messages where direction='in'")) < 10:
+        await asyncio.sleep(0.01)
+    go_on.set()
+    results = [await first, *[await t for t in flood]]
+    # Two generations, not ten: the first (already being written) and the newest.
+    assert len(backend.requests) == 2
+    assert [len(r) for r in results] == [1] + [0] * 8 + [1]
+    seen = "\n".join(m.content for m in backend.requests[1].messages)
+    assert all(f"m{i}" in seen for i in range(10))
+    statuses = rows(tmp_path, "select text, status from messages where direction='in' order by id")
+    assert [s for _, s in statuses] == ["answered"] + ["ignored"] * 8 + ["answered"]
+    assert app.safety.stage.counters[("burst", "coalesced")] == 8
+    assert len(app.engine._bursts) == 0  # nothing left behind
+
+
+async def test_a_burst_of_two_people_answers_each(make_app: Callable[..., Any]) -> None:
+    gate = asyncio.Event()
+
+    async def held(request: ChatRequest) -> str:
+        await gate.wait()
+        return "ok"
+
+    backend = MockBackend(held)
+    app = await make_app(backend, disclose_first_contact=False)
+    tasks = [
+        asyncio.create_task(app.engine.handle(group(f"@tess {u}{i}", T0, u)))
+        for i in range(3)
+        for u in ("ann", "bob")
+    ]
+    await asyncio.sleep(0.3)
+    gate.set()
+    results = [await t for t in tasks]
+    # ann0 went first; then the newest of each person answers for the rest.
+    assert sum(len(r) for r in results) == 3
+    assert len(backend.requests) == 3
