@@ -1,7 +1,8 @@
 """Safety: the stage the engine runs around every turn, and its checks.
 
 stage        `SafetyStage` (before_turn, after_generation, moderate), the check
-             protocols, the stream guard
+             protocols
+stream       the stream guard: streamed text shown only once checked
 normalize    text as the patterns see it (NFKC, case, invisible characters, leetspeak)
 crisis       crisis detection (patterns per language, optional classifier) and reply
 disclosure   "are you human?" questions and replies that claim to be human
@@ -18,8 +19,8 @@ from bot.safety.stage import (
     OutputVerdict,
     SafetyEvent,
     SafetyStage,
-    StreamGuard,
 )
+from bot.safety.stream import StreamGuard
 
 __all__ = [
     "EventSink",
