@@ -1,0 +1,99 @@
+"""Limits, mute and ban through the real python-telegram-bot against the fake Bot API
+(tests/fakes/telegram_api.py), on a real app and SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.adapters.conftest import TELEGRAM_MODERATOR, TelegramBotFactory
+from tests.fakes.telegram_api import FakeTelegramAPI
+
+pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
+
+_SETTLED = "('answered', 'ignored', 'failed', 'expired')"
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Poll an async condition (a database query) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def _ask(api: FakeTelegramAPI, user: int, text: str) -> str:
+    before = len(api.sent_to(user))
+    api.private_message(user, text)
+    await api.wait_for(lambda: len(api.sent_to(user)) > before)
+    return "\n".join(m.text for m in api.sent_to(user)[before:])
+
+
+async def test_ban_mute_and_undo_from_telegram_commands_with_an_audit(
+    telegram_bot: TelegramBotFactory, telegram_api: FakeTelegramAPI
+) -> None:
+    bot = await telegram_bot()
+    mod = TELEGRAM_MODERATOR
+    assert await _ask(telegram_api, 300, "/ban 100") == "Only moderators can /ban."
+    assert "Done, ban: 100 for tester" in await _ask(telegram_api, mod, "/ban 100 spam links")
+    telegram_api.private_message(100, "hello?")
+
+    async def settled(text: str) -> bool:
+        found = await bot.rows(
+            f"select status from messages where text = ? and status in {_SETTLED}", text
+        )
+        return bool(found)
+
+    await _until(lambda: settled("hello?"))
+    assert await bot.rows("select status from messages where text='hello?'") == [("ignored",)]
+    assert telegram_api.sent_to(100) == []  # silence: not one message to them
+    assert "Done, unban" in await _ask(telegram_api, mod, "/unban 100")
+    assert await _ask(telegram_api, 100, "hello again") == "You said: hello again"
+    assert "Done, mute: 100 for every persona until" in await _ask(
+        telegram_api, mod, "/mute 100 all 2h being rude"
+    )
+    telegram_api.private_message(100, "muted?")
+    await _until(lambda: settled("muted?"))
+    assert len(telegram_api.sent_to(100)) == 1  # still only the one reply
+    audit = await bot.rows(
+        "select moderator_id, action, target_user_id, persona_id, reason "
+        "from moderation_actions order by id"
+    )
+    assert audit == [
+        (str(mod), "ban", "100", "tester", "spam links"),
+        (str(mod), "unban", "100", "tester", None),
+        (str(mod), "mute", "100", "*", "being rude"),
+    ]
+    events = await bot.rows("select verdict from safety_events order by id")
+    assert events == [("banned",), ("muted",)]
+
+
+async def test_a_flood_from_one_person_meets_the_limit_once_and_loses_nothing(
+    telegram_bot: TelegramBotFactory,
+    telegram_api: FakeTelegramAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOT_SAFETY__LIMITS__MESSAGES_PER_MINUTE", "3")
+    monkeypatch.setenv("BOT_SAFETY__LIMITS__MESSAGE", "Slow down a little, please!")
+    bot = await telegram_bot()
+    for i in range(10):
+        telegram_api.private_message(100, f"flood {i}")
+
+    async def all_settled() -> bool:
+        rows = await bot.rows(
+            f"select count(*) from messages where direction='in' and status in {_SETTLED}"
+        )
+        return rows[0][0] == 10
+
+    await _until(all_settled)
+    texts = [m.text for m in telegram_api.sent_to(100)]
+    assert texts == [f"You said: flood {i}" for i in range(3)] + ["Slow down a little, please!"]
+    assert len(bot.backend.requests) == 3
+    limited = await bot.rows("select count(*) from safety_events where verdict='limited'")
+    assert limited == [(7,)]  # every refused message recorded, one of them told
+    # Every message of the flood is stored, in order (nothing accepted is lost).
+    stored = await bot.rows("select text from messages where direction='in' order by id")
+    assert [t for (t,) in stored] == [f"flood {i}" for i in range(10)]
