@@ -63,8 +63,10 @@ MAX_RECURSION_CHARS = 16_000
 @dataclass(frozen=True, slots=True)
 class TimerState:
     """An entry's timed effects in one conversation, as conversation lengths (messages):
-    it stays while the length is below `sticky_until`, and cannot fire while it is
-    below `cooldown_until` (once not sticky)."""
+    it stays, keys or not, until the length passes `sticky_until`, and then cannot
+    fire until the length passes `cooldown_until` (0: no such effect). Fired at length
+    L, `sticky: N` keeps it through L + N, and `cooldown: M` blocks it through
+    L + N + M, as SillyTavern counts chat messages."""
 
     sticky_until: int = 0
     cooldown_until: int = 0
@@ -306,12 +308,12 @@ class LoreBook:
         for c in self._entries:
             entry = c.entry
             state = scan.timers.get(c.key)
-            if state is not None and state.sticky_until > now:
+            if state is not None and state.sticky_until and now <= state.sticky_until:
                 fired.append((c, f"sticky ({state.sticky_until - now} more messages)"))
                 continue
             if now < entry.delay and not scan.scan_all:
                 continue
-            if state is not None and state.cooldown_until > now:
+            if state is not None and state.cooldown_until and now <= state.cooldown_until:
                 continue
             if entry.is_constant:
                 fired.append((c, "constant"))
