@@ -368,3 +368,36 @@ async def test_a_gate_failure_keeps_the_current_model(
     adapter = tmp_path / "adapters2" / "biscuit" / "20261207T040000Z"
     assert deployed == [("biscuit", adapter)]
     assert read_report(adapter)["gate"]["passed"] is True
+
+
+async def test_the_scheduled_export_goes_on_to_the_chain(tmp_path: Path) -> None:
+    """bot run's weekly export job: with finetune.enabled on a host without a GPU it
+    exports and says that it trained nothing."""
+    from datetime import UTC, datetime
+
+    from pydantic import SecretStr
+
+    from bot.app import _upkeep_jobs
+    from bot.db import create_db_engine, upgrade
+    from bot.export.run import Manifest
+
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    engine = create_db_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    settings = _settings(tmp_path, enabled=True, out_dir=tmp_path / "adapters")
+    settings.database.url = url
+    settings.scheduler.export_dir = tmp_path / "exports"
+    settings.export.hmac_key = SecretStr("k" * 32)
+    job = _upkeep_jobs(settings, None, None)["export"]
+    with capture_logs() as logs:
+        outcome = await job(datetime(2026, 12, 7, 4, 0, tzinfo=UTC))
+    assert (tmp_path / "exports" / "20261207T040000Z" / "manifest.json").is_file()
+    skipped = [e for e in logs if e["event"] == "finetune.skipped"]
+    if skipped:  # this host has no GPU
+        assert "no GPU" in outcome and "no adapter was trained" in skipped[0]["reason"]
+    else:
+        assert isinstance(outcome, list)  # an empty export: no persona to train
+    settings.finetune.enabled = False
+    again = await job(datetime(2026, 12, 14, 4, 0, tzinfo=UTC))
+    assert isinstance(again, Manifest)
