@@ -158,7 +158,7 @@ class Pacer:
         self._global: _Window | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._global_lock = asyncio.Lock()
-        self._last_grant = float("-inf")
+        self._next_slot = float("-inf")
         self._waiting = 0
 
     @property
@@ -171,7 +171,9 @@ class Pacer:
         if self._global is None or self._global.limit != max(1, int(rate)):
             # Below 1/s the window is one send per 1/rate seconds.
             limit, period = (int(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
-            self._global = _Window(limit, period)
+            # Half a slot of guard: sends reach the platform with some jitter, and
+            # its count of a second must still come out at the limit or under.
+            self._global = _Window(limit, period + 0.5 / max(rate, 1.0))
         return self._global
 
     def _chat_window(self, chat: str) -> _Bucket:
@@ -223,12 +225,15 @@ class Pacer:
             while True:
                 now = self.clock.now()
                 window = self._overall()
-                delay = max(
-                    window.delay(now), self._paused_all - now, self._last_grant + spacing - now
-                )
+                delay = max(window.delay(now), self._paused_all - now, self._next_slot - now)
                 if delay <= _EPSILON:
                     window.take(now)
-                    self._last_grant = now
+                    # The next slot follows this one's, not the moment we woke: the
+                    # event loop's lag is caught up instead of piling up (never
+                    # closer than half a slot, and the window caps any second).
+                    lag = now - self._next_slot
+                    base = self._next_slot if lag <= spacing / 2 else now  # idle: start anew
+                    self._next_slot = base + spacing
                     return
                 await self.clock.sleep(delay)
 

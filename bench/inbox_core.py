@@ -89,7 +89,8 @@ class SlowPlatform(Adapter):
         await asyncio.sleep(self.latency)
         if self.rng.random() < self.share_429:
             raise RateLimited(1.0, "(bench)")
-        self.sends.append((time.monotonic(), text))
+        # A first reply may carry the AI disclosure before it (bot/safety).
+        self.sends.append((time.monotonic(), text.rsplit("\n\n", 1)[-1]))
         return str(len(self.sends))
 
 
