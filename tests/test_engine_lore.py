@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from bot.app import App, open_app
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
+from bot.messages import Actor, Incoming, Scope
 from bot.personas.lore import LORE_HEADING
 from tests.test_engine import PERSONA, ScriptedMemory, dm, make_settings
 
@@ -178,3 +179,134 @@ async def test_a_reloaded_persona_serves_its_new_lore(open_lore_app: Any, tmp_pa
     await app.engine.handle(dm("hi again"))
     system = system_of(backend.requests[-1])
     assert "- You live on a houseboat." in system and HOME not in system
+
+
+# -- positions, timers and worlds through the real app ------------------------------
+
+PLACED = """\
+lore:
+  budget_tokens: 400
+  entries:
+    - name: before
+      keys: [tide]
+      position: before_char
+      text: BEFORE the tide.
+    - name: after
+      keys: [tide]
+      text: AFTER the tide.
+    - name: deep
+      keys: [tide]
+      position: at_depth
+      depth: 2
+      text: DEEP the tide.
+    - name: bottom
+      keys: [tide]
+      position: at_depth
+      depth: 0
+      text: BOTTOM the tide.
+    - name: very deep
+      keys: [tide]
+      position: at_depth
+      depth: 50
+      text: TOP the tide.
+"""
+
+
+async def test_each_position_goes_where_it_belongs(open_lore_app: Any) -> None:
+    backend = MockBackend(lambda req: "ok")
+    app = await open_lore_app(backend, lore=PLACED)
+    await app.engine.handle(dm("hello"))
+    await app.engine.handle(dm("and the tide?"))
+    messages = [(m.role, m.content) for m in backend.requests[-1].messages]
+    roles = [role for role, _ in messages]
+    assert roles == ["system", "system", "user", "system", "assistant", "user", "system"]
+    system = messages[0][1]
+    # before_char ahead of the persona's prompt, after_char after it.
+    assert system.startswith(f"{LORE_HEADING}\n- BEFORE the tide.\n\n")
+    assert system.index("BEFORE") < system.index("Keep replies") < system.index("You are Tess")
+    assert system.endswith(f"{LORE_HEADING}\n- AFTER the tide.")
+    # Deeper than the history: at its start; depth 2: before the last two; 0: last.
+    assert messages[1][1] == f"{LORE_HEADING}\n- TOP the tide."
+    assert messages[2] == ("user", "hello")
+    assert messages[3][1] == f"{LORE_HEADING}\n- DEEP the tide."
+    assert messages[5] == ("user", "and the tide?")
+    assert messages[6][1] == f"{LORE_HEADING}\n- BOTTOM the tide."
+
+
+TIMED = """\
+lore:
+  entries:
+    - name: storm
+      keys: [storm]
+      sticky: 4
+      cooldown: 4
+      text: A storm is coming.
+"""
+STORM = "- A storm is coming."
+
+
+async def test_timers_hold_across_turns_and_restarts_per_conversation(
+    open_lore_app: Any,
+) -> None:
+    backend = MockBackend(lambda req: "ok")
+    app = await open_lore_app(backend, lore=TIMED)
+
+    async def shown(text: str, user: str = "u1") -> bool:
+        await app.engine.handle(dm(text, user=user))
+        return STORM in system_of(backend.requests[-1])
+
+    assert await shown("a storm!")  # length 1: fires; sticky through 5, cooldown through 9
+    assert await shown("calm")  # 3: sticky
+    assert await shown("calm")  # 5: sticky
+    assert not await shown("storm again")  # 7: cooling down
+    assert not await shown("calm", user="u2")  # another conversation: its own timers
+    assert await shown("storm", user="u2")
+
+    def rows() -> list[tuple[Any, ...]]:
+        with app.db.engine.connect() as conn:
+            return [
+                tuple(r)
+                for r in conn.exec_driver_sql(
+                    "SELECT persona_id, entry_key, sticky_until, cooldown_until "
+                    "FROM lore_timers ORDER BY conversation_id"
+                )
+            ]
+
+    assert rows() == [("tester", "storm", 5, 9), ("tester", "storm", 7, 11)]
+    assert not await shown("storm")  # 9: still cooling down
+    assert await shown("storm")  # 11: fires again
+
+
+async def test_timers_survive_a_restart(open_lore_app: Any) -> None:
+    backend = MockBackend(lambda req: "ok")
+    app = await open_lore_app(backend, lore=TIMED)
+    await app.engine.handle(dm("storm"))
+    second = MockBackend(lambda req: "ok")
+    again = await open_lore_app(second, lore=TIMED)  # a new app on the same file
+    await again.engine.handle(dm("calm"))
+    assert STORM in system_of(second.requests[-1])
+
+
+async def test_two_personas_share_a_world(tmp_path: Path) -> None:
+    personas = tmp_path / "personas"
+    (personas / "worlds").mkdir(parents=True)
+    (personas / "worlds" / "harbour.yaml").write_text(
+        "id: harbour\nentries:\n  - name: docks\n    keys: [dock]\n"
+        "    text: The docks smell of tar.\n",
+        encoding="utf-8",
+    )
+    world = "lore:\n  worlds: [harbour]\n"
+    (personas / "tester.yaml").write_text(PERSONA + world, encoding="utf-8")
+    (personas / "other.yaml").write_text(
+        PERSONA.replace("id: tester", "id: other") + world, encoding="utf-8"
+    )
+    backend = MockBackend(lambda req: "ok")
+    async with open_app(make_settings(tmp_path), backend=backend, watch=False) as app:
+        assert sorted(app.personas.ids()) == ["other", "tester"]  # the world is no persona
+        await app.engine.handle(dm("to the dock"))
+        scope = Scope(platform="test", channel="dm-u2", user="u2", persona="other")
+        actor = Actor(platform="test", id="u2", display_name="Bo")
+        await app.engine.handle(Incoming(scope=scope, actor=actor, text="the dock"))
+        systems = [system_of(r) for r in backend.requests]
+    assert len(systems) == 2
+    assert all(s.endswith(f"{LORE_HEADING}\n- The docks smell of tar.") for s in systems)

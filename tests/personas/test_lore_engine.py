@@ -248,7 +248,7 @@ def test_recursion_follows_entries_up_to_max_recursion() -> None:
 
 def test_exclude_and_prevent_recursion() -> None:
     lore = book(
-        {"name": "a", "keys": ["start"], "text": "mentions bee and sea", "prevent_recursion": False},
+        {"name": "a", "keys": ["start"], "text": "mentions bee and sea"},
         {"name": "b", "keys": ["bee"], "text": "b", "exclude_recursion": True},
         {"name": "c", "keys": ["sea"], "text": "mentions dee", "prevent_recursion": True},
         {"name": "d", "keys": ["dee"], "text": "d"},
