@@ -211,6 +211,8 @@ class FakeDiscord:
         self._script: dict[str, list[_Scripted]] = {}
         self._ids: Iterator[int] = _Snowflakes()
         self._dm_channels: dict[int, int] = {}  # channel id -> recipient user id
+        #: Channels marked age-restricted (`nsfw`), as GUILD_CREATE reports them.
+        self.nsfw_channels: set[int] = set()
         self._users: dict[int, FakeUser] = dict(_USERS)
         self._sockets: dict[int, web.WebSocketResponse] = {}  # shard id -> socket
         self._shard_count = 1
@@ -360,7 +362,8 @@ class FakeDiscord:
         names = {GENERAL: "general", ALWAYS_ON: "always-on", OTHER: "other", KEYWORDS: "kw"}
         return {
             "id": str(channel), "type": 0, "name": names.get(channel, "channel"),
-            "guild_id": str(GUILD), "position": 0, "permission_overwrites": [], "nsfw": False,
+            "guild_id": str(GUILD), "position": 0, "permission_overwrites": [],
+            "nsfw": channel in self.nsfw_channels,
             "topic": None, "last_message_id": self._last_message_id(channel), "parent_id": None,
             "rate_limit_per_user": 0,
         }  # fmt: skip
@@ -456,7 +459,13 @@ class FakeDiscord:
         option_list = []
         resolved: dict[str, Any] = {}
         for key, value in (options or {}).items():
-            option_list.append({"name": key, "type": 3, "value": value})
+            if isinstance(value, FakeUser):  # a USER option, resolved as Discord does
+                option_list.append({"name": key, "type": 6, "value": str(value.id)})
+                resolved.setdefault("users", {})[str(value.id)] = value.payload()
+            elif isinstance(value, bool):
+                option_list.append({"name": key, "type": 5, "value": value})
+            else:
+                option_list.append({"name": key, "type": 3, "value": value})
         if attachment is not None:
             option_list.append({"name": "upload", "type": 11, "value": attachment["id"]})
             resolved["attachments"] = {attachment["id"]: attachment}
