@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from statistics import NormalDist
 
 import structlog
-from sqlalchemy import Connection, Table, and_, exists, func, select
+from sqlalchemy import Connection, Table, case, func, select
 
 from bot.db import Database
 from bot.errors import UsageError
@@ -207,51 +207,64 @@ def _counts(c: ArmCounts) -> dict[str, int]:
 def _arm_counts(
     conn: Connection, persona_id: str, since: datetime, canary: str
 ) -> tuple[ArmCounts, ArmCounts]:
-    m = _messages.alias("m")
-    later = _messages.alias("later")
-    regenerated = exists().where(
-        later.c.reply_to_id == m.c.reply_to_id,
-        later.c.direction == Direction.OUT.value,
-        later.c.id > m.c.id,
-    )
+    # One grouped query: each helper below is grouped once (not run per reply), so
+    # the cost grows with the period's replies and reactions, not their product.
+    out = Direction.OUT.value
     # A reaction counts as it stands now: the newest event per (message, person, emoji).
+    # Only reactions since the canary began can be on its period's replies.
     newest = (
         select(func.max(_feedback.c.id).label("id"))
+        .where(_feedback.c.at >= since)
         .group_by(_feedback.c.message_id, _feedback.c.user_id, _feedback.c.emoji)
-        .subquery()
+        .subquery("newest")
     )
-    live = (
-        select(_feedback.c.message_id, _feedback.c.emoji)
-        .where(_feedback.c.id.in_(select(newest.c.id)), _feedback.c.added.is_(True))
-        .subquery()
+    f = _feedback.alias("f")
+    votes = (
+        select(
+            f.c.message_id,
+            func.max(case((f.c.emoji.like(_UP + "%"), 1), else_=0)).label("up"),
+            func.max(case((f.c.emoji.like(_DOWN + "%"), 1), else_=0)).label("down"),
+        )
+        .join(newest, newest.c.id == f.c.id)
+        .where(f.c.added.is_(True))
+        .group_by(f.c.message_id)
+        .subquery("votes")
     )
-
-    def has(emoji: str) -> object:
-        return exists().where(and_(live.c.message_id == m.c.id, live.c.emoji.like(emoji + "%")))
-
+    # The last reply to each message: any earlier reply to it was regenerated.
+    r = _messages.alias("r")
+    last = (
+        select(r.c.reply_to_id, func.max(r.c.id).label("last_id"))
+        .where(r.c.direction == out, r.c.reply_to_id.is_not(None), r.c.created_at >= since)
+        .group_by(r.c.reply_to_id)
+        .subquery("last")
+    )
+    m = _messages.alias("m")
+    up = func.coalesce(votes.c.up, 0)
+    down = func.coalesce(votes.c.down, 0)
+    regen = case((m.c.id < last.c.last_id, 1), else_=0)
+    side = case((m.c.model == canary, 1), else_=0).label("is_canary")
     rows = conn.execute(
         select(
-            m.c.model,
-            has(_UP).label("up"),  # type: ignore[attr-defined]
-            has(_DOWN).label("down"),  # type: ignore[attr-defined]
-            and_(m.c.reply_to_id.is_not(None), regenerated).label("regen"),
-        ).where(
-            m.c.persona_id == persona_id,
-            m.c.direction == Direction.OUT.value,
-            m.c.created_at >= since,
+            side,
+            func.count(),
+            func.sum(up),
+            func.sum(down),
+            func.sum(regen),
+            func.sum(case(((up + down + regen) > 0, 1), else_=0)),
+            func.sum(case(((down + regen) > 0, 1), else_=0)),
         )
+        .select_from(
+            m.outerjoin(votes, votes.c.message_id == m.c.id).outerjoin(
+                last, last.c.reply_to_id == m.c.reply_to_id
+            )
+        )
+        .where(m.c.persona_id == persona_id, m.c.direction == out, m.c.created_at >= since)
+        .group_by(side)
     )
-    sides = {True: [0, 0, 0, 0, 0, 0], False: [0, 0, 0, 0, 0, 0]}
+    sides = {1: ArmCounts(), 0: ArmCounts()}
     for row in rows:
-        side = sides[row.model == canary]
-        up, down, regen = bool(row.up), bool(row.down), bool(row.regen)
-        side[0] += 1
-        side[1] += up
-        side[2] += down
-        side[3] += regen
-        side[4] += up or down or regen
-        side[5] += down or regen
-    return ArmCounts(*sides[True]), ArmCounts(*sides[False])
+        sides[int(row[0])] = ArmCounts(*(int(v or 0) for v in row[1:]))
+    return sides[1], sides[0]
 
 
 async def compare_canary(
