@@ -246,6 +246,20 @@ def _trainer(job: TrainJob, export: ExportData, tokenizer: Any, model: Any, cuda
     )
 
 
+def _quiet_progress(trainer: Any) -> None:
+    """Keep the progress bar, drop the metrics it prints to stdout after each log
+    (stdout is the command's answer; the report has the numbers)."""
+    transformers = _lazy("transformers")
+    base = transformers.trainer_callback.ProgressCallback
+
+    class QuietProgress(base):  # type: ignore[misc, valid-type]
+        def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            return None
+
+    if trainer.pop_callback(base) is not None:
+        trainer.add_callback(QuietProgress())
+
+
 def _eval_loss(trainer: Any) -> float:
     metrics = trainer.evaluate()
     loss = float(metrics["eval_loss"])
@@ -276,6 +290,7 @@ def train_adapter(job: TrainJob) -> dict[str, Any]:
     cuda = bool(torch.cuda.is_available())
     tokenizer, model = _load_base(job.base_model, cuda)
     trainer = _trainer(job, export, tokenizer, model, cuda)
+    _quiet_progress(trainer)
     checkpoints = job.out / _CHECKPOINTS
     if resume_from is None:
         loss_before = _eval_loss(trainer)

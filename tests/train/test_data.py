@@ -195,7 +195,10 @@ def test_good_export_loads_with_its_hashes(tmp_path: Path) -> None:
     assert dpo.manifest_sha256 == data.manifest_sha256 and len(dpo.train) == 2
 
 
-@pytest.mark.parametrize(("name", "make", "persona", "expected"), CASES[:6] + CASES[9:10])
+CLI_CASES = CASES[:6] + CASES[9:10] + CASES[-1:]
+
+
+@pytest.mark.parametrize(("name", "make", "persona", "expected"), CLI_CASES)
 def test_cli_prints_one_line_and_exits_2(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

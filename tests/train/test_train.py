@@ -153,6 +153,7 @@ def test_cli_trains_and_gates(
     assert run_app(app, argv) == 0
     printed = capsys.readouterr().out
     assert "validation loss" in printed and "tokens/s on cpu" in printed
+    assert "train_runtime" not in printed  # the trainer's metrics stay off stdout
     assert "gate passed" in printed
     report = read_report(out)
     assert report["gate"]["passed"] is True
