@@ -94,7 +94,7 @@ async def main(replies: int) -> dict[str, Any]:
                 times.append(time.perf_counter() - started)
         finally:
             await db.aclose()
-    result = {
+    return {
         "machine": platform.platform(),
         "in_canary_us": round(in_canary_us, 3),
         "in_canary_share_at_0.1": round(routed / calls, 4),
@@ -103,7 +103,6 @@ async def main(replies: int) -> dict[str, Any]:
         "compare_s_best": round(min(times), 4),
         "compare_verdict": verdict.reason,
     }
-    return result
 
 
 if __name__ == "__main__":
