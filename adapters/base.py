@@ -240,11 +240,12 @@ class Adapter(abc.ABC):
         replies: list[Outgoing] = []
         queue = [incoming]
         while queue:
-            for turn in await self.groups.route(queue.pop(0)):
+            message = queue.pop(0)
+            for turn in await self.groups.route(message):
                 for reply, sent in await self._answer_one(turn):
                     replies.append(reply)
                     if sent is not None and turn.addressed_to_bot:
-                        echoed = self.groups.echo(reply, sent)
+                        echoed = self.groups.echo(reply, sent, message.scope.persona)
                         if echoed is not None:
                             queue.append(echoed)
         return replies

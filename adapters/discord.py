@@ -509,7 +509,11 @@ class DiscordAdapter(Adapter):
         mentions = discord.AllowedMentions(
             everyone=False,
             roles=False,
-            users=[discord.Object(int(scope.user))] if reference is not None else False,
+            # Only a person is pinged: an answer to another persona (bot/groups) is
+            # addressed to "persona:ID", nobody Discord knows.
+            users=[discord.Object(int(scope.user))]
+            if reference is not None and scope.user.isdigit()
+            else False,
             replied_user=reference is not None,
         )
         options: dict[str, Any] = {"allowed_mentions": mentions}

@@ -6,7 +6,8 @@ The rule, in order (each step's losers get the reason they stayed silent):
 1. A message one of our personas wrote is never answered by that persona
    (`own_message`). A message from a bot (ours included) is answered only by
    personas whose policy says `answer_bots` (else `from_bot`), and by none once
-   the channel's bot-to-bot chain reached `max_bot_chain` (`bot_chain_limit`).
+   the run of bot messages in a row it ends (ours included) is `max_bot_chain`
+   long (`bot_chain_limit`): a run never grows past `max_bot_chain`.
 2. In a DM the one persona there answers (`direct`); no budget applies.
 3. Addressed personas answer, every one of them: the one whose message this
    replies to (`reply`), those named by name or nickname (`name`). When none is,
@@ -98,6 +99,7 @@ class ChannelView:
     """The channel's state when the message arrives (a snapshot, not live)."""
 
     replies_last_minute: int = 0
+    #: Bot messages (ours included) since a person last spoke here.
     bot_chain: int = 0
     #: Persona id → when (in `now`'s seconds) it last spoke unprompted here.
     last_unprompted: Mapping[str, float] = field(default_factory=dict)
@@ -181,8 +183,11 @@ def decide(
             say(p, False, "own_message")
     candidates = [p for p in candidates if p.id not in verdicts]
     if facts.author_is_bot or facts.author_persona is not None:
+        # The run of bot messages this one ends: an outside bot's adds itself; our
+        # persona's reply was counted when it was decided.
+        chain = channel.bot_chain + (1 if facts.author_persona is None else 0)
         for p in candidates:
-            if channel.bot_chain >= channel.max_bot_chain:
+            if chain >= channel.max_bot_chain:
                 say(p, False, "bot_chain_limit")
             elif not p.policy.answer_bots:
                 say(p, False, "from_bot")

@@ -149,14 +149,18 @@ class GroupRouter:
         self.counters.add("silent", reason)
         log.info("group.decision", platform=platform, channel=channel, speakers=[], reason=reason)
 
-    def echo(self, reply: Outgoing, platform_message_id: str | None) -> Incoming | None:
+    def echo(
+        self, reply: Outgoing, platform_message_id: str | None, place_persona: str
+    ) -> Incoming | None:
         """A delivered reply as a message the other personas present receive (written
         by a bot: theirs to answer only with `answer_bots`, and the chain counts it);
-        None when nobody else is present or the reply was an apology."""
+        None when nobody else is present or the reply was an apology.
+        `place_persona` is the place's own persona (the routed message's)."""
         scope = reply.scope
         if scope.is_direct or reply.is_error or not reply.text.strip():
             return None
-        present = self.present(scope)
+        place = scope.with_persona(place_persona)
+        present = self.present(place)
         if not any(p.id != scope.persona for p in present):
             return None
         name = next((p.names[0] for p in present if p.id == scope.persona), scope.persona)
@@ -167,7 +171,7 @@ class GroupRouter:
             is_bot=True,
         )
         return Incoming(
-            scope=scope.model_copy(update={"user": actor.id}),
+            scope=place.model_copy(update={"user": actor.id}),
             actor=actor,
             text=reply.text,
             platform_message_id=platform_message_id
