@@ -326,3 +326,49 @@ def test_property_labels_and_control_tokens(
     replies = [m["content"] for m in clean if m["role"] == "assistant"]
     decoded = "".join(tokenizer.decode(run) for run in _labelled_runs(row))
     assert decoded == "".join(f"{reply}{IM_END}\n" for reply in replies)
+
+
+_KEYS = st.sampled_from(["messages", "role", "content", "prompt", "chosen", "rejected", "x"])
+_ROLES_TEXT = st.sampled_from(["system", "user", "assistant", "tool", ""]) | st.text(max_size=5)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _ROLES_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+_LINE = st.one_of(
+    st.sampled_from([json.dumps(chat_records(1)[0]), json.dumps(dpo_records(1)[0])]),
+    _JSON.map(json.dumps),
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60).map(
+        lambda t: t.replace("\n", " ")
+    ),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(lines=st.lists(_LINE, min_size=1, max_size=4), method=st.sampled_from(["sft", "dpo"]))
+def test_property_any_line_loads_or_is_one_clear_error(lines: list[str], method: str) -> None:
+    """Whatever a line holds (JSON of any shape, or not JSON), reading the export
+    gives records of the right shape or one `TrainDataError` line, nothing else."""
+    import tempfile
+
+    stem = "chat" if method == "sft" else "dpo"
+    valid = chat_records(1)[0] if method == "sft" else dpo_records(1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export"
+        with DatasetWriter(out) as writer:
+            handle = writer.file(f"biscuit/{stem}.train.jsonl")
+            for line in lines:
+                handle.write_line(line + "\n")
+            writer.file(f"biscuit/{stem}.validation.jsonl").write(valid)
+            writer.commit({})
+        try:
+            data = load_export(out, "biscuit", method)  # type: ignore[arg-type]
+        except TrainDataError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(out))
+            return
+    records = data.train
+    for record in records:
+        if method == "sft":
+            assert any(m["role"] == "assistant" for m in record["messages"])
+        else:
+            assert [m["role"] for m in record["chosen"]] == ["assistant"]
