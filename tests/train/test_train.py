@@ -166,3 +166,31 @@ def test_cli_trains_and_gates(
     assert run_app(app, argv) == 1
     assert "no persona 'nobody' is loaded" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("LORA_RANK", "0"),
+        ("METHOD", "ppo"),
+        ("LEARNING_RATE", "-1"),
+        ("TARGET_MODULES", "[]"),
+        ("MAX_LENGTH", "1"),
+        ("BATCH_SIZE", "lots"),
+        ("GATE_MAX_HUMAN_CLAIMS", "-1"),
+    ],
+)
+def test_hostile_finetune_settings_are_a_config_error(
+    key: str,
+    value: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(f"BOT_FINETUNE__{key}", value)
+    argv = ["train", "--persona", "biscuit", "--data", str(tmp_path), "--base-model", "x"]
+    argv += ["--out", str(tmp_path / "o"), "--no-gate"]
+    assert run_app(app, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and f"finetune.{key.lower()}" in err
+    assert err.count("\n") == 1
