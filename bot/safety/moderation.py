@@ -52,6 +52,42 @@ MAX_CHARS = 20_000
 #: The most terms one blocklist may hold; more is a config mistake, not a list.
 MAX_TERMS = 20_000
 FailMode = Literal["open", "closed"]
+#: The longest blocklist term; a prefix already checked is looked at again only from
+#: `_OVERLAP` characters back (a term or a phone number spanning the cut is found).
+MAX_TERM_CHARS = 200
+_OVERLAP = 512
+
+
+class _Prefixes:
+    """What part of a growing text is left to check.
+
+    The stream guard screens ever longer prefixes of one reply; a text that extends
+    one that already passed is checked again only from a word boundary `_OVERLAP`
+    characters before the new part, so a streamed reply costs about as much as the
+    whole reply once (not once per word)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._passed: OrderedDict[tuple[object, ...], str] = OrderedDict()
+        self._size = size
+
+    @staticmethod
+    def key(ctx: OutputContext) -> tuple[object, ...]:
+        return (ctx.scope.conversation_key, ctx.conversation_id, ctx.message_id, ctx.attempt)
+
+    def rest(self, ctx: OutputContext, text: str) -> str:
+        """The part of `text` still to check."""
+        passed = self._passed.get(self.key(ctx))
+        if not passed or not text.startswith(passed) or len(passed) <= _OVERLAP:
+            return text
+        cut = text.rfind(" ", 0, len(passed) - _OVERLAP)
+        return text if cut < 0 else text[cut + 1 :]
+
+    def passed(self, ctx: OutputContext, text: str) -> None:
+        key = self.key(ctx)
+        self._passed[key] = text
+        self._passed.move_to_end(key)
+        if len(self._passed) > self._size:
+            self._passed.popitem(last=False)
 
 
 # -- matching terms -------------------------------------------------------------------
@@ -116,6 +152,8 @@ class TermMatcher:
         self._terms: list[tuple[re.Pattern[str], str]] = []
         trie: _Trie = {}
         for term in terms:
+            if len(term) > MAX_TERM_CHARS:
+                raise ValueError(f"a blocklist term is at most {MAX_TERM_CHARS} characters")
             atoms = _atoms(term)
             if atoms is None:
                 continue
@@ -180,13 +218,17 @@ class DeclinedTopicCheck:
 
     def __init__(self) -> None:
         self._matchers = _Matchers()
+        self._prefixes = _Prefixes()
 
     async def check(self, ctx: OutputContext, text: str) -> str | None:
         safety = ctx.loaded.persona.safety
         if not safety.decline_topics or text.strip() == safety.decline_message.strip():
             return None
-        found = self._matchers.get(safety.decline_topics).find(text)
-        return f"declined topic: {found}" if found is not None else None
+        found = self._matchers.get(safety.decline_topics).find(self._prefixes.rest(ctx, text))
+        if found is None:
+            self._prefixes.passed(ctx, text)
+            return None
+        return f"declined topic: {found}"
 
 
 def channel_keys(ctx: OutputContext) -> tuple[str, ...]:
@@ -209,11 +251,18 @@ class BlocklistCheck:
     def __init__(self, blocklists: Mapping[str, Sequence[str]] | None = None) -> None:
         self.blocklists = {k: tuple(v) for k, v in (blocklists or {}).items()}
         self._matchers = _Matchers()
+        self._prefixes = _Prefixes()
         # Validate the configured lists now: a bad list is a start-up error.
         for terms in self.blocklists.values():
             self._matchers.get(terms)
 
     async def check(self, ctx: OutputContext, text: str) -> str | None:
+        reason = self._check(ctx, self._prefixes.rest(ctx, text))
+        if reason is None:
+            self._prefixes.passed(ctx, text)
+        return reason
+
+    def _check(self, ctx: OutputContext, text: str) -> str | None:
         own = tuple(getattr(ctx.loaded.persona.safety, "blocklist", ()) or ())
         if own:
             found = self._matchers.get(own).find(text)
@@ -292,6 +341,7 @@ class PersonalDataCheck:
         self.scrubber = scrubber or Scrubber()
         self.kinds = kinds
         self._own: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._prefixes = _Prefixes()
 
     def _own_values(self, incoming: str | None) -> frozenset[str]:
         if not incoming:
@@ -307,15 +357,15 @@ class PersonalDataCheck:
         return cached
 
     async def check(self, ctx: OutputContext, text: str) -> str | None:
-        found = [
-            (k, v) for k, v in personal_data(self.scrubber, window(text, MAX_CHARS))
-            if k in self.kinds
-        ]
+        rest = window(self._prefixes.rest(ctx, text), MAX_CHARS)
+        found = [(k, v) for k, v in personal_data(self.scrubber, rest) if k in self.kinds]
         if not found:
+            self._prefixes.passed(ctx, text)
             return None
         own = self._own_values(ctx.incoming_text)
         leaked = sorted({k for k, v in found if _key(k, v) not in own})
         if not leaked:
+            self._prefixes.passed(ctx, text)
             return None
         # The reason names the kinds only: the value must not be copied into the log.
         return "personal data of someone else: " + ", ".join(k.lower() for k in leaked)

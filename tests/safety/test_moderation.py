@@ -366,3 +366,24 @@ def test_httpx_is_what_talks_to_the_endpoint() -> None:
     check = ModerationEndpoint("http://127.0.0.1:1/v1", client=client)
     assert check.client is client
     asyncio.run(client.aclose())
+
+
+async def test_growing_prefixes_are_checked_again_only_near_their_end() -> None:
+    # The stream guard screens ever longer prefixes; what passed is not scanned
+    # again from the start, yet a term or a number split by the cut is still found.
+    check, pii = BlocklistCheck(), PersonalDataCheck()
+    c = ctx("hello")
+    text = "word " * 400
+    for end in range(5, len(text), 5):
+        assert await check.check(c, text[:end]) is None
+        assert await pii.check(c, text[:end]) is None
+    tail = text + "and then f r o b n i c a t e"
+    assert await check.check(c, tail) == "persona blocklist: frobnicate"
+    assert await pii.check(c, text + "call +49 151 23456789") is not None
+    # A text that does not extend what passed is checked whole.
+    assert await check.check(c, "frobnicate " + text) is not None
+
+
+def test_a_blocklist_term_past_its_length_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        TermMatcher(["x" * 201])
