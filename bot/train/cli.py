@@ -50,8 +50,6 @@ def train(
 
     if method not in (None, "sft", "dpo"):
         raise UsageError(f"--method {method!r}: expected 'sft' or 'dpo'")
-    if not persona.strip() or any(not c.isprintable() for c in persona):
-        raise UsageError(f"--persona {persona!r}: expected a persona id")
     settings = load_settings(config)
     configure_logging(level="WARNING", fmt=settings.logging.format)
     loaded = None

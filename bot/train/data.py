@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ Method = Literal["sft", "dpo"]
 _MAX_LINE_BYTES = 8 << 20
 _MAX_MANIFEST_BYTES = 64 << 20
 _ROLES = ("system", "user", "assistant")
+# A persona id as persona files spell it (bot/personas/schema.py): it names a
+# directory of the export, so nothing else may reach the file system.
+_PERSONA_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class TrainDataError(UsageError):
@@ -77,6 +81,11 @@ def manifest_sha256(export_dir: Path) -> str:
 def load_export(export_dir: Path, persona: str, method: Method) -> ExportData:
     """The persona's train and validation records for `method` (chat files for SFT,
     DPO files for DPO), every file verified against the manifest's sha256."""
+    if not _PERSONA_ID.fullmatch(persona):
+        raise TrainDataError(
+            f"--persona {persona[:80]!r}: a persona id is 1-64 lower-case letters, digits, "
+            "'_' or '-'"
+        )
     export_dir = Path(export_dir)
     if not export_dir.exists():
         raise TrainDataError(f"--data {str(export_dir)!r}: no such export directory")

@@ -155,6 +155,10 @@ CASES: list[tuple[str, Callable[[Path], Path], str, str]] = [
     ("not an object", _not_object, "biscuit", "expected a JSON object"),
     ("NUL bytes", _nul_line, "biscuit", "not a JSON record"),
     ("persona not in export", _good, "samantha", "holds no records of persona 'samantha'"),
+    ("persona as a path", _good, "../biscuit", "--persona '../biscuit': a persona id is"),
+    ("persona with escapes", _good, "\x1b[31mred", "a persona id is"),
+    ("persona in capitals", _good, "BISCUIT", "a persona id is"),
+    ("empty persona", _good, "", "a persona id is"),
 ]
 
 
@@ -195,7 +199,7 @@ def test_good_export_loads_with_its_hashes(tmp_path: Path) -> None:
     assert dpo.manifest_sha256 == data.manifest_sha256 and len(dpo.train) == 2
 
 
-CLI_CASES = CASES[:6] + CASES[9:10] + CASES[-1:]
+CLI_CASES = CASES[:6] + CASES[9:10] + CASES[-5:]
 
 
 @pytest.mark.parametrize(("name", "make", "persona", "expected"), CLI_CASES)
