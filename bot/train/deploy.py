@@ -83,6 +83,8 @@ def _short(text: object, limit: int = 300) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if path.exists() and not path.is_file():  # a pipe would block the read forever
+        raise AdapterFileError(f"{path}: {what} is not a regular file")
     try:
         with path.open("rb") as handle:
             raw = handle.read(_MAX_CONFIG_BYTES + 1)
@@ -94,7 +96,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise AdapterFileError(f"{path}: {what} larger than {_MAX_CONFIG_BYTES} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AdapterFileError(f"{path}: {what} is not valid JSON ({_short(exc, 120)})") from None
     if not isinstance(data, dict):
         raise AdapterFileError(f"{path}: {what} is not a JSON object")
@@ -115,7 +117,7 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
             header = json.loads(handle.read(length).decode("utf-8"))
     except OSError as exc:
         raise AdapterFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise AdapterFileError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path}: corrupt safetensors header")
@@ -172,8 +174,10 @@ def inspect_adapter(directory: Path) -> AdapterInfo:
     if weights.suffix == ".safetensors":
         for name, shape in _safetensors_shapes(weights).items():
             # peft stores lora_A as (r, in) and lora_B as (out, r).
+            if not shape:
+                continue
             got = shape[0] if "lora_A" in name else shape[-1] if "lora_B" in name else rank
-            if shape and got != rank:
+            if got != rank:
                 raise AdapterFileError(
                     f"{weights}: tensor {name} has rank {got}, the config says r={rank} "
                     "(a corrupt or mismatched adapter)"

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bot.db import Database
 from bot.errors import BackendError, BackendUnavailable, BotError, UsageError
@@ -178,6 +180,75 @@ def test_hostile_adapter_directories(
     text = str(info.value)
     assert "\n" not in text and len(text) < 400
     assert str(adapter) in text  # it names the file or directory
+
+
+def _fifo_config(p: Path) -> Path:
+    import os
+
+    (p / "adapter_config.json").unlink()
+    os.mkfifo(p / "adapter_config.json")  # reading it would block forever
+    return p
+
+
+def _nested_config(p: Path) -> Path:
+    (p / "adapter_config.json").write_text("[" * 200_000)  # past the JSON parser's depth
+    return p
+
+
+def _nested_header(p: Path) -> Path:
+    body = b"[" * 100_000
+    (p / "adapter_model.safetensors").write_bytes(len(body).to_bytes(8, "little") + body)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [(_fifo_config, "not a regular file"), (_nested_config, "not valid JSON"),
+     (_nested_header, "corrupt safetensors header")],
+)  # fmt: skip
+def test_files_that_would_hang_or_recurse(
+    adapter: Path, break_it: Callable[[Path], Path], message: str
+) -> None:
+    with pytest.raises(AdapterFileError, match=message):
+        inspect_adapter(break_it(adapter))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 1 << 40) | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    config=st.one_of(
+        st.binary(max_size=200),
+        st.dictionaries(
+            st.sampled_from(["r", "peft_type", "base_model_name_or_path", "lora_alpha"]),
+            json_values,
+        ).map(lambda d: json.dumps(d).encode()),
+    ),
+    weights=st.one_of(st.none(), st.binary(max_size=300)),
+)
+def test_any_adapter_files_give_an_adapter_or_one_clear_error(
+    adapter: Path, tmp_path_factory: pytest.TempPathFactory, config: bytes, weights: bytes | None
+) -> None:
+    target = tmp_path_factory.mktemp("hostile")
+    shutil.copy(adapter / "adapter_model.safetensors", target)
+    (target / "adapter_config.json").write_bytes(config)
+    if weights is not None:
+        (target / "adapter_model.safetensors").write_bytes(weights)
+    try:
+        info = inspect_adapter(target)
+    except AdapterFileError as exc:
+        assert "\n" not in str(exc) and str(target) in str(exc)
+    else:
+        assert info.rank >= 1 and info.base_model
 
 
 def test_a_good_adapter_is_read(adapter: Path, tiny_model_dir: Path) -> None:
