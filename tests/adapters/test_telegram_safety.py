@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,39 @@ async def test_a_flood_from_one_person_meets_the_limit_once_and_loses_nothing(
     # Every message of the flood is stored, in order (nothing accepted is lost).
     stored = await bot.rows("select text from messages where direction='in' order by id")
     assert [t for (t,) in stored] == [f"flood {i}" for i in range(10)]
+
+
+MATURE = """\
+version: 1
+id: noir
+name: Noir
+system_prompt: You are Noir, a detective story for grown-ups.
+safety:
+  content_rating: mature
+  age_gate_message: "Noir is for adults. Are you 18 or older?"
+"""
+
+
+async def test_a_mature_persona_asks_for_the_age_first_and_records_it(
+    telegram_bot: TelegramBotFactory, telegram_api: FakeTelegramAPI, tmp_path: Path
+) -> None:
+    (tmp_path / "personas").mkdir(exist_ok=True)
+    (tmp_path / "personas" / "noir.yaml").write_text(MATURE, encoding="utf-8")
+    bot = await telegram_bot(persona="noir")
+    assert await _ask(telegram_api, 100, "hello") == "Noir is for adults. Are you 18 or older?"
+    assert bot.backend.requests == []
+    assert await _ask(telegram_api, 100, "Yes.") == "You said: Yes."
+    assert await _ask(telegram_api, 100, "a case?") == "You said: a case?"
+    assert "adults only" in await _ask(telegram_api, 200, "nope")
+    telegram_api.private_message(200, "please?")
+
+    async def settled() -> bool:
+        sql = f"select 1 from messages where text='please?' and status in {_SETTLED}"
+        return bool(await bot.rows(sql))
+
+    await _until(settled)
+    assert len(telegram_api.sent_to(200)) == 1  # told once, then silence
+    answers = await bot.rows(
+        "select platform_user_id, age_answer, age_answered_at is not null from users order by 1"
+    )
+    assert answers == [("100", "adult", 1), ("200", "minor", 1)]
