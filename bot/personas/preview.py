@@ -225,6 +225,7 @@ def build_preview(
     tokenizer: str = "",
     now: datetime | None = None,
     direct: bool = True,
+    platform: str = "console",
 ) -> Preview:
     """The prompt of a turn answering `message` after `history`, as the engine builds
     it (no memories, no generation)."""
@@ -232,7 +233,7 @@ def build_preview(
     ctx = PromptContext(
         user_display_name=speaker_label(user, fallback="friend"),
         user_id="preview",
-        platform="console",
+        platform=platform,
         now=now or datetime.now(UTC),
         timezone="UTC",
         is_direct=direct,
