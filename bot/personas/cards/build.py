@@ -86,15 +86,44 @@ def compose_system_prompt(card: Card, examples_fit: bool) -> str:
     return "\n\n".join(p for p in parts if p.strip())
 
 
-def _priority(entry: BookEntry) -> int:
-    value = entry.priority if entry.priority is not None else entry.order
-    return max(-1000, min(1000, value))
+def _lore_entry(entry: BookEntry, name: str, text: str) -> dict[str, Any]:
+    """The entry in the persona's lore schema, with only what differs from its defaults."""
+    item: dict[str, Any] = {"name": name}
+    if not entry.enabled:
+        item["enabled"] = False
+    if entry.constant:
+        item["constant"] = True
+    if entry.keys:
+        item["keys"] = list(entry.keys)
+    if entry.secondary_keys:
+        item["secondary_keys"] = list(entry.secondary_keys)
+        if entry.selective_logic != "and_any":
+            item["selective_logic"] = entry.selective_logic
+    item["text"] = text
+    if entry.priority:
+        item["priority"] = max(-1000, min(1000, entry.priority))
+    if entry.order is not None and entry.order != 100:
+        item["order"] = max(-10_000, min(10_000, entry.order))
+    if entry.position and entry.position != "after_char":
+        item["position"] = entry.position
+    if entry.case_sensitive:
+        item["case_sensitive"] = True
+    for key, value in entry.settings.items():
+        if key in ("depth",) and value == 4:
+            continue
+        if key == "match_whole_words" and value is True:
+            continue
+        if value in (0, False) and key not in ("depth", "scan_depth", "match_whole_words"):
+            continue
+        bound = {"depth": 1000, "scan_depth": 100}.get(key, 10_000)
+        item[key] = value if isinstance(value, bool) else max(0, min(bound, value))
+    return item
 
 
 def book_lore(book: Book, card: Card | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The lore entries of `book` in the persona schema, and what else the book says
-    (its name and settings, each entry's other fields by entry name, the entries
-    the schema cannot hold yet: disabled, empty, keyless), kept for export."""
+    (its name and other fields, each entry's other fields by entry name, and the
+    entries no lore entry can hold: empty, or keyless and not constant), kept for export."""
     ctx = MacroContext(card.name if card else "", "", {})
     entries: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
@@ -102,64 +131,37 @@ def book_lore(book: Book, card: Card | None) -> tuple[list[dict[str, Any]], dict
     names: set[str] = set()
     for i, entry in enumerate(book.entries):
         text = to_plain(entry.content, ctx).strip()
-        if not entry.enabled or not text or not (entry.keys or entry.constant):
-            unused.append(_raw_entry(entry))
+        if not text or not (entry.keys or entry.constant):
+            unused.append(
+                {
+                    "name": entry.name,
+                    "keys": list(entry.keys),
+                    "content": entry.content,
+                    "enabled": entry.enabled,
+                    "constant": entry.constant,
+                    **entry.extra,
+                }
+            )
             continue
-        name = (entry.name or (entry.keys[0] if entry.keys else "") or f"entry {i}")[:90]
+        label = entry.name or entry.comment or (entry.keys[0] if entry.keys else "")
+        name = (label or f"entry {i}")[:90]
         while name in names:
             name = f"{name[:80]} ({i})"
         names.add(name)
-        item: dict[str, Any] = {"name": name}
-        if entry.constant:
-            item["always"] = True
-        if entry.keys:
-            item["keys"] = list(entry.keys)
-        item["text"] = text
-        if _priority(entry):
-            item["priority"] = _priority(entry)
-        if entry.case_sensitive:
-            item["case_sensitive"] = True
-        entries.append(item)
-        kept = {k: v for k, v in _raw_entry(entry).items() if k not in _MAPPED}
-        if kept:
-            extra[name] = kept
+        entries.append(_lore_entry(entry, name, text))
+        if entry.extra:
+            extra[name] = entry.extra
     meta: dict[str, Any] = {}
     for key, value in (("name", book.name), ("description", book.description)):
         if value:
             meta[key] = value
-    if book.extra:  # the book's other fields: its extensions, recursive_scanning, ...
+    if book.extra:  # the book's other fields: its extensions, ...
         meta["other"] = book.extra
     if extra:
         meta["entries"] = extra
     if unused:
         meta["unused_entries"] = unused
     return entries, meta
-
-
-# What the lore entry itself holds; the rest of an entry goes into `card.book`.
-_MAPPED = frozenset({"keys", "content", "constant", "case_sensitive", "name", "enabled"})
-
-
-def _raw_entry(entry: BookEntry) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        "name": entry.name,
-        "keys": list(entry.keys),
-        "content": entry.content,
-        "enabled": entry.enabled,
-        "constant": entry.constant,
-        "insertion_order": entry.order,
-    }
-    if entry.priority is not None:
-        raw["priority"] = entry.priority
-    if entry.case_sensitive is not None:
-        raw["case_sensitive"] = entry.case_sensitive
-    if entry.secondary_keys:
-        raw["secondary_keys"] = list(entry.secondary_keys)
-    if entry.selective:
-        raw["selective"] = True
-        raw["selective_logic"] = entry.selective_logic
-    raw.update(entry.extra)
-    return raw
 
 
 def _lore_settings(book: Book) -> dict[str, Any]:
@@ -174,6 +176,8 @@ def _lore_settings(book: Book) -> dict[str, Any]:
         depth = max(0, min(100, book.scan_depth))
         if depth != defaults.scan_depth:
             settings["scan_depth"] = depth
+    if book.recursive:
+        settings["recursive"] = True
     return settings
 
 
@@ -283,12 +287,11 @@ _SECTION_ORDER = {
 
 
 def world_data(book: Book, world_id: str) -> dict[str, Any]:
-    """A shared world file (`worlds/ID.yaml`) for a standalone lorebook: its lore
-    settings and entries in the persona schema's lore shape, and the rest kept."""
-    entries, meta = book_lore(book, None)
-    data: dict[str, Any] = {"id": world_id, "name": book.name or world_id}
-    data.update(_lore_settings(book))
+    """A shared world file (`worlds/ID.yaml`) for a standalone lorebook, in the lore
+    schema's `World` shape (the book as written is kept beside it, `ID.source.json`)."""
+    entries, _ = book_lore(book, None)
+    data: dict[str, Any] = {"id": world_id, "name": (book.name or world_id)[:100]}
+    if book.description:
+        data["description"] = book.description[:2000]
     data["entries"] = entries
-    if meta:
-        data["book"] = meta
     return data

@@ -45,9 +45,9 @@ def export_command(
 
     if fmt != "ccv3":
         raise UsageError(f"--format {fmt!r}: expected 'ccv3'")
+    dirs = personas or load_settings(config).personas.dirs
     if out.suffix.lower() not in (".png", ".json"):
         raise UsageError(f"--out {str(out)!r}: name a .png or .json file")
-    dirs = personas or load_settings(config).personas.dirs
     files, _ = find_persona_files(dirs)
     for file in files:
         try:

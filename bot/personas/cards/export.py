@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bot.personas.cards.book import LOGIC_NUMBERS, POSITION_NUMBERS
 from bot.personas.cards.build import PERSONABOT_EXTENSION, compose_system_prompt
 from bot.personas.cards.card import Card
 from bot.personas.cards.dialogue import parse_examples, write_examples
@@ -26,6 +27,7 @@ from bot.personas.cards.macros import MacroContext, from_template, to_template
 from bot.personas.cards.png import PNG_SIGNATURE, PngError, blank_png, write_text_chunks
 from bot.personas.cards.section import CardInfo
 from bot.personas.loader import LoadedPersona
+from bot.personas.lorebook.schema import LoreEntry
 from bot.personas.schema import Persona
 
 __all__ = ["card_v2", "card_v3", "export_card"]
@@ -51,6 +53,44 @@ def _examples(persona: Persona) -> list[list[dict[str, str]]]:
     return [[{t.role: t.content} for t in dialogue] for dialogue in persona.examples]
 
 
+def _entry(entry: LoreEntry, name: str, kept: dict[str, Any]) -> dict[str, Any]:
+    extra = dict(kept)
+    ext: dict[str, Any] = dict(extra.pop("extensions", None) or {})
+    if entry.position != "after_char":
+        ext["position"] = POSITION_NUMBERS[entry.position]
+    if entry.secondary_keys and entry.selective_logic != "and_any":
+        ext["selectiveLogic"] = LOGIC_NUMBERS[entry.selective_logic]
+    settings = {
+        "depth": (entry.depth, 4),
+        "scan_depth": (entry.scan_depth, None),
+        "match_whole_words": (entry.match_whole_words, True),
+        "exclude_recursion": (entry.exclude_recursion, False),
+        "prevent_recursion": (entry.prevent_recursion, False),
+        "sticky": (entry.sticky, 0),
+        "cooldown": (entry.cooldown, 0),
+        "delay": (entry.delay, 0),
+    }
+    ext.update({key: value for key, (value, default) in settings.items() if value != default})
+    item: dict[str, Any] = {
+        "keys": list(entry.keys),
+        "content": entry.text,
+        "extensions": ext,
+        "enabled": entry.enabled,
+        "insertion_order": entry.order,
+        "case_sensitive": entry.case_sensitive,
+        "constant": entry.is_constant,
+        "name": name,
+        "position": "before_char" if entry.position == "before_char" else "after_char",
+    }
+    if entry.priority:
+        item["priority"] = entry.priority
+    if entry.secondary_keys:
+        item["selective"] = True
+        item["secondary_keys"] = list(entry.secondary_keys)
+    item.update({k: v for k, v in extra.items() if k not in item})
+    return item
+
+
 def _book(persona: Persona, info: CardInfo) -> dict[str, Any] | None:
     meta = info.book
     found = meta.get("entries")
@@ -59,23 +99,7 @@ def _book(persona: Persona, info: CardInfo) -> dict[str, Any] | None:
     for i, entry in enumerate(persona.lore.entries):
         name = entry.name or f"entry {i}"
         kept = extras.get(name)
-        extra: dict[str, Any] = dict(kept) if isinstance(kept, dict) else {}
-        order = extra.pop("insertion_order", entry.priority)
-        item: dict[str, Any] = {
-            "keys": list(entry.keys),
-            "content": entry.text,
-            "extensions": extra.pop("extensions", {}),
-            "enabled": True,
-            "insertion_order": order,
-            "case_sensitive": entry.case_sensitive,
-            "constant": entry.always,
-            "name": name,
-        }
-        if "priority" in extra or entry.priority != order:
-            extra.pop("priority", None)
-            item["priority"] = entry.priority
-        item.update({k: v for k, v in extra.items() if k not in item})
-        entries.append(item)
+        entries.append(_entry(entry, name, kept if isinstance(kept, dict) else {}))
     unused = meta.get("unused_entries")
     if isinstance(unused, list):
         entries.extend(e for e in unused if isinstance(e, dict))
@@ -86,6 +110,7 @@ def _book(persona: Persona, info: CardInfo) -> dict[str, Any] | None:
         "description": meta.get("description", ""),
         "scan_depth": persona.lore.scan_depth,
         "token_budget": persona.lore.budget_tokens,
+        "recursive_scanning": persona.lore.recursive,
         "extensions": {},
         "entries": entries,
     }

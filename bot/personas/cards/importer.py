@@ -9,6 +9,7 @@ of one command are checked first and written together, or none is.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from bot.personas.cards.png import PngError, write_text_chunks
 from bot.personas.cards.read import read_card_file
 from bot.personas.cards.write import dump_yaml, stage_and_commit
 from bot.personas.loader import MAX_FILE_BYTES, parse_persona
+from bot.personas.lorebook.schema import World
 from bot.personas.problems import PersonaFileError
-from bot.personas.schema import Lore
 
 __all__ = ["Imported", "import_files", "plan_import"]
 
@@ -115,13 +116,17 @@ def _persona_files(card: Card, pid: str, out: Path) -> dict[str, bytes]:
 def _world_files(book: Book, wid: str) -> dict[str, bytes]:
     data = world_data(book, wid)
     try:
-        Lore.model_validate({k: v for k, v in data.items() if k in Lore.model_fields})
+        World.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise CardError(book.source, f"world {where}", err["msg"]) from None
     header = "# A shared world (lorebook) imported by `bot personas import`: edit freely.\n"
-    return {f"worlds/{wid}.yaml": dump_yaml(data, header)}
+    source = json.dumps(book.raw, ensure_ascii=False, indent=1).encode("utf-8")
+    return {
+        f"worlds/{wid}.source.json": source,  # the book as written: nothing is lost
+        f"worlds/{wid}.yaml": dump_yaml(data, header),
+    }
 
 
 def plan_import(

@@ -50,7 +50,7 @@ FULL_V3: dict[str, Any] = {
                     "name": "glade",
                     "secondary_keys": ["forest"],
                     "selective": True,
-                    "extensions": {"position": 1, "selectiveLogic": 3},
+                    "extensions": {"position": 1, "selectiveLogic": 3, "role": 1},
                 },
                 {
                     "keys": [],
@@ -59,6 +59,7 @@ FULL_V3: dict[str, Any] = {
                     "enabled": True,
                     "insertion_order": 5,
                     "case_sensitive": True,
+                    "position": "before_char",
                 },
                 {"keys": ["off"], "content": "disabled", "enabled": False, "insertion_order": 1},
             ],
@@ -165,11 +166,12 @@ def lorebook_v3() -> dict[str, Any]:
             "token_budget": 500,
             "entries": [
                 {
-                    "keys": ["/orion/i"],
+                    "keys": ["orion"],
                     "content": "Orion is a hunter.",
                     "enabled": True,
                     "insertion_order": 1,
                     "use_regex": True,
+                    "name": "/orion/i",
                     "extensions": {},
                 }
             ],

@@ -20,6 +20,7 @@ from bot.personas import (
     render_system_prompt,
 )
 from bot.personas.cards.png import read_text_chunks
+from bot.personas.lorebook.schema import World
 from bot.personas.cards.read import parse_card_bytes
 from tests.personas.cards import _make as make
 from tests.personas.cards.conftest import Bot
@@ -86,22 +87,24 @@ def test_v3_json_maps_every_field(bot: Bot, tmp_path: Path) -> None:
         assert list(getattr(card, field)) == data[field], field
     assert card.spec == "chara_card_v3"
     assert card.extensions == data["extensions"]
-    # The lorebook: enabled entries become lore; the rest is kept in card.book.
+    # The lorebook: every entry becomes lore in the lorebook schema's terms; what it
+    # says beyond them is kept in card.book.
     assert p.lore.scan_depth == 6 and p.lore.budget_tokens == 300
-    glade, always = p.lore.entries
-    assert (glade.name, glade.keys, glade.text, glade.priority) == (
+    glade, always, off = p.lore.entries
+    assert (glade.name, glade.keys, glade.text, glade.order) == (
         "glade",
         ("glade", "clearing"),
         "The glade is Seraphina's home.",
         10,
     )
-    assert always.always and always.case_sensitive and always.text == "Seraphina never lies."
+    assert glade.secondary_keys == ("forest",) and glade.selective_logic == "and_all"
+    assert glade.position == "after_char"
+    assert always.constant and always.case_sensitive and always.text == "Seraphina never lies."
+    assert always.order == 5 and always.position == "before_char"
+    assert (off.enabled, off.keys, off.text) == (False, ("off",), "disabled")
     assert card.book["name"] == "The glade"
     assert card.book["other"] == {"extensions": {"custom": 1}}
-    kept = card.book["entries"]["glade"]
-    assert kept["secondary_keys"] == ["forest"] and kept["selective_logic"] == "and_all"
-    assert kept["extensions"] == {"position": 1, "selectiveLogic": 3}
-    assert [e["content"] for e in card.book["unused_entries"]] == ["disabled"]
+    assert card.book["entries"]["glade"] == {"extensions": {"role": 1}}
 
 
 def test_v2_json_and_png(bot: Bot, tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_world_info_and_lorebook_v3_become_worlds(bot: Bot, tmp_path: Path) -> N
     src_wi, src_lb = tmp_path / "town.json", tmp_path / "stars.json"
     src_wi.write_text(json.dumps(make.world_info()))
     src_lb.write_text(json.dumps(make.lorebook_v3()))
-    code, _out, err = bot("personas", "import", src_wi, src_lb, "--out", tmp_path / "o")
+    code, _, err = bot("personas", "import", src_wi, src_lb, "--out", tmp_path / "o")
     assert (code, err) == (0, ""), err
     town = yaml.safe_load((tmp_path / "o" / "worlds" / "old-town.yaml").read_text())
     assert town["name"] == "Old Town"
@@ -208,23 +211,31 @@ def test_world_info_and_lorebook_v3_become_worlds(bot: Bot, tmp_path: Path) -> N
     assert tavern == {
         "name": "The tavern",
         "keys": ["tavern", "inn"],
+        "secondary_keys": ["ale"],
+        "selective_logic": "not_any",
         "text": "The Prancing Pony is the town's tavern.",
-        "priority": 100,
+        "position": "at_depth",
+        "depth": 2,
+        "sticky": 2,
+        "cooldown": 1,
     }
-    assert world == {"name": "World", "always": True, "text": "Magic is rare.", "priority": 50}
-    extra = town["book"]["entries"]["The tavern"]
-    assert extra["secondary_keys"] == ["ale"] and extra["selective_logic"] == "not_any"
-    assert (extra["position"], extra["depth"], extra["sticky"], extra["cooldown"]) == (
-        "at_depth",
-        2,
-        2,
-        1,
-    )
-    assert extra["matchWholeWords"] is True
+    assert world == {
+        "name": "World",
+        "constant": True,
+        "text": "Magic is rare.",
+        "order": 50,
+        "position": "before_char",
+    }
+    source = json.loads((tmp_path / "o" / "worlds" / "old-town.source.json").read_text())
+    assert source == make.world_info()  # the book as written: nothing is lost
     stars = yaml.safe_load((tmp_path / "o" / "worlds" / "stars.yaml").read_text())
-    assert stars["scan_depth"] == 3 and stars["budget_tokens"] == 500
-    assert stars["entries"][0]["keys"] == ["/orion/i"]
-    assert stars["book"]["entries"]["/orion/i"]["use_regex"] is True
+    assert stars["entries"] == [
+        {"name": "/orion/i", "keys": ["/orion/"], "text": "Orion is a hunter.", "order": 1}
+    ]
+    World.model_validate(town)
+    World.model_validate(stars)
+    # The world directory is not read as persona files.
+    assert check_paths([tmp_path / "o"]) == []
 
 
 def test_several_files_same_name_get_distinct_ids(bot: Bot, tmp_path: Path) -> None:
