@@ -172,7 +172,7 @@ class _CountingRandom(random.Random):
         return super().random()
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(_facts, _present, _view, st.integers(0, 2**32), st.floats(0, 2000))
 def test_decision_properties(
     facts: MessageFacts, present: list[Present], view: ChannelView, seed: int, now: float
