@@ -203,7 +203,7 @@ class PersonaEngine:
         self._bursts = Bursts()  # who waits in each line: a burst is answered once
         self._builders: dict[int, PromptBuilder] = {}
         self._layouts: dict[str, SystemLayout] = {}  # by persona content hash
-        self._lore: dict[str, LoreBook] = {}  # by persona content hash
+        self._lore: dict[tuple[object, ...], LoreBook] = {}  # by content hash and worlds
         self._lore_timers = LoreTimers(ledger.db)
         self._active = 0  # turns and background observations in flight
         self._background: set[asyncio.Task[None]] = set()
@@ -895,9 +895,12 @@ class PersonaEngine:
         """The persona's lore for this turn, counted with the backend's tokenizer, its
         timers read from and written to the conversation's `lore_timers` (a storage
         failure costs the timers of this turn, never the turn)."""
-        book = self._lore.get(loaded.content_hash)
+        # The worlds are part of the version: a persona reloaded after a world changed
+        # has the same file hash and new world objects (the book keeps them alive).
+        key = (loaded.content_hash, *map(id, loaded.worlds))
+        book = self._lore.get(key)
         if book is None:
-            book = self._lore[loaded.content_hash] = LoreBook(loaded.persona.lore, loaded.worlds)
+            book = self._lore[key] = LoreBook(loaded.persona.lore, loaded.worlds)
         if not book.active:
             return LoreResult()
         persona_id = loaded.persona.id

@@ -155,15 +155,16 @@ class PromptBuilder:
         # Exact: the system message, the template's start and the generation prompt.
         fixed = self.tokens.count_messages((system_msg,))
         note_msgs = [(n.depth, ChatMessage("system", self._neutral(n.text))) for n in notes]
-        fixed += sum(
+        note_cost = sum(
             self.framing("system") + self.tokens.count_text(m.content) for _, m in note_msgs
         )
+        fixed += note_cost
         full_new = self._content(new_message, group) if new_message is not None else ""
         new_text = full_new
         new_cost = framing + self.tokens.count_text(new_text) if new_message is not None else 0
         cut = False
         if new_message is not None and fixed + new_cost > budget_tokens:
-            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens)
+            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens - note_cost)
             new_cost = framing + self.tokens.count_text(new_text)
 
         remaining = budget_tokens - fixed - new_cost
@@ -198,7 +199,7 @@ class PromptBuilder:
             total = self.tokens.count_messages(messages)
         if total > budget_tokens and new_message is not None and not cut:
             # The estimate let a new message through that the template cannot hold.
-            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens)
+            new_text, cut = self._fit_new(system_msg, full_new, budget_tokens - note_cost)
             messages = render(chosen)
             total = self.tokens.count_messages(messages)
         return AssembledPrompt(

@@ -215,6 +215,7 @@ class LoreBook:
 
     def __init__(self, lore: Lore, worlds: Sequence[World] = ()) -> None:
         self.lore = lore
+        self.worlds = tuple(worlds)
         compiled: list[_Compiled] = []
         sources: list[tuple[str, str, Sequence[LoreEntry]]] = [("", "", lore.entries)]
         sources.extend((f"world:{w.id}/", f"{w.id}: ", w.entries) for w in worlds)
