@@ -275,17 +275,17 @@ class VLLMAdmin:
             raise self._refusal(path, answer.status_code, text)
         try:
             return json.loads(text) if text.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return text  # vLLM answers the LoRA routes with plain text
 
     def _refusal(self, path: str, status: int, text: str) -> BackendError:
-        detail = text
+        detail: object = text
         try:
             body = json.loads(text)
             if isinstance(body, dict):
                 inner = body.get("error", body)
                 detail = inner.get("message", inner) if isinstance(inner, dict) else inner
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         where = f"vLLM at {self.shown_url}: {path}: HTTP {status}"
         if status == 404 and "lora" in path:

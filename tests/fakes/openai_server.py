@@ -18,8 +18,8 @@ Runtime LoRA routes as vLLM has them (`POST /v1/load_lora_adapter` and
 `/v1/unload_lora_adapter`): `server.adapters` maps each loaded adapter's name to its
 path, `/v1/models` lists them (with `root` and `parent`, as vLLM does), and
 `server.restart()` forgets them, as a restarted vLLM does. `server.script_admin(...)`
-queues answers for those routes (an HTTP error instead of loading); `base_root` is the
-base model's `root`.
+queues answers for those routes (an HTTP error instead of loading, or a delay);
+`base_root` is the base model's `root`; `models_body` replaces `/v1/models`' answer.
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ class FakeOpenAIServer:
         self.models = models
         self.base_root = base_root
         self.adapters: dict[str, str] = {}
+        #: When set, /v1/models answers these bytes as they are (garbage, a flood).
+        self.models_body: bytes | None = None
         self.admin_requests: list[tuple[str, dict[str, Any]]] = []
         self._admin_script: deque[Reply] = deque()
         self.default = Reply()
@@ -250,6 +252,8 @@ class FakeOpenAIServer:
         return web.Response(text="")
 
     async def _models(self, request: web.Request) -> web.Response:
+        if self.models_body is not None:
+            return web.Response(body=self.models_body, content_type="application/json")
         data: list[dict[str, Any]] = [
             {"id": m, "object": "model", "created": 0, "owned_by": "fake",
              "root": self.base_root or m, "parent": None}
@@ -263,10 +267,15 @@ class FakeOpenAIServer:
             ]  # fmt: skip
         return web.json_response({"object": "list", "data": data})
 
-    def _admin_reply(self, route: str, body: dict[str, Any]) -> Reply | None:
+    async def _admin_reply(self, route: str, body: dict[str, Any]) -> Reply | None:
         with self._lock:
             self.admin_requests.append((route, body))
-            return self._admin_script.popleft() if self._admin_script else None
+            scripted = self._admin_script.popleft() if self._admin_script else None
+        if scripted is not None and scripted.delay_s:
+            assert self._stopping is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), scripted.delay_s)
+        return scripted
 
     @staticmethod
     def _admin_error(status: int, message: str) -> web.Response:
@@ -275,7 +284,7 @@ class FakeOpenAIServer:
 
     async def _load_lora(self, request: web.Request) -> web.Response:
         body = await request.json()
-        scripted = self._admin_reply("load", body)
+        scripted = await self._admin_reply("load", body)
         if scripted is not None and scripted.status != 200:
             return self._admin_error(scripted.status, scripted.message)
         name, path = str(body.get("lora_name", "")), str(body.get("lora_path", ""))
@@ -288,7 +297,7 @@ class FakeOpenAIServer:
 
     async def _unload_lora(self, request: web.Request) -> web.Response:
         body = await request.json()
-        scripted = self._admin_reply("unload", body)
+        scripted = await self._admin_reply("unload", body)
         if scripted is not None and scripted.status != 200:
             return self._admin_error(scripted.status, scripted.message)
         name = str(body.get("lora_name", ""))

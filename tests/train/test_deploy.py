@@ -527,3 +527,23 @@ async def test_the_bot_routes_records_rolls_back_and_reloads(
                 break
             await asyncio.sleep(0.05)
         assert server.adapters == {"sam-v2": str(adapter.resolve())}
+
+
+async def test_a_server_that_hangs_or_answers_garbage(
+    registry: AdapterRegistry, server: FakeOpenAIServer, adapter: Path
+) -> None:
+    server.script_admin(Reply.hang(30))
+    async with VLLMAdmin(server.base_url, timeout_s=0.5) as admin:
+        with pytest.raises(BackendUnavailable, match="no answer to /load_lora_adapter"):
+            await deploy(registry, admin, persona_id="sam", adapter_dir=adapter, canary_share=0.1)
+        for body, message in [
+            (b"<html>not json</html>", "answered no model list"),
+            (b'{"data": 5}', "answered no model list"),
+            (b"[" * 100_000, "answered no model list"),
+            (b"x" * (2 << 20), "more than 1048576 bytes"),
+        ]:
+            server.models_body = body
+            with pytest.raises(BackendError, match=message) as info:
+                await admin.models()
+            assert "\n" not in str(info.value)
+    assert await registry.all() == []
