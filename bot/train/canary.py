@@ -89,11 +89,13 @@ class AdapterRouter:
         """Each persona's serving adapter and canary, at most `refresh_s` old."""
         now = self._clock()
         if self._read_at is None or now - self._read_at >= self.refresh_s:
+            # Marked read first: the turns that arrive during the read use the last
+            # routing instead of all reading the registry at once.
+            self._read_at = now
             try:
                 self._pairs = await self.registry.active()
             except Exception as exc:  # a broken read must not fail the reply
                 log.warning("adapters.read_failed", error=str(exc))
-            self._read_at = now
         return self._pairs
 
     async def adapter_for(

@@ -282,3 +282,25 @@ async def test_the_router_falls_back_to_the_persona_and_survives_a_broken_read(
     assert await router.adapter_for("sam", "k", "own-lora") == "sam-v1"  # serving beats own
     await db.aclose()  # every read now fails: the last routing stays
     assert await router.adapter_for("sam", "k", "own-lora") == "sam-v1"
+
+
+async def test_turns_arriving_together_read_the_registry_once(db: Database) -> None:
+    import asyncio
+
+    registry = AdapterRegistry(db)
+    await _canary(registry, share=1.0 - 1e-9)
+    reads = 0
+    real = registry.active
+
+    async def counted() -> Any:
+        nonlocal reads
+        reads += 1
+        return await real()
+
+    registry.active = counted  # type: ignore[method-assign]
+    router = AdapterRouter(registry, refresh_s=60, clock=lambda: 0.0)
+    await router.adapter_for("sam", "first", None)
+    router.invalidate()
+    chosen = await asyncio.gather(*(router.adapter_for("sam", f"k{i}", None) for i in range(20)))
+    assert reads == 2
+    assert chosen[0] == "sam-v2"  # the first one waited for the fresh read
