@@ -6,9 +6,10 @@ The persona speaks from its own fields, composed from the card:
                    that prompt when the card has none), its description,
                    "{{char}}'s personality: ...", "Scenario: ...", and the example
                    dialogue when it is not in the user/character shape
+    lore           character_book's entries, and post_history_instructions as a
+                   constant entry at depth 0 (after the history)
     greeting       first_mes
     examples       mes_example's <START> blocks
-    lore           character_book's entries
     description    the first paragraph of creator_notes
 
 and the `card` section keeps every field as the card wrote it.
@@ -29,6 +30,7 @@ from bot.personas.schema import Lore
 
 __all__ = [
     "PERSONABOT_EXTENSION",
+    "POST_HISTORY_ENTRY",
     "book_lore",
     "compose_system_prompt",
     "persona_data",
@@ -39,6 +41,9 @@ __all__ = [
 #: The key of a card's `extensions` that holds what only this bot uses (written by
 #: `bot personas export`); its texts are card text like any other.
 PERSONABOT_EXTENSION = "personabot"
+
+#: The name of the lore entry that holds a card's post_history_instructions.
+POST_HISTORY_ENTRY = "post-history instructions"
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ORIGINAL = re.compile(r"\{\{\s*original\s*\}\}", re.IGNORECASE)
@@ -181,6 +186,18 @@ def _lore_settings(book: Book) -> dict[str, Any]:
     return settings
 
 
+def post_history_entry(text: str) -> dict[str, Any]:
+    """The lore entry that carries a card's post-history instructions."""
+    return {
+        "name": POST_HISTORY_ENTRY,
+        "constant": True,
+        "text": text,
+        "priority": 1000,
+        "position": "at_depth",
+        "depth": 0,
+    }
+
+
 def _override(card: Card) -> dict[str, Any]:
     value = card.extensions.get(PERSONABOT_EXTENSION)
     return value if isinstance(value, dict) else {}
@@ -218,15 +235,21 @@ def persona_data(card: Card, avatar: str | None, assets: list[dict[str, Any]]) -
     spec = own.get("spec")  # the format it first came from, across our own exports
     known = ("chara_card_v1", "chara_card_v2", "chara_card_v3")
     section: dict[str, Any] = {"spec": spec if spec in known else card.spec}
+    entries: list[dict[str, Any]] = []
+    lore: dict[str, Any] = {}
     if card.book is not None:
         entries, meta = book_lore(card.book, card)
         lore = _lore_settings(card.book)
-        if entries:
-            lore["entries"] = entries
-        if lore:
-            data["lore"] = lore
         if meta:
             section["book"] = meta
+    instructions = to_plain(card.post_history_instructions.strip(), ctx)
+    if instructions:
+        # After the history, as SillyTavern puts them: a constant entry at depth 0.
+        entries = [*entries, post_history_entry(instructions)]
+    if entries:
+        lore["entries"] = entries
+    if lore:
+        data["lore"] = lore
     extensions = {k: v for k, v in card.extensions.items() if k != PERSONABOT_EXTENSION}
     for key in (
         "nickname",

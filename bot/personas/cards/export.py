@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from bot.personas.cards.book import LOGIC_NUMBERS, POSITION_NUMBERS
-from bot.personas.cards.build import PERSONABOT_EXTENSION, compose_system_prompt
+from bot.personas.cards.build import (
+    PERSONABOT_EXTENSION,
+    POST_HISTORY_ENTRY,
+    compose_system_prompt,
+)
 from bot.personas.cards.card import Card
 from bot.personas.cards.dialogue import parse_examples, write_examples
 from bot.personas.cards.errors import CardError
-from bot.personas.cards.macros import MacroContext, from_template, to_template
+from bot.personas.cards.macros import MacroContext, from_template, to_plain, to_template
 from bot.personas.cards.png import PNG_SIGNATURE, PngError, blank_png, write_text_chunks
 from bot.personas.cards.section import CardInfo
 from bot.personas.loader import LoadedPersona
@@ -97,6 +101,8 @@ def _book(persona: Persona, info: CardInfo) -> dict[str, Any] | None:
     extras: dict[str, Any] = found if isinstance(found, dict) else {}
     entries: list[dict[str, Any]] = []
     for i, entry in enumerate(persona.lore.entries):
+        if entry.name == POST_HISTORY_ENTRY:
+            continue  # the card's post_history_instructions
         name = entry.name or f"entry {i}"
         kept = extras.get(name)
         entries.append(_entry(entry, name, kept if isinstance(kept, dict) else {}))
@@ -142,6 +148,9 @@ def card_v3(persona: Persona) -> dict[str, Any]:
         else from_template(greeting)
     )
     mes_example = info.mes_example if (parsed or []) == examples else write_examples(examples)
+    instructions = next((e.text for e in persona.lore.entries if e.name == POST_HISTORY_ENTRY), "")
+    if instructions != to_plain(info.post_history_instructions.strip(), ctx):
+        info = info.model_copy(update={"post_history_instructions": instructions})
     extensions = dict(info.extensions)
     extensions[PERSONABOT_EXTENSION] = own
     data: dict[str, Any] = {

@@ -50,7 +50,7 @@ FULL_V3: dict[str, Any] = {
                     "name": "glade",
                     "secondary_keys": ["forest"],
                     "selective": True,
-                    "extensions": {"position": 1, "selectiveLogic": 3, "role": 1},
+                    "extensions": {"position": 1, "selectiveLogic": 3, "role": 1, "sticky": 2},
                 },
                 {
                     "keys": [],

@@ -20,8 +20,8 @@ from bot.personas import (
     render_system_prompt,
 )
 from bot.personas.cards.png import read_text_chunks
-from bot.personas.lorebook.schema import World
 from bot.personas.cards.read import parse_card_bytes
+from bot.personas.lorebook.schema import World
 from tests.personas.cards import _make as make
 from tests.personas.cards.conftest import Bot
 
@@ -90,7 +90,14 @@ def test_v3_json_maps_every_field(bot: Bot, tmp_path: Path) -> None:
     # The lorebook: every entry becomes lore in the lorebook schema's terms; what it
     # says beyond them is kept in card.book.
     assert p.lore.scan_depth == 6 and p.lore.budget_tokens == 300
-    glade, always, off = p.lore.entries
+    glade, always, off, instructions = p.lore.entries
+    assert (instructions.name, instructions.text, instructions.position, instructions.depth) == (
+        "post-history instructions",
+        "Keep Seraphina in character.",
+        "at_depth",
+        0,
+    )
+    assert instructions.constant and instructions.priority == 1000
     assert (glade.name, glade.keys, glade.text, glade.order) == (
         "glade",
         ("glade", "clearing"),
@@ -98,7 +105,7 @@ def test_v3_json_maps_every_field(bot: Bot, tmp_path: Path) -> None:
         10,
     )
     assert glade.secondary_keys == ("forest",) and glade.selective_logic == "and_all"
-    assert glade.position == "after_char"
+    assert glade.position == "after_char" and glade.sticky == 2
     assert always.constant and always.case_sensitive and always.text == "Seraphina never lies."
     assert always.order == 5 and always.position == "before_char"
     assert (off.enabled, off.keys, off.text) == (False, ("off",), "disabled")

@@ -106,6 +106,7 @@ def test_edits_travel(bot: Bot, tmp_path: Path) -> None:
         "greeting: '*{{ persona.name }} smiles", "greeting: '*{{ persona.name }} waves"
     )
     text = text.replace("Stay gentle.", "Stay very gentle.")
+    text = text.replace("Keep Seraphina in character.", "Keep Seraphina kind.")
     path.write_text(text)
     edited = load_persona(path).persona
     card = tmp_path / "c.png"
@@ -116,6 +117,8 @@ def test_edits_travel(bot: Bot, tmp_path: Path) -> None:
     again = load_persona(tmp_path / "q" / "seraphina.yaml").persona
     assert again.greeting == edited.greeting and "waves" in (again.greeting or "")
     assert again.system_prompt == edited.system_prompt
+    assert again.lore == edited.lore
+    assert "Keep Seraphina kind." in [e.text for e in again.lore.entries]
 
 
 @pytest.mark.parametrize("pid", ["samantha", "biscuit", "xiaoyu"])
