@@ -406,3 +406,20 @@ def test_any_keys_on_any_text_stay_bounded_and_within_budget(
     assert time.perf_counter() - started < 3
     assert result.tokens <= budget
     assert len({f.label for f in result.fired}) == len(result.fired)
+
+
+def test_a_slow_regex_that_passes_the_load_check_is_cut_off_and_logged() -> None:
+    from structlog.testing import capture_logs
+
+    from bot.personas.lorebook.timers import lore_turn
+
+    # Quadratic, not exponential: cheap on the short load probes, slow on long text.
+    lore = book(*(entry(f"q{i}", ["/\\w+\\s?\\w+\\W\\W/"]) for i in range(20)), entry("ok", ["a"]))
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        result = lore_turn(lore, "a " + "a" * 3990, [], APPROX, 1, {})
+    assert time.perf_counter() - started < 2  # the turn's regex allowance, not 20 timeouts
+    assert [f.label for f in result.fired] == ["ok"]
+    assert result.skipped
+    skipped = [e for e in logs if e["event"] == "lore.entry_skipped"]
+    assert [e["entry"] for e in skipped] == [label for label, _ in result.skipped]
