@@ -394,6 +394,19 @@ class ModerationSettings(_Section):
     #: Only these categories block ("harassment", or Llama Guard's "S10"); empty: any.
     categories: list[str] = Field(default_factory=list)
 
+    @field_validator("blocklists")
+    @classmethod
+    def _bounded_lists(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        # The bounds of bot/safety/moderation.py, said here so a bad list is a config
+        # error at start-up (exit 2), not a failure at the first reply.
+        for place, terms in value.items():
+            if len(terms) > 20_000:
+                raise ValueError(f"{place!r}: at most 20000 terms, got {len(terms)}")
+            long = next((t for t in terms if len(t) > 200), None)
+            if long is not None:
+                raise ValueError(f"{place!r}: a term is at most 200 characters: {long[:40]!r}…")
+        return value
+
 
 class LimitSettings(_Section):
     """Messages per minute and tokens per day, per person (bot/safety/limits.py)."""

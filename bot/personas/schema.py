@@ -216,7 +216,7 @@ class Safety(_Section):
         description="Sent once to a person whose messages went unanswered too long while "
         "the bot was down (they are not answered late); unset: nothing is sent.",
     )
-    blocklist: tuple[str, ...] = Field(
+    blocklist: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = Field(
         default=(),
         max_length=5000,
         description="Words and phrases a reply must never contain (matched whatever the "

@@ -387,3 +387,34 @@ async def test_growing_prefixes_are_checked_again_only_near_their_end() -> None:
 def test_a_blocklist_term_past_its_length_bound_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 200 characters"):
         TermMatcher(["x" * 201])
+
+
+@pytest.mark.parametrize(
+    "moderation",
+    [
+        {"blocklists": {"*": ["x" * 201]}},
+        {"blocklists": {"*": [f"w{i}" for i in range(20_001)]}},
+        {"blocklists": {"*": "not a list"}},
+        {"model": "perspective"},
+        {"fail": "sometimes"},
+        {"timeout_s": 0},
+        {"timeout_s": 10_000},
+    ],
+)
+def test_hostile_moderation_config_is_a_config_error(moderation: dict[str, Any]) -> None:
+    from bot.config import load_settings
+    from bot.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"safety\.moderation"):
+        load_settings(None, {"safety": {"moderation": moderation}})
+
+
+def test_a_persona_blocklist_term_is_bounded_by_the_schema() -> None:
+    from bot.personas import PersonaFileError
+
+    long = PERSONA.replace("blocklist: [frobnicate", "blocklist: [" + "x" * 201)
+    with pytest.raises(PersonaFileError, match="blocklist"):
+        parse_persona(long.encode(), Path("tester.yaml"))
+    empty = PERSONA.replace("blocklist: [frobnicate", "blocklist: [''")
+    with pytest.raises(PersonaFileError):
+        parse_persona(empty.encode(), Path("tester.yaml"))
