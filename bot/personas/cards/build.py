@@ -11,6 +11,7 @@ The persona speaks from its own fields, composed from the card:
     greeting       first_mes
     examples       mes_example's <START> blocks
     description    the first paragraph of creator_notes
+    groups         the nickname, which addresses the persona in group channels
 
 and the `card` section keeps every field as the card wrote it.
 """
@@ -232,6 +233,9 @@ def persona_data(card: Card, avatar: str | None, assets: list[dict[str, Any]]) -
         data["greeting"] = to_template(card.first_mes.strip(), ctx)
     if examples:
         data["examples"] = examples
+    if card.nickname and len(card.nickname) <= 64 and card.nickname != card.name:
+        # In groups, the nickname addresses the persona as its name does.
+        data["groups"] = {"nicknames": [card.nickname]}
     spec = own.get("spec")  # the format it first came from, across our own exports
     known = ("chara_card_v1", "chara_card_v2", "chara_card_v3")
     section: dict[str, Any] = {"spec": spec if spec in known else card.spec}

@@ -170,8 +170,10 @@ def card_v3(persona: Persona) -> dict[str, Any]:
         "character_version": info.character_version,
         "extensions": extensions,
     }
-    if info.nickname:
-        data["nickname"] = info.nickname
+    nicknames = persona.groups.nicknames
+    nickname = info.nickname if info.nickname in nicknames or not nicknames else nicknames[0]
+    if nickname:
+        data["nickname"] = nickname
     book = _book(persona, info)
     if book is not None:
         data["character_book"] = book

@@ -53,6 +53,7 @@ def test_v3_json_maps_every_field(bot: Bot, tmp_path: Path) -> None:
     p = loaded.persona
     data = make.FULL_V3["data"]
     assert (p.id, p.name) == ("seraphina", "Seraphina")
+    assert p.groups.nicknames == ("Sera",)
     assert p.description == "A gentle guardian for calm chats."
     prompt = render_system_prompt(p, CTX)
     assert prompt.startswith(
