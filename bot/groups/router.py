@@ -63,6 +63,7 @@ class GroupRouter:
         self.clock = clock
         self.state = GroupState()
         self.counters = GroupCounters()
+        self._warned: set[tuple[str, str]] = set()  # (persona, channel): said once
 
     def present(self, scope: Scope) -> list[Present]:
         """The personas in `scope`'s place: its own persona first, then config's
@@ -74,7 +75,9 @@ class GroupRouter:
             try:
                 persona = self.personas.get(pid).persona  # type: ignore[attr-defined]
             except PersonaError:
-                log.warning("group.unknown_persona", persona=pid, channel=scope.channel)
+                if (pid, scope.channel) not in self._warned and len(self._warned) < 10_000:
+                    self._warned.add((pid, scope.channel))
+                    log.warning("group.unknown_persona", persona=pid, channel=scope.channel)
                 continue
             policy: SpeakPolicy = persona.groups
             if entry is not None:
