@@ -20,7 +20,17 @@ def test_no_undocumented_public_names() -> None:
         for name in vars(bot.personas)
         if not name.startswith("_") and name not in {"annotations"}
     }
-    modules = {"cards", "loader", "lore", "lorebook", "problems", "registry", "render", "schema", "schedule"}
+    modules = {
+        "cards",
+        "loader",
+        "lore",
+        "lorebook",
+        "problems",
+        "registry",
+        "render",
+        "schema",
+        "schedule",
+    }
     assert public - modules == set(bot.personas.__all__)
 
 
