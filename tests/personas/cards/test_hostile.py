@@ -21,6 +21,8 @@ from bot.llm.control_tokens import GENERIC
 from bot.personas import check_paths, load_persona, render_system_prompt
 from bot.personas.cards.errors import CardError
 from bot.personas.cards.importer import plan_import
+from bot.personas.loader import parse_persona
+from bot.text import clean_text
 from tests.personas.cards import _make as make
 from tests.personas.cards.conftest import Bot
 from tests.personas.cards.test_import import CTX
@@ -337,3 +339,39 @@ def test_big_valid_card_is_bounded(tmp_path: Path) -> None:
     except CardError as exc:  # past the template limit of 100,000 characters: named
         assert "persona system_prompt" in str(exc)
     assert time.monotonic() - started < 15
+
+
+@given(
+    st.text(max_size=60).filter(lambda s: s.strip()),
+    st.text(max_size=300),
+    st.lists(st.text(max_size=30), max_size=4),
+)
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_text_makes_a_valid_persona_file(
+    tmp_path: Path, name: str, text: str, tags: list[str]
+) -> None:
+    """Whatever characters a card's text holds, the persona file is valid YAML that
+    loads back with the same (cleaned) text, or the import names the field."""
+    src = tmp_path / "any.json"
+    card = make.v3(
+        name=name[:100],
+        description=text,
+        first_mes=text,
+        tags=tags,
+        alternate_greetings=[text],
+        mes_example=text,
+    )
+    src.write_text(json.dumps(card))
+    out = tmp_path / "o"
+    try:
+        _, files = plan_import([src], out, force=True)
+    except CardError as exc:
+        assert str(src) in str(exc) and "\n" not in str(exc)
+        return
+    (persona_name,) = [rel for rel in files if rel.endswith(".yaml")]
+    loaded = parse_persona(files[persona_name], out / persona_name)
+    assert loaded.persona.card is not None
+    assert loaded.persona.card.description == clean_text(text)
+    assert loaded.persona.name == clean_text(name[:100]).strip()
