@@ -418,3 +418,17 @@ def test_a_persona_blocklist_term_is_bounded_by_the_schema() -> None:
     empty = PERSONA.replace("blocklist: [frobnicate", "blocklist: [''")
     with pytest.raises(PersonaFileError):
         parse_persona(empty.encode(), Path("tester.yaml"))
+
+
+PII = ["+49 151 23456789", "ann.lee@example.com", "4111 1111 1111 1111", "+1 415 555 2671"]
+_filler = st.text(alphabet=st.sampled_from("abc xyz ÄÖü 你好 "), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=_filler, after=_filler, value=st.sampled_from(PII), own=st.booleans())
+def test_someone_elses_data_anywhere_in_a_reply_is_blocked_and_ones_own_is_not(
+    before: str, after: str, value: str, own: bool
+) -> None:
+    incoming = f"remember {value} please" if own else "what do you know?"
+    reason = asyncio.run(PersonalDataCheck().check(ctx(incoming), f"{before} {value} {after}"))
+    assert (reason is None) == own
