@@ -60,7 +60,8 @@ class Card:
 
 def _ext(value: str, fallback: str) -> str:
     ext = value.lower().lstrip(".")
-    return ext if _EXT.match(ext) else fallback
+    # Not .yaml/.yml: an asset must never be read as a persona file beside it.
+    return ext if _EXT.match(ext) and ext not in ("yaml", "yml") else fallback
 
 
 def _assets(

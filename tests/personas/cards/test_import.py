@@ -207,6 +207,19 @@ def test_charx_with_assets(bot: Bot, tmp_path: Path) -> None:
     assert linked.path is None and linked.uri == "https://example.invalid/happy.png"
 
 
+def test_assets_are_never_persona_files(bot: Bot, tmp_path: Path) -> None:
+    card = make.v3(
+        name="Sly",
+        assets=[{"type": "x", "uri": "embeded://a.yaml", "name": "../../p", "ext": "YAML"}],
+    )
+    out = _import(bot, tmp_path, "sly.charx", make.charx(card, {"a.yaml": b"id: evil"}))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "sly.files/000-x-p.bin",
+        "sly.yaml",
+    ]
+    assert check_paths([out]) == []
+
+
 def test_world_info_and_lorebook_v3_become_worlds(bot: Bot, tmp_path: Path) -> None:
     src_wi, src_lb = tmp_path / "town.json", tmp_path / "stars.json"
     src_wi.write_text(json.dumps(make.world_info()))
