@@ -46,7 +46,7 @@ _TEXT_FIELDS = (
     "post_history_instructions",
     "creator_notes",
 )
-_SAFE = re.compile(r"[^a-z0-9_-]+")
+_SAFE = re.compile(r"[^a-z0-9_]+")
 
 
 @dataclass(frozen=True, slots=True)
