@@ -115,6 +115,15 @@ def read_card_file(path: Path) -> Card | Book:
     nothing else for any content; `OSError` only when the file cannot be read.
     """
     source = str(path)
+    if not path.is_file():  # a pipe or a device would be read forever
+        what = (
+            "a directory"
+            if path.is_dir()
+            else "missing"
+            if not path.exists()
+            else "not a regular file"
+        )
+        raise CardError(source, "file", f"{what}: name a card or lorebook file")
     with path.open("rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:

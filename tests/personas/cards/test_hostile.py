@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import struct
 import time
@@ -375,3 +376,12 @@ def test_any_text_makes_a_valid_persona_file(
     assert loaded.persona.card is not None
     assert loaded.persona.card.description == clean_text(text)
     assert loaded.persona.name == clean_text(name[:100]).strip()
+
+
+def test_not_a_regular_file(bot: Bot, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cases = {fifo: "not a regular file", tmp_path: "a directory", tmp_path / "nope.png": "missing"}
+    for path, expected in cases.items():
+        code, _, err = bot("personas", "import", path, "--out", tmp_path / "o")
+        assert code == 2 and f"card error: {path}: file: {expected}" in err, err
