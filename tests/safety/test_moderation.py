@@ -432,3 +432,34 @@ def test_someone_elses_data_anywhere_in_a_reply_is_blocked_and_ones_own_is_not(
     incoming = f"remember {value} please" if own else "what do you know?"
     reason = asyncio.run(PersonalDataCheck().check(ctx(incoming), f"{before} {value} {after}"))
     assert (reason is None) == own
+
+
+async def test_a_llama_guard_model_on_a_server_through_the_config() -> None:
+    from bot.config import load_settings
+    from bot.safety.moderation import moderation_checks
+    from tests.fakes.openai_server import Reply
+
+    async with FakeOpenAIServer(models=("llama-guard",)) as server:
+        moderation = {
+            "model": "llama_guard",
+            "base_url": server.base_url,
+            "model_name": "llama-guard",
+            "categories": ["S10"],
+            "timeout_s": 2,
+        }
+        settings = load_settings(None, {"safety": {"moderation": moderation}})
+        checks = moderation_checks(settings)
+        assert [c.name for c in checks] == [
+            "declined_topic",
+            "blocklist",
+            "personal_data",
+            "moderation",
+        ]
+        guard = checks[-1]
+        server.script(Reply(text="unsafe\nS10"), Reply(text="safe"), Reply.http_error(500))
+        assert await guard.check(ctx("hi"), "hateful words") == "moderation: unsafe S10"
+        assert await guard.check(ctx("hi"), "kind words") is None
+        assert await guard.check(ctx("hi"), "other words") is None  # failed open
+        assert server.requests[0]["model"] == "llama-guard"
+        assert [m["role"] for m in server.requests[0]["messages"]] == ["user", "assistant"]
+        await guard.backend.aclose()  # type: ignore[attr-defined]
