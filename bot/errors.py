@@ -2,6 +2,8 @@
 
     BotError                   label         exit code of `bot`, what
     ├── UsageError             usage error       2  a bad command-line argument or value
+    │   └── CardError          card error        2  a card or lorebook that cannot be imported
+    │                                               (bot.personas.cards; names file and field)
     ├── ConfigError            config error      2  bad bot.toml / BOT_* values
     ├── PersonaError           persona error     1  a persona file that cannot be used
     │   ├── PersonaNotFound    no persona with that id is loaded
