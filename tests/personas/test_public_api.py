@@ -25,6 +25,7 @@ def test_no_undocumented_public_names() -> None:
         "loader",
         "lore",
         "lorebook",
+        "preview",  # bot personas preview; imported by the CLI
         "problems",
         "registry",
         "render",
