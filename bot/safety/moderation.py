@@ -511,8 +511,10 @@ class GuardModelCheck:
         fail: FailMode = "open",
         categories: Iterable[int] = (),
         max_chars: int = 4000,
+        owned: bool = False,
     ) -> None:
         self.backend = backend
+        self.owned = owned
         self.model = model
         self.timeout_s = timeout_s
         self.fail = fail
@@ -520,6 +522,11 @@ class GuardModelCheck:
         self.max_chars = max_chars
         self.failures = 0
         self._verdicts = _Verdicts()
+
+    async def aclose(self) -> None:
+        """Close the backend when this check made it (`owned`)."""
+        if self.owned:
+            await self.backend.aclose()
 
     async def check(self, ctx: OutputContext, text: str) -> str | None:
         import asyncio
@@ -603,6 +610,7 @@ def moderation_checks(settings: Settings) -> list[OutputCheck]:
             timeout_s=config.timeout_s,
             fail=config.fail,
             categories=numbers,
+            owned=True,
         )
     )
     return checks

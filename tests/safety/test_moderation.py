@@ -462,4 +462,4 @@ async def test_a_llama_guard_model_on_a_server_through_the_config() -> None:
         assert await guard.check(ctx("hi"), "other words") is None  # failed open
         assert server.requests[0]["model"] == "llama-guard"
         assert [m["role"] for m in server.requests[0]["messages"]] == ["user", "assistant"]
-        await guard.backend.aclose()  # type: ignore[attr-defined]
+        await guard.aclose()  # type: ignore[attr-defined]
