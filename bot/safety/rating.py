@@ -98,8 +98,9 @@ class AgeStore:
 
 class RatingCheck:
     """The input check for mature personas (see the module docstring). Verdicts:
-    "age_restricted" (silence), "age_gate" (the question), "age_confirmed" (the
-    turn goes on, with guidance), "minor" (told once, then silence)."""
+    "age_restricted" (silence), "age_gate" (the question, or telling a minor the
+    persona is for adults), "age_confirmed" (the turn goes on, with guidance),
+    "minor" (silence after that)."""
 
     name = "rating"
 
@@ -137,9 +138,10 @@ class RatingCheck:
             )
         await self.ages.record(scope.platform, scope.user, answer, now=ctx.now)
         if answer == "minor":
+            # Kind "age_gate": a fixed reply of a kind a restart redelivers.
             return InputHit(
                 self.name,
-                "minor",
+                "age_gate",
                 "answered the age question: under 18",
                 reply=self.minor_message,
                 details={"answer": answer},

@@ -83,7 +83,7 @@ async def test_a_minor_is_told_once_and_then_meets_silence(
     app = await make_app(backend, disclose_first_contact=False)
     await app.engine.handle(dm("hi", user="8"))
     [told] = await app.engine.handle(dm("I'm 15", user="8"))
-    assert "adults only" in told.text and told.safety == "minor"
+    assert "adults only" in told.text and told.safety == "age_gate"
     assert await app.engine.handle(dm("yes I'm 18 now", user="8")) == []
     assert await app.engine.handle(dm("please", user="8")) == []
     assert backend.requests == []
