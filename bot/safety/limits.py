@@ -77,8 +77,9 @@ class Standing:
         """This standing together with another that also applies (for all personas)."""
         until = None
         if self.muted and other.muted:
-            ends = [u for u in (self.muted_until, other.muted_until)]
-            until = None if None in ends else max(e for e in ends if e is not None)
+            # The later end wins; an open mute (None) outlasts any timed one.
+            if self.muted_until is not None and other.muted_until is not None:
+                until = max(self.muted_until, other.muted_until)
         elif self.muted or other.muted:
             until = self.muted_until if self.muted else other.muted_until
         return Standing(
