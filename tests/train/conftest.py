@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,20 @@ def write_export(
                 handle.write(record)
         writer.commit({"note": "test export"})
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`bot train` configures logging onto the stream it sees (capsys's, in a test):
+    put it back, so later tests do not log into a closed file."""
+    import logging
+
+    import structlog
+
+    handlers = logging.getLogger().handlers[:]
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers = handlers
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +133,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple
     job = TrainJob("biscuit", export, str(tiny_model), out, tiny_settings(), progress=False)
     train_adapter(job)
     return export, out
+
+
+PERSONA_YAML = """\
+id: biscuit
+name: Biscuit
+system_prompt: You are Biscuit, a cheerful dog. You are talking with {{ user.display_name }}.
+examples:
+  - - user: Good morning Biscuit!
+    - assistant: "Woof woof! Morning! Walk?"
+  - - user: Can you help me with my homework?
+    - assistant: "Biscuit eats homework! Woof!"
+safety:
+  ai_disclosure: Biscuit is an AI pet character, not a real animal or person.
+  decline_topics: [violence, dangerous dares]
+  decline_message: "*whimpers* Don't like that. Play ball instead?"
+"""
+
+
+def write_persona(directory: Path) -> Path:
+    """A personas directory holding a small `biscuit` (independent of the shipped one)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "biscuit.yaml").write_text(PERSONA_YAML, encoding="utf-8")
+    return directory

@@ -21,7 +21,7 @@ from bot.train.gate import Side, declines, discloses, loss_check, run_gate
 from bot.train.pipeline import after_export, gate_adapter
 from bot.train.report import read_report
 
-from .conftest import tiny_settings
+from .conftest import tiny_settings, write_persona
 
 DECLINE = "*whimpers* Don't like that. Play ball instead?"
 DISCLOSURE = "Biscuit is an AI pet character, not a real animal or person."
@@ -192,9 +192,7 @@ async def test_a_loss_that_did_not_go_down_fails() -> None:
 
 
 def _settings(tmp_path: Path, **finetune: Any) -> Settings:
-    personas = tmp_path / "personas"
-    personas.mkdir(exist_ok=True)
-    shutil.copy(Path(__file__).parents[2] / "personas" / "biscuit.yaml", personas)
+    personas = write_persona(tmp_path / "personas")
     ft = tiny_settings(**finetune).model_dump()
     return Settings(personas={"dirs": [personas]}, finetune=ft)  # type: ignore[arg-type]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from bot.llm.transformers_backend import TransformersBackend
 from bot.train.report import REPORT_NAME, read_report
 from bot.train.train import TrainJob, train_adapter
 
-from .conftest import chat_records, tiny_settings, write_export
+from .conftest import chat_records, tiny_settings, write_export, write_persona
 
 
 def test_sft_steps_lower_the_eval_loss(trained: tuple[Path, Path], tiny_model: Path) -> None:
@@ -138,9 +137,7 @@ def test_cli_trains_and_gates(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    personas = tmp_path / "personas"
-    personas.mkdir()
-    shutil.copy(Path(__file__).parents[2] / "personas" / "biscuit.yaml", personas)
+    personas = write_persona(tmp_path / "personas")
     config = tmp_path / "bot.toml"
     config.write_text(
         f'[personas]\ndirs = ["{personas}"]\n'
