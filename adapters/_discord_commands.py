@@ -129,6 +129,11 @@ class SlashCommands:
 
             tree.command(name=action, description=description)(make(action))
 
+        @tree.command(name="audit", description="Moderators: the last moderator actions")
+        @app_commands.describe(user="Only the actions about this person")
+        async def audit(interaction: discord.Interaction, user: discord.User | None = None) -> None:
+            await adapter._slash(interaction, "audit", f"<@{user.id}>" if user else "")
+
     async def sync(self, tree: app_commands.CommandTree[discord.Client]) -> None:
         # Idempotent on Discord's side (unchanged commands are not re-created). A bot
         # invited without the applications.commands scope still chats: log, go on.

@@ -1,7 +1,8 @@
 """Slash commands, the same on every platform: `/start`, `/help`, `/persona`,
 `/memory`, `/forget`, `/optout`, `/optin`, `/timezone`, and for moderators
 `/reload`, `/persona upload`, and `/mute` `/unmute` `/ban` `/unban` `/exempt`
-`/unexempt` (bot/safety/limits.py: per persona or for all, every one audited).
+`/unexempt` (bot/safety/limits.py: per persona or for all, every one audited) and
+`/audit` to read that record.
 
 Adapters parse the platform's command event into a name, an argument string and a
 `CommandContext`, and send back the text `Commands.run` returns. Nothing here
@@ -98,6 +99,7 @@ class Commands:
         "timezone",
         "reload",
         *MODERATOR_ACTIONS,
+        "audit",
     )
 
     def __init__(
@@ -256,6 +258,27 @@ class Commands:
             return "Saved, but it did not load:\n" + "\n".join(str(p) for p in problems[:30])
         serving = self.personas.get(persona_id)
         return f"{serving.persona.name} ({persona_id}) is now version {serving.content_hash[:12]}."
+
+    async def _cmd_audit(self, args: str, ctx: CommandContext) -> str:
+        """`/audit [USER]`: the last moderator actions (about one person)."""
+        if not ctx.is_moderator:
+            return "Only moderators can /audit."
+        target = None
+        if args:
+            found = _MENTION.match(args.split()[0])
+            if found is None:
+                return "Say /audit, or /audit USER (a numeric id or a mention)."
+            target = found.group(1) or found.group(2)
+        entries = await self.limits.audit(ctx.scope.platform, target, limit=20)
+        if not entries:
+            return "No moderator actions recorded" + (f" for {target}." if target else ".")
+        lines = [
+            f"{e.at:%Y-%m-%d %H:%M} {e.moderator}: {e.action} {e.target} "
+            f"({'every persona' if e.persona == '*' else e.persona})"
+            + (f": {e.reason}" if e.reason else "")
+            for e in entries
+        ]
+        return "Moderator actions, newest first:\n" + "\n".join(lines)
 
     async def _moderate(self, action: str, args: str, ctx: CommandContext) -> str:
         if not ctx.is_moderator:

@@ -103,4 +103,7 @@ async def test_ban_and_unban_from_a_slash_command(
         (str(MOD.id), "ban", str(BOB.id), "*", "spam"),
         (str(MOD.id), "unban", str(BOB.id), "*", None),
     ]
+    asked = discord_fake.interaction("audit", MOD, GENERAL, {"user": BOB}, permissions=MANAGE_GUILD)
+    shown = (await interact(discord_fake, asked))["content"]
+    assert f"{MOD.id}: ban {BOB.id} (every persona): spam" in shown
 

@@ -153,6 +153,15 @@ async def test_ban_and_unban_through_the_command_with_an_audit(
     ]
     assert '"banned": false' in audit[0][4] and '"banned": true' in audit[0][5]
     assert audit[0][6] == "spamming links"
+    shown = await app.commands.run("audit", "<@101>", moderator())
+    assert shown.startswith("Moderator actions, newest first:")
+    assert "mod: unban 101 (tester)" in shown and "mod: ban 101 (tester): spamming links" in shown
+    assert await app.commands.run("audit", "", moderator("eve", is_moderator=False)) == (
+        "Only moderators can /audit."
+    )
+    assert await app.commands.run(
+        "audit", "5", moderator()
+    ) == "No moderator actions recorded for 5."
     store = LimitStore(app.db)
     [latest, first] = await store.audit("test", "101")
     assert (latest.action, first.action) == ("unban", "ban") and first.after["banned"] is True
