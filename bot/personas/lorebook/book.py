@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from bot.llm.base import TokenCounter
 from bot.personas.lorebook.keys import (
     SEPARATOR,
+    Haystack,
     KeyMatcher,
     KeyTimeout,
     RegexAllowance,
@@ -173,17 +174,17 @@ class _Texts:
 
     def __init__(self, messages: Iterable[str], folded: bool) -> None:
         parts = [scan_text(m) for m in messages]
-        self.text = SEPARATOR.join(parts)
+        text = SEPARATOR.join(parts)
         self.starts = _starts(parts)
         fparts = [p.casefold() for p in parts] if folded else parts
-        self.folded = SEPARATOR.join(fparts)
         self.fstarts = _starts(fparts)
+        self.hay = Haystack.of(text, SEPARATOR.join(fparts) if folded else text)
 
-    def window(self, count: int) -> tuple[str, str]:
-        """The first `count` messages (raw, folded)."""
+    def window(self, count: int) -> Haystack:
+        """The first `count` messages."""
         if count >= len(self.starts):
-            return self.text, self.folded
-        return self.text[: self.starts[count] - 1], self.folded[: self.fstarts[count] - 1]
+            return self.hay
+        return self.hay.upto(self.starts[count] - 1, self.fstarts[count] - 1)
 
     def which(self, offset: int, in_folded: bool) -> int:
         return bisect_right(self.fstarts if in_folded else self.starts, offset) - 1
@@ -324,9 +325,10 @@ class LoreBook:
             else:
                 depth = self.lore.scan_depth if entry.scan_depth is None else entry.scan_depth
                 window = 1 + depth
-            text, folded = texts.window(window)
             try:
-                why = self._why(c, text, folded, allowance, lambda o, f: _where(texts, o, f))
+                why = self._why(
+                    c, texts.window(window), allowance, lambda o, f: _where(texts, o, f)
+                )
             except KeyTimeout as exc:
                 skipped.append((c.label, str(exc)))
                 continue
@@ -361,13 +363,7 @@ class LoreBook:
             fresh, still = [], []
             for c in waiting:
                 try:
-                    why = self._why(
-                        c,
-                        texts.text,
-                        texts.folded,
-                        allowance,
-                        where,
-                    )
+                    why = self._why(c, texts.hay, allowance, where)
                 except KeyTimeout as exc:
                     skipped.append((c.label, str(exc)))
                     continue
@@ -380,30 +376,24 @@ class LoreBook:
             waiting = still
 
     @staticmethod
-    def _why(
-        c: _Compiled,
-        text: str,
-        folded: str,
-        allowance: RegexAllowance,
-        where: _Where,
-    ) -> str:
+    def _why(c: _Compiled, hay: Haystack, allowance: RegexAllowance, where: _Where) -> str:
         """Why the entry fires on this text ("" when it does not)."""
-        found = c.primary.first(text, folded, allowance)
+        found = c.primary.first(hay, allowance)
         if found is None:
             return ""
         key, offset = found
-        in_folded = c.primary.folded and key in c.primary.keys
+        in_folded = c.primary.folded and key in c.primary.plain_keys()
         why = f"key {key!r} {where(offset, in_folded)}"
         second = c.secondary
         if second.empty:
             return why
         logic = c.entry.selective_logic
         if logic == "and_any":
-            hit = second.first(text, folded, allowance)
+            hit = second.first(hay, allowance)
             return f"{why}, and secondary key {hit[0]!r}" if hit else ""
         if logic == "not_any":
-            return "" if second.first(text, folded, allowance) else f"{why}, no secondary key"
-        present = second.every(text, folded, allowance)
+            return "" if second.first(hay, allowance) else f"{why}, no secondary key"
+        present = second.every(hay, allowance)
         if logic == "and_all":
             return f"{why}, and every secondary key" if len(present) == second.count else ""
         # NOT_ALL

@@ -27,6 +27,7 @@ import regex
 __all__ = [
     "MAX_SCAN_CHARS",
     "REGEX_TIMEOUT_S",
+    "Haystack",
     "KeyMatcher",
     "KeyTimeout",
     "RegexAllowance",
@@ -157,7 +158,11 @@ def scan_text(text: str) -> str:
 
 def _key_pattern(key: str, whole_words: bool) -> str:
     """A regex for one (normalised) plain key: its words in order with any whitespace
-    between them, on word boundaries unless it contains CJK characters."""
+    between them, on word boundaries unless it contains CJK characters.
+
+    Keys without CJK characters are searched in the text's Latin view, where every CJK
+    character is a mark (`Haystack`), so their boundaries are plain `\\w` tests: a
+    class of all CJK ranges costs milliseconds to compile for every key."""
     words = [re.escape(word) for word in key.split()]
     if _HAS_CJK.search(key):
         # CJK text rarely has spaces: "北京 大学" also matches "北京大学". Whole words
@@ -175,31 +180,91 @@ def _key_pattern(key: str, whole_words: bool) -> str:
     # whatever follows or precedes their symbol. The start is checked by a lookbehind
     # after the first word, not before it: a pattern that starts with a literal lets
     # the regex engine skip ahead to where that literal occurs (several times faster).
-    if re.match(_WORD, key):
-        words[0] = f"{words[0]}(?<!{_WORD}{words[0]})"
-    end = f"(?!{_WORD})" if re.match(_WORD, key[-1]) else ""
+    if re.match(r"\w", key):
+        words[0] = f"{words[0]}(?<!\\w{words[0]})"
+    end = r"(?!\w)" if re.match(r"\w", key[-1]) else ""
     return r"\s+".join(words) + end
+
+
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+# What a CJK character becomes in the Latin view: neither a word character nor space.
+_MARK = "\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class Haystack:
+    """The scanned text in the views the matchers search, up to `end` (raw) and
+    `fend` (folded): raw and case-folded, each also as a Latin view whose CJK
+    characters are marks (same length, so offsets agree)."""
+
+    raw: str
+    folded: str
+    raw_latin: str
+    folded_latin: str
+    end: int
+    fend: int
+
+    @classmethod
+    def of(cls, raw: str, folded: str) -> Haystack:
+        raw_latin = _CJK_CHAR.sub(_MARK, raw)
+        folded_latin = raw_latin if folded is raw else _CJK_CHAR.sub(_MARK, folded)
+        return cls(raw, folded, raw_latin, folded_latin, len(raw), len(folded))
+
+    def upto(self, end: int, fend: int) -> Haystack:
+        """The same texts, searched only up to these ends."""
+        return Haystack(self.raw, self.folded, self.raw_latin, self.folded_latin, end, fend)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """Plain keys of one kind (Latin or CJK) as one alternation; group i is key i."""
+
+    keys: tuple[str, ...]
+    pattern: re.Pattern[str]
+    words: tuple[str, ...]  # each key's longest word, for a cheap substring test first
+
+    def first(self, text: str, end: int) -> tuple[str, int] | None:
+        if not any(text.find(word, 0, end) >= 0 for word in self.words):
+            return None
+        match = self.pattern.search(text, 0, end)
+        if match is None or match.lastindex is None:
+            return None
+        return self.keys[match.lastindex - 1], match.start()
+
+    def every(self, text: str, end: int) -> list[str]:
+        seen = {m.lastindex for m in self.pattern.finditer(text, 0, end) if m.lastindex}
+        return [self.keys[i - 1] for i in sorted(seen)]
+
+
+def _plain(pairs: list[tuple[str, str]], whole_words: bool) -> _Plain | None:
+    if not pairs:
+        return None
+    return _Plain(
+        keys=tuple(key for key, _ in pairs),
+        pattern=re.compile("|".join(f"({_key_pattern(n, whole_words)})" for _, n in pairs)),
+        words=tuple(max(n.split(), key=len) for _, n in pairs),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class KeyMatcher:
     """A set of keys (an entry's primary or secondary keys), compiled once.
 
-    Plain keys form one alternation whose groups say which key matched; a cheap
+    Plain keys form an alternation per kind whose groups say which key matched; a
     substring test of each key's longest word runs first, so entries whose words are
-    absent (most of them, most turns) cost next to nothing.
+    absent (most of them, most turns) cost next to nothing. Regex keys search the raw
+    text within the turn's `RegexAllowance`.
     """
 
-    keys: tuple[str, ...]  # plain keys as written, in group order
-    pattern: re.Pattern[str] | None
-    words: tuple[str, ...]
+    latin: _Plain | None
+    cjk: _Plain | None
     folded: bool
     regexes: tuple[tuple[str, regex.Pattern[str]], ...]
 
     @classmethod
     def build(cls, keys: Sequence[str], *, case_sensitive: bool, whole_words: bool) -> KeyMatcher:
-        plain: list[str] = []
-        normal: list[str] = []
+        latin: list[tuple[str, str]] = []
+        cjk: list[tuple[str, str]] = []
         regexes: list[tuple[str, regex.Pattern[str]]] = []
         for key in keys:
             if is_regex_key(key):
@@ -209,70 +274,69 @@ class KeyMatcher:
             if not case_sensitive:
                 norm = norm.casefold()
             if norm.split():
-                plain.append(key)
-                normal.append(norm)
-        pattern = (
-            re.compile("|".join(f"({_key_pattern(k, whole_words)})" for k in normal))
-            if normal
-            else None
-        )
+                (cjk if _HAS_CJK.search(norm) else latin).append((key, norm))
         return cls(
-            keys=tuple(plain),
-            pattern=pattern,
-            words=tuple(max(k.split(), key=len) for k in normal),
+            latin=_plain(latin, whole_words),
+            cjk=_plain(cjk, whole_words),
             folded=not case_sensitive,
             regexes=tuple(regexes),
         )
 
     @property
     def empty(self) -> bool:
-        return self.pattern is None and not self.regexes
+        return self.latin is None and self.cjk is None and not self.regexes
 
-    def first(
-        self, text: str, folded: str, allowance: RegexAllowance
-    ) -> tuple[str, int] | None:
-        """The first key found, with the offset of its match (in `folded` for plain
-        case-insensitive keys, else in `text`); None if no key occurs. Raises
-        `KeyTimeout` when a regex key runs out of time."""
-        found = self._plain(folded if self.folded else text)
-        if found is not None:
-            return found
+    @property
+    def count(self) -> int:
+        return sum(len(p.keys) for p in (self.latin, self.cjk) if p) + len(self.regexes)
+
+    def plain_keys(self) -> frozenset[str]:
+        """The plain keys (their offsets are in the folded text when `folded`)."""
+        return frozenset(k for p in (self.latin, self.cjk) if p for k in p.keys)
+
+    def _views(self, hay: Haystack) -> tuple[tuple[str, str, int], ...]:
+        if self.folded:
+            return ((hay.folded_latin, hay.folded, hay.fend),)
+        return ((hay.raw_latin, hay.raw, hay.end),)
+
+    def first(self, hay: Haystack, allowance: RegexAllowance) -> tuple[str, int] | None:
+        """The first key found, with the offset of its match (in the folded text for
+        plain case-insensitive keys, else in the raw text); None if no key occurs.
+        Raises `KeyTimeout` when a regex key runs out of time."""
+        for latin_text, text, end in self._views(hay):
+            if self.latin is not None:
+                found = self.latin.first(latin_text, end)
+                if found is not None:
+                    return found
+            if self.cjk is not None:
+                found = self.cjk.first(text, end)
+                if found is not None:
+                    return found
         for key, pattern in self.regexes:
-            match = self._regex(pattern, text, allowance)
+            match = self._regex(pattern, hay, allowance)
             if match is not None:
                 return key, match
         return None
 
-    def every(self, text: str, folded: str, allowance: RegexAllowance) -> tuple[str, ...]:
+    def every(self, hay: Haystack, allowance: RegexAllowance) -> tuple[str, ...]:
         """Every key that occurs (for and_all / not_all)."""
         found: list[str] = []
-        haystack = folded if self.folded else text
-        if self.pattern is not None:
-            seen = {m.lastindex for m in self.pattern.finditer(haystack) if m.lastindex}
-            found.extend(self.keys[i - 1] for i in sorted(seen))
+        for latin_text, text, end in self._views(hay):
+            if self.latin is not None:
+                found.extend(self.latin.every(latin_text, end))
+            if self.cjk is not None:
+                found.extend(self.cjk.every(text, end))
         for key, pattern in self.regexes:
-            if self._regex(pattern, text, allowance) is not None:
+            if self._regex(pattern, hay, allowance) is not None:
                 found.append(key)
         return tuple(found)
 
-    @property
-    def count(self) -> int:
-        return len(self.keys) + len(self.regexes)
-
-    def _plain(self, haystack: str) -> tuple[str, int] | None:
-        if self.pattern is None or not any(word in haystack for word in self.words):
-            return None
-        match = self.pattern.search(haystack)
-        if match is None or match.lastindex is None:
-            return None
-        return self.keys[match.lastindex - 1], match.start()
-
     @staticmethod
-    def _regex(pattern: regex.Pattern[str], text: str, allowance: RegexAllowance) -> int | None:
+    def _regex(pattern: regex.Pattern[str], hay: Haystack, allowance: RegexAllowance) -> int | None:
         timeout = allowance.timeout()
         started = time.perf_counter()
         try:
-            match = pattern.search(text, timeout=timeout)
+            match = pattern.search(hay.raw, 0, hay.end, timeout=timeout)
         except TimeoutError:
             raise KeyTimeout(f"the regular expression ran past {timeout:g} s") from None
         finally:
