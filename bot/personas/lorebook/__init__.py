@@ -3,6 +3,7 @@
     schema   `Lore`, `LoreEntry`, `World`: the persona's `lore` section and world files
     keys     `KeyMatcher`: plain, CJK and bounded regex keys
     book     `LoreBook.evaluate`: what fires, why, what fits, where it goes
+    result   `LoreScan`, `LoreResult`, `FiredEntry`, `TimerState`: its input and output
     worlds   `load_worlds`: shared world files by id, cycles refused
     timers   `LoreTimers`: sticky / cooldown state per conversation (table lore_timers)
 """
