@@ -259,6 +259,9 @@ def _delete(
             text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id IN {_IN}"),
             {"ids": mids},
         )
+        done.counts["safety_scrubbed"] = _scrub_safety(
+            conn, f"message_id IN {_IN}", {"ids": mids}
+        )
     if everything:
         params = {"uid": user_id, "persona": persona_id}
         done.counts["followups"] = done.counts.get("followups", 0) + (
@@ -269,6 +272,11 @@ def _delete(
                 ),
                 params,
             ).rowcount
+        )
+        done.counts["safety_scrubbed"] = done.counts.get("safety_scrubbed", 0) + _scrub_safety(
+            conn,
+            "user_id = :uid AND (:persona IS NULL OR persona_id = :persona)",
+            params,
         )
         # Vectors whose item went without them (retention deletes messages only).
         embeddings += conn.execute(
@@ -338,6 +346,25 @@ def _tombstones(conn: Connection, user_id: int, scopes: Sequence[tuple[int, str]
             {"kind": TOMBSTONE, "item": (user_id << 32) | cid, "uid": user_id, "cid": cid,
              "model": model},
         )  # fmt: skip
+
+
+def _scrub_safety(conn: Connection, where: str, params: dict[str, Any]) -> int:
+    """Keep that a safety event happened (a crisis stays in the moderators' record and
+    its pause stands) but drop what it quoted: the matched phrase, the blocked reply's
+    excerpt and the reason text live in `details` and `reason`."""
+    if (
+        conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'safety_events'")).first()
+        is None
+    ):
+        return 0
+    return conn.execute(
+        text(
+            "UPDATE safety_events SET details = '{\"forgotten\": true}', "
+            "reason = check_name || ': ' || verdict || ' (details removed with a forgotten "
+            f"message)', message_id = NULL WHERE {where}"
+        ),
+        params,
+    ).rowcount
 
 
 def _clear_inbox(conn: Connection, mids: str) -> int:

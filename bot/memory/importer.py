@@ -145,6 +145,7 @@ async def import_file(path: Path, memory: Any, ledger: Any) -> int:
 async def _store_lines(path: Path, memory: Any, ledger: Any, progress: list[int]) -> None:
     from bot.memory.ledger import ReplyRecord
     from bot.messages import Actor, Incoming, Scope
+    from bot.models import MessageStatus
 
     last_user: dict[tuple[str, str], tuple[int, int]] = {}  # (conversation, user) -> ids
     for line in parse_lines(path):
@@ -163,7 +164,11 @@ async def _store_lines(path: Path, memory: Any, ledger: Any, progress: list[int]
             incoming = Incoming(
                 scope=scope, actor=actor, text=line.text, received_at=line.timestamp
             )
-            stored = await ledger.record_incoming(incoming, line.text)
+            # History, not a message waiting for an answer: a restart must neither
+            # answer it late nor expire it with an away notice.
+            stored = await ledger.record_incoming(
+                incoming, line.text, status=MessageStatus.ANSWERED
+            )
             last_user[key] = (stored.conversation_id, stored.message_id)
             message_id = stored.message_id
         else:
@@ -181,6 +186,7 @@ async def _store_lines(path: Path, memory: Any, ledger: Any, progress: list[int]
                     text=line.text,
                     persona_id=line.persona,
                     created_at=line.timestamp,
+                    status=MessageStatus.DELIVERED,  # sent long ago: never again
                 )
             )
         memory.enqueue([("message", message_id)])

@@ -152,6 +152,9 @@ class ReplyRecord:
     completion_tokens: int | None = None
     kind: str = TurnKind.MESSAGE.value
     created_at: datetime | None = None
+    #: `generated` for a reply still to be sent (the outbox delivers it); imported
+    #: history is stored `delivered`, so no restart ever sends it.
+    status: MessageStatus = MessageStatus.GENERATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +303,7 @@ class Ledger:
                     "user_id": reply.user_id,
                     "direction": Direction.OUT.value,
                     "kind": reply.kind,
-                    "status": MessageStatus.GENERATED.value,
+                    "status": reply.status.value,
                     "text": reply.text,
                     "truncated": False,
                     "reply_to_id": reply.reply_to_id,

@@ -251,3 +251,48 @@ def test_any_query_file_gives_queries_or_named_problems(tmp_path: Path, lines: l
     for query in found:
         query.text.encode("utf-8")  # nothing a tokenizer or SQLite refuses
         assert query.k is None or 1 <= query.k <= 1000
+
+
+def test_imported_history_is_never_answered_expired_or_resent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Imported lines are history: a user line with no answer after it, and the
+    persona's lines, must not look unfinished to the recovery that runs on start (it
+    would answer them late, expire them with an away notice, or send old replies)."""
+    import asyncio
+
+    from bot.db import Database
+    from bot.memory.ledger import Ledger
+
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(
+        b"\n".join(
+            [
+                line(role="assistant", text="Hello Ann, I am Tess"),
+                line(text="Hi Tess"),
+                line(role="assistant", text="How was Lisbon?"),
+                line(text="Lovely, thanks"),  # no answer follows
+            ]
+        )
+        + b"\n"
+    )
+    db = tmp_path / "bot.db"
+    code, _, err = bot(capsys, "memory", "import", str(path), "--db", str(db))
+    assert code == 0, err
+    with sqlite3.connect(db) as conn:
+        statuses = conn.execute("SELECT direction, status FROM messages ORDER BY id").fetchall()
+    assert statuses == [
+        ("out", "delivered"),
+        ("in", "answered"),
+        ("out", "delivered"),
+        ("in", "answered"),
+    ]
+
+    async def unfinished() -> list[object]:
+        opened = Database.open(f"sqlite:///{db}")
+        try:
+            return list(await Ledger(opened).unfinished("console"))
+        finally:
+            await opened.aclose()
+
+    assert asyncio.run(unfinished()) == []
