@@ -288,8 +288,10 @@ def preview_command(
         typer.Option("--config", "-c", envvar="BOT_CONFIG", help="TOML config file."),
     ] = None,
 ) -> None:
-    """Print the exact prompt the model would get for MESSAGE: the messages with their
-    roles, the lore entries that fired and why, and the tokens of each part."""
+    """Print the exact prompt the model would get for a message.
+
+    The messages with their roles, the lore entries that fired and why, and the
+    tokens of each part; nothing is generated."""
     from bot.logs import configure_logging
 
     if fmt.lower() not in ("text", "json"):
