@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.llm.base import ChatMessage, ChatRequest, Sampling
+from bot.text import strip_controls
 
 __all__ = [
     "EXTRACTION_SCHEMA",
@@ -209,7 +210,7 @@ def parse_extraction(
         if key in accepted:
             continue
         accepted[key] = ExtractedFact(
-            text=fact.text.strip(),
+            text=strip_controls(fact.text).strip(),  # model output: no controls
             source_ids=sources,
             confidence=_clamp(fact.confidence),
             importance=_clamp(fact.importance),

@@ -49,7 +49,7 @@ from bot.memory.extract import (
 from bot.memory.forget import TOMBSTONE, ForgetRefused, Forgotten, forget_rows, parse_target
 from bot.memory.query import cjk_runs, match_expression, trigram_expression, words
 from bot.memory.timeparse import parse_time_range
-from bot.text import clean_text
+from bot.text import clean_text, strip_controls
 
 if TYPE_CHECKING:
     from bot.engine import RecallRequest, TurnRecord
@@ -671,7 +671,7 @@ class SQLiteMemory:
         except BackendError as exc:
             log.warning("memory.summary_failed", error=str(exc))
             return None
-        summary = completion.text.strip()
+        summary = strip_controls(completion.text).strip()  # model output: no controls
         if not summary:
             return None
 

@@ -27,6 +27,7 @@ from bot.engine import BackendSource, TurnRecord
 from bot.llm.base import ChatMessage, ChatRequest, Sampling
 from bot.models import FollowUp, User
 from bot.personas import PersonaRegistry
+from bot.text import strip_controls
 
 __all__ = ["FOLLOWUP_SCHEMA", "FollowUpExtractor", "PlannedFollowUp", "mentions_future", "parse"]
 
@@ -101,7 +102,10 @@ def parse(raw: str, *, now: datetime, zone: str, horizon: timedelta) -> list[Pla
         if not isinstance(item, dict):
             continue
         ask, when = item.get("ask"), item.get("when")
-        if not isinstance(ask, str) or not ask.strip() or not isinstance(when, str):
+        if not isinstance(ask, str) or not isinstance(when, str):
+            continue
+        ask = strip_controls(ask)  # model output, shown to the model and stored: no controls
+        if not ask.strip():
             continue
         due = _parse_when(when.strip(), local_zone)
         if due is None:

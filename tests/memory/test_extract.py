@@ -172,3 +172,12 @@ async def test_observe_extracts_in_the_background_when_configured(db, ledger: Le
     )
     assert [i.text for i in await memory.list_memories(mscope.user_id)] == ["Plays chess."]
     await memory.aclose()
+
+
+def test_control_characters_in_extracted_facts_are_removed() -> None:
+    """Model output never carries control characters into memory, even JSON-escaped."""
+    raw = json.dumps(
+        {"facts": [{"text": "Has a dog\u001b[31m named \u0000Rex\u0007.", "source_ids": [1]}]}
+    )
+    result = parse_extraction(raw, [SourceMessage(1, "Ann", "My dog is Rex", from_person=True)], [])
+    assert [f.text for f in result.facts] == ["Has a dog named Rex."]

@@ -175,3 +175,16 @@ async def test_structured_output_through_the_real_vllm_server(
     # Whatever came back (complete, or cut off by max_tokens) is handled without raising.
     for item in parse(completion.text, now=NOW, zone="Europe/Berlin", horizon=HORIZON):
         assert NOW < item.due_at <= NOW + HORIZON
+
+
+def test_control_characters_in_a_followup_are_removed() -> None:
+    """Model output never carries control characters into a stored follow-up."""
+    [item] = parse(
+        answer(("how the\u001b[2J exam\u0000 went", "2026-11-27 18:00")),
+        now=NOW,
+        zone="UTC",
+        horizon=HORIZON,
+    )
+    assert item.ask == "how the exam went"
+    assert parse(answer(("\u0007\u001b[0m", "2026-11-27 18:00")), now=NOW, zone="UTC",
+                 horizon=HORIZON) == []  # fmt: skip
