@@ -1,11 +1,8 @@
 """limits: moderators' mutes, bans and exemptions, their audit, and age answers
 
 Revision ID: 0008
-Revises: 0009
+Revises: 0007
 Create Date: 2026-12-01
-
-Applied after 0009: 0009 (LoRA adapters) was committed first, revising 0007, so this
-one follows it to keep one line of revisions.
 """
 
 from collections.abc import Sequence
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0009"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,12 +1,11 @@
 """adapters: the LoRA adapters registered for serving (`bot adapters`)
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-01
 
 One row per adapter: what vLLM serves it as, its files' hash, the train report it came
 with, and where it stands (candidate, canary with a share, serving, retired, rolled back).
-Revises 0007 directly: no 0008 was shipped when this was written.
 """
 
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

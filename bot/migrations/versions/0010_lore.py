@@ -1,12 +1,11 @@
 """lore: the timed effects of lore entries per conversation (sticky, cooldown)
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-01
 
 One row per (conversation, persona, entry) whose timers run: the conversation length
 (in messages) until which the entry stays, and until which it cannot fire again.
-Revises 0008, the head when this was written (0008 itself follows 0009).
 """
 
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0008"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
