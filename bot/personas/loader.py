@@ -26,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_mark
 from bot.personas.lorebook.schema import World
-from bot.personas.lorebook.worlds import WORLDS_DIR, load_worlds
+from bot.personas.lorebook.worlds import WORLDS_DIR, check_world, load_worlds
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
 from bot.personas.render import TrialFailure, trial_render
 from bot.personas.schema import TEMPLATE_ERROR, Persona, ValidatedAs
@@ -215,6 +215,9 @@ def check_paths(paths: Iterable[Path]) -> list[Problem]:
     files, problems = find_persona_files(paths)
     by_id: defaultdict[str, list[LoadedPersona]] = defaultdict(list)
     for file in files:
+        if file.parent.name == WORLDS_DIR:  # a world file named by itself
+            problems.extend(check_world(file))
+            continue
         try:
             loaded = load_persona(file)
         except PersonaFileError as exc:

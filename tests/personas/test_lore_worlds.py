@@ -94,3 +94,14 @@ def test_a_world_that_is_not_utf8_is_one_problem(tmp_path: Path) -> None:
     with pytest.raises(PersonaFileError) as info:
         load_persona(path)
     assert "not valid UTF-8" in str(info.value)
+
+
+def test_a_world_file_named_by_itself_is_checked_as_a_world(tmp_path: Path) -> None:
+    setup(tmp_path, {"a": world("a", "[b, a]"), "b": world("b", "[zz]"), "ok": world("ok")}, "[]")
+    assert check_paths([tmp_path / "worlds" / "ok.yaml"]) == []
+    problems = check_paths([tmp_path / "worlds" / "a.yaml"])
+    assert [(p.path.name, p.line, p.column, p.field) for p in problems] == [
+        ("a.yaml", 2, 13, "worlds.1"),
+        ("b.yaml", 2, 10, "worlds.0"),
+    ]
+    assert "a → a" in problems[0].message and "no world 'zz'" in problems[1].message

@@ -16,7 +16,7 @@ from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_m
 from bot.personas.lorebook.schema import World
 from bot.personas.problems import ROOT_FIELD, Problem
 
-__all__ = ["MAX_WORLD_BYTES", "WORLDS_DIR", "load_worlds", "world_path"]
+__all__ = ["MAX_WORLD_BYTES", "WORLDS_DIR", "check_world", "load_worlds", "world_path"]
 
 #: Where world files live, beside the persona files.
 WORLDS_DIR = "worlds"
@@ -33,11 +33,30 @@ def world_path(persona_path: Path, world_id: str) -> Path:
     return persona_path.parent / WORLDS_DIR / f"{world_id}.yaml"
 
 
+def check_world(path: Path) -> list[Problem]:
+    """Every problem of one world file given by itself (`bot personas check FILE`):
+    its own and those of the worlds it includes."""
+    world, text, problems = _read_world(path, path.stem)
+    if world is None:
+        return problems or [Problem(path, 1, 1, ROOT_FIELD, "cannot be read")]
+    # Resolved as if a persona beside the worlds directory named it.
+    beside = path.parent.parent / path.name
+    _, found = load_worlds(beside, text, world.worlds, names_at=(), first=path)
+    return found
+
+
 def load_worlds(
-    persona_path: Path, source: str, ids: tuple[str, ...]
+    persona_path: Path,
+    source: str,
+    ids: tuple[str, ...],
+    *,
+    names_at: tuple[str, ...] = ("lore",),
+    first: Path | None = None,
 ) -> tuple[tuple[World, ...], list[Problem]]:
     """The worlds a persona file (its `source` text) names, includes first resolved
-    depth-first, each once; and the problems found (then the worlds are incomplete)."""
+    depth-first, each once; and the problems found (then the worlds are incomplete).
+    `names_at` is where the names are in that file; `first`, the file itself when it is a
+    world (so that including itself is a cycle)."""
     loaded: dict[str, World] = {}
     problems: list[Problem] = []
     worlds_dir = persona_path.parent / WORLDS_DIR
@@ -75,7 +94,7 @@ def load_worlds(
             visit(file, world_text, (), world.worlds, [*chain, world_id])
             loaded[world_id] = world
 
-    visit(persona_path, source, ("lore",), ids, [])
+    visit(first or persona_path, source, names_at, ids, [first.stem] if first else [])
     return tuple(loaded.values()), problems
 
 
