@@ -7,6 +7,7 @@ of thousands of sends on a virtual clock without sleeping.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -168,9 +169,11 @@ class Pacer:
 
     def _overall(self) -> _Window:
         rate = self.policy.global_per_second
-        if self._global is None or self._global.limit != max(1, int(rate)):
+        # A fractional rate (Telegram's 29.7) rounds the window up: the even spacing
+        # already holds the average to `rate`, and int() would cost a whole send a second.
+        if self._global is None or self._global.limit != max(1, math.ceil(rate)):
             # Below 1/s the window is one send per 1/rate seconds.
-            limit, period = (int(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
+            limit, period = (math.ceil(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
             # Half a slot of guard: sends reach the platform with some jitter, and
             # its count of a second must still come out at the limit or under.
             self._global = _Window(limit, period + 0.5 / max(rate, 1.0))
