@@ -169,7 +169,7 @@ class Pacer:
 
     def _overall(self) -> _Window:
         rate = self.policy.global_per_second
-        # A fractional rate (Telegram's 29.7) rounds the window up: the even spacing
+        # A fractional rate (Telegram's 29.5) rounds the window up: the even spacing
         # already holds the average to `rate`, and int() would cost a whole send a second.
         if self._global is None or self._global.limit != max(1, math.ceil(rate)):
             # Below 1/s the window is one send per 1/rate seconds.
