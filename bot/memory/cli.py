@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from bot.config import Settings, load_settings, merge_overrides
-from bot.errors import ConfigError
+from bot.errors import UsageError
 
 __all__ = ["memory_app"]
 
@@ -88,7 +88,7 @@ def _with_memory(
 async def _user_id(memory: Any, platform: str, user: str) -> int:
     found: int | None = await memory.find_user(platform, user)
     if found is None:
-        raise ConfigError(f"--user {user!r}: no such person on platform {platform!r}")
+        raise UsageError(f"--user {user!r}: no such person on platform {platform!r}")
     return found
 
 
@@ -151,7 +151,7 @@ def forget(
     from bot.memory.store import ForgetRefused
 
     if (memory_id is None) == (not forget_all):
-        raise ConfigError("give exactly one of --id ID or --all")
+        raise UsageError("give exactly one of --id ID or --all")
     target = "all" if forget_all else str(memory_id)
 
     async def work(memory: Any, _ledger: Any) -> dict[str, int]:

@@ -108,9 +108,23 @@ def test_show_and_forget(db: Path) -> None:
     assert len(json.loads(still.output)) == 1
 
 
-def test_forget_needs_exactly_one_target(db: Path) -> None:
-    result = runner.invoke(app, ["memory", "forget", "--user", "ann", "--db", str(db)])
-    assert result.exit_code != 0
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["forget", "--user", "ann"], "usage error: give exactly one of --id ID or --all"),
+        (["show", "--user", "nobody", "--platform", "console"],
+         "usage error: --user 'nobody': no such person on platform 'console'"),
+    ],
+)  # fmt: skip
+def test_mistakes_in_memory_commands_are_usage_errors(
+    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from bot.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["memory", *argv, "--db", str(db)])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == message
 
 
 def test_many_queries_in_one_process_with_a_clock(db: Path) -> None:
