@@ -4,7 +4,7 @@
 # e.g. scripts/test.sh -m "not vllm" to skip the real-vLLM tests while iterating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh local,dev,memory
+bash scripts/setup.sh local,dev,memory,train
 if [[ " $* " != *"not vllm"* ]]; then
   bash scripts/setup_vllm.sh
 fi

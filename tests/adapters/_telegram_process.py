@@ -150,8 +150,10 @@ class BotProcess:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
+        # Generous: a clean stop finishes the replies in hand first, which on a
+        # loaded machine takes a while.
         if self.process is None:
             return 0
         if self.process.returncode is not None:

@@ -363,8 +363,10 @@ class BotRun:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM and a clean exit; returns the exit code."""
+        # More than the bot's own bound on finishing the replies in hand (Discord's
+        # drain is 30 s): on a loaded machine a clean stop may take all of it.
         if self.process is None:
             return 0
         if self.process.returncode is not None:
