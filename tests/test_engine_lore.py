@@ -13,7 +13,7 @@ from bot.app import App, open_app
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
-from bot.personas.lore import LORE_HEADING
+from bot.personas.lorebook import LORE_HEADING
 from tests.test_engine import PERSONA, ScriptedMemory, dm, make_settings
 
 LORE = """\

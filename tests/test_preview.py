@@ -12,7 +12,7 @@ from bot.app import open_app
 from bot.llm import ApproxTokenCounter
 from bot.llm.mock import MockBackend
 from bot.personas import load_persona
-from bot.personas.lore import LORE_HEADING
+from bot.personas.lorebook import LORE_HEADING
 from bot.personas.preview import HistoryMessage, build_preview
 from tests.test_cli import REPO, bot
 from tests.test_engine import PERSONA, dm, make_settings

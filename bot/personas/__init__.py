@@ -19,7 +19,7 @@ from bot.personas.loader import (
     load_persona,
     parse_persona,
 )
-from bot.personas.lore import LoreBlock, LoreBook
+from bot.personas.lorebook import LoreBlock, LoreBook
 from bot.personas.problems import PersonaFileError, Problem
 from bot.personas.registry import OnLoaded, PersonaRegistry
 from bot.personas.render import (

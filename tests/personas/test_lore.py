@@ -21,7 +21,7 @@ from bot.personas import (
     load_persona,
     persona_json_schema,
 )
-from bot.personas.lore import LORE_HEADING, MAX_SCAN_CHARS
+from bot.personas.lorebook import LORE_HEADING, MAX_SCAN_CHARS
 
 from .conftest import SHIPPED_DIR, VALID
 

@@ -23,7 +23,6 @@ def test_no_undocumented_public_names() -> None:
     modules = {
         "cards",
         "loader",
-        "lore",
         "lorebook",
         "preview",  # bot personas preview; imported by the CLI
         "problems",
