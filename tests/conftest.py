@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.postgres import PostgresServer, postgres_available, start_postgres
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -37,6 +38,36 @@ os.environ.setdefault("XDG_CACHE_HOME", str(REPO_ROOT / ".cache"))
 
 #: The name the vLLM fixture serves the tiny model under.
 VLLM_MODEL_NAME = "tiny"
+
+
+# -- databases: the contract suite runs on SQLite and on a real PostgreSQL ----------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> PostgresServer:
+    """One real PostgreSQL 18 server (pgvector, pg_trgm) for the whole test session."""
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(reason)
+    return start_postgres(tmp_path_factory.mktemp("postgres"))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty PostgreSQL database (extensions installed, no tables) for one test."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database for one test, once on a SQLite file and once on PostgreSQL:
+    how a store's tests become the contract both backends must keep."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/contract.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 # -- the tiny model -------------------------------------------------------------------
