@@ -28,7 +28,10 @@ class PacingPolicy:
     (a token bucket). Per group
     chat: at most `group_per_minute` in any 60 s. Overall: at most
     `global_per_second` in any one second, and no two closer than
-    `1 / global_per_second`. Typing indicators may use at most
+    `1 / global_per_second`. `global_reserve` sends of each second's budget are held
+    back from the window, so that the platform's own count of any one second stays
+    within its limit even when sends reach it unevenly (a request takes a little
+    more or less time on its way). Typing indicators may use at most
     `typing_share` of the overall budget, and only while no reply waits for it.
     """
 
@@ -39,6 +42,7 @@ class PacingPolicy:
     max_retry_after_s: float = 60.0
     per_chat_burst: int = 3
     typing_share: float = 0.5
+    global_reserve: int = 0
 
 
 class Clock(Protocol):
@@ -169,14 +173,17 @@ class Pacer:
 
     def _overall(self) -> _Window:
         rate = self.policy.global_per_second
-        # A fractional rate (Telegram's 29.5) rounds the window up: the even spacing
-        # already holds the average to `rate`, and int() would cost a whole send a second.
-        if self._global is None or self._global.limit != max(1, math.ceil(rate)):
-            # Below 1/s the window is one send per 1/rate seconds.
-            limit, period = (math.ceil(rate), 1.0) if rate >= 1 else (1, 1.0 / rate)
-            # Half a slot of guard: sends reach the platform with some jitter, and
-            # its count of a second must still come out at the limit or under.
-            self._global = _Window(limit, period + 0.5 / max(rate, 1.0))
+        # The window admits ceil(rate) less the reserve in any second and a quarter
+        # slot: even spacing (1/rate) holds the average to `rate`, the window bounds
+        # what lands in any one second when the event loop catches up after a stall,
+        # and the reserve absorbs the jitter between our clock and the platform's.
+        if rate >= 1:
+            limit = max(1, math.ceil(rate) - max(0, self.policy.global_reserve))
+            period = 1.0 + 0.25 / rate
+        else:  # below 1/s the window is one send per 1/rate seconds
+            limit, period = 1, 1.0 / rate
+        if self._global is None or (self._global.limit, self._global.period) != (limit, period):
+            self._global = _Window(limit, period)
         return self._global
 
     def _chat_window(self, chat: str) -> _Bucket:
