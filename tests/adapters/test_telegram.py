@@ -497,4 +497,4 @@ async def test_bad_input_is_handled_and_odd_updates_are_ignored(
 
 async def test_pacing_policy_matches_telegram() -> None:
     # 1 s per chat, 20/min per group, and under 30/s overall (a margin for jitter).
-    assert PacingPolicy(1.0, 20, 29.5) == TELEGRAM_PACING
+    assert PacingPolicy(1.0, 20, 29.5, global_reserve=1) == TELEGRAM_PACING
