@@ -30,6 +30,7 @@ from bot.llm.base import ChatMessage, TokenCounter
 from bot.llm.control_tokens import ControlTokens
 from bot.llm.tokens import control_tokens
 from bot.personas.lorebook import DepthNote, LoreResult
+from bot.personas.lorebook.macros import PLACEHOLDER_USER, fill_macros, lore_for_speaker
 from bot.personas.render import PromptContext, render_system_prompt
 from bot.personas.schema import Persona
 
@@ -250,11 +251,22 @@ def turn_prompt(
     new_message: PromptTurn | None,
     budget_tokens: int,
     group: bool,
+    user_name: str = "",
+    persona_name: str = "",
 ) -> AssembledPrompt:
     """One turn's prompt with its lore in place: before_char lore ahead of the
     persona's prompt, after_char lore first in the per-turn part (then `dynamic`:
     memories, guidance), at_depth lore as notes in the conversation. The engine and
-    `bot personas preview` both build prompts through this."""
+    `bot personas preview` both build prompts through this.
+
+    `{{user}}` in the lore is `user_name` (the speaker's display name, made safe by
+    `speaker_label`) after the static prefix and "User" in it (before_char lore);
+    `{{char}}` is `persona_name` (`bot.personas.lorebook.macros`)."""
+    lore = lore_for_speaker(
+        lore,
+        user=speaker_label(user_name, fallback=PLACEHOLDER_USER),
+        char=persona_name or "{{char}}",
+    )
     return builder.build(
         system="\n\n".join(p for p in (lore.before, system) if p),
         dynamic_system="\n\n".join(p for p in (lore.after, *dynamic) if p),
@@ -290,8 +302,11 @@ def persona_guidance(persona: Persona) -> str:
         shown = ["Example conversations (they show your voice; they are not memories):"]
         for dialogue in persona.examples:
             shown.append("")
+            # Examples are in the static prefix: `{{user}}` is the one placeholder name
+            # for everyone (so the cached prefix is shared), never the speaker's.
             shown.extend(
-                f"{'User' if turn.role == 'user' else persona.name}: {turn.content}"
+                f"{PLACEHOLDER_USER if turn.role == 'user' else persona.name}: "
+                + fill_macros(turn.content, user=PLACEHOLDER_USER, char=persona.name)
                 for turn in dialogue
             )
         parts.append("\n".join(shown))

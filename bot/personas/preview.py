@@ -263,6 +263,8 @@ def build_preview(
         new_message=PromptTurn("user", text, speaker_label(user)),
         budget_tokens=budget,
         group=not direct,
+        user_name=user,
+        persona_name=persona.name,
     )
     return Preview(loaded, prompt, lore, budget, persona.lore.budget_tokens, tokens, tokenizer)
 

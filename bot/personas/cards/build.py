@@ -26,7 +26,13 @@ from typing import Any
 from bot.personas.cards.book import Book, BookEntry
 from bot.personas.cards.card import Card
 from bot.personas.cards.dialogue import parse_examples
-from bot.personas.cards.macros import DEFAULT_MAIN_PROMPT, MacroContext, to_plain, to_template
+from bot.personas.cards.macros import (
+    DEFAULT_MAIN_PROMPT,
+    MacroContext,
+    to_lore,
+    to_plain,
+    to_template,
+)
 from bot.personas.schema import Lore
 
 __all__ = [
@@ -136,7 +142,7 @@ def book_lore(book: Book, card: Card | None) -> tuple[list[dict[str, Any]], dict
     unused: list[dict[str, Any]] = []
     names: set[str] = set()
     for i, entry in enumerate(book.entries):
-        text = to_plain(entry.content, ctx).strip()
+        text = to_lore(entry.content, ctx).strip()
         if not text or not (entry.keys or entry.constant):
             unused.append(
                 {
@@ -246,7 +252,7 @@ def persona_data(card: Card, avatar: str | None, assets: list[dict[str, Any]]) -
         lore = _lore_settings(card.book)
         if meta:
             section["book"] = meta
-    instructions = to_plain(card.post_history_instructions.strip(), ctx)
+    instructions = to_lore(card.post_history_instructions.strip(), ctx)
     if instructions:
         # After the history, as SillyTavern puts them: a constant entry at depth 0.
         entries = [*entries, post_history_entry(instructions)]

@@ -27,7 +27,7 @@ from bot.personas.cards.build import (
 from bot.personas.cards.card import Card
 from bot.personas.cards.dialogue import parse_examples, write_examples
 from bot.personas.cards.errors import CardError
-from bot.personas.cards.macros import MacroContext, from_template, to_plain, to_template
+from bot.personas.cards.macros import MacroContext, from_template, to_lore, to_template
 from bot.personas.cards.png import PNG_SIGNATURE, PngError, blank_png, write_text_chunks
 from bot.personas.cards.section import CardInfo
 from bot.personas.loader import LoadedPersona
@@ -149,7 +149,7 @@ def card_v3(persona: Persona) -> dict[str, Any]:
     )
     mes_example = info.mes_example if (parsed or []) == examples else write_examples(examples)
     instructions = next((e.text for e in persona.lore.entries if e.name == POST_HISTORY_ENTRY), "")
-    if instructions != to_plain(info.post_history_instructions.strip(), ctx):
+    if instructions != to_lore(info.post_history_instructions.strip(), ctx):
         info = info.model_copy(update={"post_history_instructions": instructions})
     extensions = dict(info.extensions)
     extensions[PERSONABOT_EXTENSION] = own

@@ -21,15 +21,26 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_MAIN_PROMPT", "MacroContext", "from_template", "to_plain", "to_template"]
+__all__ = [
+    "DEFAULT_MAIN_PROMPT",
+    "MacroContext",
+    "from_template",
+    "to_lore",
+    "to_plain",
+    "to_template",
+]
 
 #: SillyTavern's main prompt, what `{{original}}` stands for in a card's system prompt.
 DEFAULT_MAIN_PROMPT = (
     "Write {{char}}'s next reply in a fictional chat between {{char}} and {{user}}."
 )
 
-#: What `{{user}}` becomes in text that is not a template (examples, lore).
+#: What `{{user}}` becomes in example dialogues: a fixed name, so the examples (in the
+#: static prompt prefix) are the same for everyone and vLLM's prefix cache is shared.
 PLAIN_USER = "User"
+#: How `{{user}}` is written in lore text: the prompt builder puts the speaker's
+#: display name there each turn (`bot.personas.lorebook.macros`).
+LORE_USER = "{{user}}"
 #: What `{{idle_duration}}` becomes: the render context has no idle time (yet).
 PLAIN_IDLE = "a while"
 
@@ -170,8 +181,20 @@ def _plain_macro(key: str, arg: str) -> str | None:
 
 def to_plain(text: str, ctx: MacroContext) -> str:
     """The card text with the macros' static values in place (for text that is not a
-    template: examples, lore); `{{user}}` is "User", `{{random:...}}` its first option."""
+    template: example dialogues); `{{user}}` is "User", `{{random:...}}` its first option."""
     return _expand(text, ctx, lambda s: s, _plain_macro)
+
+
+def _lore_macro(key: str, arg: str) -> str | None:
+    if key == "user" and not arg:
+        return LORE_USER
+    return _plain_macro(key, arg)
+
+
+def to_lore(text: str, ctx: MacroContext) -> str:
+    """`to_plain` for lore text, except that `{{user}}` (and `<USER>`) is kept as
+    `{{user}}`, which the prompt builder fills with the speaker's name each turn."""
+    return _expand(text, ctx, lambda s: s, _lore_macro)
 
 
 _BACK = [
