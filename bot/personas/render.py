@@ -58,6 +58,7 @@ __all__ = [
     "render_greeting_async",
     "render_system_prompt",
     "render_system_prompt_async",
+    "render_template_async",
     "template_variables",
     "trial_render",
 ]
@@ -221,6 +222,19 @@ async def render_greeting_async(
     if persona.greeting is None:
         return None
     return await _off_loop(persona, "greeting", persona.greeting, ctx, limits)
+
+
+async def render_template_async(
+    persona: Persona,
+    field: str,
+    source: str,
+    ctx: PromptContext,
+    *,
+    limits: RenderLimits = RENDER_LIMITS,
+) -> str:
+    """Another template of the persona (`field` names it in errors: a card's
+    alternate greeting), checked and rendered like `greeting`, on a render thread."""
+    return await _off_loop(persona, field, source, ctx, limits)
 
 
 def trial_render(persona: Persona, *, limits: RenderLimits = RENDER_LIMITS) -> list[TrialFailure]:
