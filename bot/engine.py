@@ -40,9 +40,9 @@ from bot.personas import (
     LoadedPersona,
     LoreBook,
     PromptContext,
-    render_greeting_async,
     render_system_prompt_async,
 )
+from bot.personas.greetings import render_first_message_async
 from bot.personas.lorebook import LoreResult, TimerState
 from bot.personas.lorebook.timers import LoreTimers, lore_turn
 from bot.postprocess import StreamCleaner, clean_reply
@@ -313,7 +313,9 @@ class PersonaEngine:
     async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
         """The persona's greeting for a person who just arrived, stored as a turn."""
         loaded = self.personas.get(scope.persona)
-        text = await render_greeting_async(loaded.persona, self._context(scope, display_name))
+        # The greeting or one of the card's alternates, the same per person (greetings.py).
+        ctx = self._context(scope, display_name)
+        text = await render_first_message_async(loaded.persona, scope, ctx)
         if not text:
             return None
         conversation_id = await self.ledger.conversation_id(scope)
@@ -424,6 +426,8 @@ class PersonaEngine:
             new_message=None,
             budget_tokens=max(64, window - persona.sampling.max_tokens),
             group=not scope.is_direct,
+            user_name=display_name,
+            persona_name=persona.name,
         )
         request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         started = time.perf_counter()
@@ -652,6 +656,8 @@ class PersonaEngine:
             new_message=PromptTurn("user", model_text, speaker_label(incoming.actor.display_name)),
             budget_tokens=max(64, window - sampling.max_tokens),
             group=group,
+            user_name=incoming.actor.display_name,
+            persona_name=persona.name,
         )
         request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         overhead_ms = (time.perf_counter() - started) * 1000
