@@ -25,6 +25,7 @@ from bot.llm.base import LLMBackend
 from bot.memory.embeddings import Embedder
 from bot.memory.ledger import Ledger
 from bot.memory.store import SearchWeights, SQLiteMemory
+from bot.metrics import Metrics
 from bot.people import People
 from bot.personas import LoadedPersona, PersonaRegistry
 from bot.safety.build import Safety, build_safety
@@ -107,6 +108,11 @@ class App:
     safety: Safety | None = None
 
     @property
+    def metrics(self) -> Metrics:
+        """This process's metrics (bot/metrics.py): the engine's, which /metrics serves."""
+        return self.engine.metrics
+
+    @property
     def services(self) -> AdapterServices:
         """What adapters are built with."""
         from adapters.base import AdapterServices
@@ -143,6 +149,7 @@ async def open_app(
             busy_timeout_ms=settings.database.busy_timeout_ms,
             migrate=settings.database.migrate_on_start,
             must_exist=must_exist,
+            pool=settings.database.pool(),
         )
         stack.push_async_callback(db.aclose)
         ledger = Ledger(db)

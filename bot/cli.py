@@ -216,7 +216,9 @@ def db_upgrade(
 
     settings = _settings(config, {"database": {"url": _db_url(db)}})
     engine = create_db_engine(
-        settings.database.url, busy_timeout_ms=settings.database.busy_timeout_ms
+        settings.database.url,
+        busy_timeout_ms=settings.database.busy_timeout_ms,
+        pool=settings.database.pool(),
     )
     try:
         upgrade(engine)

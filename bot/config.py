@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -34,6 +34,9 @@ from bot.errors import ConfigError
 from bot.groups.policy import GroupSettings
 from bot.logs import MASK, redact_text
 
+if TYPE_CHECKING:
+    from bot.db import PoolOptions
+
 __all__ = ["Settings", "load_settings"]
 
 DEFAULT_CONFIG_FILE = Path("bot.toml")
@@ -49,11 +52,34 @@ class _Section(BaseModel):
 
 
 class DatabaseSettings(_Section):
-    """Where the ledger lives. Any SQLAlchemy URL; SQLite runs in WAL mode."""
+    """Where the ledger lives: a SQLite file (WAL mode, the embedded default) or
+    PostgreSQL (`postgresql+psycopg://user:password@host/db`). The pool settings
+    bound each process's connections to a server database; SQLite ignores them."""
 
     url: str = "sqlite:///data/bot.db"
     migrate_on_start: bool = True
     busy_timeout_ms: int = Field(default=5000, ge=0)
+    pool_size: int = Field(
+        default=5, ge=1, le=1000, description="Connections kept open per process (PostgreSQL)."
+    )
+    max_overflow: int = Field(
+        default=5, ge=0, le=1000, description="Extra connections opened under load, then closed."
+    )
+    pool_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="How long a caller waits for a free connection."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+
+    def pool(self) -> PoolOptions:
+        """These settings as the engine takes them."""
+        from bot.db import PoolOptions
+
+        return PoolOptions(
+            size=self.pool_size,
+            max_overflow=self.max_overflow,
+            timeout_s=self.pool_timeout_s,
+            connect_timeout_s=self.connect_timeout_s,
+        )
 
     @field_validator("url")
     @classmethod
@@ -257,7 +283,9 @@ class DiscordSettings(_Section):
     def _url(cls, value: str | None, info: Any) -> str | None:
         if value is None:
             return None
-        schemes = ("http://", "https://") if info.field_name == "api_base_url" else ("ws://", "wss://")
+        schemes = (
+            ("http://", "https://") if info.field_name == "api_base_url" else ("ws://", "wss://")
+        )
         if not value.startswith(schemes) or len(value) <= len(value.split("//")[0]) + 2:
             raise ValueError(f"a URL starting with {' or '.join(schemes)}, not {value!r}")
         return value.rstrip("/") if info.field_name == "api_base_url" else value
@@ -465,6 +493,34 @@ class SafetySettings(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
 
+class OpsSettings(_Section):
+    """The HTTP port of `bot run` for operations: `/metrics` (Prometheus), `/healthz`
+    and `/readyz` (bot/web; docs/deploy.md). Off unless `port` is set."""
+
+    #: The address to listen on: 127.0.0.1 keeps it on this machine; 0.0.0.0 (or ::)
+    #: for a Prometheus elsewhere, as in a container.
+    host: str = "127.0.0.1"
+    #: The port; None: no HTTP port. 0 takes any free port (tests; it is logged).
+    port: int | None = Field(default=None, ge=0, le=65535)
+    #: A scrape reuses the database's queue counts for this long (0: query each time).
+    metrics_cache_s: float = Field(default=5.0, ge=0, le=300)
+    #: `/readyz` answers not ready when the database has not answered within this.
+    ready_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if not text or any(c in text for c in "/ @?#") or (":" in text and text.count(":") < 2):
+            raise ValueError(
+                f"a host name or IP address to listen on, such as 127.0.0.1 or 0.0.0.0, "
+                f"not {value!r} (no scheme, port or path: the port is ops.port)"
+            )
+        return text
+
+
 class Settings(BaseSettings):
     """The effective configuration of one bot process."""
 
@@ -490,6 +546,8 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     #: Personas in group channels: budget, bot chains, who is present (bot/groups).
     groups: GroupSettings = Field(default_factory=GroupSettings)
+    #: /metrics, /healthz and /readyz on an HTTP port of `bot run` (bot/web).
+    ops: OpsSettings = Field(default_factory=OpsSettings)
 
     #: Highest-priority values (CLI flags); set on the per-call subclass made by load_settings.
     _overrides: ClassVar[dict[str, Any]] = {}

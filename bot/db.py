@@ -1,12 +1,18 @@
-"""Database engine creation and migrations.
+"""Database engine creation and migrations, for SQLite files and PostgreSQL.
 
 `create_db_engine` accepts any SQLAlchemy URL; for SQLite it turns on WAL, a busy
 timeout and foreign keys on every connection, and refuses a read-only file, a
 directory or a file that is not a SQLite database with a clear `StorageError`
 before anything is written; with `must_exist` (commands that only read) a missing
 file is refused instead of created (`check_database` is that check alone).
+A server database (PostgreSQL) gets a bounded pool (`PoolOptions`: at most
+`size + max_overflow` connections per process, a checkout waits `timeout_s`),
+pre-ping (a connection the server dropped is replaced, not handed out), a connect
+timeout and UTC as the session time zone; a server that cannot be reached is a
+`StorageError` naming the URL with its credentials masked.
 `upgrade` applies the Alembic migrations shipped in `bot/migrations/` (the same
-thing `bot db upgrade` runs).
+thing `bot db upgrade` runs); on PostgreSQL under an advisory lock, so workers that
+start together migrate one after another.
 """
 
 from __future__ import annotations
@@ -28,14 +34,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.errors import ConfigError, StorageError
 from bot.logs import redact_text
 
 __all__ = [
     "Database",
+    "PoolOptions",
     "check_database",
     "create_db_engine",
     "current_revision",
@@ -47,6 +55,32 @@ __all__ = [
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 T = TypeVar("T")
+
+#: Key of the advisory lock `upgrade` holds on PostgreSQL ("bot-migr" in ASCII).
+MIGRATION_LOCK_KEY = 0x626F742D6D696772
+
+
+@dataclass(frozen=True, slots=True)
+class PoolOptions:
+    """Connections one process may hold to a server database (ignored for SQLite).
+
+    At most `size + max_overflow` connections are open at once; a caller that finds
+    them all busy waits `timeout_s`, then gets a `StorageError`. The server's own
+    limit (PostgreSQL's `max_connections`, 100 by default) must cover every worker's
+    `size + max_overflow`.
+    """
+
+    size: int = 5
+    max_overflow: int = 5
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    #: Connections older than this are replaced (servers and proxies drop idle ones).
+    recycle_s: int = 1800
+
+    @property
+    def most(self) -> int:
+        """The most connections open at once."""
+        return self.size + self.max_overflow
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -111,12 +145,13 @@ def _check_sqlite_header(path: Path) -> None:
         raise StorageError(f"database file {path}: cannot read it ({exc})") from None
 
 
-def check_database(url: str) -> None:
-    """Raise `StorageError` unless `url` names an existing SQLite database file (or a
-    database that is not a SQLite file: the server will answer for those), and
+def check_database(url: str, *, connect_timeout_s: float = 5.0) -> None:
+    """Raise `StorageError` unless `url` names an existing SQLite database file or a
+    server database that answers (one connection, opened and closed), and
     `ConfigError` if it is not a database URL."""
     try:
         path = sqlite_path(url)
+        backend = make_url(url).get_backend_name()
     except (SQLAlchemyError, ValueError):
         raise ConfigError(
             f"database.url = {redact_text(repr(url))}: not a database URL, "
@@ -124,6 +159,29 @@ def check_database(url: str) -> None:
         ) from None
     if path is not None:
         _check_sqlite_file(path, must_exist=True)
+    elif backend != "sqlite":
+        engine = create_db_engine(
+            url, pool=PoolOptions(size=1, max_overflow=0, connect_timeout_s=connect_timeout_s)
+        )
+        try:
+            ping(engine)
+        finally:
+            engine.dispose()
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database; `StorageError` ("cannot reach ...") if it fails."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except SQLAlchemyError as exc:
+        where = shown_url(engine)
+        raise StorageError(f"cannot reach the database {where}: {_reason(exc)}") from None
+
+
+def shown_url(engine: Engine) -> str:
+    """The engine's URL as it may be shown to people: password and tokens masked."""
+    return redact_text(engine.url.render_as_string(hide_password=True))
 
 
 def create_db_engine(
@@ -133,14 +191,17 @@ def create_db_engine(
     echo: bool = False,
     read_only: bool = False,
     must_exist: bool = False,
+    pool: PoolOptions | None = None,
 ) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection.
+    """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection,
+    server databases the bounded, pre-pinged pool of `pool` (see the module doc).
 
-    `read_only` engines refuse writes (PRAGMA query_only) and begin deferred
-    transactions, for readers beside the single writer (`Database.read`).
-    `must_exist` refuses a SQLite file that is not there (commands that only read
-    must not leave an empty database behind a mistyped path). A bad URL is a
-    `ConfigError` whose message masks the URL's credentials.
+    `read_only` engines refuse writes (SQLite: PRAGMA query_only; PostgreSQL:
+    read-only transactions) and SQLite's begin deferred transactions, for readers
+    beside the single writer (`Database.read`, the export). `must_exist` refuses a
+    SQLite file that is not there (commands that only read must not leave an empty
+    database behind a mistyped path). A bad URL is a `ConfigError` whose message
+    masks the URL's credentials.
     """
     shown = redact_text(repr(url))
     try:
@@ -153,8 +214,11 @@ def create_db_engine(
     if path is not None:
         _check_sqlite_file(path, must_exist=must_exist)
     kwargs: dict[str, Any] = {"echo": echo}
-    if parsed.get_backend_name() == "sqlite":
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+    else:
+        kwargs.update(_server_options(parsed, pool or PoolOptions()))
     try:
         engine = create_engine(url, **kwargs)
     except ImportError as exc:
@@ -165,7 +229,11 @@ def create_db_engine(
         raise ConfigError(
             f"database.url = {shown}: cannot create an engine ({redact_text(str(exc))})"
         ) from None
-    if parsed.get_backend_name() == "sqlite":
+    if backend == "postgresql" and read_only:
+        # Every transaction on it begins READ ONLY (psycopg sends it with BEGIN; no
+        # extra round trip), so a stray write is refused as on SQLite's reader.
+        engine = engine.execution_options(postgresql_readonly=True)
+    if backend == "sqlite":
         in_memory = parsed.database in (None, "", ":memory:")
         event.listen(
             engine,
@@ -179,6 +247,29 @@ def create_db_engine(
         # begin ourselves, IMMEDIATE, so writers queue on the busy timeout instead.
         event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
     return engine
+
+
+def _server_options(parsed: URL, pool: PoolOptions) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "pool_size": pool.size,
+        "max_overflow": pool.max_overflow,
+        "pool_timeout": pool.timeout_s,
+        "pool_pre_ping": True,
+        "pool_recycle": pool.recycle_s,
+    }
+    if parsed.get_backend_name() == "postgresql":
+        given = set(parsed.query)  # what the URL says itself wins
+        connect: dict[str, Any] = {}
+        if "connect_timeout" not in given:
+            connect["connect_timeout"] = max(1, round(pool.connect_timeout_s))
+        if "application_name" not in given:
+            connect["application_name"] = "personabot"
+        if "options" not in given:
+            # Times come back in UTC whatever the server's default zone; stored times
+            # are aware (timestamptz), so this changes how they read, not what they are.
+            connect["options"] = "-c timezone=UTC"
+        options["connect_args"] = connect
+    return options
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -241,19 +332,35 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = _alembic_config()
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers starting together: the first migrates, the others wait here
+                # and then find the database at head (released at commit).
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:  # locked, read-only, "file is not a database", ...
-        where = redact_text(engine.url.render_as_string(hide_password=True))
-        raise StorageError(f"cannot migrate the database {where}: {_sqlite_reason(exc)}") from exc
+        raise StorageError(
+            f"cannot migrate the database {shown_url(engine)}: {_reason(exc)}"
+        ) from exc
 
 
-def _sqlite_reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's own message on one line, credentials masked, with a hint where
+    the cause is a common one."""
+    if isinstance(exc, PoolTimeout):
+        pool = exc.args[0] if exc.args else ""
+        return (
+            "every database connection of this process is busy and none came free in "
+            f"time ({str(pool).split(' (Background')[0]}); raise database.pool_size or "
+            "database.pool_timeout_s"
+        )
     orig = getattr(exc, "orig", None)
-    text = redact_text(str(orig) if orig is not None else str(exc).split("\n")[0])
-    if "locked" in text:
+    raw = str(orig) if orig is not None else str(exc).split("\n")[0]
+    # psycopg's messages span lines (a hint on the next one, tab-indented).
+    text = redact_text(" ".join(part.strip() for part in raw.splitlines() if part.strip()))
+    if "database is locked" in text:
         return f"{text} (another process holds a write lock; is a second bot running on this file?)"
-    if "readonly" in text or "read-only" in text:
+    if "readonly database" in text or ("read-only" in text and "transaction" not in text):
         return f"{text} (the file or its directory is read-only)"
     return text
 
@@ -270,7 +377,9 @@ class Database:
     ran is executed together, each piece in its own savepoint (one failing piece rolls
     back alone), under a single commit. Under load this turns hundreds of small
     transactions into a few, and one thread hop per batch instead of per call. Other
-    databases get a small thread pool and one transaction per call.
+    databases (PostgreSQL) get one thread per pooled connection (`size +
+    max_overflow`, so a thread never waits for a connection another thread of ours
+    holds) and one transaction per call, READ ONLY for `read`.
     """
 
     #: Most pieces of work committed together.
@@ -298,8 +407,10 @@ class Database:
                 )
         else:
             self._executor = ThreadPoolExecutor(
-                max_workers=workers or 8, thread_name_prefix="bot-db"
+                max_workers=workers or _pool_capacity(engine), thread_name_prefix="bot-db"
             )
+            if engine.dialect.name == "postgresql":
+                self._read_engine = engine.execution_options(postgresql_readonly=True)
 
     @classmethod
     def open(
@@ -309,14 +420,25 @@ class Database:
         busy_timeout_ms: int = 5000,
         migrate: bool = True,
         must_exist: bool = False,
+        pool: PoolOptions | None = None,
     ) -> Database:
         """Create the engine and apply migrations (blocking: call before the loop is busy).
 
         `must_exist`: refuse a SQLite file that is not there instead of creating it.
+        A server database is reached once first: one that does not answer is a
+        `StorageError` now, not at the first message.
         """
-        engine = create_db_engine(url, busy_timeout_ms=busy_timeout_ms, must_exist=must_exist)
-        if migrate:
-            upgrade(engine)
+        engine = create_db_engine(
+            url, busy_timeout_ms=busy_timeout_ms, must_exist=must_exist, pool=pool
+        )
+        try:
+            if engine.dialect.name != "sqlite":
+                ping(engine)
+            if migrate:
+                upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return cls(engine)
 
     async def run(self, work: Callable[[Connection], T]) -> T:
@@ -335,13 +457,16 @@ class Database:
 
         With a SQLite file this runs on a reader thread with its own connection, so a
         search neither waits behind queued writes nor holds them up; it sees everything
-        committed before it began (so every awaited `run` before it). Elsewhere it is
-        `run`. `work` must not write: on a reader connection SQLite refuses it.
+        committed before it began (so every awaited `run` before it). On PostgreSQL it
+        is a READ ONLY transaction on the pool. Otherwise it is `run`. `work` must
+        not write: SQLite's reader and PostgreSQL refuse it.
         """
-        if self._readers is None:
-            return await self.run(work)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read_transaction, work)
+        if self._readers is not None:
+            return await loop.run_in_executor(self._readers, self._read_transaction, work)
+        if self._executor is not None and self._read_engine is not None:
+            return await loop.run_in_executor(self._executor, self._read_transaction, work)
+        return await self.run(work)
 
     def _read_transaction(self, work: Callable[[Connection], T]) -> T:
         assert self._read_engine is not None
@@ -469,9 +594,19 @@ class Database:
             await asyncio.to_thread(self._executor.shutdown, True)
         if self._readers is not None:
             await asyncio.to_thread(self._readers.shutdown, True)
-        if self._read_engine is not None:
+        if self._read_engine is not None and self._read_engine.pool is not self.engine.pool:
             self._read_engine.dispose()
         self.engine.dispose()
+
+
+def _pool_capacity(engine: Engine) -> int:
+    # QueuePool: its size plus overflow; a pool without those (NullPool, StaticPool)
+    # opens connections as asked, so a small fixed number of threads will do.
+    size = getattr(engine.pool, "size", None)
+    overflow = getattr(engine.pool, "_max_overflow", 0)
+    if callable(size):
+        return max(1, int(size()) + max(0, int(overflow)))
+    return 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,4 +631,17 @@ def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
 def _storage_error(exc: SQLAlchemyError) -> StorageError:
     # The driver's own message (`orig`), one line: SQLAlchemy's str() adds the SQL and
     # a "Background on this error" link on lines of their own.
-    return StorageError(f"database error: {_sqlite_reason(exc)}")
+    reason = _reason(exc)
+    if _unreachable(exc):
+        return StorageError(f"cannot reach the database server: {reason}")
+    return StorageError(f"database error: {reason}")
+
+
+def _unreachable(exc: SQLAlchemyError) -> bool:
+    # A connection that could not be made (or was lost): psycopg's error then carries
+    # no SQLSTATE of the server's, or one of class 08 ("connection exception").
+    orig = getattr(exc, "orig", None)
+    if orig is None or not type(orig).__module__.startswith("psycopg"):
+        return False
+    state = str(getattr(orig, "sqlstate", None) or "")
+    return state.startswith("08") or (not state and isinstance(exc, OperationalError))

@@ -7,7 +7,7 @@ counts that produced it, so that exports and audits can say where a line came fr
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -20,9 +20,12 @@ from sqlalchemy import (
     Unicode,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "ClusterWorkerRow",
     "ConsentEvent",
     "Conversation",
     "Direction",
@@ -40,12 +43,44 @@ __all__ = [
     "PersonaVersion",
     "SafetyRecord",
     "SchedulerJob",
+    "UTCDateTime",
     "User",
 ]
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, stored as UTC on every database, read back aware.
+
+    Aware values are converted to UTC before they are written: SQLite's DATETIME
+    would keep the wall-clock digits and drop the offset (12:00+05:00 read back as
+    12:00 UTC), while PostgreSQL's timestamptz converts. Naive values are taken as
+    UTC. Reads come back aware in UTC on both (SQLite hands back naive ones). The
+    same conversion applies to values compared with the column in a query.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+
+
+_ZERO = timedelta(0)
+
+
 def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
-    return Column(DateTime(timezone=True), nullable=nullable, index=index)
+    return Column(UTCDateTime(), nullable=nullable, index=index)
 
 
 class Direction(StrEnum):
@@ -188,6 +223,7 @@ class InboxRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("platform", "event_key"),
         Index("ix_inbox_events_status_platform_id", "status", "platform", "id"),
+        Index("ix_inbox_events_platform_chat_status_id", "platform", "chat", "status", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -203,6 +239,29 @@ class InboxRow(SQLModel, table=True):
     attempts: int = 0
     received_at: datetime = Field(sa_column=_ts(index=True))
     processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    #: The worker (`cluster_workers.id`) that took the event; None: nobody yet, or one
+    #: process on SQLite (bot/cluster).
+    claimed_by: int | None = None
+
+
+class ClusterWorkerRow(SQLModel, table=True):
+    """One `bot run` process that joined a PostgreSQL database (bot/cluster).
+
+    Whether it is alive is not stored: it holds an advisory lock keyed by `id` for
+    as long as its connection lives. `adopted_by` names the survivor that took over
+    its unfinished work after it died; `stopped_at` is set by a clean stop too.
+    """
+
+    __tablename__ = "cluster_workers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    host: str = Field(max_length=200)
+    pid: int
+    started_at: datetime = Field(sa_column=_ts())
+    seen_at: datetime = Field(sa_column=_ts())
+    stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    adopted_by: int | None = None
 
 
 class PersonaVersion(SQLModel, table=True):

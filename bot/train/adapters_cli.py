@@ -67,6 +67,7 @@ def _with_registry(
             busy_timeout_ms=settings.database.busy_timeout_ms,
             migrate=settings.database.migrate_on_start,
             must_exist=must_exist,
+            pool=settings.database.pool(),
         )
         try:
             return await action(AdapterRegistry(db))

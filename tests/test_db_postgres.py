@@ -1,0 +1,280 @@
+"""bot.db on PostgreSQL: migrations, the bounded pool, pre-ping, and errors a person can
+act on (one line, credentials masked); the contract cases run on SQLite too."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlmodel import SQLModel
+
+import bot.models  # noqa: F401
+from bot.config import DatabaseSettings
+from bot.db import (
+    Database,
+    PoolOptions,
+    check_database,
+    create_db_engine,
+    current_revision,
+    head_revision,
+    upgrade,
+)
+from bot.errors import StorageError
+from bot.memory.ledger import Ledger
+from bot.memory.tables import include_object
+from bot.messages import Actor, Incoming, Scope
+from tests.fakes.postgres import PostgresServer
+
+
+def _closed_port() -> int:
+    # A port nobody listens on: bound, then closed again.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _connections(admin_url: str, database: str) -> int:
+    engine = create_db_engine(admin_url, pool=PoolOptions(size=1, max_overflow=0))
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = :db AND application_name = 'personabot' AND pid <> "
+                    "pg_backend_pid()"
+                ),
+                {"db": database},
+            ).scalar_one()
+            return int(count)
+    finally:
+        engine.dispose()
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def test_migrations_reach_head_on_postgres_and_match_the_models(postgres_url: str) -> None:
+    engine = create_db_engine(postgres_url)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        diff = compare_metadata(context, SQLModel.metadata)
+    assert diff == [], f"models and migrations disagree on PostgreSQL: {diff}"
+    upgrade(engine)  # idempotent
+    engine.dispose()
+
+
+def test_workers_starting_together_migrate_one_after_another(postgres_url: str) -> None:
+    # Without the advisory lock the second CREATE TABLE fails ("already exists").
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def migrate() -> None:
+        engine = create_db_engine(postgres_url)
+        try:
+            start.wait(10)
+            upgrade(engine)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=migrate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    engine = create_db_engine(postgres_url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+# -- the pool -----------------------------------------------------------------------------
+
+
+async def test_the_pool_bounds_connections_to_the_server(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    pool = PoolOptions(size=2, max_overflow=1, timeout_s=10)
+    db = Database.open(postgres_url, pool=pool)
+    seen: list[int] = []
+    database = make_url(postgres_url).database
+    assert database is not None
+
+    def work(conn: Connection) -> None:
+        conn.execute(text("SELECT pg_sleep(0.02)"))
+
+    # 60 calls at once: they queue for the 3 threads and their 3 connections.
+    await asyncio.gather(*(db.run(work) for _ in range(60)))
+    seen.append(await asyncio.to_thread(_connections, postgres_server.admin_url, database))
+    assert seen[0] <= pool.most
+    await db.aclose()
+    assert await asyncio.to_thread(_connections, postgres_server.admin_url, database) == 0
+
+
+async def test_a_full_pool_is_a_clear_error_after_its_timeout(postgres_url: str) -> None:
+    engine = create_db_engine(postgres_url, pool=PoolOptions(size=1, max_overflow=0, timeout_s=0.2))
+    db = Database(engine, workers=2)  # more threads than connections, on purpose
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> None:
+        conn.execute(text("SELECT 1"))
+        entered.set()
+        release.wait(10)
+
+    holding = asyncio.ensure_future(db.run(hold))
+    await asyncio.to_thread(entered.wait, 10)
+    with pytest.raises(StorageError) as err:
+        await db.run(lambda c: c.execute(text("SELECT 1")))
+    message = str(err.value)
+    assert "busy" in message and "pool_size" in message and "\n" not in message
+    release.set()
+    await holding
+    assert await db.run(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
+    await db.aclose()
+
+
+async def test_a_connection_the_server_dropped_is_replaced_not_handed_out(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    db = Database.open(postgres_url, pool=PoolOptions(size=2, max_overflow=0))
+    assert await db.run(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
+    database = make_url(postgres_url).database
+    admin = create_db_engine(postgres_server.admin_url, pool=PoolOptions(size=1, max_overflow=0))
+    with admin.connect() as conn:  # an admin (or a restart) closes every connection
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :db AND pid <> pg_backend_pid()"
+            ),
+            {"db": database},
+        )
+    admin.dispose()
+    # Pre-ping notices the dead connection at checkout and opens a new one.
+    assert await db.run(lambda c: c.execute(text("SELECT 2")).scalar_one()) == 2
+    await db.aclose()
+
+
+def test_database_settings_carry_the_pool() -> None:
+    settings = DatabaseSettings(pool_size=3, max_overflow=0, pool_timeout_s=1.5)
+    assert settings.pool() == PoolOptions(
+        size=3, max_overflow=0, timeout_s=1.5, connect_timeout_s=5.0
+    )
+    with pytest.raises(ValueError):
+        DatabaseSettings(pool_size=0)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_a_clear_error_with_the_password_masked() -> None:
+    url = f"postgresql+psycopg://bot:hunter2-secret@127.0.0.1:{_closed_port()}/bot"
+    for attempt in (
+        lambda: Database.open(url, pool=PoolOptions(connect_timeout_s=2)),
+        lambda: check_database(url, connect_timeout_s=2),
+    ):
+        with pytest.raises(StorageError) as err:
+            attempt()
+        message = str(err.value)
+        assert message.startswith("cannot reach the database postgresql+psycopg://bot:")
+        assert "@127.0.0.1:" in message and "Connection refused" in message
+        assert "hunter2-secret" not in message
+        assert "\n" not in message
+
+
+def test_a_missing_database_on_a_live_server_is_named(postgres_server: PostgresServer) -> None:
+    url = postgres_server.url("no_such_database")
+    with pytest.raises(StorageError, match='cannot reach the database.*"no_such_database"'):
+        check_database(url)
+    check_database(postgres_server.admin_url)  # a live one passes
+
+
+async def test_a_server_error_is_one_line(postgres_url: str) -> None:
+    db = Database.open(postgres_url)
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY)")))
+    await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+    with pytest.raises(StorageError) as err:
+        await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+    message = str(err.value)
+    assert message.startswith("database error: duplicate key value") and "\n" not in message
+    assert "sqlalche.me" not in message
+    await db.aclose()
+
+
+# -- the contract: both backends ----------------------------------------------------------
+
+
+async def test_reads_see_committed_writes_and_a_read_that_writes_is_refused(
+    database_url: str,
+) -> None:
+    db = Database.open(database_url)
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER)")))
+    await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+    count = text("SELECT count(*) FROM t")
+    assert await db.read(lambda c: c.execute(count).scalar_one()) == 1
+    with pytest.raises(StorageError, match=r"readonly|read-only"):
+        await db.read(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
+    assert await db.run(lambda c: c.execute(count).scalar_one()) == 1
+    # The read-only mark does not stick to the pooled connection: writes still work.
+    for _ in range(4):
+        await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (3)")))
+    assert await db.read(lambda c: c.execute(count).scalar_one()) == 5
+    await db.aclose()
+
+
+async def test_stored_times_come_back_aware_and_equal(database_url: str) -> None:
+    db = Database.open(database_url)
+    ledger = Ledger(db)
+    scope = Scope(platform="console", channel="c", user="u", persona="p")
+    actor = Actor(platform="console", id="u", display_name="U")
+    # Given in another zone: the same instant must come back, in UTC.
+    at = datetime(2026, 3, 29, 1, 30, 15, 123456, tzinfo=timezone(timedelta(hours=5)))
+    stored = await ledger.record_incoming(
+        Incoming(scope=scope, actor=actor, text="hi", received_at=at), "hi"
+    )
+    [turn] = await ledger.history(stored.conversation_id, limit=5)
+    assert turn.created_at == at
+    assert turn.created_at.utcoffset() == timedelta(0)
+    [unfinished] = await ledger.unfinished("console")
+    assert unfinished.created_at == at and unfinished.created_at.tzinfo is not None
+    await db.aclose()
+
+
+async def test_concurrent_first_messages_of_one_person_make_one_user(database_url: str) -> None:
+    # Two ledgers (as two workers would have) race to create the same user and
+    # conversation; the loser's insert fails in its savepoint and it reads the winner's.
+    db = Database.open(database_url)
+    scope = Scope(platform="console", channel="c", user="u", persona="p")
+    actor = Actor(platform="console", id="u", display_name="U")
+    results = await asyncio.gather(
+        *(
+            Ledger(db).record_incoming(Incoming(scope=scope, actor=actor, text=str(i)), str(i))
+            for i in range(8)
+        )
+    )
+    assert len({r.user_id for r in results}) == 1
+    assert len({r.conversation_id for r in results}) == 1
+    assert len({r.message_id for r in results}) == 8
+    await db.aclose()
+
+
+def test_now_is_utc_on_the_session(postgres_url: str) -> None:
+    engine = create_db_engine(postgres_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW timezone").scalar_one() == "UTC"
+        now = conn.exec_driver_sql("SELECT now()").scalar_one()
+    assert now.tzinfo is not None and abs(now - datetime.now(UTC)) < timedelta(minutes=5)
+    engine.dispose()
