@@ -30,7 +30,7 @@ app = typer.Typer(
     help="Persona bots that remember: chat, run, check personas, manage the database.",
 )
 personas_app = typer.Typer(no_args_is_help=True, help="Check and describe persona files.")
-db_app = typer.Typer(no_args_is_help=True, help="Database migrations.")
+db_app = typer.Typer(no_args_is_help=True, help="Database migrations and copies.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
 models_app = typer.Typer(no_args_is_help=True, help="Local model helpers.")
 app.add_typer(personas_app, name="personas")
@@ -241,6 +241,9 @@ def db_current(
         typer.echo(f"current: {current_revision(engine) or '(empty)'}  head: {head_revision()}")
     finally:
         engine.dispose()
+
+
+db_app.command("copy")(__import__("bot.dbcopy.cli", fromlist=["_"]).copy_command)
 
 
 # -- config and models ----------------------------------------------------------------

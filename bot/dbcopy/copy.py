@@ -1,0 +1,382 @@
+"""`bot db copy`: every table of one bot database into another, resumable, verified.
+
+The order of work, each step safe to interrupt:
+
+1. Open both ends. The source must be at the newest migration (it is read in a
+   read-only snapshot and never changed); the target is refused if it holds rows
+   and no unfinished copy *of the same source* (bot/dbcopy/progress.py).
+2. Migrate the target to head, then pair the tables (bot/dbcopy/schema.py).
+3. Copy table by table, parents before children, in primary-key batches; each
+   batch commits together with the progress record, so a rerun continues after
+   the last committed batch. A self-link pointing at a later row (a fact's
+   `superseded_by`) is written NULL and set once its table is complete.
+4. PostgreSQL target: reset every table's id sequence past the copied ids, let
+   memory fill its PostgreSQL-only vector columns (`backfill_vectors`), ANALYZE.
+5. Verify every table (bot/dbcopy/verify.py); drop the progress record only when
+   every count and checksum matches.
+
+Stop the bot (every worker) before copying: rows written to the source meanwhile
+may be missed, and verification then says which table differs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from bot.db import head_revision, upgrade
+from bot.dbcopy import progress
+from bot.dbcopy.endpoints import (
+    Endpoint,
+    check_source_revision,
+    check_target_revision,
+    identity,
+    open_endpoint,
+    same_database,
+)
+from bot.dbcopy.rows import (
+    batches,
+    convert_rows,
+    converters,
+    forward_links,
+    key_of,
+    set_links,
+    unlink,
+    write_rows,
+)
+from bot.dbcopy.schema import Plan, TablePlan, build_plan, reflect, skipped_table
+from bot.dbcopy.values import converter
+from bot.dbcopy.verify import TableCheck, verify
+from bot.errors import StorageError, UsageError
+
+__all__ = ["CopyResult", "copy_database", "verify_databases"]
+
+#: Where memory's PostgreSQL backend provides `backfill_vectors(conn) -> int`.
+BACKFILL_MODULES = ("bot.memory.pg_search", "bot.memory.pg", "bot.memory.postgres")
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class CopyResult:
+    """What a copy did: rows per table, time, vectors filled, the verification."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    resumed: bool = False
+    vectors: int | None = None
+    checks: list[TableCheck] = field(default_factory=list)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@contextmanager
+def _ends(source_url: str, target_url: str) -> Iterator[tuple[Endpoint, Endpoint]]:
+    if same_database(source_url, target_url):
+        raise UsageError("--from and --to are the same database: copy into another one")
+    source = open_endpoint("--from", source_url, must_exist=True, read_only=True)
+    try:
+        target = open_endpoint("--to", target_url, must_exist=False)
+    except BaseException:
+        source.dispose()
+        raise
+    try:
+        yield source, target
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def _source_conn(engine: Engine) -> Connection:
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        # One snapshot for the whole read: batches agree with each other.
+        conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    return conn
+
+
+def _nonempty(conn: Connection) -> list[str]:
+    meta = reflect(conn)
+    out = []
+    for name in sorted(meta.tables):
+        if skipped_table(name):
+            continue
+        if conn.execute(sa.select(sa.literal(1)).select_from(sa.table(name)).limit(1)).first():
+            out.append(name)
+    return out
+
+
+def _lock(conn: Connection) -> None:
+    # Two copies into one PostgreSQL database at once would race on the same rows:
+    # the second is refused. A session lock: released when this process dies.
+    if conn.dialect.name != "postgresql":
+        return
+    got = conn.exec_driver_sql("SELECT pg_try_advisory_lock(hashtext('bot db copy'))").scalar()
+    conn.commit()
+    if not got:
+        raise StorageError("--to: another `bot db copy` is writing to this database right now")
+
+
+def copy_database(
+    source_url: str,
+    target_url: str,
+    *,
+    batch_size: int = 2000,
+    rate: float | None = None,
+    say: Say = _quiet,
+) -> CopyResult:
+    """Copy every table of `source_url` into `target_url` (see the module docstring).
+
+    `rate` caps rows per second (a live server's load). Raises `StorageError` or
+    `UsageError` with one line for a person; a verification mismatch is returned
+    in `CopyResult.checks` (and the progress record is kept)."""
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    started = time.monotonic()
+    result = CopyResult()
+    with _ends(source_url, target_url) as (source, target):
+        check_source_revision(source, source_url)
+        check_target_revision(target)
+        name = identity(source_url)
+        head = head_revision()
+        guard = target.engine.connect()
+        try:
+            _lock(guard)
+            found = _prepare_target(target, name, head)
+            result.resumed = found is not None
+            with _source_conn(source.engine) as src, target.engine.connect() as dst:
+                plan = build_plan(reflect(src), reflect(dst))
+                src.rollback()
+                dst.commit()
+                state = _start(dst, plan, found, name, head)
+                if found is not None:
+                    say(f"resuming the copy from {source.shown}")
+                for table in plan.tables:
+                    result.rows[table.name] = _copy_table(
+                        src, dst, table, state[table.name], batch_size, rate, say
+                    )
+                for table in plan.tables:
+                    if table.links and state[table.name].state != "linked":
+                        _copy_links(src, dst, table, batch_size)
+                if target.dialect == "postgresql":
+                    _reset_sequences(dst, plan)
+                    result.vectors = _backfill(dst, say)
+                    dst.exec_driver_sql("ANALYZE")
+                    dst.commit()
+                say("verifying: counts and checksums of every table")
+                result.checks = verify(src, dst, plan, batch_size=max(batch_size, 1000))
+                dst.commit()
+                if result.ok:
+                    with dst.begin():
+                        progress.drop(dst)
+        finally:
+            if target.dialect == "postgresql":
+                guard.exec_driver_sql("SELECT pg_advisory_unlock(hashtext('bot db copy'))")
+                guard.commit()
+            guard.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _prepare_target(target: Endpoint, name: str, head: str) -> progress.Progress | None:
+    with target.engine.connect() as conn:
+        found = progress.read(conn)
+        if found is not None:
+            if found.source != name:
+                raise StorageError(
+                    f"--to {target.shown} holds an unfinished copy of another database "
+                    f"({found.source}): rerun with that --from to finish it, or copy into "
+                    "an empty database"
+                )
+            if found.revision != head:
+                raise StorageError(
+                    f"--to {target.shown} holds an unfinished copy made at migration "
+                    f"{found.revision} (this bot: {head}): copy into an empty database"
+                )
+            return found
+        full = _nonempty(conn)
+    if full:
+        shown = ", ".join(full[:4]) + (" …" if len(full) > 4 else "")
+        raise StorageError(
+            f"--to {target.shown} is not empty ({shown} hold rows): copy into an empty "
+            "database, or check it against the source with --verify-only"
+        )
+    if target.revision != head:
+        upgrade(target.engine)
+    return None
+
+
+def _start(
+    dst: Connection,
+    plan: Plan,
+    found: progress.Progress | None,
+    name: str,
+    head: str,
+) -> dict[str, progress.TableState]:
+    names = [t.name for t in plan.tables]
+    with dst.begin():
+        if found is None:
+            progress.start(dst, name, head, names)
+        else:
+            progress.add_tables(dst, [n for n in names if n not in found.tables])
+    current = progress.read(dst)
+    dst.commit()
+    assert current is not None
+    return current.tables
+
+
+def _resume_key(table: TablePlan, last: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    if last is None:
+        return None
+    return tuple(
+        converter(table.column(k).kind)(v) if v is not None else None
+        for k, v in zip(table.key, last, strict=True)
+    )
+
+
+def _copy_table(
+    src: Connection,
+    dst: Connection,
+    table: TablePlan,
+    state: progress.TableState,
+    batch_size: int,
+    rate: float | None,
+    say: Say,
+) -> int:
+    copied = state.rows
+    if state.state != "rows":
+        return copied
+    funcs = converters(table, to_postgres=dst.dialect.name == "postgresql")
+    started = time.monotonic()
+    done_here = 0
+    last_said = started
+    for raw in batches(src, table, _resume_key(table, state.last_key), batch_size):
+        rows = unlink(table, convert_rows(table, raw, funcs))
+        try:
+            with dst.begin():
+                write_rows(dst, table, rows)
+                if table.key:
+                    progress.advance(dst, table.name, _jsonable(key_of(table, rows[-1])), len(rows))
+        except IntegrityError as exc:
+            raise StorageError(
+                f"--to: inserting into {table.name} broke a constraint "
+                f"({_first_line(exc)}): is something else writing to the target?"
+            ) from None
+        except SQLAlchemyError as exc:
+            raise StorageError(f"--to: writing {table.name}: {_first_line(exc)}") from None
+        copied += len(rows)
+        done_here += len(rows)
+        now = time.monotonic()
+        if rate:
+            ahead = done_here / rate - (now - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        if now - last_said >= 2:
+            say(f"{table.name}: {copied} rows")
+            last_said = now
+    with dst.begin():
+        if not table.key:
+            progress.advance(dst, table.name, (), copied)
+        progress.set_state(dst, table.name, "copied" if table.links else "linked")
+    say(f"{table.name}: {copied} rows copied")
+    return copied
+
+
+def _copy_links(src: Connection, dst: Connection, table: TablePlan, batch_size: int) -> None:
+    # Idempotent (it sets values to what the source holds), so after a kill it simply
+    # runs again from the start.
+    for column in table.links:
+        after: int | None = None
+        while True:
+            pairs = forward_links(src, table, column, after, batch_size)
+            if not pairs:
+                break
+            with dst.begin():
+                set_links(dst, table, column, pairs)
+            after = pairs[-1][0]
+    with dst.begin():
+        progress.set_state(dst, table.name, "linked")
+
+
+def _reset_sequences(dst: Connection, plan: Plan) -> None:
+    # The copy inserted explicit ids; the next row the bot inserts must not reuse one.
+    with dst.begin():
+        for table in plan.tables:
+            if not table.int_key:
+                continue
+            key = table.key[0]
+            seq = dst.execute(
+                sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
+                {"t": f'"{table.name}"', "c": key},
+            ).scalar()
+            if seq is None:
+                continue
+            highest = f'SELECT MAX("{key}") FROM "{table.name}"'
+            dst.execute(
+                sa.text(f"SELECT setval(:s, COALESCE(({highest}), 0) + 1, false)"), {"s": seq}
+            )
+
+
+def _backfill(dst: Connection, say: Say) -> int | None:
+    for module_name in BACKFILL_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        backfill = getattr(module, "backfill_vectors", None)
+        if backfill is None:
+            continue
+        with dst.begin():
+            filled = int(backfill(dst))
+        say(f"vectors: {filled} filled from the stored embeddings")
+        return filled
+    return None
+
+
+def verify_databases(
+    source_url: str,
+    target_url: str,
+    *,
+    batch_size: int = 5000,
+    on_table: Callable[[TableCheck], None] | None = None,
+) -> list[TableCheck]:
+    """Compare every table of two bot databases at head (`--verify-only`)."""
+    with _ends(source_url, target_url) as (source, target):
+        check_source_revision(source, source_url)
+        head = head_revision()
+        if target.revision != head:
+            raise StorageError(
+                f"--to {target.shown} is at migration {target.revision or '(none)'}, not "
+                f"{head}: nothing to compare yet"
+            )
+        with _source_conn(source.engine) as src, _source_conn(target.engine) as dst:
+            plan = build_plan(reflect(src), reflect(dst))
+            return verify(src, dst, plan, batch_size=batch_size, on_table=on_table)
+
+
+def _jsonable(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(v if v is None or isinstance(v, int | str) else str(v) for v in key)
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return " ".join(text.strip().split("\n")[0].split())
