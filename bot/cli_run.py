@@ -128,6 +128,9 @@ async def run_bot(settings: Settings) -> None:
             bot.safety.alerts.attach(*adapters)
         stop = asyncio.Event()
         _on_signals(stop)
+        from bot.web import start_ops  # /metrics, /healthz, /readyz when ops.port is set
+
+        ops = await start_ops(settings.ops, bot, adapters)
         scheduler = await _start_scheduler(bot, settings, adapters)
         tasks: dict[asyncio.Future[Any], Adapter] = {
             asyncio.create_task(a.run(stop), name=f"adapter-{a.platform}"): a for a in adapters
@@ -154,6 +157,8 @@ async def run_bot(settings: Settings) -> None:
         waiter.cancel()
         if scheduler is not None:
             await scheduler.stop()
+        if ops is not None:
+            await ops.stop()
         if all(not t.cancelled() and t.exception() is not None for t in tasks):
             raise AdapterError("every adapter stopped with an error; see the log above")
 

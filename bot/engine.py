@@ -35,6 +35,7 @@ from bot.llm.base import (
 from bot.llm.tokens import fit_window
 from bot.memory.ledger import HistoryTurn, Ledger, ReplyRecord, StoredIncoming, Unfinished
 from bot.messages import Actor, Incoming, Outgoing, Scope, TurnKind
+from bot.metrics import Metrics
 from bot.models import MessageStatus
 from bot.personas import (
     LoadedPersona,
@@ -47,6 +48,7 @@ from bot.personas.lorebook import LoreResult, TimerState
 from bot.personas.lorebook.timers import LoreTimers, lore_turn
 from bot.postprocess import StreamCleaner, clean_reply
 from bot.prompt import (
+    AssembledPrompt,
     PromptBuilder,
     PromptTurn,
     SystemLayout,
@@ -185,7 +187,10 @@ class PersonaEngine:
         memory: MemorySource | None = None,
         observers: Sequence[TurnObserver] = (),
         safety: SafetyStage | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        #: Counters and latency histograms (bot/metrics.py); /metrics reads them.
+        self.metrics = metrics if metrics is not None else Metrics()
         #: Crisis, disclosure and moderation around every turn (bot/safety).
         self.safety = safety if safety is not None else SafetyStage.default()
         #: Canary and serving adapters per conversation; None: the persona's own.
@@ -387,6 +392,7 @@ class PersonaEngine:
             await self.ledger.record_failure(
                 stage="proactive", error=exc, conversation_id=conversation_id
             )
+            self.metrics.failure("proactive")
             return None
         persona = loaded.persona
         user_id = await self.ledger.user_id(
@@ -447,6 +453,7 @@ class PersonaEngine:
             await self.ledger.record_failure(
                 stage="proactive", error=error, conversation_id=conversation_id
             )
+            self.metrics.failure("proactive")
             return None
         message_id = await self.ledger.record_reply(
             ReplyRecord(
@@ -531,13 +538,17 @@ class PersonaEngine:
                 if previous is None and status is MessageStatus.ANSWERING
                 else None,
             )
+            platform = incoming.scope.platform
             if stored.duplicate:
                 log.info("turn.duplicate", message_id=stored.message_id)
+                self.metrics.turn(platform, "duplicate")
                 return TurnResult(outgoing=(), stored=stored)
             if not addressed:
+                self.metrics.turn(platform, "ignored")
                 return TurnResult(outgoing=(), stored=stored)
             if stale:
                 log.info("turn.expired", message_id=stored.message_id)
+                self.metrics.turn(platform, "expired")
                 age = (datetime.now(UTC) - incoming.received_at).total_seconds()
                 await self.ledger.expire(
                     stored.message_id,
@@ -556,6 +567,7 @@ class PersonaEngine:
                     if self._bursts.newer_waiting(*burst):  # the newest one answers them all
                         await settle_coalesced(self.ledger, stored.message_id)
                         self.safety.counters[("burst", "coalesced")] += 1
+                        self.metrics.turn(platform, "coalesced")
                         return TurnResult(outgoing=(), stored=stored)
                 finally:
                     self._bursts.left(*burst)
@@ -609,6 +621,7 @@ class PersonaEngine:
             fixed = await record_fixed_reply(
                 self.ledger, incoming, stored, loaded, verdict, started=started
             )
+            self.metrics.turn(scope.platform, "fixed")
             return TurnResult((fixed,) if fixed is not None else (), stored)
         model_text, cut = truncate(text, self.settings.max_input_chars)
         if cut:
@@ -628,24 +641,26 @@ class PersonaEngine:
         remembered = ""
         if self.memory is not None:
             try:
-                remembered = await self.memory.recall(
-                    self._recall_request(
-                        loaded,
-                        backend,
-                        scope=scope,
-                        user_id=stored.user_id,
-                        conversation_id=stored.conversation_id,
-                        message_id=stored.message_id,
-                        query=model_text,
-                        now=incoming.received_at,
-                        history=history,
+                with self.metrics.memory_recall.time():
+                    remembered = await self.memory.recall(
+                        self._recall_request(
+                            loaded,
+                            backend,
+                            scope=scope,
+                            user_id=stored.user_id,
+                            conversation_id=stored.conversation_id,
+                            message_id=stored.message_id,
+                            query=model_text,
+                            now=incoming.received_at,
+                            history=history,
+                        )
                     )
-                )
             except Exception as exc:  # a turn without memories beats no turn at all
                 log.warning("memory.recall_failed", error=str(exc), error_type=type(exc).__name__)
                 await self.ledger.record_failure(
                     stage="recall", error=exc, conversation_id=stored.conversation_id
                 )
+                self.metrics.failure("recall")
         lore = await self._lore_for(loaded, backend, model_text, history, stored.conversation_id)
         prompt = turn_prompt(
             builder,
@@ -672,6 +687,8 @@ class PersonaEngine:
             incoming_text=text,
         )
         gen_started = time.perf_counter()
+        if on_delta is not None:  # time to first token: the first text the person sees
+            on_delta = self._first_token_timer(on_delta, started, scope.platform)
         try:
             async with self._slots:
                 reply, completion, moderated = await asyncio.wait_for(
@@ -716,6 +733,7 @@ class PersonaEngine:
                 )
             )
         overhead_ms += (time.perf_counter() - after) * 1000
+        self._count_answered(scope.platform, overhead_ms, generation_ms, completion, prompt)
         log.info(
             "turn.answered",
             message_id=message_id,
@@ -797,6 +815,8 @@ class PersonaEngine:
         loaded: LoadedPersona | None,
     ) -> TurnResult:
         log.warning("turn.failed", stage=stage, error=str(error), error_type=type(error).__name__)
+        self.metrics.failure(stage)
+        self.metrics.turn(incoming.scope.platform, "failed")
         await self.ledger.record_failure(
             stage=stage,
             error=error,
@@ -828,6 +848,36 @@ class PersonaEngine:
         return TurnResult((out,), stored)
 
     # -- helpers --------------------------------------------------------------------
+
+    def _count_answered(
+        self,
+        platform: str,
+        overhead_ms: float,
+        generation_ms: float,
+        completion: Completion,
+        prompt: AssembledPrompt,
+    ) -> None:
+        metrics = self.metrics
+        metrics.turn(platform, "answered")
+        metrics.overhead.labels(platform).observe(overhead_ms / 1000)
+        metrics.generation.labels(platform).observe(generation_ms / 1000)
+        metrics.used_tokens(
+            platform, completion.prompt_tokens or prompt.prompt_tokens, completion.completion_tokens
+        )
+
+    def _first_token_timer(
+        self, on_delta: DeltaCallback, started: float, platform: str
+    ) -> DeltaCallback:
+        """`on_delta` that observes the time from `started` to its first call."""
+        first = [True]
+
+        async def timed(piece: str) -> None:
+            if first[0]:
+                first[0] = False
+                self.metrics.first_token.labels(platform).observe(time.perf_counter() - started)
+            await on_delta(piece)
+
+        return timed
 
     def _context(self, scope: Scope, display_name: str) -> PromptContext:
         now: datetime = datetime.now(self.timezone)
@@ -975,6 +1025,7 @@ class PersonaEngine:
                         await self.ledger.record_failure(
                             stage="observe", error=exc, conversation_id=turn.conversation_id
                         )
+                        self.metrics.failure("observe")
             finally:
                 self._background.discard(task)
                 self._settle()

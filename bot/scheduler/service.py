@@ -272,7 +272,9 @@ class Scheduler:
         if target is not None:
             decision = decide(target.state, schedule, now)
             reason = decision.reason
-            if decision.allowed:
+            if not decision.allowed:
+                self.engine.metrics.proactive_skipped(reason)
+            else:
                 instruction = (
                     f"Earlier you meant to follow up on this: {row.text} Ask about it now."
                 )
@@ -369,6 +371,7 @@ class Scheduler:
         decision = decide(target.state, schedule, now)
         if not decision.allowed:
             log.info("proactive.skipped", why=why, reason=decision.reason, user=target.scope.user)
+            self.engine.metrics.proactive_skipped(decision.reason)
             return False
         return await self._deliver(target, instruction, now)
 
@@ -376,6 +379,7 @@ class Scheduler:
         sender = self.senders.get(target.scope.platform)
         if sender is None:
             log.info("proactive.no_sender", platform=target.scope.platform)
+            self.engine.metrics.proactive_skipped("no sender")
             return False
         outgoing = await self.engine.proactive(
             target.scope,
@@ -385,12 +389,15 @@ class Scheduler:
             now=now,
         )
         if outgoing is None:
+            self.engine.metrics.proactive_failed("generation")
             return False
         try:
             await sender.send(outgoing)
         except Exception as exc:  # recorded by the adapter; never retried in a loop
             log.warning("proactive.undelivered", error=str(exc), user=target.scope.user)
+            self.engine.metrics.proactive_failed("delivery")
             return False
+        self.engine.metrics.proactive_sent()
         return True
 
 
