@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -348,6 +349,7 @@ class Adapter(abc.ABC):
         group = not outgoing.scope.is_direct
         mid = outgoing.message_id
         parts = split_message(outgoing.text, self.max_message_length)
+        started = time.perf_counter()
         try:
             # One reply at a time per chat: a reply waiting out a 429 must not be
             # overtaken by the next one, nor its parts interleaved with another's.
@@ -377,6 +379,7 @@ class Adapter(abc.ABC):
             raise
         if mid is not None:
             await ledger.mark_delivered(mid, ids[0] if ids else None, parts_sent=len(parts))
+        self.engine.metrics.delivery.labels(self.platform).observe(time.perf_counter() - started)
         return ids
 
     async def _send_part(
