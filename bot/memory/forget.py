@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, inspect, text
 
 __all__ = ["TOMBSTONE", "ForgetRefused", "Forgotten", "Target", "forget_rows", "parse_target"]
 
@@ -91,6 +91,9 @@ class Forgotten:
     """What one forget deleted, per table, and which messages need new vectors."""
 
     counts: dict[str, int] = field(default_factory=dict)
+    #: Every table this forget deleted or rewrote rows of: where old row versions may
+    #: linger until the backend scrubs them (PostgreSQL keeps dead tuples in pages).
+    tables: list[str] = field(default_factory=list)
     #: Messages whose vector was embedded with forgotten text as context: dropped, to
     #: be embedded again with the context they have now.
     neighbours: list[int] = field(default_factory=list)
@@ -135,8 +138,17 @@ def _check_owner(conn: Connection, user_id: int, target: Target) -> None:
         raise ForgetRefused(f"memory {target.ref} is not yours; nothing was deleted")
 
 
+def _sql(conn: Connection, sql: str) -> TextClause:
+    """`sql`, written in SQLite's dialect, with the few fragments that PostgreSQL
+    spells differently swapped in when `conn` is PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        for sqlite_form, pg_form in _PG_FORMS:
+            sql = sql.replace(sqlite_form, pg_form)
+    return text(sql)
+
+
 def _ids(conn: Connection, sql: str, **params: Any) -> list[int]:
-    return [int(i) for i in conn.execute(text(sql), params).scalars()]
+    return [int(i) for i in conn.execute(_sql(conn, sql), params).scalars()]
 
 
 def _json(ids: Iterable[int]) -> str:
@@ -148,6 +160,22 @@ _TYPE_NAME = (
     "(CASE WHEN error_type GLOB '*[^A-Za-z0-9_.]*' OR length(error_type) > 64 "
     "THEN 'error' ELSE error_type END)"
 )
+_PERSONA_NULL = ":persona IS NULL"
+_PG_FORMS = [
+    *(
+        (f"(SELECT value FROM json_each(:{p}))",
+         f"(SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST(:{p} AS jsonb)))")
+        for p in ("ids", "m", "f", "s")
+    ),
+    ("json_each(f.source_ids) j WHERE f.user_id = :uid AND j.value IN",
+     "jsonb_array_elements_text(CAST(f.source_ids AS jsonb)) AS j(value) "
+     "WHERE f.user_id = :uid AND CAST(j.value AS bigint) IN"),
+    ("error_type GLOB '*[^A-Za-z0-9_.]*'", "error_type ~ '[^A-Za-z0-9_.]'"),
+    ("json_each(:forms) f WHERE instr(inbox_events.payload, f.value) > 0",
+     "jsonb_array_elements_text(CAST(:forms AS jsonb)) AS f(value) "
+     "WHERE strpos(inbox_events.payload, f.value) > 0"),
+    (_PERSONA_NULL, "CAST(:persona AS VARCHAR) IS NULL"),
+]  # fmt: skip
 
 
 def _everything(
@@ -229,46 +257,46 @@ def _delete(
     embeddings = 0
     for kind, ids in (("message", mids), ("fact", fids), ("summary", sids)):
         embeddings += conn.execute(
-            text(f"DELETE FROM embeddings WHERE kind = :kind AND item_id IN {_IN}"),
+            _sql(conn, f"DELETE FROM embeddings WHERE kind = :kind AND item_id IN {_IN}"),
             {"kind": kind, "ids": ids},
         ).rowcount
     places: Sequence[Any] = ()
     if messages:
         # Where each message stood, to find the turn after it once it is gone.
         places = conn.execute(
-            text(f"SELECT id, conversation_id, user_id FROM messages WHERE id IN {_IN}"),
+            _sql(conn, f"SELECT id, conversation_id, user_id FROM messages WHERE id IN {_IN}"),
             {"ids": mids},
         ).all()
         done.counts["inbox_payloads"] = _clear_inbox(conn, mids)
         done.counts["followups"] = conn.execute(
-            text(f"DELETE FROM followups WHERE source_message_id IN {_IN}"), {"ids": mids}
+            _sql(conn, f"DELETE FROM followups WHERE source_message_id IN {_IN}"), {"ids": mids}
         ).rowcount
         done.counts["reactions"] = conn.execute(
-            text(f"DELETE FROM feedback WHERE message_id IN {_IN}"), {"ids": mids}
+            _sql(conn, f"DELETE FROM feedback WHERE message_id IN {_IN}"), {"ids": mids}
         ).rowcount
         done.counts["failures_scrubbed"] = conn.execute(
-            text(
+            _sql(
+                conn,
                 # A failure recorded from a plain string has that string as its type.
                 f"UPDATE failures SET message_id = NULL, error_type = {_TYPE_NAME}, "
                 f"reason = {_TYPE_NAME} || ' (details removed with a forgotten message)' "
-                f"WHERE message_id IN {_IN}"
+                f"WHERE message_id IN {_IN}",
             ),
             {"ids": mids},
         ).rowcount
         conn.execute(
-            text(f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id IN {_IN}"),
+            _sql(conn, f"UPDATE messages SET reply_to_id = NULL WHERE reply_to_id IN {_IN}"),
             {"ids": mids},
         )
-        done.counts["safety_scrubbed"] = _scrub_safety(
-            conn, f"message_id IN {_IN}", {"ids": mids}
-        )
+        done.counts["safety_scrubbed"] = _scrub_safety(conn, f"message_id IN {_IN}", {"ids": mids})
     if everything:
         params = {"uid": user_id, "persona": persona_id}
         done.counts["followups"] = done.counts.get("followups", 0) + (
             conn.execute(
-                text(
+                _sql(
+                    conn,
                     "DELETE FROM followups WHERE user_id = :uid "
-                    "AND (:persona IS NULL OR persona_id = :persona)"
+                    "AND (:persona IS NULL OR persona_id = :persona)",
                 ),
                 params,
             ).rowcount
@@ -280,29 +308,57 @@ def _delete(
         )
         # Vectors whose item went without them (retention deletes messages only).
         embeddings += conn.execute(
-            text(
+            _sql(
+                conn,
                 "DELETE FROM embeddings WHERE user_id = :uid AND (:persona IS NULL OR "
-                "conversation_id IN (SELECT id FROM conversations WHERE persona_id = :persona))"
+                "conversation_id IN (SELECT id FROM conversations WHERE persona_id = :persona))",
             ),
             params,
         ).rowcount
     done.counts["messages"] = conn.execute(
-        text(f"DELETE FROM messages WHERE id IN {_IN}"), {"ids": mids}
+        _sql(conn, f"DELETE FROM messages WHERE id IN {_IN}"), {"ids": mids}
     ).rowcount
     done.counts["facts"] = conn.execute(
-        text(f"DELETE FROM facts WHERE id IN {_IN}"), {"ids": fids}
+        _sql(conn, f"DELETE FROM facts WHERE id IN {_IN}"), {"ids": fids}
     ).rowcount
     done.counts["summaries"] = conn.execute(
-        text(f"DELETE FROM summaries WHERE id IN {_IN}"), {"ids": sids}
+        _sql(conn, f"DELETE FROM summaries WHERE id IN {_IN}"), {"ids": sids}
     ).rowcount
     done.counts["embeddings"] = embeddings
     if places and not everything:
         done.neighbours = _drop_neighbour_vectors(conn, places)
-    for table, deleted in (("messages", messages), ("facts", facts)):
-        if deleted:
-            _rewrite_indexes(conn, table)
-    _tombstones(conn, user_id, cached)
+    done.tables = _touched(done.counts, embeddings)
+    if conn.dialect.name == "sqlite":
+        for table, deleted in (("messages", messages), ("facts", facts)):
+            if deleted:
+                _rewrite_indexes(conn, table)
+        # Only SQLite's backend caches vectors in processes (PostgreSQL searches them
+        # in the server), so only there do other processes need telling.
+        _tombstones(conn, user_id, cached)
     return done
+
+
+_TOUCHED = {
+    "messages": ("messages",),
+    "facts": ("facts",),
+    "summaries": ("summaries",),
+    "followups": ("followups",),
+    "reactions": ("feedback",),
+    "failures_scrubbed": ("failures",),
+    "safety_scrubbed": ("safety_events",),
+    "inbox_payloads": ("inbox_events",),
+}
+
+
+def _touched(counts: dict[str, int], embeddings: int) -> list[str]:
+    """The tables whose rows this forget deleted or rewrote (an update leaves the old
+    row version behind too, on engines that keep versions)."""
+    tables = {t for key, n in counts.items() if n for t in _TOUCHED.get(key, ())}
+    if embeddings or counts.get("messages"):
+        tables.add("embeddings")  # neighbours' vectors go with a message
+    if counts.get("messages"):
+        tables.add("messages")  # reply_to_id cleared on the rows that answered it
+    return sorted(tables)
 
 
 def _cached_scopes(
@@ -310,12 +366,13 @@ def _cached_scopes(
 ) -> list[tuple[int, str]]:
     """The (conversation, model) pairs whose vectors a process may hold in memory."""
     rows = conn.execute(
-        text(
+        _sql(
+            conn,
             "SELECT DISTINCT conversation_id, model FROM embeddings WHERE user_id = :uid "
             "AND conversation_id IN ("
             f"SELECT conversation_id FROM messages WHERE id IN {_IN.replace(':ids', ':m')} "
             f"UNION SELECT conversation_id FROM facts WHERE id IN {_IN.replace(':ids', ':f')} "
-            f"UNION SELECT conversation_id FROM summaries WHERE id IN {_IN.replace(':ids', ':s')})"
+            f"UNION SELECT conversation_id FROM summaries WHERE id IN {_IN.replace(':ids', ':s')})",
         ),
         {"uid": user_id, "m": mids, "f": fids, "s": sids},
     ).all()
@@ -324,10 +381,11 @@ def _cached_scopes(
 
 def _vector_scopes(conn: Connection, user_id: int, persona_id: str | None) -> list[tuple[int, str]]:
     rows = conn.execute(
-        text(
+        _sql(
+            conn,
             "SELECT DISTINCT e.conversation_id, e.model FROM embeddings e "
             "JOIN conversations c ON c.id = e.conversation_id WHERE e.user_id = :uid "
-            "AND (:persona IS NULL OR c.persona_id = :persona)"
+            "AND (:persona IS NULL OR c.persona_id = :persona)",
         ),
         {"uid": user_id, "persona": persona_id},
     ).all()
@@ -352,16 +410,14 @@ def _scrub_safety(conn: Connection, where: str, params: dict[str, Any]) -> int:
     """Keep that a safety event happened (a crisis stays in the moderators' record and
     its pause stands) but drop what it quoted: the matched phrase, the blocked reply's
     excerpt and the reason text live in `details` and `reason`."""
-    if (
-        conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'safety_events'")).first()
-        is None
-    ):
+    if not inspect(conn).has_table("safety_events"):
         return 0
     return conn.execute(
-        text(
+        _sql(
+            conn,
             "UPDATE safety_events SET details = '{\"forgotten\": true}', "
             "reason = check_name || ': ' || verdict || ' (details removed with a forgotten "
-            f"message)', message_id = NULL WHERE {where}"
+            f"message)', message_id = NULL WHERE {where}",
         ),
         params,
     ).rowcount
@@ -372,15 +428,13 @@ def _clear_inbox(conn: Connection, mids: str) -> int:
     platform and chat that carry a forgotten message's text, as the inbox's own
     pruning clears old ones (a cleared event cannot be replayed into a message
     again). Pending events are new messages, not these."""
-    if (
-        conn.execute(text("SELECT 1 FROM sqlite_master WHERE name = 'inbox_events'")).first()
-        is None
-    ):
+    if not inspect(conn).has_table("inbox_events"):
         return 0
     rows = conn.execute(
-        text(
+        _sql(
+            conn,
             "SELECT m.text, c.platform, c.channel FROM messages m "
-            f"JOIN conversations c ON c.id = m.conversation_id WHERE m.id IN {_IN}"
+            f"JOIN conversations c ON c.id = m.conversation_id WHERE m.id IN {_IN}",
         ),
         {"ids": mids},
     ).all()
@@ -396,11 +450,12 @@ def _clear_inbox(conn: Connection, mids: str) -> int:
                     json.dumps(r.text, ensure_ascii=False)[1:-1],
                 }
         cleared += conn.execute(
-            text(
+            _sql(
+                conn,
                 "UPDATE inbox_events SET payload = '' WHERE status IN ('done', 'failed') "
                 "AND platform = :platform AND (chat IS NULL OR chat = :channel) "
                 "AND payload != '' AND EXISTS (SELECT 1 FROM json_each(:forms) f "
-                "WHERE instr(inbox_events.payload, f.value) > 0)"
+                "WHERE instr(inbox_events.payload, f.value) > 0)",
             ),
             {"platform": platform, "channel": channel, "forms": json.dumps(sorted(forms))},
         ).rowcount
@@ -413,9 +468,10 @@ def _drop_neighbour_vectors(conn: Connection, places: Sequence[Any]) -> list[int
     after = set()
     for row in places:
         nxt = conn.execute(
-            text(
+            _sql(
+                conn,
                 "SELECT min(id) FROM messages WHERE conversation_id = :cid AND user_id = :uid "
-                f"AND id > :id AND deleted_at IS NULL AND kind IN {_SPOKEN}"
+                f"AND id > :id AND deleted_at IS NULL AND kind IN {_SPOKEN}",
             ),
             {"cid": row.conversation_id, "uid": row.user_id, "id": row.id},
         ).scalar()

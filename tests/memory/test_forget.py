@@ -31,7 +31,8 @@ from bot.db import Database
 from bot.memory.embeddings import Embedder
 from bot.memory.forget import parse_target
 from bot.memory.ledger import Ledger
-from bot.memory.store import SQLiteMemory, _texts_for
+from bot.memory.rows import texts_for as _texts_for
+from bot.memory.store import SQLiteMemory
 from tests.memory.conftest import T0, HashEmbedder, say, scope_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -299,7 +300,7 @@ async def test_no_byte_of_the_forgotten_text_is_left(
     assert_kept(story.path, "gardening", *kept)  # Bob's message, and what was not asked
     assert Path(f"{story.path}-wal").stat().st_size == 0
     # The per-scope vector cache holds nothing of the person any more.
-    assert all(key[0] != uid for key in memory._cache)
+    assert all(key[0] != uid for key in memory.search_backend._cache)
     if target == "m2":
         assert counts["messages"] == 2 and counts["facts"] == 2 and counts["summaries"] == 1
         assert counts["followups"] == 1 and counts["reactions"] == 1
@@ -321,7 +322,7 @@ async def test_a_search_before_the_forget_leaves_no_cached_vector(told: Any) -> 
     db, memory, story, _ = told
     scope, *_ = await say(Ledger(db), scope_for("ann"), "tell me my secret word")
     assert await memory.search(scope, MESSAGE_MARK)  # loads the scope's vectors
-    cached = [v for k, v in memory._cache.items() if k[0] == scope.user_id]
+    cached = [v for k, v in memory.search_backend._cache.items() if k[0] == scope.user_id]
     assert cached and cached[0].size > 0
     await memory.forget(scope.user_id, f"m{story.ids['m2']}")
     assert cached[0].rows is None and cached[0].size == 0  # zeroed, then dropped
@@ -574,17 +575,17 @@ async def test_another_process_drops_its_cached_vectors_at_its_next_search(told:
     bot = SQLiteMemory(bot_db, embedder=embedder)
     scope, *_ = await say(Ledger(db), scope_for("ann"), "what was my secret word?")
     assert await bot.search(scope, MESSAGE_MARK)
-    held = bot._cache[(scope.user_id, scope.conversation_id)]
+    held = bot.search_backend._cache[(scope.user_id, scope.conversation_id)]
     assert ("message", story.ids["m2"]) in zip(held.kinds, held.items, strict=True)
     await memory.forget(scope.user_id, f"m{story.ids['m2']}")  # the other process
     assert await bot.search(scope, MESSAGE_MARK) == []
     assert held.rows is None and held.size == 0  # the old copy zeroed
-    reloaded = bot._cache[(scope.user_id, scope.conversation_id)]
+    reloaded = bot.search_backend._cache[(scope.user_id, scope.conversation_id)]
     assert ("message", story.ids["m2"]) not in zip(reloaded.kinds, reloaded.items, strict=True)
     assert ("message", story.ids["m3"]) in zip(reloaded.kinds, reloaded.items, strict=True)
     size = reloaded.size
     await bot.search(scope, "cook tonight")  # the tombstone is handled once, not each time
-    assert bot._cache[(scope.user_id, scope.conversation_id)] is reloaded
+    assert bot.search_backend._cache[(scope.user_id, scope.conversation_id)] is reloaded
     assert reloaded.size == size
     await bot.aclose()
     await bot_db.aclose()

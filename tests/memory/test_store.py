@@ -189,7 +189,7 @@ def test_sign_bit_prefilter_finds_what_the_exact_scan_finds() -> None:
 
     import numpy as np
 
-    from bot.memory.store import _Vectors
+    from bot.memory.vectors import Vectors as _Vectors
 
     rng = np.random.default_rng(3)
     centres = rng.standard_normal((50, 128)).astype(np.float32)
@@ -244,7 +244,7 @@ async def test_a_scope_holding_most_messages_ranks_without_its_token_and_the_sam
     db, ledger: Ledger
 ) -> None:  # type: ignore[no-untyped-def]
     from bot.memory.query import match_expression
-    from bot.memory.store import _lexical
+    from bot.memory.sqlite_search import lexical as _lexical
 
     ann_ids = []
     for i in range(40):
