@@ -464,3 +464,17 @@ class LoreTimerRow(SQLModel, table=True):
     entry_key: str = Field(max_length=200, primary_key=True)
     sticky_until: int = 0
     cooldown_until: int = 0
+
+
+class GroupChannelRow(SQLModel, table=True):
+    """A group channel's state shared by every worker (bot/groups/store.py): the bot
+    chain, the last minute's replies per second and each persona's last unprompted
+    reply (JSON text), and when it was last written (seconds since the epoch)."""
+
+    __tablename__ = "group_channels"
+
+    channel_key: str = Field(max_length=255, primary_key=True)
+    bot_chain: int = 0
+    replies: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    unprompted: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    updated_at: float = Field(sa_column=Column(Float(53), nullable=False, index=True))

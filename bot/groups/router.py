@@ -21,7 +21,7 @@ import structlog
 from bot.errors import PersonaError
 from bot.groups.decide import Decision, MessageFacts, Present, decide
 from bot.groups.policy import GroupSettings, SpeakPolicy
-from bot.groups.state import GroupCounters, GroupState
+from bot.groups.state import ChannelStates, GroupCounters, GroupState
 from bot.messages import Actor, Incoming, Outgoing, Scope, utcnow
 
 __all__ = ["PERSONA_ACTOR_PREFIX", "GroupRouter"]
@@ -53,15 +53,20 @@ class GroupRouter:
         authors: _Authors,
         *,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        state: ChannelStates | None = None,
     ) -> None:
-        """`rng` and `clock` are arguments so tests can seed and set them."""
+        """`rng` and `clock` are arguments so tests can seed and set them. `state`
+        keeps the channels' budget, cooldowns and chain: the database's
+        (`GroupStore`, shared by workers and kept across restarts) or, by default,
+        this process's (`GroupState`). `clock` is wall-clock time: with a shared
+        store every worker's clock must agree."""
         self.settings = settings
         self.personas = personas
         self.authors = authors
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
-        self.state = GroupState()
+        self.state: ChannelStates = state if state is not None else GroupState()
         self.counters = GroupCounters()
         self._warned: set[tuple[str, str]] = set()  # (persona, channel): said once
 
@@ -109,7 +114,7 @@ class GroupRouter:
             platform_addressed=incoming.addressed_to_bot,
             replied_persona=replied,
         )
-        decision = self.decide(scope, facts, present)
+        decision = await self.decide(scope, facts, present)
         silent = [v for v in decision.verdicts if not v.speak and v.reason != "own_message"]
         speaking = [v for v in decision.verdicts if v.speak]
         return [
@@ -119,8 +124,9 @@ class GroupRouter:
             for v in (*silent, *speaking)
         ]
 
-    def decide(self, scope: Scope, facts: MessageFacts, present: list[Present]) -> Decision:
-        """`decide` with this channel's state and limits; recorded, counted and logged."""
+    async def decide(self, scope: Scope, facts: MessageFacts, present: list[Present]) -> Decision:
+        """`decide` with this channel's state and limits; recorded, counted and logged.
+        Raises `StorageError` when a database-kept state cannot be read or written."""
         entry = self.settings.channel(scope.platform, scope.space, scope.channel)
         rpm = self.settings.replies_per_minute
         chain = self.settings.max_bot_chain
@@ -129,9 +135,15 @@ class GroupRouter:
             chain = entry.max_bot_chain if entry.max_bot_chain is not None else chain
         key = f"{scope.platform}/{scope.channel}/{scope.thread or '-'}"
         now = self.clock()
-        view = self.state.view(key, now, replies_per_minute=rpm, max_bot_chain=chain)
-        decision = decide(facts, present, view, self.rng, now)
-        self.state.record(key, facts, decision, now)
+        rng = self.rng
+        view, decision = await self.state.decide(
+            key,
+            now,
+            replies_per_minute=rpm,
+            max_bot_chain=chain,
+            facts=facts,
+            choose=lambda seen: decide(facts, present, seen, rng, now),
+        )
         self.counters.count(decision)
         log.info(
             "group.decision",

@@ -1,25 +1,64 @@
 """Per-channel state the decision reads: replies in the last minute, the bot-to-bot
 chain, each persona's last unprompted reply; and the counters of every decision.
 
-In-process, on purpose: one bot process serves a platform (its shards included),
-and what this state protects against (a flood, a loop) is measured in seconds. A
-restart forgets it: at worst a channel gets one more minute's budget and a bot
-chain starts counting again, and the inbox never replays a decided message's
-answer (the engine's dedupe). Bounded: at most `max_channels` channels are kept,
-the least recently active forgotten first, and a channel keeps at most one
-minute of reply times.
+Two keepers of the same state behind one protocol, `ChannelStates`: `GroupState`
+here, in the process, and `GroupStore` (bot/groups/store.py), in the database,
+which is what `bot run` uses so that a restart and every worker on one database
+see the same budget, cooldowns and chain. `GroupState` is the fast path for one
+process that may forget (tests, benchmarks, a console): a restart forgets it, so
+at worst a channel gets one more minute's budget and a bot chain starts counting
+again. Bounded: at most `max_channels` channels are kept, the least recently
+active forgotten first, and a channel keeps at most one minute of reply times.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bot.groups.decide import ChannelView, Decision, MessageFacts
 
-__all__ = ["GroupCounters", "GroupState"]
+__all__ = ["ChannelStates", "Chooser", "GroupCounters", "GroupState", "chain_after"]
 
 WINDOW_S = 60.0
+
+#: What picks the speakers once the channel's state is known (`decide`, bound to
+#: the message, the present personas, the random generator and the time).
+Chooser = Callable[[ChannelView], Decision]
+
+
+class ChannelStates(Protocol):
+    """Where channel state lives. `decide` reads a channel's state at `now`, lets
+    `choose` decide, and records the decision's effect, as one step: no other
+    decision on the same channel comes between the read and the write."""
+
+    async def decide(
+        self,
+        key: str,
+        now: float,
+        *,
+        replies_per_minute: int,
+        max_bot_chain: int,
+        facts: MessageFacts,
+        choose: Chooser,
+    ) -> tuple[ChannelView, Decision]:
+        """The view `choose` saw and what it decided."""
+        ...
+
+
+def chain_after(chain: int, facts: MessageFacts, decision: Decision) -> tuple[int, list[str]]:
+    """The bot chain after a decided message, and the personas that spoke: a person
+    resets the chain, an outside bot's message lengthens it, and so does every
+    reply of ours (a reply is a bot's message; shown back to our other personas it
+    is not counted again)."""
+    if not facts.author_is_bot and facts.author_persona is None:
+        chain = 0
+    elif facts.author_persona is None:
+        chain += 1
+    spoke = [v.persona for v in decision.verdicts if v.speak]
+    return chain + len(spoke), spoke
 
 
 @dataclass
@@ -68,22 +107,34 @@ class GroupState:
         )
 
     def record(self, key: str, facts: MessageFacts, decision: Decision, now: float) -> None:
-        """What a decided message does to the channel: a person resets the bot chain,
-        an outside bot's message lengthens it, and so does every reply of ours (a
-        reply is a bot's message; shown back to our other personas it is not
-        counted again)."""
+        """What a decided message does to the channel (`chain_after`), its replies
+        counted in the budget and unprompted ones starting their cooldown."""
         channel = self._get(key)
-        if not facts.author_is_bot and facts.author_persona is None:
-            channel.bot_chain = 0
-        elif facts.author_persona is None:
-            channel.bot_chain += 1
+        channel.bot_chain, _ = chain_after(channel.bot_chain, facts, decision)
         for verdict in decision.verdicts:
             if not verdict.speak:
                 continue
-            channel.bot_chain += 1
             channel.replies.append(now)
             if verdict.reason in ("always", "talkative"):
                 channel.last_unprompted[verdict.persona] = now
+
+    async def decide(
+        self,
+        key: str,
+        now: float,
+        *,
+        replies_per_minute: int,
+        max_bot_chain: int,
+        facts: MessageFacts,
+        choose: Chooser,
+    ) -> tuple[ChannelView, Decision]:
+        """`view`, `choose`, `record` (no await between them: one step)."""
+        view = self.view(
+            key, now, replies_per_minute=replies_per_minute, max_bot_chain=max_bot_chain
+        )
+        decision = choose(view)
+        self.record(key, facts, decision, now)
+        return view, decision
 
 
 class GroupCounters:
