@@ -33,6 +33,7 @@ from bot.engine import PersonaEngine
 from bot.errors import AdapterError, BotError
 from bot.groups.policy import GroupSettings
 from bot.groups.router import GroupRouter
+from bot.groups.store import GroupStore
 from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 from bot.inbox.worker import in_lane
 from bot.messages import Incoming, Outgoing, Reaction, Scope
@@ -142,11 +143,14 @@ class Adapter(abc.ABC):
         #: The running inbox worker (inside `processing()`), else None.
         self.worker: InboxWorker | None = None
         #: Who answers a group message when (bot/groups); its `rng` and `clock` can
-        #: be replaced (tests seed them).
+        #: be replaced (tests seed them; `clock` is wall-clock seconds).
         self.groups = GroupRouter(
             services.groups if services.groups is not None else GroupSettings(),
             services.engine.personas,
             services.people,
+            # In the database: the budget, cooldowns and chain hold across restarts
+            # and across the workers on one database (bot/groups/store.py).
+            state=GroupStore(services.people.db),
         )
 
     # -- what each platform implements ----------------------------------------------------
