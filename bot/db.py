@@ -49,6 +49,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "sqlite_path",
+    "storable",
     "upgrade",
 ]
 
@@ -95,6 +96,21 @@ def sqlite_path(url: str) -> Path | None:
 
 #: The first bytes of every SQLite database file (an empty file is a new database).
 SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def storable(text: str) -> str:
+    """`text` as every supported database stores it: NUL (PostgreSQL's text type
+    refuses it) and lone surrogates (no UTF-8 for them; SQLite refuses them) become
+    U+FFFD. Text already storable comes back as it is (the same object)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def _check_sqlite_file(path: Path, *, must_exist: bool = False) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import SQLModel
 
-from bot.db import Database
+from bot.db import Database, storable
 from bot.models import InboxRow, InboxStatus
 
 __all__ = ["MAX_PAYLOAD_BYTES", "Inbox", "InboxEvent", "RawEvent"]
@@ -77,20 +77,14 @@ class InboxEvent:
 
 
 def _safe(text: str) -> str:
-    """Text SQLite can store: a lone surrogate cannot be encoded as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
+    """Text every database can store (see `bot.db.storable`)."""
+    return storable(text)
 
 
 def _bounded_key(key: str) -> str:
     # A key is never cut or repaired lossily: two keys made equal would drop the
     # second event as a redelivery. Unstorable text is escaped, long keys hashed.
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
+    if storable(key) != key:
         key = "esc:" + key.encode("unicode_escape").decode("ascii")
     if len(key) <= _MAX_KEY:
         return key
@@ -165,9 +159,13 @@ class Inbox:
                 statement: Any = pg_insert(_inbox).on_conflict_do_nothing()
             else:
                 statement = sqlite_insert(_inbox).on_conflict_do_nothing()
+            # A row comes back for each event stored; a redelivery returns none.
+            # (rowcount is no count here: psycopg reports 0 for INSERT ... RETURNING.)
+            # One statement per event keeps ids in arrival order on every database.
+            statement = statement.returning(_inbox.c.id)
             new = 0
             for row in rows:
-                new += max(conn.execute(statement, row).rowcount, 0)
+                new += len(conn.execute(statement, row).all())
             return new
 
         return await self.db.run(work)

@@ -299,7 +299,10 @@ class Scheduler:
         extra one given at construction (memory consolidation, export)."""
         if name == "nightly":
             deleted = await self.retention(now)
-            await self.db.run(lambda c: c.exec_driver_sql("PRAGMA optimize"))
+            if self.db.engine.dialect.name == "sqlite":
+                # SQLite has no autovacuum daemon to refresh its planner statistics;
+                # PostgreSQL's autovacuum analyzes tables as they change.
+                await self.db.run(lambda c: c.exec_driver_sql("PRAGMA optimize"))
             return deleted
         if name == "backup":
             return await self.backup(now)
@@ -418,9 +421,7 @@ def _backup(source: Path, target_dir: Path, now: datetime, keep: int) -> Path:
 def _same_trigger(stored: Any, wanted: Any) -> bool:
     """Whether two triggers fire alike (an interval's start date aside)."""
     if isinstance(stored, IntervalTrigger) and isinstance(wanted, IntervalTrigger):
-        return stored.interval == wanted.interval and str(stored.timezone) == str(
-            wanted.timezone
-        )
+        return stored.interval == wanted.interval and str(stored.timezone) == str(wanted.timezone)
     return repr(stored) == repr(wanted) and getattr(stored, "jitter", None) == getattr(
         wanted, "jitter", None
     )

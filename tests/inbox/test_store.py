@@ -1,13 +1,13 @@
-"""The inbox table on a real SQLite file: batches, redeliveries, bounds, replay."""
+"""The inbox table, on a SQLite file and on PostgreSQL (the contract both keep):
+batches, redeliveries, bounds, replay."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.db import Database
@@ -15,8 +15,8 @@ from bot.inbox import MAX_PAYLOAD_BYTES, Inbox, InboxStatus, RawEvent
 
 
 @pytest.fixture
-async def inbox(tmp_path: Path) -> AsyncIterator[Inbox]:
-    db = Database.open(f"sqlite:///{tmp_path}/inbox.db")
+async def inbox(database_url: str) -> AsyncIterator[Inbox]:
+    db = Database.open(database_url)
     try:
         yield Inbox(db)
     finally:
@@ -91,21 +91,33 @@ async def test_old_payloads_of_handled_events_are_cleared_failed_ones_kept(inbox
 
 
 # Hostile keys, chats and payloads: whatever a platform sends is stored (repaired
-# where SQLite cannot hold it), each distinct key once, never half a batch.
+# where a database cannot hold it: lone surrogates, and NUL, which PostgreSQL's text
+# refuses), each distinct key once, never half a batch.
 hostile = st.text(alphabet=st.characters(codec=None), max_size=300)
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(keys=st.lists(hostile, min_size=1, max_size=5), payload=hostile, chat=hostile)
 def test_hostile_events_are_stored_once_each(
-    tmp_path_factory: pytest.TempPathFactory, keys: list[str], payload: str, chat: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: str,
+    keys: list[str],
+    payload: str,
+    chat: str,
 ) -> None:
     import asyncio
     import itertools
 
-    state = _HOSTILE
+    state = _HOSTILE.setdefault(backend, {})
     if "db" not in state:
-        state["db"] = f"sqlite:///{tmp_path_factory.mktemp('h')}/inbox.db"
+        if backend == "sqlite":
+            state["db"] = f"sqlite:///{tmp_path_factory.mktemp('h')}/inbox.db"
+        else:  # one database for all examples (the session's server drops it at exit)
+            state["db"] = request.getfixturevalue("postgres_server").new_database("h")
         state["n"] = itertools.count()
     platform = f"p{next(state['n'])}"  # type: ignore[call-overload]
 
@@ -128,8 +140,10 @@ def test_hostile_events_are_stored_once_each(
     asyncio.run(go())
 
 
-_HOSTILE: dict[str, object] = {}
+_HOSTILE: dict[str, dict[str, object]] = {}
 
 
 def _repaired(text: str) -> str:
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return (
+        text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
 from bot.scheduler.followups import FOLLOWUP_SCHEMA, FollowUpExtractor, mentions_future, parse
 from tests.scheduler.test_service import SCHEDULED
+from tests.sql import rows
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # a Tuesday
 HORIZON = timedelta(days=60)
@@ -80,13 +80,17 @@ def test_future_gate() -> None:
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[App]:
+async def app(tmp_path: Path, database_url: str) -> AsyncIterator[App]:
     personas = tmp_path / "personas"
     personas.mkdir()
     (personas / "tester.yaml").write_text(SCHEDULED, encoding="utf-8")
     settings = load_settings(
         None,
-        {"database": {"url": f"sqlite:///{tmp_path}/f.db"}, "personas": {"dirs": [str(personas)]}},
+        {
+            "database": {"url": database_url},
+            "personas": {"dirs": [str(personas)]},
+            "memory": {"enabled": False},  # not what these tests are about
+        },
     )
 
     def handler(request: ChatRequest) -> str:
@@ -117,10 +121,9 @@ async def test_extractor_stores_followups_from_a_turn_and_hands_them_on(
     )
     assert await app.engine.drain(grace_s=5)
     assert created == [(1, datetime(2026, 11, 27, 17, 0, tzinfo=UTC))]
-    with sqlite3.connect(tmp_path / "f.db") as conn:
-        assert conn.execute("select text, status, source_message_id from followups").fetchall() == [
-            ("how did the exam go?", "pending", 1)
-        ]
+    assert rows(
+        app.settings.database.url, "select text, status, source_message_id from followups"
+    ) == [("how did the exam go?", "pending", 1)]
     request = app.backends._fixed.requests[-1]  # type: ignore[union-attr]
     assert request.sampling.extra["response_format"]["json_schema"]["schema"] == FOLLOWUP_SCHEMA
     assert "Tuesday 2026-11-24 10:00 (Europe/Berlin)" in request.messages[0].content
