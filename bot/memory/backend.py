@@ -107,8 +107,10 @@ def search_backend_for(
     """The backend for `db`'s engine; `model` names the embedder whose vectors dense
     search compares (None: no dense search); `thread` runs in-process scans, and
     `cache_vectors` bounds the vectors SQLite's backend keeps in memory."""
-    if db.engine.dialect.name != "sqlite":
-        raise NotImplementedError(f"memory search on {db.engine.dialect.name}")
+    if db.engine.dialect.name == "postgresql":
+        from bot.memory.pg_search import PostgresSearch
+
+        return PostgresSearch(db, model=model)
     from bot.memory.sqlite_search import FTS5Search
 
     return FTS5Search(db, model=model, thread=thread, cache_vectors=cache_vectors)

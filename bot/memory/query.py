@@ -1,16 +1,26 @@
-"""Turning people's text into safe FTS5 MATCH expressions.
+"""Turning people's text into safe full-text queries (FTS5 MATCH, PostgreSQL tsquery).
 
-Nothing a person types reaches FTS5 as syntax: the text is split into word and CJK
-runs, every token is double-quoted (inner quotes doubled), and tokens are OR-ed,
-so `"`, `*`, `NEAR`, `AND` or `(` are searched as words or dropped, never parsed.
-This module imports nothing of the project.
+Nothing a person types reaches the engine as syntax: the text is split into word and
+CJK runs, every FTS5 token is double-quoted (inner quotes doubled), and tokens are
+OR-ed, so `"`, `*`, `NEAR`, `AND` or `(` are searched as words or dropped, never
+parsed. A tsquery is built from word tokens only (letters and digits, nothing
+to_tsquery reads as an operator). This module imports nothing of the project.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["STOPWORDS", "has_cjk", "match_expression", "trigram_expression", "words"]
+__all__ = [
+    "STOPWORDS",
+    "cjk_runs",
+    "has_cjk",
+    "match_expression",
+    "trigram_expression",
+    "trigrams",
+    "tsquery_expression",
+    "words",
+]
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
@@ -198,12 +208,16 @@ def match_expression(text: str) -> str | None:
     return " OR ".join(_quote(t) for t in tokens) if tokens else None
 
 
-def trigram_expression(text: str) -> str | None:
-    """An OR of quoted 3-character pieces of CJK runs for the trigram index.
+def tsquery_expression(text: str) -> str | None:
+    """An OR (`|`) of the words for PostgreSQL's `to_tsquery`; None when there is no
+    word. Tokens are letters and digits only, so none is read as an operator."""
+    tokens = words(text) or words(text, keep_stopwords=True)
+    return " | ".join(tokens) if tokens else None
 
-    A trigram index matches strings of at least three characters; a run is cut
-    into overlapping trigrams so that partial overlaps still score.
-    """
+
+def trigrams(text: str) -> list[str]:
+    """The overlapping 3-character pieces of the CJK runs of `text` (at most 64), so
+    that partial overlaps still score; runs shorter than three give none."""
     grams: dict[str, None] = {}
     for run in _CJK.findall(text):
         if len(run) < 3:
@@ -212,6 +226,16 @@ def trigram_expression(text: str) -> str | None:
             grams.setdefault(run[i : i + 3], None)
             if len(grams) >= _MAX_TOKENS:
                 break
+    return list(grams)
+
+
+def trigram_expression(text: str) -> str | None:
+    """An OR of quoted 3-character pieces of CJK runs for the trigram index.
+
+    A trigram index matches strings of at least three characters; a run is cut
+    into overlapping trigrams so that partial overlaps still score.
+    """
+    grams = trigrams(text)
     return " OR ".join(_quote(g) for g in grams) if grams else None
 
 

@@ -15,10 +15,25 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-__all__ = ["FTS_TABLES", "Embedding", "Fact", "Summary", "include_object"]
+__all__ = ["FTS_TABLES", "PG_ONLY_COLUMNS", "Embedding", "Fact", "Summary", "include_object"]
 
 #: The FTS5 virtual tables migration 0002 creates (their shadow tables share the prefix).
 FTS_TABLES = ("messages_fts", "messages_fts_tri", "facts_fts", "facts_fts_tri")
+#: Columns migration 0011 adds on PostgreSQL only, derived from portable ones
+#: (`search_words` is generated from `text`; `embedding` is filled from `vector`):
+#: not modelled, not copied by `bot db copy` (it fills them: `backfill_vectors`).
+PG_ONLY_COLUMNS = {"messages": ("search_words",), "facts": ("search_words",),
+                   "embeddings": ("embedding",)}  # fmt: skip
+#: Indexes migration 0011 creates on PostgreSQL only (over those columns).
+_PG_ONLY_INDEX_PREFIXES = (
+    "ix_messages_search_words",
+    "ix_messages_text_trgm",
+    "ix_facts_search_words",
+    "ix_facts_text_trgm",
+    "ix_messages_user_conversation",
+    "ix_embeddings_scope",
+    "ix_embeddings_hnsw_",
+)
 
 
 def _ts(*, nullable: bool = False) -> Column[datetime]:
@@ -95,5 +110,15 @@ class Embedding(SQLModel, table=True):
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    """Alembic hook: leave the FTS5 virtual tables (and their shadow tables) alone."""
-    return not (type_ == "table" and name is not None and name.startswith(FTS_TABLES))
+    """Alembic hook: leave the FTS5 virtual tables (and their shadow tables) and
+    PostgreSQL's derived search columns and their indexes alone."""
+    if name is None:
+        return True
+    if type_ == "table":
+        return not name.startswith(FTS_TABLES)
+    if type_ == "column":
+        table = getattr(getattr(obj, "table", None), "name", None)
+        return name not in PG_ONLY_COLUMNS.get(str(table), ())
+    if type_ == "index":
+        return not name.startswith(_PG_ONLY_INDEX_PREFIXES)
+    return True

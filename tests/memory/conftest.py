@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -69,7 +70,17 @@ class BrokenEmbedder:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated database, once on a SQLite file and once on PostgreSQL: the memory's
+    tests that take it are the contract both backends keep."""
+    database = await asyncio.to_thread(Database.open, database_url)
+    yield database
+    await database.aclose()
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite file, for what only SQLite's backend has (FTS5, its WAL)."""
     database = Database.open(f"sqlite:///{tmp_path}/mem.db")
     yield database
     await database.aclose()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
@@ -103,8 +104,8 @@ async def test_a_move_supersedes_the_old_home_and_repeats_are_not_stored(
     items = await memory.list_memories(scope.user_id)
     assert [i.text for i in items] == ["Lives in Berlin."]
     row = await memory.db.run(
-        lambda c: c.exec_driver_sql(
-            "SELECT superseded_by FROM facts WHERE id = ?", (int(paris.ref[1:]),)
+        lambda c: c.execute(
+            text("SELECT superseded_by FROM facts WHERE id = :id"), {"id": int(paris.ref[1:])}
         ).scalar()
     )
     assert row == int(items[0].ref[1:])

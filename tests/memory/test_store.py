@@ -1,13 +1,14 @@
-"""SQLiteMemory: search, packing, forgetting, degradation and bad input."""
+"""Memory: search, packing, forgetting, degradation and bad input, on SQLite and
+PostgreSQL (the `db` fixture) unless a test names SQLite's own machinery."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
 from structlog.testing import capture_logs
 
+from bot.db import Database
 from bot.llm.tokens import ApproxTokenCounter
 from bot.memory.ledger import Ledger
 from bot.memory.query import match_expression, trigram_expression
@@ -230,9 +231,8 @@ async def test_rows_out_of_scope_cannot_crowd_the_lexical_page(db, ledger: Ledge
         lambda c: c.execute(
             text(
                 "UPDATE messages SET deleted_at = created_at "
-                "WHERE id IN (SELECT value FROM json_each(:ids))"
-            ),
-            {"ids": json.dumps(hidden)},
+                f"WHERE id IN ({','.join(map(str, hidden))})"
+            )
         )
     )
     hits = await memory.search(scope, "saxophone", k=5, now=NOW)
@@ -241,10 +241,12 @@ async def test_rows_out_of_scope_cannot_crowd_the_lexical_page(db, ledger: Ledge
 
 
 async def test_a_scope_holding_most_messages_ranks_without_its_token_and_the_same(
-    db, ledger: Ledger
-) -> None:  # type: ignore[no-untyped-def]
+    sqlite_db: Database,
+) -> None:
     from bot.memory.query import match_expression
     from bot.memory.sqlite_search import lexical as _lexical
+
+    db, ledger = sqlite_db, Ledger(sqlite_db)
 
     ann_ids = []
     for i in range(40):

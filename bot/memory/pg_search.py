@@ -1,0 +1,294 @@
+"""`PostgresSearch`: the PostgreSQL backend of the memory (migration 0011).
+
+- Words: a generated `tsvector` column on messages and facts (`search_words`,
+  text search configuration `english`, GIN index), ranked by `ts_rank`. `english`
+  because SQLite's index is `porter unicode61` for every language: the same
+  stemmer family over the same Unicode word splitting, so both backends find the
+  same words (non-English words pass the English stemmer mostly unchanged, as
+  they pass porter). A deployment for one other language can change the
+  configuration in the migration; `simple` would lose stemming for English.
+- Chinese and Japanese, which have no word breaks: pg_trgm (a GIN `gin_trgm_ops`
+  index on `text`); a query's CJK runs are cut into trigrams, a row matches any,
+  and rows are ranked by how many they contain. Runs of one or two characters,
+  too short for trigrams, are a substring scan of the scope.
+- Vectors: a PostgreSQL-only `embedding vector` column beside the portable
+  `vector` blob (float32, what `bot db copy` copies), filled when vectors are
+  stored (`store_vectors`) or copied (`backfill_vectors`); searched with
+  pgvector's HNSW indexes (cosine), partial per dimension, with iterative scans
+  so that a scope's filter still fills the page. Nothing is cached in the process,
+  so a forget in another process needs no tombstone.
+- After a forget: `VACUUM (FULL, ANALYZE)` of every table that lost or rewrote
+  rows: a plain DELETE (and a plain VACUUM) leaves the old tuple bytes in heap
+  pages and the words in GIN entry pages; VACUUM FULL writes new files without
+  them. Then, where the role may (superuser or pg_checkpoint), a CHECKPOINT and WAL
+  switches so that WAL segments holding the text are recycled. See
+  docs/memory.md ("Forget on PostgreSQL") for what stays outside the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.db import Database
+from bot.errors import StorageError
+from bot.memory.backend import Lexical, QueryVector
+from bot.memory.query import cjk_runs, trigrams, tsquery_expression
+from bot.memory.rows import FACT_SCOPE, MESSAGE_SCOPE
+from bot.memory.types import Kind, MemoryScope
+
+__all__ = ["HNSW_DIMENSIONS", "TS_CONFIG", "PostgresSearch", "backfill_vectors", "vector_literal"]
+
+log = structlog.get_logger("bot.memory")
+
+#: The text search configuration of `search_words` (migration 0011).
+TS_CONFIG = "english"
+#: Dimensions with an HNSW index (migration 0011); others are compared exactly.
+HNSW_DIMENSIONS = (384, 512, 768, 1024)
+#: HNSW candidates per search: above the 100 the fusion asks for, so recall holds.
+EF_SEARCH = 200
+#: How long a forget's VACUUM FULL waits for its exclusive lock before giving up.
+SCRUB_LOCK_TIMEOUT = "10s"
+
+_ALIASES = {"message": ("messages", "m", MESSAGE_SCOPE), "fact": ("facts", "f", FACT_SCOPE)}
+
+
+def vector_literal(values: Any) -> str:
+    """pgvector's text form of a float vector: `[0.1,0.2,...]`."""
+    return "[" + ",".join(repr(float(v)) for v in values) + "]"
+
+
+def _words_sql(kind: str) -> Any:
+    table, a, scope = _ALIASES[kind]
+    return text(
+        f"SELECT {a}.id FROM {table} {a} "
+        f"WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) AND {scope} "
+        f"ORDER BY ts_rank({a}.search_words, to_tsquery('{TS_CONFIG}', :q)) DESC, "
+        f"{a}.id DESC LIMIT :n"
+    )
+
+
+_WORDS = {kind: _words_sql(kind) for kind in _ALIASES}
+_SUBSTRING = {
+    kind: text(
+        f"SELECT {a}.id FROM {table} {a} WHERE {scope} AND strpos({a}.text, :s) > 0 "
+        f"ORDER BY {a}.id DESC LIMIT :n"
+    )
+    for kind, (table, a, scope) in _ALIASES.items()
+}
+
+
+def _trigram_sql(kind: str, count: int) -> Any:
+    # Any of the trigrams (each LIKE is answered by the gin_trgm_ops index), ranked by
+    # how many of them the row holds. CJK grams hold no LIKE wildcard or escape.
+    table, a, scope = _ALIASES[kind]
+    anyof = " OR ".join(f"{a}.text LIKE :p{i}" for i in range(count))
+    held = " + ".join(f"(strpos({a}.text, :g{i}) > 0)::int" for i in range(count))
+    return text(
+        f"SELECT {a}.id FROM {table} {a} WHERE {scope} AND ({anyof}) "
+        f"ORDER BY ({held}) DESC, {a}.id DESC LIMIT :n"
+    )
+
+
+def _lexical(
+    conn: Connection,
+    scope: MemoryScope,
+    kinds: Sequence[Kind],
+    tsq: str | None,
+    grams: Sequence[str],
+    short_cjk: Sequence[str],
+    n: int,
+) -> Lexical:
+    params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
+    lists: Lexical = []
+    for kind in kinds:
+        if kind == "summary":
+            continue
+        found: list[tuple[str, int]]
+        if tsq is not None:
+            rows = conn.execute(_WORDS[kind], {**params, "q": tsq}).scalars()
+            found = [(kind, int(i)) for i in rows]
+            if found:
+                lists.append(found)
+        if grams:
+            gram_params = {f"p{i}": f"%{g}%" for i, g in enumerate(grams)}
+            gram_params |= {f"g{i}": g for i, g in enumerate(grams)}
+            statement = _trigram_sql(kind, len(grams))
+            rows = conn.execute(statement, {**params, **gram_params}).scalars()
+            found = [(kind, int(i)) for i in rows]
+            if found:
+                lists.append(found)
+        for run in short_cjk[:8]:  # too short for trigrams: a substring scan of the scope
+            rows = conn.execute(_SUBSTRING[kind], {**params, "s": run}).scalars()
+            found = [(kind, int(i)) for i in rows]
+            if found:
+                lists.append(found)
+    return lists
+
+
+_HAS_VECTORS = text(
+    "SELECT 1 FROM embeddings WHERE user_id = :uid AND conversation_id = :cid "
+    "AND model = :model AND embedding IS NOT NULL LIMIT 1"
+)
+
+
+def _nearest_sql(dim: int) -> Any:
+    # The cast and the `dim` condition are those of the partial HNSW index of this
+    # dimension (migration 0011), so the planner can use it.
+    vec = f"CAST(embedding AS vector({dim}))"
+    query = f"CAST(:q AS vector({dim}))"
+    return text(
+        f"SELECT kind, item_id, 1 - ({vec} <=> {query}) AS similarity FROM embeddings "
+        f"WHERE dim = {dim} AND user_id = :uid AND conversation_id = :cid AND model = :model "
+        f"AND embedding IS NOT NULL ORDER BY {vec} <=> {query} LIMIT :n"
+    )
+
+
+_INSERT_EMBEDDING = text(
+    "INSERT INTO embeddings "
+    "(kind, item_id, user_id, conversation_id, model, dim, vector, created_at, embedding) "
+    "VALUES (:kind, :item_id, :user_id, :conversation_id, :model, :dim, :vector, :created_at, "
+    "CAST(:embedding AS vector)) ON CONFLICT (kind, item_id, model) DO UPDATE SET "
+    "user_id = excluded.user_id, conversation_id = excluded.conversation_id, "
+    "dim = excluded.dim, vector = excluded.vector, created_at = excluded.created_at, "
+    "embedding = excluded.embedding"
+)
+
+
+class PostgresSearch:
+    """The PostgreSQL `SearchBackend` (see the module docstring)."""
+
+    def __init__(self, db: Database, *, model: str | None) -> None:
+        self.db = db
+        self.model = model
+
+    def lexical(
+        self, scope: MemoryScope, kinds: Sequence[Kind], query: str, n: int
+    ) -> Callable[[Connection], Lexical]:
+        tsq = tsquery_expression(query)
+        grams = trigrams(query)
+        short_cjk = cjk_runs(query)
+        return lambda conn: _lexical(conn, scope, kinds, tsq, grams, short_cjk, n)
+
+    async def dense(
+        self, scope: MemoryScope, query: QueryVector, n: int
+    ) -> list[tuple[str, int, float]] | None:
+        if self.model is None:
+            return None
+        params = {"uid": scope.user_id, "cid": scope.conversation_id, "model": self.model}
+        if not query.started:
+            # A model not loaded yet is loaded only for a scope that holds vectors.
+            has = await self.db.read(lambda conn: conn.execute(_HAS_VECTORS, params).first())
+            if has is None:
+                return None
+        qvec = await query.get()
+        if qvec is None:
+            return None
+        dim = len(qvec)
+        literal = vector_literal(qvec)
+
+        def nearest(conn: Connection) -> list[tuple[str, int, float]]:
+            conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, n)}"))
+            conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+            rows = conn.execute(_nearest_sql(dim), {**params, "q": literal, "n": n}).all()
+            # relaxed_order: the index may return a few out of order; the scores decide.
+            found = [(str(r.kind), int(r.item_id), float(r.similarity)) for r in rows]
+            return sorted(found, key=lambda f: -f[2])
+
+        return await self.db.read(nearest)
+
+    def store_vectors(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:
+        import numpy as np
+
+        rows = [
+            {**v, "embedding": vector_literal(np.frombuffer(v["vector"], dtype="<f4"))}
+            for v in values
+        ]
+        conn.execute(_INSERT_EMBEDDING, rows)
+
+    async def forgotten(self, user_id: int) -> None:
+        return None  # nothing of anyone is held in this process
+
+    async def scrub(self, tables: Sequence[str]) -> None:
+        if not tables:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, scrub_tables, self.db, list(tables))
+
+
+def scrub_tables(db: Database, tables: Sequence[str]) -> dict[str, float]:
+    """`VACUUM (FULL, ANALYZE)` each table (new files without the dead tuples, indexes
+    rebuilt, statistics resampled from the rows left), then a CHECKPOINT and WAL
+    switches where this role may. Blocking. Returns seconds per step.
+
+    Raises `StorageError` when a VACUUM could not run (its lock was not granted in
+    `SCRUB_LOCK_TIMEOUT`, or the role does not own the table): the rows are deleted,
+    their bytes stay in the table's pages until a VACUUM FULL runs.
+    """
+    timings: dict[str, float] = {}
+    engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"SET lock_timeout = '{SCRUB_LOCK_TIMEOUT}'"))
+        for table in tables:
+            if not table.replace("_", "").isalnum():
+                raise ValueError(f"not a table name: {table!r}")
+            started = time.perf_counter()
+            try:
+                conn.execute(text(f'VACUUM (FULL, ANALYZE) "{table}"'))
+            except SQLAlchemyError as exc:
+                raise StorageError(
+                    f"forgotten rows are deleted, but VACUUM FULL of {table} failed "
+                    f"(their bytes stay in its pages until one runs): {getattr(exc, 'orig', exc)}"
+                ) from exc
+            timings[table] = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            # The statistics ANALYZE replaced are dead tuples of pg_statistic now.
+            conn.execute(text("VACUUM FULL pg_catalog.pg_statistic"))
+            # WAL segments still hold the text: a switch and a checkpoint make them
+            # old, and the next checkpoints recycle (or, wal_recycle=off, remove) them.
+            for _ in range(3):
+                conn.execute(text("SELECT pg_switch_wal()"))
+                conn.execute(text("CHECKPOINT"))
+        except SQLAlchemyError as exc:
+            log.info("memory.forget_wal_left", reason=str(getattr(exc, "orig", exc)))
+        timings["wal"] = time.perf_counter() - started
+    log.info("memory.forget_scrubbed", **{k: round(v, 3) for k, v in timings.items()})
+    return timings
+
+
+_UNFILLED = text(
+    "SELECT id, vector FROM embeddings WHERE embedding IS NULL AND dim > 0 AND id > :after "
+    "ORDER BY id LIMIT :n"
+)
+_FILL = text("UPDATE embeddings SET embedding = CAST(:embedding AS vector) WHERE id = :id")
+
+
+def backfill_vectors(conn: Connection, *, batch: int = 1000) -> int:
+    """Fill the PostgreSQL-only `embeddings.embedding` column from the portable float32
+    `vector` blobs, for rows copied in without it (`bot db copy`). Returns how many
+    rows it filled; on SQLite (no such column) 0. Runs in the caller's transaction.
+    """
+    if conn.dialect.name != "postgresql":
+        return 0
+    import numpy as np
+
+    filled = 0
+    after = 0
+    while True:
+        rows = conn.execute(_UNFILLED, {"after": after, "n": batch}).all()
+        if not rows:
+            return filled
+        values = [
+            {"id": r.id, "embedding": vector_literal(np.frombuffer(r.vector, dtype="<f4"))}
+            for r in rows
+        ]
+        conn.execute(_FILL, values)
+        filled += len(values)
+        after = rows[-1].id
