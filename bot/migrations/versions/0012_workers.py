@@ -1,7 +1,7 @@
 """workers: several `bot run` processes on one PostgreSQL database
 
 Revision ID: 0012
-Revises: 0010 (until 0011_memory_pg lands; then 0011)
+Revises: 0011
 Create Date: 2026-12-01
 
 `cluster_workers`: one row per `bot run` process that joined (its name, host, pid,
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
