@@ -9,6 +9,8 @@ and a failed commit answers 503. Only a request carrying the secret token
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from adapters._telegram_intake import Accept, webhook_events
 from bot.config import TelegramSettings
 from bot.errors import AdapterError
 
-__all__ = ["WebhookServer"]
+__all__ = ["WebhookServer", "derived_secret"]
 
 log = structlog.get_logger("adapters.telegram")
 
@@ -30,16 +32,32 @@ log = structlog.get_logger("adapters.telegram")
 _MAX_BODY = 2 * 1024 * 1024
 
 
+def derived_secret(token: str) -> str:
+    """A webhook secret every worker with this bot token computes alike; only whoever
+    knows the token can compute it (Telegram allows A-Z, a-z, 0-9, _ and -)."""
+    digest = hmac.new(token.encode(), b"personabot telegram webhook", hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()).decode("ascii").rstrip("=")
+
+
 class WebhookServer:
     """Serves `settings.webhook_path` and registers `settings.webhook_url` with Telegram."""
 
-    def __init__(self, settings: TelegramSettings, accept: Accept) -> None:
+    def __init__(
+        self, settings: TelegramSettings, accept: Accept, *, shared_secret: bool = False
+    ) -> None:
+        """`shared_secret`: without a configured secret, derive one from the token
+        (several workers register the same webhook and must all accept its posts)."""
         self.settings = settings
         self.accept = accept
         secret = settings.webhook_secret
         # Without a configured secret a random one is registered for this run, so the
         # route never accepts unauthenticated posts.
-        self.secret = secret.get_secret_value() if secret else secrets.token_urlsafe(32)
+        if secret is not None:
+            self.secret = secret.get_secret_value()
+        elif shared_secret and settings.token is not None:
+            self.secret = derived_secret(settings.token.get_secret_value())
+        else:
+            self.secret = secrets.token_urlsafe(32)
         #: The port actually bound (listen_port 0: any free one).
         self.port: int | None = None
 

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar, final
+from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import structlog
 
@@ -38,6 +38,9 @@ from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 from bot.inbox.worker import in_lane
 from bot.messages import Incoming, Outgoing, Reaction, Scope
 from bot.people import People
+
+if TYPE_CHECKING:
+    from bot.cluster import ClusterNode, Leadership
 
 __all__ = [
     "Adapter",
@@ -110,14 +113,17 @@ class KeyedLocks(Generic[K]):
 @dataclass(frozen=True)
 class AdapterServices:
     """What an adapter needs of the bot: the engine, the commands, the people store,
-    the inbox its events are committed to (None: events are handled directly), and
-    the groups settings (None: their defaults)."""
+    the inbox its events are committed to (None: events are handled directly), the
+    groups settings (None: their defaults), and with several workers on PostgreSQL
+    this process's `cluster` node and its `leadership` (None: one process alone)."""
 
     engine: PersonaEngine
     commands: Commands
     people: People
     inbox: Inbox | None = None
     groups: GroupSettings | None = None
+    cluster: ClusterNode | None = None
+    leadership: Leadership | None = None
 
 
 class Adapter(abc.ABC):
@@ -208,18 +214,45 @@ class Adapter(abc.ABC):
         """
         if self.inbox is None:
             raise AdapterError(f"{self.platform}: no inbox configured")
-        from bot.inbox.recovery import recover
+        from bot.inbox.recovery import recover, recover_chat
 
+        claims = None
+        node = self.services.cluster
+        if node is not None:  # several workers: chats are shared through their locks
+            from bot.cluster.lanes import ClusterClaims
+
+            async def stale(chat: str) -> object:
+                return await recover_chat(self, chat)
+
+            claims = ClusterClaims(node, self.inbox.db, self.platform, stale=stale)
         # A chat waiting out its pacing holds a slot: room for many such chats, so
-        # the busy ones never starve the rest (memory per slot is one event).
-        worker = InboxWorker(self.inbox, self.platform, self.handle_event, concurrency=concurrency)
+        # the busy ones never starve the rest (memory per slot is one event). Other
+        # workers' events are found by polling, so poll often with claims.
+        worker = InboxWorker(
+            self.inbox,
+            self.platform,
+            self.handle_event,
+            concurrency=concurrency,
+            claims=claims,
+            poll_s=0.2 if claims is not None else 1.0,
+        )
         self.worker = worker
         await recover(self, worker)
+
+        async def adopt(dead: int) -> None:
+            # A worker died: its unfinished turns and replies, queued like at a
+            # start (each looks again under its chat's lock when it runs).
+            await recover(self, worker)
+
+        if node is not None:
+            node.on_adopt.append(adopt)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop), name=f"inbox-{self.platform}")
         try:
             yield worker
         finally:
+            if node is not None:
+                node.on_adopt.remove(adopt)
             stop.set()
             await task
             await worker.drain(drain_timeout_s)

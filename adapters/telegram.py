@@ -210,6 +210,15 @@ class TelegramAdapter(Adapter):
             log.info("telegram.stopped")
 
     async def _poll(self, bot: RawUpdatesBot, stop: asyncio.Event) -> None:
+        leadership = self.services.leadership
+        if leadership is not None and not leadership.is_leader:
+            # Several workers: only the leader polls (Telegram allows one getUpdates
+            # at a time); the others answer what it commits, through the inbox.
+            self.ready.set()
+            log.info("telegram.started", username=self.username, mode="polling", leader=False)
+            if not await leadership.wait(stop):
+                return
+            log.info("telegram.leading", username=self.username)
         with suppress(TelegramError):  # getUpdates answers 409 while a webhook is set
             await bot.delete_webhook(drop_pending_updates=False)
         poller = UpdatePoller(
@@ -222,7 +231,11 @@ class TelegramAdapter(Adapter):
         await task  # returns once `stop` is set (a rejected token raises)
 
     async def _serve_webhook(self, bot: RawUpdatesBot, stop: asyncio.Event) -> None:
-        server = WebhookServer(self.settings, self.accept)
+        # Every worker serves the webhook and registers it; with several, they must
+        # agree on the secret without being told one: it is derived from the token.
+        server = WebhookServer(
+            self.settings, self.accept, shared_secret=self.services.cluster is not None
+        )
         started = asyncio.Event()
         task = asyncio.create_task(
             server.serve(bot, stop, allowed_updates=ALLOWED_UPDATES, ready=started)

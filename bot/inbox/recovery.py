@@ -14,6 +14,14 @@ pending event:
 
 Pending inbox events then follow in each lane; a redelivered message that was
 already stored is recognised by the engine and not answered again.
+
+With several workers (`bot.cluster`) each job runs holding its chat's lock, and
+looks again when it runs: a message someone finished meanwhile is left alone
+(`Ledger.claim` and `Ledger.expire` decide for incoming messages; a reply is
+re-read for its status and the parts already confirmed). So recovery may be queued
+by any worker at any time, at start and whenever a dead worker is adopted, and
+`recover_chat` finishes one chat's leftovers inline, for a lane that finds an
+event a dead worker had in hand.
 """
 
 from __future__ import annotations
@@ -24,14 +32,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
+from sqlalchemy import Connection, select
+from sqlmodel import SQLModel
 
 from bot.engine import PersonaEngine
 from bot.errors import BotError
 from bot.inbox.worker import InboxWorker
 from bot.memory.ledger import Unfinished
 from bot.messages import Outgoing, Scope, TurnKind
+from bot.models import MessageStatus
 
-__all__ = ["AWAY_HORIZON", "RecoveryReport", "RecoveryTarget", "recover"]
+__all__ = ["AWAY_HORIZON", "RecoveryReport", "RecoveryTarget", "recover", "recover_chat"]
 
 log = structlog.get_logger("bot.inbox.recovery")
 
@@ -80,16 +91,7 @@ async def recover(
     report = RecoveryReport()
     for item in await engine.ledger.unfinished(target.platform):
         chat = target.chat_key(item.scope)
-        job: Callable[[], Awaitable[None]]
-        if item.created_at < limit:
-            report.expired += 1
-            job = _expire(target, item, at)
-        elif item.direction == "in":
-            report.resumed += 1
-            job = _resume(target, item)
-        else:
-            report.redelivered += 1
-            job = _redeliver(target, item)
+        job = _job_for(target, item, at, limit, report)
         worker.submit(chat, job, name=f"recover-{item.message_id}")
     if report.total:
         log.info(
@@ -102,6 +104,39 @@ async def recover(
     return report
 
 
+async def recover_chat(
+    target: RecoveryTarget, chat: str, *, now: datetime | None = None
+) -> RecoveryReport:
+    """Finish `chat`'s unfinished messages now, oldest first, in the caller's lane
+    (which holds the chat): what a dead worker left there."""
+    at = now or datetime.now(UTC)
+    limit = at - timedelta(seconds=target.engine.settings.stale_after_s)
+    report = RecoveryReport()
+    for item in await target.engine.ledger.unfinished(target.platform):
+        if target.chat_key(item.scope) == chat:
+            await _job_for(target, item, at, limit, report)()
+    if report.total:
+        log.info("recovery.chat", platform=target.platform, chat=chat, found=report.total)
+    return report
+
+
+def _job_for(
+    target: RecoveryTarget,
+    item: Unfinished,
+    now: datetime,
+    limit: datetime,
+    report: RecoveryReport,
+) -> Callable[[], Awaitable[None]]:
+    if item.created_at < limit:
+        report.expired += 1
+        return _expire(target, item, now)
+    if item.direction == "in":
+        report.resumed += 1
+        return _resume(target, item)
+    report.redelivered += 1
+    return _redeliver(target, item)
+
+
 def _resume(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
         for reply in await target.engine.resume(item):
@@ -112,9 +147,30 @@ def _resume(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitable[
 
 def _redeliver(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitable[None]]:
     async def job() -> None:
-        await _send(target, _outgoing(item), first_part=item.parts_sent)
+        # Looked at again now: another worker may have delivered it meanwhile.
+        parts = await _still_undelivered(target, item.message_id)
+        if parts is None:
+            log.info("recovery.redeliver_skipped", message_id=item.message_id)
+            return
+        await _send(target, _outgoing(item), first_part=parts)
 
     return job
+
+
+async def _still_undelivered(target: RecoveryTarget, message_id: int) -> int | None:
+    """The parts of a reply already confirmed, or None once it is no longer waiting."""
+    messages = SQLModel.metadata.tables["messages"]
+    waiting = (MessageStatus.GENERATED.value, MessageStatus.SENDING.value)
+
+    def work(conn: Connection) -> int | None:
+        row = conn.execute(
+            select(messages.c.status, messages.c.parts_sent).where(messages.c.id == message_id)
+        ).first()
+        if row is None or row.status not in waiting:
+            return None
+        return int(row.parts_sent or 0)
+
+    return await target.engine.ledger.db.read(work)
 
 
 def _expire(

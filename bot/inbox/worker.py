@@ -8,6 +8,14 @@ when it raises or runs past `event_timeout_s`: one bad event costs one failure r
 and never blocks the events behind it. Recovery puts its own jobs (resumed turns,
 undelivered replies) into the same lanes before the first event is taken, so a
 chat's old work goes out before its new.
+
+With `claims` (several workers on one PostgreSQL database, `bot.cluster`), a lane
+first takes its chat's lock, so the chat runs in this process alone, and then
+*pulls* the chat's pending events from the table one by one, oldest first, until
+none is left; the lock goes when the lane empties. Events are found by
+`claims.discover` (chats no other worker holds) instead of a cursor. A lane that
+only had pulls queued and finds its chat held elsewhere just ends (that worker
+handles them); one with other work (recovery, a proactive send) waits its turn.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from bot.inbox.store import Inbox, InboxEvent
 
-__all__ = ["EventHandler", "InboxWorker", "Job", "WorkerStats", "in_lane"]
+__all__ = ["ChatClaims", "EventHandler", "InboxWorker", "Job", "Pull", "WorkerStats", "in_lane"]
 
 T = TypeVar("T")
 
@@ -46,6 +54,49 @@ EventHandler = Callable[[InboxEvent], Awaitable[None]]
 Job = Callable[[], Awaitable[None]]
 
 
+class Pull(Protocol):
+    """What `ChatClaims.pull` returns: an event and who had claimed it before."""
+
+    @property
+    def event(self) -> InboxEvent: ...
+
+    @property
+    def previous(self) -> int | None: ...
+
+
+class ChatClaims(Protocol):
+    """How lanes share chats with other processes (`bot.cluster.lanes.ClusterClaims`)."""
+
+    @property
+    def me(self) -> int:
+        """This worker's id (`claimed_by` of the events it takes)."""
+        ...
+
+    async def discover(self, *, limit: int, skip: list[str]) -> list[str]:
+        """Chats with pending events that no other worker holds, oldest first."""
+        ...
+
+    async def unordered(self, *, limit: int) -> list[InboxEvent]:
+        """Claim pending events without a chat."""
+        ...
+
+    async def acquire(self, chat: str) -> bool:
+        """Take the chat's lock; False when another worker holds it."""
+        ...
+
+    async def release(self, chat: str) -> None:
+        """Let the chat's lock go."""
+        ...
+
+    async def pull(self, chat: str, *, skip: list[int]) -> Pull | None:
+        """Claim the chat's oldest pending event (not one of `skip`)."""
+        ...
+
+    async def stale(self, chat: str) -> None:
+        """A dead worker had this chat's event in hand: finish its turn first."""
+        ...
+
+
 @dataclass
 class WorkerStats:
     """What the worker did since it started."""
@@ -63,6 +114,8 @@ class _Item:
     event: InboxEvent | None
     job: Job | None
     name: str
+    #: Pull the chat's pending events from the table (with `claims`).
+    pull: bool = False
 
 
 class InboxWorker:
@@ -79,6 +132,7 @@ class InboxWorker:
         poll_s: float = 1.0,
         rescan_s: float = 15.0,
         event_timeout_s: float = 900.0,
+        claims: ChatClaims | None = None,
     ) -> None:
         self.inbox = inbox
         self.platform = platform
@@ -97,6 +151,10 @@ class InboxWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._unordered = itertools.count()
+        self.claims = claims
+        #: Chats with a pull queued or running (with `claims`).
+        self._pulling: set[str] = set()
+        self._stopping = False
 
     # -- feeding ------------------------------------------------------------------------
 
@@ -143,6 +201,11 @@ class InboxWorker:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                if self.claims is not None:
+                    if await self._discover():
+                        continue
+                    await self._doze(stopping)
+                    continue
                 room = self.max_in_hand - len(self._in_hand)
                 if room > 0:
                     now = time.monotonic()
@@ -165,13 +228,36 @@ class InboxWorker:
                         self._enqueue(event.chat, _Item(event, None, f"event-{event.id}"))
                     if len(events) == room:
                         continue  # more are waiting: take them as soon as there is room
-                woken = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait(
-                    {woken, stopping}, timeout=self.poll_s, return_when="FIRST_COMPLETED"
-                )
-                woken.cancel()
+                await self._doze(stopping)
         finally:
+            self._stopping = True
             stopping.cancel()
+
+    async def _doze(self, stopping: asyncio.Future[Any]) -> None:
+        woken = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({woken, stopping}, timeout=self.poll_s, return_when="FIRST_COMPLETED")
+        woken.cancel()
+
+    async def _discover(self) -> bool:
+        """With claims: queue a pull for each chat with work; True when more may wait."""
+        claims = self.claims
+        assert claims is not None
+        room = self.max_in_hand - self.backlog
+        if room <= 0:
+            return False
+        try:
+            chats = await claims.discover(limit=room, skip=sorted(self._pulling))
+            for chat in chats:
+                self._pulling.add(chat)
+                self._enqueue(chat, _Item(None, None, f"pull-{chat}", pull=True))
+            loose = await claims.unordered(limit=max(0, room - len(chats)))
+        except Exception as exc:  # the database is busy or gone: try again soon
+            log.warning("inbox.discover_failed", platform=self.platform, error=str(exc))
+            return False
+        for event in loose:
+            self._in_hand.add(event.id)
+            self._enqueue(None, _Item(event, None, f"event-{event.id}"))
+        return len(chats) + len(loose) >= room
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for everything in hand; cancel the rest (it stays
@@ -207,15 +293,26 @@ class InboxWorker:
     async def _run_lane(self, key: str) -> None:
         _IN_LANE.set(True)  # this task's own context: lanes' sends go straight out
         lane = self._lanes[key]
+        ordered = self.claims is not None and not key.startswith("\0")
         try:
             while lane:
-                item = lane[0]
-                async with self._slots:
-                    if item.event is not None:
-                        await self._handle(item.event)
-                    elif item.job is not None:
-                        await self._job(item)
-                lane.popleft()
+                if ordered and not await self._acquire(key, lane):
+                    lane.clear()  # only pulls were queued: the holder handles them
+                    self._pulling.discard(key)
+                    break
+                while lane:
+                    item = lane[0]
+                    if item.pull:
+                        await self._pull(key)
+                    else:
+                        async with self._slots:
+                            if item.event is not None:
+                                await self._handle(item.event)
+                            elif item.job is not None:
+                                await self._job(item)
+                    lane.popleft()
+                if ordered:
+                    await self._release(key)  # more may have come meanwhile: loop
         finally:
             if not lane:
                 self._lanes.pop(key, None)
@@ -223,7 +320,54 @@ class InboxWorker:
             if not self._tasks:
                 self._idle.set()
 
-    async def _handle(self, event: InboxEvent) -> None:
+    async def _acquire(self, chat: str, lane: deque[_Item]) -> bool:
+        """Hold `chat`'s lock before its lane runs; False (give up) when another worker
+        holds it and only pulls are queued, else wait for it."""
+        assert self.claims is not None
+        delay = 0.05
+        while True:
+            try:
+                if await self.claims.acquire(chat):
+                    return True
+            except Exception as exc:
+                log.warning("inbox.lock_failed", chat=chat, error=str(exc))
+            if all(item.pull for item in lane):
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _release(self, chat: str) -> None:
+        assert self.claims is not None
+        try:
+            await self.claims.release(chat)
+        except Exception as exc:  # the connection is gone: `bot run` stops
+            log.error("inbox.unlock_failed", chat=chat, error=str(exc))
+
+    async def _pull(self, chat: str) -> None:
+        """Handle `chat`'s pending events, oldest first, until none is left."""
+        claims = self.claims
+        assert claims is not None
+        skip: list[int] = []
+        try:
+            while not self._stopping:
+                async with self._slots:
+                    pulled = await claims.pull(chat, skip=skip)
+                    if pulled is None:
+                        return
+                    event = pulled.event
+                    self._in_hand.add(event.id)
+                    if pulled.previous is not None and pulled.previous != claims.me:
+                        # Its worker died with it in hand: finish that turn (or deliver
+                        # its reply) before the event is looked at again.
+                        await claims.stale(chat)
+                    if not await self._handle(event):
+                        skip.append(event.id)
+        except Exception as exc:  # found again by the next discovery
+            log.warning("inbox.pull_failed", chat=chat, error=str(exc))
+        finally:
+            self._pulling.discard(chat)
+
+    async def _handle(self, event: InboxEvent) -> bool:
         try:
             with structlog.contextvars.bound_contextvars(
                 platform=self.platform, inbox_event=event.id
@@ -243,12 +387,12 @@ class InboxWorker:
                 key=event.key,
                 reason=reason,
             )
-            await self._settle(event, reason)
-            return
+            return await self._settle(event, reason)
         self.stats.handled += 1
-        await self._settle(event, None)
+        return await self._settle(event, None)
 
-    async def _settle(self, event: InboxEvent, reason: str | None) -> None:
+    async def _settle(self, event: InboxEvent, reason: str | None) -> bool:
+        """Mark the event done or failed; False when that could not be stored."""
         try:
             if reason is None:
                 await self.inbox.done(event.id)
@@ -256,8 +400,10 @@ class InboxWorker:
                 await self.inbox.fail(event.id, reason)
         except Exception as exc:  # stays pending: handled again after the next rescan
             log.error("inbox.settle_failed", event_id=event.id, error=str(exc))
+            return False
         finally:
             self._in_hand.discard(event.id)
+        return True
 
     async def _job(self, item: _Item) -> None:
         assert item.job is not None
