@@ -214,7 +214,8 @@ def _prepare_target(target: Endpoint, name: str, head: str) -> progress.Progress
             return found
         full = _nonempty(conn)
     if full:
-        shown = ", ".join(full[:4]) + (" …" if len(full) > 4 else "")
+        full.sort(key=lambda n: n != "messages")  # the table people know first
+        shown = ", ".join(full[:3]) + (f" and {len(full) - 3} more" if len(full) > 3 else "")
         raise StorageError(
             f"--to {target.shown} is not empty ({shown} hold rows): copy into an empty "
             "database, or check it against the source with --verify-only"
@@ -296,7 +297,8 @@ def _copy_table(
         if not table.key:
             progress.advance(dst, table.name, (), copied)
         progress.set_state(dst, table.name, "copied" if table.links else "linked")
-    say(f"{table.name}: {copied} rows copied")
+    if copied:
+        say(f"{table.name}: {copied} rows copied")
     return copied
 
 

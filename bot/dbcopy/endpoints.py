@@ -102,7 +102,7 @@ def open_endpoint(option: str, url: str, *, must_exist: bool, read_only: bool = 
     `read_only`: a SQLite file is opened so that no write can happen (query_only)
     and reads take no write lock (a running bot beside it is not blocked)."""
     parsed = _parse(option, url)
-    name = shown(parsed)
+    name = shown(url)
     try:
         engine = create_db_engine(
             parsed.render_as_string(hide_password=False), must_exist=must_exist, read_only=read_only
