@@ -124,6 +124,12 @@ class GroupSettings(_Model):
         description="Messages from bots (ours included) in a row after which no persona "
         "answers a bot until a person speaks.",
     )
+    state: Literal["database", "process"] = Field(
+        default="database",
+        description="Where the channels' budget, cooldowns and bot chain are kept: in the "
+        "database (kept across restarts, shared by every worker on it; ~0.4-0.8 ms a "
+        "decision) or in this process (~12 us, forgotten on restart; one worker only).",
+    )
     #: Keyed "PLATFORM:CHANNEL" (a Discord channel, a Telegram chat) or
     #: "PLATFORM:SPACE" (a whole Discord server); the channel's entry wins.
     channels: dict[

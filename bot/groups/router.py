@@ -58,15 +58,18 @@ class GroupRouter:
     ) -> None:
         """`rng` and `clock` are arguments so tests can seed and set them. `state`
         keeps the channels' budget, cooldowns and chain: the database's
-        (`GroupStore`, shared by workers and kept across restarts) or, by default,
-        this process's (`GroupState`). `clock` is wall-clock time: with a shared
-        store every worker's clock must agree."""
+        (`GroupStore`, shared by workers and kept across restarts) or, when it is
+        None or the config says `groups.state = "process"`, this process's
+        (`GroupState`). `clock` is wall-clock time: with a shared store every
+        worker's clock must agree."""
         self.settings = settings
         self.personas = personas
         self.authors = authors
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
-        self.state: ChannelStates = state if state is not None else GroupState()
+        self.state: ChannelStates = (
+            state if state is not None and settings.state == "database" else GroupState()
+        )
         self.counters = GroupCounters()
         self._warned: set[tuple[str, str]] = set()  # (persona, channel): said once
 

@@ -13,7 +13,10 @@ One row per channel (platform, channel, thread):
 A decision reads the row, decides and writes it back in one transaction, the row
 locked (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the writer's `BEGIN
 IMMEDIATE` already serialises), so two workers deciding for one channel at once
-see each other's replies: the budget and the chain hold across processes. A
+see each other's replies: the budget and the chain hold across processes. On
+PostgreSQL the transaction does not wait for its WAL to reach the disk
+(`synchronous_commit = off`, for this transaction only): a server crash may lose
+the last moments of counts, which cost at most a few more replies that minute. A
 message that changes nothing (a person speaks, the chain is already 0, nobody
 answers) is a read only. The budget is kept to the second: a reply counts for 60
 to 61 seconds (never less than the 60 s the rule says). Rows not written for a
@@ -115,6 +118,11 @@ class GroupStore:
         prune = self._prune_rng.random() * _PRUNE_EVERY < 1.0
 
         def work(conn: Connection) -> tuple[ChannelView, Decision]:
+            if conn.dialect.name == "postgresql":
+                # This state guards seconds (a flood, a loop): a commit need not wait
+                # for the disk. A server crash may lose the last few decisions' counts
+                # (at worst a few more replies that minute), never the table.
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
             row = _load(conn, stored_key)
             if row is None:
                 # Insert first, so the row exists to be locked: of two workers

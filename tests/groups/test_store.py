@@ -236,3 +236,22 @@ async def test_idle_channels_are_deleted_after_a_day(open_db: Callable[[], Datab
         return sorted(r[0] for r in rows)
 
     assert await db.run(keys) == ["now", "recent"]
+
+
+async def test_the_config_can_keep_the_state_in_the_process(
+    open_db: Callable[[], Database],
+) -> None:
+    from bot.groups.policy import GroupSettings
+    from bot.groups.router import GroupRouter
+
+    store = GroupStore(open_db())
+    kept = GroupRouter(GroupSettings(), {}, None, state=store)  # type: ignore[arg-type]
+    here = GroupRouter(
+        GroupSettings.model_validate({"state": "process"}),
+        {},
+        None,  # type: ignore[arg-type]
+        state=store,
+    )
+    assert kept.state is store and isinstance(here.state, GroupState)
+    with pytest.raises(ValueError, match="state"):
+        GroupSettings.model_validate({"state": "redis"})
