@@ -83,7 +83,8 @@ def _optional_id(value: Any) -> int | None:
 
 
 class DiscordAdapter(Adapter):
-    """One bot account on Discord (one process; sharded when `shard_count` is set)."""
+    """One bot account on Discord (sharded when `shard_count` is set; with several
+    workers each may connect its own `shard_ids`)."""
 
     platform = "discord"
     max_message_length = 2000
@@ -241,6 +242,8 @@ class DiscordAdapter(Adapter):
         }
         if self.settings.shard_count is not None:  # 0: as many shards as Discord recommends
             options["shard_count"] = self.settings.shard_count or None
+        if self.settings.shard_ids is not None:  # several workers split the shards
+            options["shard_ids"] = list(self.settings.shard_ids)
         client = make_client(self._routes, sharded=self.settings.shard_count is not None, **options)
         handlers: dict[str, Callable[..., Awaitable[None]]] = {
             "on_ready": self._on_ready,

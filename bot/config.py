@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -268,6 +276,11 @@ class DiscordSettings(_Section):
     allow_switch: bool = False
     #: Shards: None for one connection, 0 for Discord's recommendation, N for N.
     shard_count: int | None = Field(default=None, ge=0)
+    #: The shards this process connects (each below `shard_count`); None: all of them.
+    #: Several workers split them, e.g. BOT_DISCORD__SHARD_IDS='[0,1]' and '[2,3]'
+    #: with shard_count = 4. DMs arrive on shard 0. Unsplit, every worker receives
+    #: every message and the inbox keeps one of each (still answered once).
+    shard_ids: list[int] | None = None
     #: Another Discord REST API (a proxy, a test double), e.g. "http://127.0.0.1:8080/api/v10".
     api_base_url: str | None = None
     #: The gateway to connect to, e.g. "ws://127.0.0.1:8080/gateway/". Unset: the one the
@@ -277,6 +290,20 @@ class DiscordSettings(_Section):
     #: per bound channel and open DM written while the bot was away, none older than this.
     catch_up_messages: int = Field(default=200, ge=0, le=10_000)
     catch_up_max_age_s: float = Field(default=3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _shards(self) -> DiscordSettings:
+        ids = self.shard_ids
+        if ids is None:
+            return self
+        if not self.shard_count:
+            raise ValueError("discord.shard_ids needs discord.shard_count (the total, N > 0)")
+        if not ids or len(set(ids)) != len(ids) or not all(0 <= i < self.shard_count for i in ids):
+            raise ValueError(
+                f"discord.shard_ids = {ids}: distinct shard ids from 0 to "
+                f"{self.shard_count - 1} (shard_count - 1)"
+            )
+        return self
 
     @field_validator("api_base_url", "gateway_url")
     @classmethod
