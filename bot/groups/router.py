@@ -18,8 +18,8 @@ from typing import Protocol
 
 import structlog
 
-from bot.errors import PersonaError
-from bot.groups.decide import Decision, MessageFacts, Present, decide
+from bot.errors import PersonaError, StorageError
+from bot.groups.decide import ChannelView, Decision, MessageFacts, Present, decide
 from bot.groups.policy import GroupSettings, SpeakPolicy
 from bot.groups.state import ChannelStates, GroupCounters, GroupState
 from bot.messages import Actor, Incoming, Outgoing, Scope, utcnow
@@ -71,6 +71,8 @@ class GroupRouter:
             state if state is not None and settings.state == "database" else GroupState()
         )
         self.counters = GroupCounters()
+        #: Where decisions go while the database cannot be reached.
+        self._fallback = GroupState()
         self._warned: set[tuple[str, str]] = set()  # (persona, channel): said once
 
     def present(self, scope: Scope) -> list[Present]:
@@ -129,7 +131,10 @@ class GroupRouter:
 
     async def decide(self, scope: Scope, facts: MessageFacts, present: list[Present]) -> Decision:
         """`decide` with this channel's state and limits; recorded, counted and logged.
-        Raises `StorageError` when a database-kept state cannot be read or written."""
+        When a database-kept state cannot be read or written, this process's own
+        keeps the decision (logged): the message is still decided, as it was before
+        the state moved to the database (and the engine then fails to store it too,
+        so nothing is answered twice)."""
         entry = self.settings.channel(scope.platform, scope.space, scope.channel)
         rpm = self.settings.replies_per_minute
         chain = self.settings.max_bot_chain
@@ -139,14 +144,20 @@ class GroupRouter:
         key = f"{scope.platform}/{scope.channel}/{scope.thread or '-'}"
         now = self.clock()
         rng = self.rng
-        view, decision = await self.state.decide(
-            key,
-            now,
-            replies_per_minute=rpm,
-            max_bot_chain=chain,
-            facts=facts,
-            choose=lambda seen: decide(facts, present, seen, rng, now),
-        )
+
+        def choose(seen: ChannelView) -> Decision:
+            return decide(facts, present, seen, rng, now)
+
+        async def decided(state: ChannelStates) -> tuple[ChannelView, Decision]:
+            return await state.decide(
+                key, now, replies_per_minute=rpm, max_bot_chain=chain, facts=facts, choose=choose
+            )
+
+        try:
+            view, decision = await decided(self.state)
+        except StorageError as exc:
+            log.warning("group.state_unavailable", channel=scope.channel, error=str(exc))
+            view, decision = await decided(self._fallback)
         self.counters.count(decision)
         log.info(
             "group.decision",

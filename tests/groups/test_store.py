@@ -255,3 +255,26 @@ async def test_the_config_can_keep_the_state_in_the_process(
     assert kept.state is store and isinstance(here.state, GroupState)
     with pytest.raises(ValueError, match="state"):
         GroupSettings.model_validate({"state": "redis"})
+
+
+async def test_without_the_table_the_router_decides_in_the_process(
+    open_db: Callable[[], Database],
+) -> None:
+    from structlog.testing import capture_logs
+
+    from bot.groups.policy import GroupSettings
+    from bot.groups.router import GroupRouter
+    from tests.groups.test_router import PERSONAS, _Authors, message
+
+    db = open_db()
+    r = GroupRouter(GroupSettings(), PERSONAS, _Authors(), state=GroupStore(db), clock=lambda: 5.0)
+    assert [c.addressed_to_bot for c in await r.route(message("Tess, hi"))] == [True]
+
+    def drop(conn: object) -> None:
+        conn.execute(text("DROP TABLE group_channels"))  # type: ignore[attr-defined]
+
+    await db.run(drop)
+    with capture_logs() as logs:
+        copies = await r.route(message("Tess, again"))
+    assert [c.addressed_to_bot for c in copies] == [True]
+    assert any(e["event"] == "group.state_unavailable" for e in logs)
