@@ -29,8 +29,12 @@ def import_command(
 
 def export_command(
     persona_id: Annotated[str, typer.Argument(metavar="ID", help="The persona's id.")],
-    out: Annotated[Path, typer.Option("--out", help="card.png or card.json.")],
-    fmt: Annotated[str, typer.Option("--format", help="ccv3 (the only one).")] = "ccv3",
+    out: Annotated[
+        Path, typer.Option("--out", help="card.png or card.json (ccv3), card.charx (charx).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", help="ccv3 (a PNG or JSON card) or charx (a zip).")
+    ] = "ccv3",
     personas: Annotated[
         list[Path] | None, typer.Option(help="Persona files or directories (default: config).")
     ] = None,
@@ -38,16 +42,20 @@ def export_command(
         Path | None, typer.Option("--config", "-c", envvar="BOT_CONFIG", help="TOML config file.")
     ] = None,
 ) -> None:
-    """Export a persona as a Character Card V3 (PNG with ccv3 and chara chunks, or JSON)."""
+    """Export a persona as a Character Card V3: a PNG with ccv3 and chara chunks, a
+    JSON file, or a CHARX zip with card.json, the avatar and the assets."""
     from bot.config import load_settings
     from bot.personas import PersonaFileError, find_persona_files, load_persona
     from bot.personas.cards.export import export_card
 
-    if fmt != "ccv3":
-        raise UsageError(f"--format {fmt!r}: expected 'ccv3'")
+    if fmt not in ("ccv3", "charx"):
+        raise UsageError(f"--format {fmt!r}: expected 'ccv3' or 'charx'")
+    suffix = out.suffix.lower()
+    if fmt == "ccv3" and suffix not in (".png", ".json"):
+        raise UsageError(f"--out {str(out)!r}: name a .png or .json file (or --format charx)")
+    if fmt == "charx" and suffix != ".charx":
+        raise UsageError(f"--out {str(out)!r}: name a .charx file for --format charx")
     dirs = personas or load_settings(config).personas.dirs
-    if out.suffix.lower() not in (".png", ".json"):
-        raise UsageError(f"--out {str(out)!r}: name a .png or .json file")
     files, _ = find_persona_files(dirs)
     for file in files:
         try:

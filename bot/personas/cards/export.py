@@ -1,5 +1,6 @@
 """A persona → a Character Card V3: JSON, or a PNG with `ccv3` (V3) and `chara` (V2,
-with V1's top-level fields) text chunks, as SillyTavern writes them.
+with V1's top-level fields) text chunks, as SillyTavern writes them, or a CHARX
+(a zip with `card.json` and the avatar and assets, `export_charx`).
 
 The card's fields come from the persona's `card` section wherever the persona
 still says what the section says; what a moderator changed is written from the
@@ -215,12 +216,17 @@ def _avatar(loaded: LoadedPersona) -> bytes:
 
 
 def export_card(loaded: LoadedPersona, out: Path) -> Path:
-    """Write the persona as a V3 card to `out`: PNG when it ends in `.png`, else JSON.
+    """Write the persona as a V3 card to `out`: PNG when it ends in `.png`, CHARX when
+    it ends in `.charx`, else JSON.
 
     Written to a temporary file beside `out` and renamed, so `out` is never half a card.
     """
     v3 = card_v3(loaded.persona)
-    if out.suffix.lower() == ".png":
+    if out.suffix.lower() == ".charx":
+        from bot.personas.cards.charx_write import charx_bytes
+
+        body = charx_bytes(loaded, v3)
+    elif out.suffix.lower() == ".png":
         try:
             body = write_text_chunks(
                 _avatar(loaded), {"chara": _b64(card_v2(v3)), "ccv3": _b64(v3)}
