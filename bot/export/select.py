@@ -8,7 +8,9 @@ batches (`yield_per`), so memory does not grow with the ledger.
 
 SQLite reads run in a plain deferred transaction: one consistent snapshot (WAL lets
 the bot keep writing meanwhile), unlike `bot.db`'s write engine, whose `BEGIN
-IMMEDIATE` would hold the write lock for the whole export.
+IMMEDIATE` would hold the write lock for the whole export. On PostgreSQL the query
+is one statement on a named (server-side) cursor in a READ ONLY transaction: one
+snapshot too, and the bot's writes go on beside it.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
 
 import bot.models as models
-from bot.db import MIGRATIONS_DIR, create_db_engine, current_revision, sqlite_path
+from bot.db import MIGRATIONS_DIR, PoolOptions, create_db_engine, current_revision, sqlite_path
+from bot.errors import StorageError
 from bot.export.errors import ExportError
 
 __all__ = [
@@ -88,7 +91,7 @@ def open_read_engine(url: str) -> Engine:
     """An engine for reading the ledger; refuses a missing or un-migrated database."""
     path = sqlite_path(url)
     if path is None:
-        engine = create_db_engine(url)
+        engine = create_db_engine(url, read_only=True, pool=PoolOptions(size=2, max_overflow=0))
     else:
         if not path.is_file():
             raise ExportError(f"database file {path} does not exist")
@@ -97,7 +100,7 @@ def open_read_engine(url: str) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
     try:
         current = current_revision(engine)
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, StorageError) as exc:
         engine.dispose()
         raise ExportError(f"cannot read the database: {exc}") from exc
     if not _has_revision(current, NEEDS_REVISION):

@@ -12,8 +12,17 @@ KEY = "k" * 32
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    made = make_ledger(tmp_path)
+def ledger(database_url: str) -> Iterator[Ledger]:
+    """A migrated ledger, once on a SQLite file and once on PostgreSQL."""
+    made = make_ledger(database_url)
+    yield made
+    made.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """A migrated ledger on a SQLite file (for `bot export --db FILE`)."""
+    made = make_ledger(f"sqlite:///{tmp_path}/ledger.db")
     yield made
     made.engine.dispose()
 

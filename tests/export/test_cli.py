@@ -8,8 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.export.conftest import KEY
 from tests.export.ledger import Ledger
+
+
+@pytest.fixture
+def ledger(sqlite_ledger: Ledger) -> Ledger:
+    """`--db` names a SQLite file (the PostgreSQL run is in test_scrub_export)."""
+    return sqlite_ledger
+
 
 REPO = Path(__file__).resolve().parents[2]
 

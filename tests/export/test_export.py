@@ -102,7 +102,7 @@ def test_every_filter_is_counted(ledger: Ledger, settings: Settings, tmp_path: P
         c.exec_driver_sql(
             "UPDATE messages SET deleted_at = created_at WHERE text = 'deleted question'"
         )
-        c.exec_driver_sql("UPDATE messages SET truncated = 1 WHERE text = 'truncated question'")
+        c.exec_driver_sql("UPDATE messages SET truncated = TRUE WHERE text = 'truncated question'")
     manifest = run_export(settings, tmp_path / "out")
     assert texts(tmp_path / "out") == ["keep me 1", "kept reply 1", "keep me 2", "kept reply 2"]
     filters = manifest.data["personas"]["pal"]["filters"]
