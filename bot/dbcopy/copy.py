@@ -11,7 +11,8 @@ The order of work, each step safe to interrupt:
    the last committed batch. A self-link pointing at a later row (a fact's
    `superseded_by`) is written NULL and set once its table is complete.
 4. PostgreSQL target: reset every table's id sequence past the copied ids, let
-   memory fill its PostgreSQL-only vector columns (`backfill_vectors`), ANALYZE.
+   memory fill its PostgreSQL-only vector columns (`backfill_vectors`), build the
+   secondary indexes dropped for the load again (bot/dbcopy/indexes.py), ANALYZE.
 5. Verify every table (bot/dbcopy/verify.py); drop the progress record only when
    every count and checksum matches.
 
@@ -33,7 +34,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bot.db import head_revision, upgrade
-from bot.dbcopy import progress
+from bot.dbcopy import indexes, progress
 from bot.dbcopy.endpoints import (
     Endpoint,
     check_source_revision,
@@ -74,6 +75,9 @@ class CopyResult:
     resumed: bool = False
     vectors: int | None = None
     checks: list[TableCheck] = field(default_factory=list)
+    #: Seconds per step: open (and migrate), rows, links, finish (sequences, vectors,
+    #: ANALYZE), verify.
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -86,6 +90,17 @@ class CopyResult:
 
 def _quiet(_: str) -> None:
     pass
+
+
+class _Clock:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.last = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.into[name] = round(now - self.last, 3)
+        self.last = now
 
 
 @contextmanager
@@ -152,6 +167,7 @@ def copy_database(
         raise UsageError("--batch-size must be at least 1")
     started = time.monotonic()
     result = CopyResult()
+    clock = _Clock(result.phases)
     with _ends(source_url, target_url) as (source, target):
         check_source_revision(source, source_url)
         check_target_revision(target)
@@ -166,24 +182,33 @@ def copy_database(
                 plan = build_plan(reflect(src), reflect(dst))
                 src.rollback()
                 dst.commit()
-                state = _start(dst, plan, found, name, head)
+                record = _start(dst, plan, found, name, head)
+                state = record.tables
                 if found is not None:
                     say(f"resuming the copy from {source.shown}")
+                clock.lap("open")
                 for table in plan.tables:
                     result.rows[table.name] = _copy_table(
                         src, dst, table, state[table.name], batch_size, rate, say
                     )
+                clock.lap("rows")
                 for table in plan.tables:
                     if table.links and state[table.name].state != "linked":
                         _copy_links(src, dst, table, batch_size)
+                clock.lap("links")
                 if target.dialect == "postgresql":
                     _reset_sequences(dst, plan)
                     result.vectors = _backfill(dst, say)
+                    if record.indexes:
+                        say(f"indexes: building {len(record.indexes)} again")
+                    indexes.rebuild(dst, record.indexes)
                     dst.exec_driver_sql("ANALYZE")
                     dst.commit()
+                clock.lap("finish")
                 say("verifying: counts and checksums of every table")
                 result.checks = verify(src, dst, plan, batch_size=max(batch_size, 1000))
                 dst.commit()
+                clock.lap("verify")
                 if result.ok:
                     with dst.begin():
                         progress.drop(dst)
@@ -231,17 +256,18 @@ def _start(
     found: progress.Progress | None,
     name: str,
     head: str,
-) -> dict[str, progress.TableState]:
+) -> progress.Progress:
     names = [t.name for t in plan.tables]
     with dst.begin():
         if found is None:
             progress.start(dst, name, head, names)
+            indexes.drop_secondary(dst, names)
         else:
             progress.add_tables(dst, [n for n in names if n not in found.tables])
     current = progress.read(dst)
     dst.commit()
     assert current is not None
-    return current.tables
+    return current
 
 
 def _resume_key(table: TablePlan, last: tuple[Any, ...] | None) -> tuple[Any, ...] | None:

@@ -37,6 +37,8 @@ progress_table = sa.Table(
 )
 
 _HEADER = "*"
+#: Rows named so hold an index dropped for the load (its definition in `source`).
+INDEX_PREFIX = "index:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ class Progress:
     revision: str
     state: str
     tables: dict[str, TableState]
+    #: Secondary indexes dropped for the load (name -> CREATE INDEX statement), to be
+    #: created again once the rows are in (bot/dbcopy/indexes.py).
+    indexes: dict[str, str]
 
 
 def exists(conn: Connection) -> bool:
@@ -78,9 +83,26 @@ def read(conn: Connection) -> Progress | None:
             str(r.state),
         )
         for r in rows
-        if r.name != _HEADER
+        if r.name != _HEADER and not r.name.startswith(INDEX_PREFIX)
     }
-    return Progress(str(header.source), str(header.revision), str(header.state), tables)
+    indexes = {
+        r.name.removeprefix(INDEX_PREFIX): str(r.source)
+        for r in rows
+        if r.name.startswith(INDEX_PREFIX)
+    }
+    return Progress(str(header.source), str(header.revision), str(header.state), tables, indexes)
+
+
+def save_index(conn: Connection, name: str, definition: str) -> None:
+    """Remember an index about to be dropped (same transaction as the DROP)."""
+    row = _row(INDEX_PREFIX + name, definition)
+    row["state"] = "dropped"
+    conn.execute(sa.insert(progress_table), [row])
+
+
+def forget_index(conn: Connection, name: str) -> None:
+    """The index exists again (same transaction as its CREATE INDEX)."""
+    conn.execute(sa.delete(progress_table).where(progress_table.c.name == INDEX_PREFIX + name))
 
 
 def start(conn: Connection, source: str, revision: str, tables: list[str]) -> None:

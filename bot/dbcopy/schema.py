@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from bot.errors import StorageError
-from bot.memory.tables import FTS_TABLES
+from bot.memory.tables import FTS_TABLES, PG_ONLY_COLUMNS
 
 with contextlib.suppress(ImportError):  # reflect pgvector's columns as VECTOR, not NullType
     import pgvector.sqlalchemy  # noqa: F401
@@ -79,6 +79,9 @@ def kind_of(type_: sa.types.TypeEngine[Any]) -> Kind:
 
 def _derived(column: sa.Column[Any]) -> bool:
     if column.computed is not None:
+        return True
+    table = column.table.name if column.table is not None else ""
+    if column.name in PG_ONLY_COLUMNS.get(table, ()):  # memory declares its own
         return True
     name = getattr(column.type, "__visit_name__", "") or ""
     return str(name).lower() in _DERIVED_TYPES or type(column.type).__name__.lower() in (
