@@ -78,7 +78,11 @@ class _Row:
             last = {str(k): float(v) for k, v in json.loads(unprompted or "{}").items()}
         except (ValueError, TypeError, AttributeError):
             last = {}
-        return cls(int(chain or 0), buckets, last)
+        try:
+            count = max(0, int(chain or 0))
+        except (ValueError, TypeError):
+            count = 0
+        return cls(count, buckets, last)
 
     def prune(self, now: float) -> None:
         # Second s holds replies in [s, s + 1): kept while its end is under a minute old.

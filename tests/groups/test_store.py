@@ -218,6 +218,17 @@ async def test_a_mangled_row_is_a_fresh_channel(open_db: Callable[[], Database])
     view, decision = await step(store, PERSON, 11.0)
     assert view.replies_last_minute == 0 and view.last_unprompted == {}
     assert decision.speakers == ("tess",)
+    assert view.bot_chain == 1
+
+    def bad_chain(conn: object) -> None:
+        conn.execute(text("UPDATE group_channels SET replies = '[1, 2]'"))  # type: ignore[attr-defined]
+        if "sqlite" in str(conn.engine.url):  # type: ignore[attr-defined]
+            # SQLite keeps what it is given in an INTEGER column; PostgreSQL refuses it.
+            conn.execute(text("UPDATE group_channels SET bot_chain = 'many'"))  # type: ignore[attr-defined]
+
+    await db.run(bad_chain)
+    view, decision = await step(store, PERSON, 12.0)
+    assert view.replies_last_minute == 0 and decision.speakers == ("tess",)
 
 
 class _Always(random.Random):
