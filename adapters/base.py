@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -244,9 +245,11 @@ class Adapter(abc.ABC):
             # start (each looks again under its chat's lock when it runs).
             await recover(self, worker)
 
+        stop = asyncio.Event()
+        share: asyncio.Task[None] | None = None
         if node is not None:
             node.on_adopt.append(adopt)
-        stop = asyncio.Event()
+            share = asyncio.create_task(self._share_budget(node, stop), name="pacing-share")
         task = asyncio.create_task(worker.run(stop), name=f"inbox-{self.platform}")
         try:
             yield worker
@@ -254,9 +257,24 @@ class Adapter(abc.ABC):
             if node is not None:
                 node.on_adopt.remove(adopt)
             stop.set()
+            if share is not None:
+                share.cancel()
             await task
             await worker.drain(drain_timeout_s)
             self.worker = None
+
+    async def _share_budget(self, node: ClusterNode, stop: asyncio.Event) -> None:
+        """The platform's overall limit is the bot's, not the process's: with N
+        workers alive each paces at 1/N of it (checked every second)."""
+        base = self.pacing
+        while not stop.is_set():
+            workers = max(1, node.live_count)
+            rate = base.global_per_second / workers
+            if self.pacer.policy.global_per_second != rate:
+                self.pacer.policy = dataclasses.replace(base, global_per_second=rate)
+                log.info("pacing.shared", platform=self.platform, workers=workers, per_s=rate)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     def chat_key(self, scope: Scope) -> str:
         """The unit the platform rate-limits by: the channel or thread."""

@@ -34,6 +34,15 @@ Prints, and writes to bench/results/platform_load.json.
     python bench/platform_load.py --burst --people 300 --messages 5
     python bench/platform_load.py --burst --rate 20 --people 300 --messages 2
     python bench/platform_load.py --kill --people 300 --messages 5 [--seed 7]
+    python bench/platform_load.py --workers 1,2,4 [--database-url postgresql+psycopg://…]
+                                  --people 200 --messages 3 [--rate 30]
+    python bench/platform_load.py --workers 1 --database-url sqlite:///tmp/w.db
+
+`--workers` runs several worker processes on one database (bench/cluster_load.py):
+a burst of `--people` chats × `--messages` at once (turns/s), then `--rate`
+messages/s for 5 s (p50/p99), CPU per message split between the workers, the
+PostgreSQL server and the fake platform, and PostgreSQL's transactions and rows
+written per message.
 
 Targets on the 2-core reference machine: paced, >= 200 messages/s, zero lost;
 burst, >= 28 replies/s sustained and never more than 30 sends in one second;
@@ -386,9 +395,21 @@ def main() -> None:
     parser.add_argument(
         "--rate", type=float, default=None, help="--burst: messages/s instead of all at once"
     )
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="worker processes on one database, e.g. 1,2,4 (bench/cluster_load.py)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="--workers: the database (default: a private PostgreSQL; sqlite:///… runs 1)",
+    )
     args = parser.parse_args()
     names = list(RUNS) if args.platform == "all" else [args.platform]
     runs = {name: _plain(RUNS[name], args) for name in names}
+    if args.workers is not None:
+        runs = _worker_runs(args)
     if args.burst or args.kill:
         from bench.telegram_load import run_burst, run_kill
 
@@ -431,6 +452,29 @@ def main() -> None:
     results["runs"] = {**previous, **results["runs"]}
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {out}")
+
+
+def _worker_runs(args: Any) -> dict[str, Callable[[], Coroutine[Any, Any, dict[str, Any]]]]:
+    """One run per worker count: `--people` chats × `--messages` at once, then a
+    steady `--rate` (default 30/s) for 5 s."""
+    from bench.cluster_load import run_workers
+
+    url = args.database_url
+    kind = "sqlite" if url is not None and url.startswith("sqlite") else "pg"
+    runs: dict[str, Callable[[], Coroutine[Any, Any, dict[str, Any]]]] = {}
+    for count in (int(n) for n in str(args.workers).split(",")):
+
+        def run(count: int = count) -> Coroutine[Any, Any, dict[str, Any]]:
+            return run_workers(
+                count,
+                database_url=url,
+                chats=args.people,
+                messages=args.messages,
+                rate=args.rate or 30.0,
+            )
+
+        runs[f"workers_{kind}_{count}"] = run
+    return runs
 
 
 def _plain(

@@ -92,6 +92,8 @@ class ClusterNode:
         self.on_adopt: list[OnAdopt] = []
         #: Workers this one adopted since it started.
         self.adopted: list[int] = []
+        #: How many workers are alive (this one included), as of the last heartbeat.
+        self.live_count = 1
         self._engine: Engine | None = None
         self._conn: Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-cluster")
@@ -209,6 +211,7 @@ class ClusterNode:
             await asyncio.sleep(self.heartbeat_s)
             try:
                 await self._call(self._beat)
+                self.live_count = max(1, len(await self.live_workers()))
                 for dead in await self.dead_workers():
                     if await self.adopt(dead):
                         await self._adopted(dead)
