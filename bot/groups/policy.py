@@ -127,7 +127,7 @@ class GroupSettings(_Model):
     state: Literal["database", "process"] = Field(
         default="database",
         description="Where the channels' budget, cooldowns and bot chain are kept: in the "
-        "database (kept across restarts, shared by every worker on it; ~0.4-0.8 ms a "
+        "database (kept across restarts, shared by every worker on it; ~0.4-2 ms a "
         "decision) or in this process (~12 us, forgotten on restart; one worker only).",
     )
     #: Keyed "PLATFORM:CHANNEL" (a Discord channel, a Telegram chat) or
