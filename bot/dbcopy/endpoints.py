@@ -114,7 +114,11 @@ def open_endpoint(option: str, url: str, *, must_exist: bool, read_only: bool = 
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise StorageError(f"{option} {name}: cannot connect ({_reason(exc)})") from None
+        reason = _reason(exc)
+        hint = ""
+        if "does not exist" in reason and option == "--to":
+            hint = ": create it first (CREATE DATABASE, then CREATE EXTENSION vector, pg_trgm)"
+        raise StorageError(f"{option} {name}: cannot connect ({reason}){hint}") from None
     try:
         revision = current_revision(engine)
     except StorageError as exc:

@@ -209,3 +209,13 @@ def test_a_storage_error_is_raised_not_printed(filled_sqlite: str, tmp_path: Pat
     with pytest.raises(StorageError, match="is not empty"):
         copy_database(filled_sqlite, f"sqlite:///{tmp_path}/t.db")
         copy_database(filled_sqlite, f"sqlite:///{tmp_path}/t.db")
+
+
+def test_a_target_database_that_does_not_exist(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, postgres_url: str
+) -> None:
+    missing = sa.make_url(postgres_url).set(database="no_such_db").render_as_string(False)
+    code, _, err = _run(capsys, "--from", filled_sqlite, "--to", missing)
+    assert code == 3
+    line = _one_line(err)
+    assert 'database "no_such_db" does not exist' in line and "create it first" in line
