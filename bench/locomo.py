@@ -10,6 +10,10 @@ question without evidence counts as 1), per category and overall, as in the
 LoCoMo paper's code. Nothing is tuned to question ids.
 
     python bench/locomo.py [--data PATH] [--embedding-model NAME|none] [--limit N]
+        [--database-url postgresql+psycopg://…|pgserver]
+
+`--database-url`: the same on PostgreSQL (the database there is wiped before each
+conversation; `pgserver` starts a private one), see bench/memory_db.py.
 
 Prints a table and writes bench/results/locomo.json.
 """
@@ -30,6 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text as sql_text
+
 from bot.app import build_embedder
 from bot.config import MemorySettings
 from bot.db import Database
@@ -38,6 +44,9 @@ from bot.memory.store import MemoryScope, SearchWeights, SQLiteMemory
 from bot.messages import Actor, Attachment, Incoming, Scope
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # bench.memory_db lives beside the package
+from bench.memory_db import fresh_url, postgres_for  # noqa: E402
+
 DATA = REPO.parent / "shared" / "benchmarks" / "locomo" / "locomo10.json"
 RESULTS = REPO / "bench" / "results"
 KS = (1, 5, 10, 25, 50)
@@ -97,11 +106,13 @@ async def ingest(
     workdir: Path,
     weights: SearchWeights,
     context_turns: int = 1,
+    database_url: str | None = None,
 ) -> Ingested:
     """A fresh store with every turn of the conversation stored and indexed."""
     conv = sample["conversation"]
     person, persona = conv["speaker_a"], conv["speaker_b"]
-    db = await asyncio.to_thread(Database.open, f"sqlite:///{workdir}/{sample['sample_id']}.db")
+    url = await asyncio.to_thread(fresh_url, database_url, str(workdir), sample["sample_id"])
+    db = await asyncio.to_thread(Database.open, url)
     ledger = Ledger(db)
     memory = SQLiteMemory(
         db, embedder=embedder, weights=weights, embed_batch=512, context_turns=context_turns
@@ -156,8 +167,9 @@ async def ingest(
         raise SystemExit(f"{sample['sample_id']}: {person} never speaks")
     # Replies stored before the person first spoke have no user; give them one.
     await db.run(
-        lambda c: c.exec_driver_sql(
-            "UPDATE messages SET user_id = ? WHERE user_id IS NULL", (user_id,)
+        lambda c: c.execute(
+            sql_text("UPDATE messages SET user_id = :uid WHERE user_id IS NULL"),
+            {"uid": user_id},
         )
     )
     memory.enqueue([("message", m) for m in orphans])
@@ -211,9 +223,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     turns = 0
     ingest_s = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, postgres_for(args.database_url, tmp) as url:
         for sample in data:
-            store = await ingest(sample, embedder, Path(tmp), weights)
+            store = await ingest(sample, embedder, Path(tmp), weights, database_url=url)
             rows, took = await evaluate(store, sample["qa"])
             await store.aclose()
             all_rows += rows
@@ -227,7 +239,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             )
     result: dict[str, Any] = {
         "benchmark": "locomo10 evidence recall",
-        "retriever": "SQLiteMemory: FTS5 BM25 + "
+        "database": "postgresql" if args.database_url else "sqlite",
+        "retriever": ("Memory on PostgreSQL: tsvector ts_rank + pg_trgm + "
+                      if args.database_url else "Memory on SQLite: FTS5 BM25 + ")
         + (f"{args.embedding_model} dense" if embedder else "no dense")
         + ", RRF, neighbour smoothing, recency/time boosts",
         "overall": summarise(all_rows),
@@ -257,8 +271,11 @@ def main() -> None:
     parser.add_argument("--embedding-model", default="all-MiniLM-L6-v2")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto")
     parser.add_argument("--limit", type=int, default=None, help="first N conversations only")
-    parser.add_argument("--out", type=Path, default=RESULTS / "locomo.json")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (wiped!), or pgserver")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = RESULTS / ("locomo_postgres.json" if args.database_url else "locomo.json")
     result = asyncio.run(main_async(args))
     head = "".join(f"{'@' + str(k):>7}" for k in KS)
     print(f"{'':<16}{head}{'n':>7}")

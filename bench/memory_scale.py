@@ -16,9 +16,18 @@ conversations, each queued with `SQLiteMemory.enqueue` (what `observe` does) and
 embedded in batches by the real model; messages/s until all are embedded.
 
     python bench/memory_scale.py [--sizes 10000,100000,1000000] [--queries 200]
+        [--database-url postgresql+psycopg://…|pgserver] [--in-scope 100000]
 
-Prints, and writes bench/results/memory_scale.json. Target: p50 <= 20 ms at 100k in
-scope; ingest >= 1,000 messages/s.
+Prints, and writes bench/results/memory_scale.json (memory_scale_postgres.json with
+`--database-url`). Target: p50 <= 20 ms at 100k in scope; ingest >= 1,000
+messages/s.
+
+On PostgreSQL (`--database-url`, see bench/memory_db.py: the database is wiped) the
+load goes through COPY with the search indexes dropped, then builds them as
+migration 0011 defines them (GIN over the generated tsvector and over trigrams,
+HNSW over the scope's vectors) and ANALYZEs; the build times are reported.
+`--in-scope N` puts up to N of the messages in the searching person's scope
+(default 100,000; `--in-scope 1000000` for a million in one scope).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import platform
 import random
 import re
 import sqlite3
+import sys
 import tempfile
 import time
 from contextlib import closing
@@ -48,6 +58,9 @@ from bot.memory.store import MemoryScope, SearchWeights, SQLiteMemory
 from bot.messages import Actor, Incoming, Scope
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # bench.memory_db lives beside the package
+from bench.memory_db import dialect_of, fresh_url, postgres_for  # noqa: E402
+
 RESULTS = REPO / "bench" / "results"
 DIM = 384
 IN_SCOPE_MAX = 100_000
@@ -103,10 +116,12 @@ async def build(
     words: list[str],
     weights: list[float],
     vectors_for_all: bool = False,
+    in_scope_max: int = IN_SCOPE_MAX,
 ) -> MemoryScope:
     """Bulk-load `total` messages (and vectors); returns the searching person's scope."""
     ledger = Ledger(db)
-    in_scope = min(total, IN_SCOPE_MAX)
+    postgres = db.engine.dialect.name == "postgresql"
+    in_scope = min(total, in_scope_max)
     others = total - in_scope
     people = [("me", in_scope)]
     if others:
@@ -133,6 +148,15 @@ async def build(
             ]  # fmt: skip
             vectors = np.random.default_rng(done).standard_normal((n, DIM)).astype("<f4")
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+            if postgres:
+                await db.run(
+                    lambda conn, rows=rows, vectors=vectors, uid=uid, cid=cid, user=user: _copy_pg(
+                        conn, rows, vectors, uid, cid, user == "me" or vectors_for_all
+                    )
+                )
+                done += n
+                continue
 
             def load(
                 conn: Any,
@@ -168,6 +192,79 @@ async def build(
     return MemoryScope(*ids["me"])
 
 
+#: The search indexes of migration 0011 the PostgreSQL bulk load drops and rebuilds.
+PG_INDEXES = {
+    "ix_messages_search_words": "CREATE INDEX ix_messages_search_words ON messages "
+    "USING gin (search_words)",
+    "ix_messages_text_trgm": "CREATE INDEX ix_messages_text_trgm ON messages "
+    "USING gin (text gin_trgm_ops)",
+    "ix_embeddings_hnsw_384": "CREATE INDEX ix_embeddings_hnsw_384 ON embeddings USING hnsw "
+    "((CAST(embedding AS vector(384))) vector_cosine_ops) WHERE dim = 384",
+}
+
+
+def _copy_pg(
+    conn: Any, rows: list[Any], vectors: Any, uid: int, cid: int, with_vectors: bool
+) -> None:
+    """COPY one chunk of messages (and their vectors) into PostgreSQL."""
+    from bot.memory.pg_search import vector_literal
+
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        with cur.copy(
+            "COPY messages (conversation_id, user_id, direction, kind, status, text, "
+            "truncated, persona_id, created_at) FROM STDIN"
+        ) as copy:
+            for r in rows:
+                copy.write_row((*r[:6], bool(r[6]), r[7], r[8] + "+00"))
+        last = cur.execute("SELECT max(id) FROM messages").fetchone()[0]
+        if not with_vectors:
+            return
+        first = last - len(rows) + 1
+        with cur.copy(
+            "COPY embeddings (kind, item_id, user_id, conversation_id, model, dim, vector, "
+            "created_at, embedding) FROM STDIN"
+        ) as copy:
+            for i in range(len(rows)):
+                copy.write_row(
+                    ("message", first + i, uid, cid, "all-MiniLM-L6-v2", DIM,
+                     vectors[i].tobytes(), rows[i][-1] + "+00", vector_literal(vectors[i]))
+                )  # fmt: skip
+
+
+async def drop_pg_indexes(db: Database) -> None:
+    """Before a bulk load: building an index once is far cheaper than row by row."""
+    from sqlalchemy import text
+
+    def work(conn: Any) -> None:
+        for name in PG_INDEXES:
+            conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+    await db.run(work)
+
+
+def build_pg_indexes(url: str) -> dict[str, float]:
+    """The dropped indexes built again (seconds each), then ANALYZE."""
+    from sqlalchemy import create_engine, text
+
+    took: dict[str, float] = {}
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SET maintenance_work_mem = '2GB'"))
+            conn.execute(text("SET max_parallel_maintenance_workers = 1"))
+            for name, ddl in PG_INDEXES.items():
+                t = time.perf_counter()
+                conn.execute(text(ddl))
+                took[name] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
+            conn.execute(text("VACUUM ANALYZE"))
+            took["vacuum_analyze"] = round(time.perf_counter() - t, 1)
+    finally:
+        engine.dispose()
+    return took
+
+
 def checkpoint(path: Path) -> None:
     """Move the WAL's pages into the database file, as SQLite's auto-checkpoint does."""
     with closing(sqlite3.connect(path)) as conn:
@@ -186,9 +283,12 @@ async def search_latency(
     return {"p50_ms": round(percentile(took, 50), 2), "p99_ms": round(percentile(took, 99), 2)}
 
 
-async def ingest(embedder: Any, workdir: Path, messages: int, rng: random.Random) -> dict[str, Any]:
+async def ingest(
+    embedder: Any, workdir: Path, messages: int, rng: random.Random, url: str | None = None
+) -> dict[str, Any]:
     words, weights = vocabulary(rng)
-    db = await asyncio.to_thread(Database.open, f"sqlite:///{workdir}/ingest.db")
+    target = await asyncio.to_thread(fresh_url, url, str(workdir), "ingest")
+    db = await asyncio.to_thread(Database.open, target)
     ledger = Ledger(db)
     memory = SQLiteMemory(db, embedder=embedder, embed_batch=256, embed_delay_s=0.05)
     await asyncio.to_thread(embedder.embed, ["warm up"])  # load the model before timing
@@ -237,21 +337,34 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             getattr(embedder, "first", None) or getattr(embedder, "second", embedder)
         ).__name__,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "database": dialect_of(args.database_url and "postgresql://"),
+        "vectors": "random unit vectors (384-dim) for the stored messages; queries embedded",
     }
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+    with (
+        tempfile.TemporaryDirectory(dir=args.tmp) as tmp,
+        postgres_for(args.database_url, tmp) as pg_url,
+    ):
         for size in args.sizes:
-            db = await asyncio.to_thread(Database.open, f"sqlite:///{tmp}/scale-{size}.db")
+            url = await asyncio.to_thread(fresh_url, pg_url, tmp, f"scale-{size}")
+            db = await asyncio.to_thread(Database.open, url)
             t = time.perf_counter()
-            scope = await build(db, size, rng, words, weights, args.vectors_for_all)
+            index_s: dict[str, float] = {}
+            if pg_url is not None:
+                await drop_pg_indexes(db)
+            scope = await build(db, size, rng, words, weights, args.vectors_for_all, args.in_scope)
+            if pg_url is not None:
+                index_s = await asyncio.to_thread(build_pg_indexes, url)
+            else:
+                # The bulk load leaves a large WAL behind; a running bot's auto-checkpoint
+                # keeps it small, so checkpoint it before searching, as in service.
+                await asyncio.to_thread(checkpoint, Path(tmp) / f"scale-{size}.db")
             built_s = time.perf_counter() - t
-            # The bulk load leaves a large WAL behind; a running bot's auto-checkpoint
-            # keeps it small, so checkpoint it before searching, as in service.
-            await asyncio.to_thread(checkpoint, Path(tmp) / f"scale-{size}.db")
             hybrid = SQLiteMemory(db, embedder=embedder)
             bm25 = SQLiteMemory(db, embedder=None, weights=SearchWeights())
             row = {
-                "in_scope": min(size, IN_SCOPE_MAX),
+                "in_scope": min(size, args.in_scope),
                 "build_s": round(built_s, 1),
+                **({"index_build_s": index_s} if index_s else {}),
                 "hybrid": await search_latency(hybrid, scope, queries),
                 "bm25_only": await search_latency(bm25, scope, queries),
             }
@@ -266,8 +379,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await hybrid.aclose()
             await bm25.aclose()
             await db.aclose()
-        result["ingest"] = await ingest(embedder, Path(tmp), args.ingest, rng)
-    print(f"ingest: {result['ingest']}")
+        if args.ingest:
+            result["ingest"] = await ingest(embedder, Path(tmp), args.ingest, rng, pg_url)
+            print(f"ingest: {result['ingest']}")
     return result
 
 
@@ -289,8 +403,15 @@ def main() -> None:
         action="store_true",
         help="store vectors for other people's messages too (only the scope's are scanned)",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "memory_scale.json")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL URL (wiped!), or pgserver")
+    parser.add_argument(
+        "--in-scope", type=int, default=IN_SCOPE_MAX, help="most messages in the searched scope"
+    )
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.out is None:
+        name = "memory_scale_postgres.json" if args.database_url else "memory_scale.json"
+        args.out = RESULTS / name
     result = asyncio.run(main_async(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

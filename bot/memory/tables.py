@@ -12,8 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from bot.models import UTCDateTime
 
 __all__ = ["FTS_TABLES", "PG_ONLY_COLUMNS", "Embedding", "Fact", "Summary", "include_object"]
 
@@ -37,7 +39,7 @@ _PG_ONLY_INDEX_PREFIXES = (
 
 
 def _ts(*, nullable: bool = False) -> Column[datetime]:
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UTCDateTime(), nullable=nullable)
 
 
 class Fact(SQLModel, table=True):
