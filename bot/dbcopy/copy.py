@@ -22,19 +22,17 @@ may be missed, and verification then says which table differs.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.db import head_revision, upgrade
-from bot.dbcopy import indexes, progress
+from bot.dbcopy import indexes, progress, steps
 from bot.dbcopy.endpoints import (
     Endpoint,
     check_source_revision,
@@ -43,25 +41,11 @@ from bot.dbcopy.endpoints import (
     open_endpoint,
     same_database,
 )
-from bot.dbcopy.rows import (
-    batches,
-    convert_rows,
-    converters,
-    forward_links,
-    key_of,
-    set_links,
-    unlink,
-    write_rows,
-)
-from bot.dbcopy.schema import Plan, TablePlan, build_plan, reflect, skipped_table
-from bot.dbcopy.values import converter
+from bot.dbcopy.schema import Plan, build_plan, reflect, skipped_table
 from bot.dbcopy.verify import TableCheck, verify
 from bot.errors import StorageError, UsageError
 
 __all__ = ["CopyResult", "copy_database", "verify_databases"]
-
-#: Where memory's PostgreSQL backend provides `backfill_vectors(conn) -> int`.
-BACKFILL_MODULES = ("bot.memory.pg_search", "bot.memory.pg", "bot.memory.postgres")
 
 Say = Callable[[str], None]
 
@@ -163,6 +147,18 @@ def copy_database(
     `rate` caps rows per second (a live server's load). Raises `StorageError` or
     `UsageError` with one line for a person; a verification mismatch is returned
     in `CopyResult.checks` (and the progress record is kept)."""
+    try:
+        return _copy(source_url, target_url, batch_size=batch_size, rate=rate, say=say)
+    except SQLAlchemyError as exc:  # a server gone mid-copy, a locked file, a full disk
+        raise StorageError(
+            f"database error during the copy: {steps.first_line(exc)} (run the same command "
+            "again to continue)"
+        ) from None
+
+
+def _copy(
+    source_url: str, target_url: str, *, batch_size: int, rate: float | None, say: Say
+) -> CopyResult:
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     started = time.monotonic()
@@ -188,17 +184,17 @@ def copy_database(
                     say(f"resuming the copy from {source.shown}")
                 clock.lap("open")
                 for table in plan.tables:
-                    result.rows[table.name] = _copy_table(
+                    result.rows[table.name] = steps.copy_table(
                         src, dst, table, state[table.name], batch_size, rate, say
                     )
                 clock.lap("rows")
                 for table in plan.tables:
                     if table.links and state[table.name].state != "linked":
-                        _copy_links(src, dst, table, batch_size)
+                        steps.copy_links(src, dst, table, batch_size)
                 clock.lap("links")
                 if target.dialect == "postgresql":
-                    _reset_sequences(dst, plan)
-                    result.vectors = _backfill(dst, say)
+                    steps.reset_sequences(dst, plan)
+                    result.vectors = steps.backfill(dst, say)
                     if record.indexes:
                         say(f"indexes: building {len(record.indexes)} again")
                     indexes.rebuild(dst, record.indexes)
@@ -270,115 +266,6 @@ def _start(
     return current
 
 
-def _resume_key(table: TablePlan, last: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
-    if last is None:
-        return None
-    return tuple(
-        converter(table.column(k).kind)(v) if v is not None else None
-        for k, v in zip(table.key, last, strict=True)
-    )
-
-
-def _copy_table(
-    src: Connection,
-    dst: Connection,
-    table: TablePlan,
-    state: progress.TableState,
-    batch_size: int,
-    rate: float | None,
-    say: Say,
-) -> int:
-    copied = state.rows
-    if state.state != "rows":
-        return copied
-    funcs = converters(table, to_postgres=dst.dialect.name == "postgresql")
-    started = time.monotonic()
-    done_here = 0
-    last_said = started
-    for raw in batches(src, table, _resume_key(table, state.last_key), batch_size):
-        rows = unlink(table, convert_rows(table, raw, funcs))
-        try:
-            with dst.begin():
-                write_rows(dst, table, rows)
-                if table.key:
-                    progress.advance(dst, table.name, _jsonable(key_of(table, rows[-1])), len(rows))
-        except IntegrityError as exc:
-            raise StorageError(
-                f"--to: inserting into {table.name} broke a constraint "
-                f"({_first_line(exc)}): is something else writing to the target?"
-            ) from None
-        except SQLAlchemyError as exc:
-            raise StorageError(f"--to: writing {table.name}: {_first_line(exc)}") from None
-        copied += len(rows)
-        done_here += len(rows)
-        now = time.monotonic()
-        if rate:
-            ahead = done_here / rate - (now - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        if now - last_said >= 2:
-            say(f"{table.name}: {copied} rows")
-            last_said = now
-    with dst.begin():
-        if not table.key:
-            progress.advance(dst, table.name, (), copied)
-        progress.set_state(dst, table.name, "copied" if table.links else "linked")
-    if copied:
-        say(f"{table.name}: {copied} rows copied")
-    return copied
-
-
-def _copy_links(src: Connection, dst: Connection, table: TablePlan, batch_size: int) -> None:
-    # Idempotent (it sets values to what the source holds), so after a kill it simply
-    # runs again from the start.
-    for column in table.links:
-        after: int | None = None
-        while True:
-            pairs = forward_links(src, table, column, after, batch_size)
-            if not pairs:
-                break
-            with dst.begin():
-                set_links(dst, table, column, pairs)
-            after = pairs[-1][0]
-    with dst.begin():
-        progress.set_state(dst, table.name, "linked")
-
-
-def _reset_sequences(dst: Connection, plan: Plan) -> None:
-    # The copy inserted explicit ids; the next row the bot inserts must not reuse one.
-    with dst.begin():
-        for table in plan.tables:
-            if not table.int_key:
-                continue
-            key = table.key[0]
-            seq = dst.execute(
-                sa.text("SELECT pg_get_serial_sequence(:t, :c)"),
-                {"t": f'"{table.name}"', "c": key},
-            ).scalar()
-            if seq is None:
-                continue
-            highest = f'SELECT MAX("{key}") FROM "{table.name}"'
-            dst.execute(
-                sa.text(f"SELECT setval(:s, COALESCE(({highest}), 0) + 1, false)"), {"s": seq}
-            )
-
-
-def _backfill(dst: Connection, say: Say) -> int | None:
-    for module_name in BACKFILL_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        backfill = getattr(module, "backfill_vectors", None)
-        if backfill is None:
-            continue
-        with dst.begin():
-            filled = int(backfill(dst))
-        say(f"vectors: {filled} filled from the stored embeddings")
-        return filled
-    return None
-
-
 def verify_databases(
     source_url: str,
     target_url: str,
@@ -387,6 +274,19 @@ def verify_databases(
     on_table: Callable[[TableCheck], None] | None = None,
 ) -> list[TableCheck]:
     """Compare every table of two bot databases at head (`--verify-only`)."""
+    try:
+        return _verify(source_url, target_url, batch_size=batch_size, on_table=on_table)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"database error while comparing: {steps.first_line(exc)}") from None
+
+
+def _verify(
+    source_url: str,
+    target_url: str,
+    *,
+    batch_size: int,
+    on_table: Callable[[TableCheck], None] | None,
+) -> list[TableCheck]:
     with _ends(source_url, target_url) as (source, target):
         check_source_revision(source, source_url)
         head = head_revision()
@@ -398,13 +298,3 @@ def verify_databases(
         with _source_conn(source.engine) as src, _source_conn(target.engine) as dst:
             plan = build_plan(reflect(src), reflect(dst))
             return verify(src, dst, plan, batch_size=batch_size, on_table=on_table)
-
-
-def _jsonable(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(v if v is None or isinstance(v, int | str) else str(v) for v in key)
-
-
-def _first_line(exc: SQLAlchemyError) -> str:
-    orig = getattr(exc, "orig", None)
-    text = str(orig) if orig is not None else str(exc)
-    return " ".join(text.strip().split("\n")[0].split())
