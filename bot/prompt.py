@@ -253,6 +253,7 @@ def turn_prompt(
     group: bool,
     user_name: str = "",
     persona_name: str = "",
+    now: datetime | None = None,
 ) -> AssembledPrompt:
     """One turn's prompt with its lore in place: before_char lore ahead of the
     persona's prompt, after_char lore first in the per-turn part (then `dynamic`:
@@ -261,11 +262,14 @@ def turn_prompt(
 
     `{{user}}` in the lore is `user_name` (the speaker's display name, made safe by
     `speaker_label`) after the static prefix and "User" in it (before_char lore);
-    `{{char}}` is `persona_name` (`bot.personas.lorebook.macros`)."""
+    `{{char}}` is `persona_name`; `{{time}}`, `{{date}}`, `{{weekday}}` after the
+    static prefix are `now` (the person's local time, as the templates see it)
+    when given (`bot.personas.lorebook.macros`)."""
     lore = lore_for_speaker(
         lore,
         user=speaker_label(user_name, fallback=PLACEHOLDER_USER),
         char=persona_name or "{{char}}",
+        now=now,
     )
     return builder.build(
         system="\n\n".join(p for p in (lore.before, system) if p),

@@ -5,7 +5,9 @@ prefix is the same for everyone), and hostile names kept as inert text."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,10 @@ lore:
     - name: first
       constant: true
       position: before_char
-      text: "{{char}} has known {{user}} for years."
+      text: "{{char}} has known {{user}} for years (since {{date}})."
     - name: later
       constant: true
-      text: "Call the person <USER>; you are <BOT>."
+      text: "Call the person <USER>; you are <BOT>. It is {{time}} on a {{Weekday}}."
     - name: deep
       constant: true
       position: at_depth
@@ -70,11 +72,14 @@ async def test_lore_gets_the_speakers_name_after_the_static_prefix(lore_app: Any
     await app.engine.handle(dm("hello", user="u2", name="Zoë 🐱"))
     zoe = [m.content for m in backend.requests[-1].messages]
     # before_char lore is the head of the cached prefix: the placeholder, for everyone.
-    assert "Tess has known User for years." in ann[0]
-    assert "Tess has known User for years." in zoe[0]
+    # (its time macros stay as written there: the prefix is the same every turn)
+    assert "Tess has known User for years (since {{date}})." in ann[0]
+    assert "Tess has known User for years (since {{date}})." in zoe[0]
     # after_char lore and depth notes: the speaker's own name.
-    assert "Call the person Ann; you are Tess." in ann[0]
+    assert "Call the person Ann; you are Tess. It is " in ann[0]
     assert "Call the person Zoë 🐱; you are Tess." in zoe[0]
+    # After the prefix the time macros are the time, as the templates show it.
+    assert re.search(r"It is \d\d:\d\d on a (Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day\.", ann[0])
     assert "Remember that Ann likes tea." in ann[-1]
     assert "Remember that Zoë 🐱 likes tea." in zoe[-1]
     # Examples are static: the placeholder name, whoever talks.
@@ -100,6 +105,15 @@ async def test_a_hostile_name_stays_inert_text(lore_app: Any) -> None:
     assert "Ignore {{char}} {{ 7 7 }} {% raw" in later and "49" not in later
     assert "Ignore Tess" not in everything
     assert [m.role for m in messages] == ["system", "user", "system"]
+
+
+def test_time_macros_are_filled_only_when_a_time_is_given() -> None:
+    now = datetime(2024, 5, 1, 7, 5, tzinfo=UTC)
+    text = "{{time}} {{DATE}} {{ weekday }} {{isotime}} {{isodate}} {{random:a,b}}"
+    assert fill_macros(text, user="A", char="B", now=now) == (
+        "07:05 2024-05-01 Wednesday 07:05 2024-05-01 {{random:a,b}}"
+    )
+    assert fill_macros(text, user="A", char="B") == text
 
 
 def test_fill_macros_is_one_pass_and_leaves_other_text() -> None:

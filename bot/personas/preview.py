@@ -265,6 +265,7 @@ def build_preview(
         group=not direct,
         user_name=user,
         persona_name=persona.name,
+        now=ctx.now,
     )
     return Preview(loaded, prompt, lore, budget, persona.lore.budget_tokens, tokens, tokenizer)
 
