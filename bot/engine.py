@@ -434,6 +434,7 @@ class PersonaEngine:
             group=not scope.is_direct,
             user_name=display_name,
             persona_name=persona.name,
+            now=datetime.now(self.timezone),  # {{time}} in lore, as templates see it
         )
         request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         started = time.perf_counter()
@@ -673,6 +674,7 @@ class PersonaEngine:
             group=group,
             user_name=incoming.actor.display_name,
             persona_name=persona.name,
+            now=datetime.now(self.timezone),  # {{time}} in lore, as templates see it
         )
         request = await self._routed(self._chat_request(loaded, prompt.messages), scope)
         overhead_ms = (time.perf_counter() - started) * 1000
