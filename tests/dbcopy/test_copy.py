@@ -145,3 +145,26 @@ def test_backfill_vectors_runs_after_the_copy(filled_sqlite: str, postgres_url: 
     finally:
         conn.close()
     assert result.vectors == stored[0] > 0
+
+
+def test_a_database_the_stores_filled_on_postgresql_moves_to_sqlite(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from tests.dbcopy.fill import fill
+
+    asyncio.run(fill(postgres_url, people=2, turns=8))
+    back = f"sqlite:///{tmp_path}/from_pg.db"
+    result = copy_database(postgres_url, back, batch_size=5)
+    assert result.ok, [c.line() for c in result.checks if not c.ok]
+    assert _counts(back) == _counts(postgres_url)
+    assert result.rows["embeddings"] > 0 and result.rows["messages"] == 32
+    conn = sqlite3.connect(f"{tmp_path}/from_pg.db")
+    try:
+        # Blobs are bytes again, times naive UTC text as SQLAlchemy writes them.
+        blob, at = conn.execute("SELECT vector, created_at FROM embeddings LIMIT 1").fetchone()
+        assert isinstance(blob, bytes) and len(blob) == 32 * 4
+        assert len(at) == len("2026-05-01 12:00:00.000000") and "+" not in at
+    finally:
+        conn.close()
