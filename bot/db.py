@@ -457,6 +457,13 @@ class Database:
             raise
         return cls(engine)
 
+    @property
+    def ordered(self) -> bool:
+        """Whether `run` calls commit in the order they were made (SQLite's one writer
+        thread). On a pool they run side by side, so ids from two calls in flight at
+        once may come out in either order."""
+        return self._queue is not None
+
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` in a transaction on the database thread; return its
         result once the transaction is committed."""

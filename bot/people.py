@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, and_, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
 from bot.db import Database
@@ -69,17 +70,26 @@ class People:
         row = People._user_row(conn, platform, user_id)
         if row is not None:
             return int(row.id)
-        result = conn.execute(
-            insert(_users).values(
-                platform=platform,
-                platform_user_id=user_id,
-                display_name="",
-                is_bot=False,
-                created_at=now,
-                last_seen_at=now,
-                opted_out=False,
-            )
-        )
+        try:
+            # In a savepoint: when another worker inserts the same person first, only
+            # this insert rolls back (PostgreSQL would otherwise abort the whole
+            # transaction), and their row is read instead.
+            with conn.begin_nested():
+                result = conn.execute(
+                    insert(_users).values(
+                        platform=platform,
+                        platform_user_id=user_id,
+                        display_name="",
+                        is_bot=False,
+                        created_at=now,
+                        last_seen_at=now,
+                        opted_out=False,
+                    )
+                )
+        except IntegrityError:
+            row = People._user_row(conn, platform, user_id)
+            assert row is not None, "an insert that collided leaves the other row"
+            return int(row.id)
         key = result.inserted_primary_key
         assert key is not None
         return int(key[0])

@@ -1,4 +1,5 @@
-"""Platform-neutral commands and the people store, over a real app and SQLite file."""
+"""Platform-neutral commands and the people store, over a real app, on a SQLite file
+and on PostgreSQL (the people store's contract)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from bot.commands import CommandContext
 from bot.config import load_settings
 from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Reaction, Scope
+from tests.sql import rows
 from tests.test_engine import PERSONA
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[App]:
+async def app(tmp_path: Path, database_url: str) -> AsyncIterator[App]:
     personas = tmp_path / "personas"
     personas.mkdir()
     (personas / "tester.yaml").write_text(PERSONA, encoding="utf-8")
@@ -28,7 +30,7 @@ async def app(tmp_path: Path) -> AsyncIterator[App]:
     settings = load_settings(
         None,
         {
-            "database": {"url": f"sqlite:///{tmp_path}/c.db"},
+            "database": {"url": database_url},
             "personas": {"dirs": [str(personas)]},
             # These tests cover the commands without long-term memory; see the last one.
             "memory": {"enabled": False},
@@ -46,9 +48,8 @@ def ctx(**kw: Any) -> CommandContext:
     return CommandContext(scope=SCOPE, actor=ANN, **kw)
 
 
-def db(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(tmp_path / "c.db") as conn:
-        return conn.execute(sql).fetchall()
+def db(app: App, sql: str) -> list[tuple[Any, ...]]:
+    return rows(app.settings.database.url, sql)
 
 
 async def test_start_greets_discloses_ai_and_explains_optout(app: App) -> None:
@@ -77,13 +78,13 @@ async def test_optout_and_optin_keep_a_history(app: App, tmp_path: Path) -> None
     assert await app.people.is_opted_out("test", "ann")
     await app.commands.run("optin", "", ctx())
     assert not await app.people.is_opted_out("test", "ann")
-    assert [r[0] for r in db(tmp_path, "select opted_in from consent_events order by id")] == [0, 1]
+    assert [r[0] for r in db(app, "select opted_in from consent_events order by id")] == [0, 1]
 
 
 async def test_timezone(app: App, tmp_path: Path) -> None:
     assert "not a time zone" in await app.commands.run("timezone", "Mars/Base", ctx())
     assert "Europe/Berlin" in await app.commands.run("timezone", "Europe/Berlin", ctx())
-    assert db(tmp_path, "select timezone from users where platform_user_id='ann'") == [
+    assert db(app, "select timezone from users where platform_user_id='ann'") == [
         ("Europe/Berlin",)
     ]
 
@@ -102,8 +103,8 @@ async def test_forget_all_without_memory_deletes_the_persons_messages(
     )
     assert "memories are not enabled" in await app.commands.run("memory", "", ctx())
     assert "Done: deleted 2" in await app.commands.run("forget", "all", ctx())
-    assert db(tmp_path, "select text from messages order by id") == [("mine",), ("reply",)]
-    assert db(tmp_path, "select count(*) from feedback") == [(0,)]
+    assert db(app, "select text from messages order by id") == [("mine",), ("reply",)]
+    assert db(app, "select count(*) from feedback") == [(0,)]
 
 
 async def test_moderator_commands_are_refused_to_others(app: App) -> None:
@@ -128,7 +129,7 @@ async def test_persona_upload_reports_problems_with_lines_or_applies(
     assert answer.startswith("Tessa (tester) is now version")
     assert app.personas.get("tester").content_hash != before
     assert (tmp_path / "personas" / "tester.yaml").read_text(encoding="utf-8") == good
-    assert len(db(tmp_path, "select * from persona_versions where persona_id='tester'")) == 2
+    assert len(db(app, "select * from persona_versions where persona_id='tester'")) == 2
     assert not list((tmp_path / "personas").glob(".*.tmp"))
 
 
@@ -142,9 +143,9 @@ async def test_reactions_edits_and_deletes(app: App, tmp_path: Path) -> None:
     assert not await app.people.record_reaction(
         Reaction(scope=SCOPE, actor=ANN, platform_message_id="in-1", emoji="👍")
     )  # reactions on a person's own message are not feedback on a reply
-    assert db(tmp_path, "select emoji, added from feedback") == [("👎", 1)]
+    assert db(app, "select emoji, added from feedback") == [("👎", 1)]
     assert await app.people.record_edit(SCOPE, "in-1", "edited\x00 text")
-    assert db(tmp_path, "select text from messages where platform_message_id='in-1'") == [
+    assert db(app, "select text from messages where platform_message_id='in-1'") == [
         ("edited text",)
     ]
     assert not await app.people.record_edit(SCOPE, "nope", "x")

@@ -8,8 +8,10 @@ indexed statements.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel
 
-from bot.db import Database
+from bot.db import Database, storable
 from bot.messages import Actor, Incoming, Scope, TurnKind
 from bot.models import (
     Conversation,
@@ -222,6 +224,29 @@ class _LRU(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+class _KeyedLocks:
+    """FIFO locks by key that exist only while someone holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Ledger:
     """Stores and reads conversations; the single writer of the `messages` table."""
 
@@ -229,6 +254,7 @@ class Ledger:
         self.db = db
         self._user_ids = _LRU(cache_size)  # (platform, user id) -> (row id, display name)
         self._conversation_ids = _LRU(cache_size)  # conversation key -> row id
+        self._arrivals = _KeyedLocks()
 
     # -- writes -----------------------------------------------------------------
 
@@ -250,16 +276,23 @@ class Ledger:
         """
         pending: list[Callable[[], None]] = []
 
+        # Every database stores these (PostgreSQL refuses NUL in text): see `storable`.
+        platform_id = (
+            storable(incoming.platform_message_id)
+            if incoming.platform_message_id is not None
+            else None
+        )
+
         def work(conn: Connection) -> StoredIncoming:
             now = incoming.received_at
             user_id = self._ensure_user(conn, incoming.actor, now, pending)
             conversation_id = self._ensure_conversation(conn, incoming.scope, now, pending)
-            if incoming.platform_message_id is not None:
+            if platform_id is not None:
                 existing = conn.execute(
                     _FIND_INCOMING,
                     {
                         "conversation_id": conversation_id,
-                        "platform_message_id": incoming.platform_message_id,
+                        "platform_message_id": platform_id,
                     },
                 ).scalar()
                 if existing is not None:
@@ -272,9 +305,9 @@ class Ledger:
                     "direction": Direction.IN.value,
                     "kind": incoming.kind.value,
                     "status": status.value,
-                    "text": text,
+                    "text": storable(text),
                     "truncated": truncated,
-                    "platform_message_id": incoming.platform_message_id,
+                    "platform_message_id": platform_id,
                     "persona_id": incoming.scope.persona,
                     "created_at": now,
                 },
@@ -286,7 +319,15 @@ class Ledger:
                 history = tuple(_read_history(conn, conversation_id, message_id, with_history))
             return StoredIncoming(message_id, conversation_id, user_id, history=history)
 
-        stored = await self.db.run(work)
+        if self.db.ordered:
+            stored = await self.db.run(work)
+        else:
+            # On a pool, two messages of one conversation stored at once could get
+            # their ids in either order; the engine reads ids as arrival order (who
+            # is newest in a burst, what history precedes a message). A FIFO lock per
+            # conversation keeps one process's ids in the order messages arrived.
+            async with self._arrivals.hold(incoming.scope.conversation_key):
+                stored = await self.db.run(work)
         for apply in pending:
             apply()
         return stored
@@ -304,7 +345,7 @@ class Ledger:
                     "direction": Direction.OUT.value,
                     "kind": reply.kind,
                     "status": reply.status.value,
-                    "text": reply.text,
+                    "text": storable(reply.text),
                     "truncated": False,
                     "reply_to_id": reply.reply_to_id,
                     "persona_id": reply.persona_id,
@@ -657,7 +698,7 @@ class Ledger:
                 conn.execute(
                     update(_users)
                     .where(_users.c.id == user_id)
-                    .values(display_name=actor.display_name, last_seen_at=now)
+                    .values(display_name=storable(actor.display_name), last_seen_at=now)
                 )
                 pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
             return int(user_id)
@@ -671,7 +712,7 @@ class Ledger:
                             insert(_users).values(
                                 platform=actor.platform,
                                 platform_user_id=actor.id,
-                                display_name=actor.display_name,
+                                display_name=storable(actor.display_name),
                                 is_bot=actor.is_bot,
                                 created_at=now,
                                 last_seen_at=now,
@@ -685,7 +726,7 @@ class Ledger:
             conn.execute(
                 update(_users)
                 .where(_users.c.id == user_id)
-                .values(display_name=actor.display_name, last_seen_at=now)
+                .values(display_name=storable(actor.display_name), last_seen_at=now)
             )
         pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
         return user_id

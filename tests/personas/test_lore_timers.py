@@ -1,9 +1,7 @@
-"""The lore timer store on a real SQLite file: per conversation and persona, updated
-in place, the clock counted from the conversation's messages."""
+"""The lore timer store, on a SQLite file and on PostgreSQL: per conversation and
+persona, updated in place, the clock counted from the conversation's messages."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from bot.db import Database
 from bot.memory.ledger import Ledger
@@ -16,8 +14,8 @@ def scope(user: str, persona: str = "tess") -> Scope:
     return Scope(platform="test", channel=f"dm-{user}", user=user, persona=persona)
 
 
-async def test_timers_are_kept_per_conversation_and_persona(tmp_path: Path) -> None:
-    db = Database.open(f"sqlite:///{tmp_path}/t.db")
+async def test_timers_are_kept_per_conversation_and_persona(database_url: str) -> None:
+    db = Database.open(database_url)
     try:
         ledger = Ledger(db)
         timers = LoreTimers(db)
@@ -40,8 +38,8 @@ async def test_timers_are_kept_per_conversation_and_persona(tmp_path: Path) -> N
         assert (await timers.load(a, "tess"))[0] == 3
     finally:
         await db.aclose()
-    # On disk: a new process sees the same timers.
-    again = Database.open(f"sqlite:///{tmp_path}/t.db")
+    # Stored: a new process sees the same timers.
+    again = Database.open(database_url)
     try:
         assert (await LoreTimers(again).load(a, "tess"))[1]["storm"] == TimerState(7, 11)
     finally:
