@@ -33,6 +33,7 @@ from bot.personas.lorebook import DepthNote, LoreResult
 from bot.personas.lorebook.macros import PLACEHOLDER_USER, fill_macros, lore_for_speaker
 from bot.personas.render import PromptContext, render_system_prompt
 from bot.personas.schema import Persona
+from bot.text import clean_text
 
 __all__ = [
     "AssembledPrompt",
@@ -267,7 +268,7 @@ def turn_prompt(
     when given (`bot.personas.lorebook.macros`)."""
     lore = lore_for_speaker(
         lore,
-        user=speaker_label(user_name, fallback=PLACEHOLDER_USER),
+        user=speaker_label(clean_text(user_name), fallback=PLACEHOLDER_USER),
         char=persona_name or "{{char}}",
         now=now,
     )
