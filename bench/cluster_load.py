@@ -70,6 +70,18 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def _server_cpu(postmaster: int) -> float:
+    """The server's CPU seconds: the postmaster's own and its reaped children's
+    (backends that exited: a pool's overflow connections come and go), plus every
+    live child's."""
+    try:
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    reaped = sum(int(fields[i]) for i in (11, 12, 13, 14)) / _TICKS
+    return reaped + sum(_cpu_of(p) for p in _server_pids(postmaster)[1:])
+
+
 def _server_pids(postmaster: int) -> list[int]:
     """The postmaster and its children (backends, WAL writer, checkpointer…): our
     private server's processes only, not other servers' on the machine."""
@@ -99,7 +111,7 @@ class _Cpu:
         server = self.postmaster
         return {
             "workers": sum(_cpu_of(p) for p in self.workers),
-            "postgres": sum(_cpu_of(p) for p in _server_pids(server)) if server else 0.0,
+            "postgres": _server_cpu(server) if server else 0.0,
             "fake_platform": own.user + own.system,
         }
 
@@ -152,6 +164,9 @@ async def _worker(url: str, api_base: str, token: str, personas: str, name: str)
         group_per_minute=100_000,
         global_per_second=100_000.0,
     )
+    from bot.logs import configure_logging
+
+    configure_logging(level="WARNING", fmt="json")  # as `bot run` with level WARNING
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -346,7 +361,19 @@ async def _ready(api: Any, url: str, workers: int, children: list[Any], tmp: Pat
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "--child":
-        asyncio.run(_worker(*sys.argv[2:7]))
+        profile = os.environ.get("BENCH_PROFILE")  # a folder: where each worker's goes
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                asyncio.run(_worker(*sys.argv[2:7]))
+            finally:
+                profiler.disable()
+                profiler.dump_stats(str(Path(profile) / f"{sys.argv[6]}.prof"))
+        else:
+            asyncio.run(_worker(*sys.argv[2:7]))
     else:
         out = asyncio.run(run_workers(int(sys.argv[1]) if len(sys.argv) > 1 else 2))
         print(json.dumps(out, indent=2))

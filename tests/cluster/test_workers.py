@@ -194,3 +194,64 @@ async def test_a_second_bot_run_on_a_sqlite_file_is_refused(
         assert await first.stop() == 0, first.log()
     assert code != 0
     assert "another `bot run`" in log and "PostgreSQL" in log, log
+
+
+async def test_every_worker_serves_the_webhook_and_each_update_is_answered_once(
+    tmp_path: Path, llm: FakeOpenAIServer, postgres_url: str
+) -> None:
+    import itertools
+    import socket
+
+    import aiohttp
+
+    from adapters._telegram_webhook import derived_secret
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    async with FakeTelegramAPI() as api:
+        api.record_calls = False
+        config = cluster_config(
+            tmp_path,
+            llm_url=llm.base_url,
+            api=api,
+            database_url=postgres_url,
+            # The load balancer's address, as Telegram knows it (nothing listens there:
+            # this test is the load balancer, posting to each worker in turn).
+            telegram={"mode": "webhook", "webhook_url": "http://127.0.0.1:9/telegram"},
+        )
+        workers = [
+            Worker(f"w{n}", config, api, env={"BOT_TELEGRAM__LISTEN_PORT": str(port)})
+            for n, port in enumerate(ports)
+        ]
+        for n, worker in enumerate(workers):
+            await worker.start()
+            await worker.wait_joined(postgres_url, workers=n + 1)
+        await api.wait_for(lambda: api.counts["setWebhook"] >= 2, timeout=30)
+        # No secret configured: both registered the one derived from the token.
+        assert api.webhook_secret == derived_secret(api.token)
+        headers = {"X-Telegram-Bot-Api-Secret-Token": derived_secret(api.token)}
+        ids = itertools.count(1)
+        updates = []
+        api.started.update((5001, 5002, 5003))  # they have started the bot
+        for k in range(4):
+            for chat in (5001, 5002, 5003):
+                body = api.message(chat, chat, f"message {k} from {chat}")
+                updates.append({"update_id": next(ids), "message": body})
+        async with aiohttp.ClientSession() as session:
+            for n, update in enumerate(updates):  # alternately, as a balancer would
+                url = f"http://127.0.0.1:{ports[n % 2]}/telegram"
+                async with session.post(url, json=update, headers=headers) as response:
+                    assert response.status == 200, await response.text()
+        done = await settled(postgres_url, len(updates), timeout=60)
+        assert done, (workers[0].log(), workers[1].log())
+        for worker in workers:
+            assert await worker.stop() == 0, worker.log()
+        result = await asyncio.to_thread(account, postgres_url, api, updates)
+        order = await asyncio.to_thread(_reply_order, postgres_url, api)
+    assert result.lost == [] and result.duplicates == 0, result
+    assert result.answered == len(updates)
+    for chat, ids_in_order in order.items():
+        assert ids_in_order == sorted(ids_in_order), (chat, ids_in_order)
