@@ -226,6 +226,11 @@ def create_db_engine(
         raise ConfigError(
             f"database.url = {shown}: not a database URL, e.g. sqlite:///data/bot.db"
         ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        # The driver we ship (psycopg 3): SQLAlchemy's default for a bare postgresql://
+        # is psycopg2, and postgres:// (as many hosts hand it out) it does not know.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     path = sqlite_path(url)
     if path is not None:
         _check_sqlite_file(path, must_exist=must_exist)

@@ -278,3 +278,15 @@ def test_now_is_utc_on_the_session(postgres_url: str) -> None:
         now = conn.exec_driver_sql("SELECT now()").scalar_one()
     assert now.tzinfo is not None and abs(now - datetime.now(UTC)) < timedelta(minutes=5)
     engine.dispose()
+
+
+def test_a_bare_postgresql_url_gets_the_shipped_driver(postgres_url: str) -> None:
+    # postgresql:// would mean psycopg2 to SQLAlchemy, postgres:// nothing at all.
+    for scheme in ("postgresql://", "postgres://"):
+        engine = create_db_engine(postgres_url.replace("postgresql+psycopg://", scheme, 1))
+        try:
+            assert engine.dialect.driver == "psycopg"
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+        finally:
+            engine.dispose()
