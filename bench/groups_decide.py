@@ -159,7 +159,7 @@ def main() -> None:
         if args.start_postgres and url is None:
             import pgserver
 
-            server = pgserver.get_server(f"{tmp}/pg", cleanup_mode="stop")
+            server = pgserver.get_server(f"{tmp}/pg", cleanup_mode="stop")  # type: ignore[attr-defined]
             server.psql("CREATE DATABASE groups_bench;")
             url = server.get_uri("groups_bench").replace(
                 "postgresql://", "postgresql+psycopg://", 1
