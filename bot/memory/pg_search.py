@@ -64,17 +64,44 @@ def vector_literal(values: Any) -> str:
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
 
-def _words_sql(kind: str) -> Any:
+#: BM25's constants, as FTS5's bm25() has them.
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+def _words_sql(kind: str, terms: int) -> Any:
+    # BM25, as SQLite's FTS5 ranks (ts_rank has no inverse document frequency, so a
+    # common word would count as much as a rare one: 4 points of LoCoMo recall@10).
+    # Each query word's document frequency is counted among the rows that match any
+    # of them; `:docs` is the scope's size. Term frequency is taken as 1 (chat
+    # messages rarely repeat a word); the length normalisation uses the lexeme
+    # count against the matching rows' mean.
     table, a, scope = _ALIASES[kind]
+    flags = ", ".join(
+        f"({a}.search_words @@ to_tsquery('{TS_CONFIG}', :t{i}))::int AS h{i}" for i in range(terms)
+    )
+    frequencies = ", ".join(f"sum(h{i}) AS d{i}" for i in range(terms))
+    idf = " + ".join(f"h{i} * ln(1 + (:docs - d{i} + 0.5) / (d{i} + 0.5))" for i in range(terms))
+    norm = (
+        f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len / "
+        "greatest(mean_len, 1))))"
+    )
     return text(
-        f"SELECT {a}.id FROM {table} {a} "
-        f"WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) AND {scope} "
-        f"ORDER BY ts_rank({a}.search_words, to_tsquery('{TS_CONFIG}', :q)) DESC, "
-        f"{a}.id DESC LIMIT :n"
+        f"WITH hits AS (SELECT {a}.id, length({a}.search_words) AS len, {flags} "
+        f"FROM {table} {a} WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) "
+        f"AND {scope}), frequency AS (SELECT {frequencies}, avg(len) AS mean_len FROM hits) "
+        f"SELECT hits.id FROM hits, frequency ORDER BY ({idf}) * {norm} DESC, hits.id DESC "
+        "LIMIT :n"
     )
 
 
-_WORDS = {kind: _words_sql(kind) for kind in _ALIASES}
+_SCOPE_SIZE = {
+    kind: text(f"SELECT count(*) FROM {table} {a} WHERE {scope}")
+    for kind, (table, a, scope) in _ALIASES.items()
+}
+#: How long a scope's row count (BM25's document count) is reused: it moves slowly.
+SCOPE_SIZE_TTL_S = 60.0
+_SIZES_KEPT = 10_000
 _SUBSTRING = {
     kind: text(
         f"SELECT {a}.id FROM {table} {a} WHERE {scope} AND strpos({a}.text, :s) > 0 "
@@ -104,7 +131,11 @@ def _lexical(
     grams: Sequence[str],
     short_cjk: Sequence[str],
     n: int,
+    sizes: dict[str, int],
 ) -> Lexical:
+    """Ranked id lists in `scope`: BM25 over the word index, trigram matches for CJK
+    runs, substring matches for short ones. `sizes` holds the scope's row count per
+    kind where known, and gets those this call counts."""
     params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
     lists: Lexical = []
     for kind in kinds:
@@ -112,7 +143,15 @@ def _lexical(
             continue
         found: list[tuple[str, int]]
         if tsq is not None:
-            rows = conn.execute(_WORDS[kind], {**params, "q": tsq}).scalars()
+            terms = tsq.split(" | ")
+            docs = sizes.get(kind)
+            if docs is None:
+                docs = sizes[kind] = int(conn.execute(_SCOPE_SIZE[kind], params).scalar_one())
+            term_params = {f"t{i}": t for i, t in enumerate(terms)}
+            statement = _words_sql(kind, len(terms))
+            rows = conn.execute(
+                statement, {**params, **term_params, "q": tsq, "docs": max(docs, 1)}
+            ).scalars()
             found = [(kind, int(i)) for i in rows]
             if found:
                 lists.append(found)
@@ -167,6 +206,8 @@ class PostgresSearch:
     def __init__(self, db: Database, *, model: str | None) -> None:
         self.db = db
         self.model = model
+        # Per scope: when its row counts were taken, and the counts (no text).
+        self._sizes: dict[tuple[int, int], tuple[float, dict[str, int]]] = {}
 
     def lexical(
         self, scope: MemoryScope, kinds: Sequence[Kind], query: str, n: int
@@ -174,7 +215,21 @@ class PostgresSearch:
         tsq = tsquery_expression(query)
         grams = trigrams(query)
         short_cjk = cjk_runs(query)
-        return lambda conn: _lexical(conn, scope, kinds, tsq, grams, short_cjk, n)
+        key = (scope.user_id, scope.conversation_id)
+        now = time.monotonic()
+        known = self._sizes.get(key)
+        fresh = known is not None and now - known[0] < SCOPE_SIZE_TTL_S
+        sizes = dict(known[1]) if known is not None and fresh else {}
+        taken = known[0] if known is not None and fresh else now
+
+        def work(conn: Connection) -> Lexical:
+            lists = _lexical(conn, scope, kinds, tsq, grams, short_cjk, n, sizes)
+            if len(self._sizes) >= _SIZES_KEPT:
+                self._sizes.pop(next(iter(self._sizes)))
+            self._sizes[key] = (taken, sizes)
+            return lists
+
+        return work
 
     async def dense(
         self, scope: MemoryScope, query: QueryVector, n: int

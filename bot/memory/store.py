@@ -61,6 +61,7 @@ from bot.text import clean_text
 
 if TYPE_CHECKING:
     from bot.engine import RecallRequest, TurnRecord
+    from bot.metrics import Metrics
 
 __all__ = [
     "ForgetRefused",
@@ -97,8 +98,11 @@ class Memory:
         cache_vectors: int = 2_000_000,
         extract_max_tokens: int = 512,
         context_turns: int = 1,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
+        #: Times each search (`personabot_memory_search_seconds{backend}`) when set.
+        self.metrics = metrics
         self.embedder = embedder
         self.backend_for = backend_for
         self.extract_facts = extract_facts
@@ -262,6 +266,21 @@ class Memory:
         Never raises for odd text: an empty, huge, punctuation- or emoji-only query
         or one full of search syntax simply finds what its words find (maybe nothing).
         """
+        if self.metrics is None:
+            return await self._search(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
+        with self.metrics.timed_search(self.db.engine.dialect.name):
+            return await self._search(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
+
+    async def _search(
+        self,
+        scope: MemoryScope,
+        query: str,
+        *,
+        k: int,
+        now: datetime | None,
+        exclude: Iterable[int],
+        kinds: Sequence[Kind],
+    ) -> list[MemoryHit]:
         now = aware(now or datetime.now(UTC))
         # Lone surrogates (undecodable bytes) cannot reach the database or a tokenizer.
         query = clean_text(query[:4000])

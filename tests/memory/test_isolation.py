@@ -23,6 +23,7 @@ from bot.config import load_settings
 from bot.llm.mock import MockBackend
 from bot.memory.store import SQLiteMemory
 from bot.messages import Actor, Incoming, Scope
+from tests.fakes.postgres import PostgresServer
 from tests.memory.conftest import HashEmbedder
 
 PERSONA = """\
@@ -52,13 +53,15 @@ def _scope(user: str, place: str) -> Scope:
     return Scope(platform="t", space="guild", channel=place, user=user, persona="tester")
 
 
-async def _scenario(script: list[tuple[str, str, str]], dense: bool, root: Path) -> None:
+async def _scenario(
+    script: list[tuple[str, str, str]], dense: bool, root: Path, url: str | None = None
+) -> None:
     (root / "personas").mkdir()
     (root / "personas" / "tester.yaml").write_text(PERSONA, encoding="utf-8")
     config = load_settings(
         None,
         {
-            "database": {"url": f"sqlite:///{root}/bot.db"},
+            "database": {"url": url or f"sqlite:///{root}/bot.db"},
             "personas": {"dirs": [str(root / "personas")], "default": "tester", "watch": False},
             # No recent history: everything earlier reaches the prompt only through recall.
             "engine": {"history_messages": 0},
@@ -103,3 +106,18 @@ def test_no_prompt_ever_holds_another_scopes_memory(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(_scenario(script, dense, Path(tmp)))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=turns, dense=st.booleans())
+def test_no_prompt_ever_holds_another_scopes_memory_on_postgresql(
+    postgres_server: PostgresServer, script: list[tuple[str, str, str]], dense: bool
+) -> None:
+    """The same property on PostgreSQL's backend (tsvector, pg_trgm, pgvector), each
+    example on a database of its own."""
+    url = postgres_server.new_database("iso")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            asyncio.run(_scenario(script, dense, Path(tmp), url))
+    finally:
+        postgres_server.drop_database(url)

@@ -265,3 +265,19 @@ async def test_a_scope_holding_most_messages_ranks_without_its_token_and_the_sam
     without = await ranked(40)  # 40 of 52 messages: ranked without the token
     assert without == with_token
     assert {i for _, i in with_token[0]} <= set(ann_ids) and len(with_token[0]) == 10
+
+
+async def test_each_search_is_timed_by_backend_when_metrics_are_given(db, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    from bot.metrics import Metrics
+
+    metrics = Metrics(worker="w")
+    memory = SQLiteMemory(db, metrics=metrics)
+    scope, *_ = await say(ledger, scope_for("ann"), "my kayak is red")
+    await memory.search(scope, "kayak")
+    await memory.search(scope, "red")
+    backend = db.engine.dialect.name
+    count = metrics.registry.get_sample_value(
+        "personabot_memory_search_seconds_count", {"backend": backend}
+    )
+    assert count == 2
+    await memory.aclose()

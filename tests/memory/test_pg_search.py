@@ -1,0 +1,105 @@
+"""PostgreSQL's own pieces of the memory: the HNSW index serving the scoped vector
+query, `backfill_vectors` for rows copied in without their pgvector column, and the
+full-text and trigram paths' isolation at the SQL level."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+
+from bot.db import Database
+from bot.memory.ledger import Ledger
+from bot.memory.pg_search import _nearest_sql, backfill_vectors, vector_literal
+from bot.memory.store import Memory
+from tests.memory.conftest import HashEmbedder, say, scope_for
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[Database]:
+    db = Database.open(postgres_url)
+    yield db
+    await db.aclose()
+
+
+async def test_the_scoped_vector_query_can_use_the_hnsw_index_and_stays_in_scope(
+    pg: Database,
+) -> None:
+    ledger = Ledger(pg)
+    embedder = HashEmbedder(dim=384)
+    memory = Memory(pg, embedder=embedder, embed_delay_s=0)
+    ann, a1, _ = await say(ledger, scope_for("ann"), "my violin lesson is on friday")
+    bob, b1, _ = await say(ledger, scope_for("bob"), "my violin lesson is on friday")
+    memory.enqueue([("message", a1), ("message", b1)])
+    await memory.flush()
+    hits = await memory.search(ann, "violin lesson friday")
+    assert [h.id for h in hits] == [a1]
+    assert [h.id for h in await memory.search(bob, "violin lesson friday")] == [b1]
+
+    def plan(conn: object) -> str:
+        conn.execute(text("SET LOCAL enable_seqscan = off"))  # type: ignore[attr-defined]
+        conn.execute(text("SET LOCAL enable_bitmapscan = off"))  # type: ignore[attr-defined]
+        conn.execute(text("SET LOCAL enable_indexscan = on"))  # type: ignore[attr-defined]
+        rows = conn.execute(  # type: ignore[attr-defined]
+            text(f"EXPLAIN {_nearest_sql(384)}"),
+            {"uid": ann.user_id, "cid": ann.conversation_id, "model": embedder.name,
+             "q": vector_literal(embedder.embed(["violin"])[0]), "n": 10},
+        )  # fmt: skip
+        return "\n".join(r[0] for r in rows)
+
+    assert "ix_embeddings_hnsw_384" in await pg.run(plan)
+    await memory.aclose()
+
+
+async def test_backfill_fills_the_vector_column_from_the_blobs(pg: Database) -> None:
+    ledger = Ledger(pg)
+    embedder = HashEmbedder(dim=384)
+    memory = Memory(pg, embedder=embedder, embed_delay_s=0)
+    ann, a1, r1 = await say(ledger, scope_for("ann"), "the lighthouse keeper", reply="a story")
+    memory.enqueue([("message", a1), ("message", r1)])
+    await memory.flush()
+    # As `bot db copy` leaves them: the portable blob copied, the pgvector column not.
+    await pg.run(lambda c: c.execute(text("UPDATE embeddings SET embedding = NULL")))
+    assert await memory.search(ann, "lighthouse keeper") != []  # words still find it
+    filled = await pg.run(backfill_vectors)
+    assert filled == 2
+    assert await pg.run(backfill_vectors) == 0  # nothing left to fill
+    same = await pg.read(
+        lambda c: c.execute(
+            text("SELECT count(*) FROM embeddings WHERE embedding IS NOT NULL AND dim = 384")
+        ).scalar()
+    )
+    assert same == 2
+    scored = await memory.search_backend.dense(ann, _vector(embedder, "lighthouse keeper"), 10)
+    assert scored is not None and scored[0][1] == a1 and scored[0][2] > 0.5
+    await memory.aclose()
+
+
+def _vector(embedder: HashEmbedder, query: str):  # type: ignore[no-untyped-def]
+    from bot.memory.backend import QueryVector
+
+    async def make():  # type: ignore[no-untyped-def]
+        return embedder.embed([query])[0]
+
+    return QueryVector(make, eager=False)
+
+
+async def test_backfill_on_sqlite_is_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database.open(f"sqlite:///{tmp_path}/x.db")
+    try:
+        assert await db.run(backfill_vectors) == 0
+    finally:
+        await db.aclose()
+
+
+async def test_cjk_and_words_stay_in_scope(pg: Database) -> None:
+    ledger = Ledger(pg)
+    memory = Memory(pg)
+    ann, a1, _ = await say(ledger, scope_for("ann"), "我喜欢吃苹果和香蕉")
+    await say(ledger, scope_for("bob"), "我喜欢吃苹果和香蕉")
+    ann_channel, a2, _ = await say(ledger, scope_for("ann", "general"), "我喜欢吃苹果")
+    assert [h.id for h in await memory.search(ann, "喜欢吃苹果")] == [a1]
+    assert [h.id for h in await memory.search(ann, "苹果")] == [a1]  # two characters
+    assert [h.id for h in await memory.search(ann_channel, "苹果")] == [a2]
+    await memory.aclose()
