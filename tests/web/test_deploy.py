@@ -47,6 +47,13 @@ def test_the_dashboard_references_only_metrics_that_exist() -> None:
     assert not unknown, f"the dashboard asks for metrics bot/metrics.py does not export: {unknown}"
 
 
+def test_the_dashboard_asks_vllm_only_in_its_own_job() -> None:
+    queries = [t["expr"] for p in _dashboard()["panels"] for t in p.get("targets", [])]
+    for query in queries:
+        if "vllm:" in query:
+            assert 'job="vllm"' in query and "personabot_" not in query, query
+
+
 def test_the_dashboard_shows_every_metric_family() -> None:
     text = json.dumps(_dashboard())
     families = {
