@@ -360,8 +360,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as exc:  # locked, read-only, "file is not a database", ...
+        what = "reach" if _unreachable(exc) else "migrate"
         raise StorageError(
-            f"cannot migrate the database {shown_url(engine)}: {_reason(exc)}"
+            f"cannot {what} the database {shown_url(engine)}: {_reason(exc)}"
         ) from exc
 
 

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import threading
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -322,3 +323,22 @@ async def test_a_server_that_goes_away_is_a_clear_error_and_coming_back_is_notic
     finally:
         await db.aclose()
         server.cleanup()
+
+
+def test_bot_db_upgrade_and_current_on_postgres_and_an_unreachable_one(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    from tests.test_cli import bot
+
+    env = {"BOT_DATABASE__URL": postgres_url}
+    done = bot("db", "upgrade", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"database at revision {head_revision()}" in done.stdout
+    current = bot("db", "current", env=env, cwd=tmp_path)
+    assert current.returncode == 0 and f"current: {head_revision()}" in current.stdout
+    gone = f"postgresql+psycopg://bot:hunter2-secret@127.0.0.1:{_closed_port()}/bot"
+    failed = bot("db", "upgrade", env={"BOT_DATABASE__URL": gone}, cwd=tmp_path)
+    assert failed.returncode == 3, failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the database" in lines[0], failed.stderr
+    assert "hunter2-secret" not in failed.stderr and "Traceback" not in failed.stderr
