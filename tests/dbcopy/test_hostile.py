@@ -219,3 +219,55 @@ def test_a_target_database_that_does_not_exist(
     assert code == 3
     line = _one_line(err)
     assert 'database "no_such_db" does not exist' in line and "create it first" in line
+
+
+def test_a_bad_value_fixed_in_the_source_then_the_rerun_continues(
+    filled_sqlite: str, postgres_url: str
+) -> None:
+    _poke(filled_sqlite, "UPDATE messages SET text = 'a' || char(0) || 'b' WHERE id = 40")
+    with pytest.raises(StorageError, match="messages row id=40, column text"):
+        copy_database(filled_sqlite, postgres_url, batch_size=10)
+    engine = create_db_engine(postgres_url)
+    with engine.connect() as conn:
+        # The batches before the bad row are in, and recorded.
+        assert conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one() == 30
+        assert (
+            conn.execute(
+                sa.text("SELECT rows FROM bot_dbcopy_progress WHERE name = 'messages'")
+            ).scalar_one()
+            == 30
+        )
+    engine.dispose()
+    _poke(filled_sqlite, "UPDATE messages SET text = 'ab' WHERE id = 40")
+    result = copy_database(filled_sqlite, postgres_url, batch_size=10)
+    assert result.resumed and result.ok
+
+
+def test_a_record_from_another_bot_version_is_refused(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, postgres_url: str
+) -> None:
+    _poke(filled_sqlite, "UPDATE users SET is_bot = 5 WHERE id = 3")
+    with pytest.raises(StorageError):
+        copy_database(filled_sqlite, postgres_url)
+    engine = create_db_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE bot_dbcopy_progress SET revision = '0009' WHERE name = '*'"))
+    engine.dispose()
+    code, _, err = _run(capsys, "--from", filled_sqlite, "--to", postgres_url)
+    assert code == 3
+    assert "unfinished copy made at migration 0009" in _one_line(err)
+
+
+def test_two_copies_into_one_postgresql_at_once(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, postgres_url: str
+) -> None:
+    engine = create_db_engine(postgres_url)
+    with engine.connect() as other:  # what a first copy holds while it runs
+        assert other.execute(
+            sa.text("SELECT pg_try_advisory_lock(hashtext('bot db copy'))")
+        ).scalar()
+        code, _, err = _run(capsys, "--from", filled_sqlite, "--to", postgres_url)
+        assert code == 3
+        assert "another `bot db copy` is writing to this database" in _one_line(err)
+    engine.dispose()
+    assert copy_database(filled_sqlite, postgres_url).ok  # released with its session
