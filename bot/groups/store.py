@@ -53,11 +53,14 @@ _PRUNE_EVERY = 1000
 
 
 def channel_key(key: str) -> str:
-    """`key` as stored: itself, or when longer than `MAX_KEY` its head and a hash."""
-    if len(key) <= MAX_KEY:
+    """`key` as stored: itself, or when longer than `MAX_KEY` or holding what a
+    database may refuse (NUL, which PostgreSQL's text cannot hold; lone
+    surrogates) its cleaned head and a hash of the whole."""
+    clean = "".join(c for c in key if c != "\x00" and not "\ud800" <= c <= "\udfff")
+    if len(key) <= MAX_KEY and clean == key:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    return f"{key[: MAX_KEY - 41]}#{digest}"
+    return f"{clean[: MAX_KEY - 41]}#{digest}"
 
 
 @dataclass

@@ -194,6 +194,10 @@ async def test_long_and_strange_keys_are_kept_apart(open_db: Callable[[], Databa
     long_b = "telegram/" + "x" * 600 + "/b"
     assert len(channel_key(long_a)) == MAX_KEY and channel_key(long_a) != channel_key(long_b)
     odd = "discord/'; DROP TABLE group_channels; --/汉字\U0001f431/-"
+    nul, lone = "discord/a\x00b/-", "discord/a\ud800b/-"
+    assert channel_key(nul) != channel_key("discord/ab/-") != channel_key(lone)
+    for key in (nul, lone):
+        await step(store, PERSON, 9.0, key=key)
     for key in (long_a, odd):
         for i in range(3):
             await step(store, PERSON, 10.0 + i, key=key)
