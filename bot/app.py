@@ -187,6 +187,8 @@ async def open_app(
             memory=long_term,
             safety=safety.stage,
         )
+        if long_term is not None:  # memory search latency, in the engine's metrics
+            long_term.metrics = engine.metrics
         from bot.train.serving import attach_adapters  # canary routing, vLLM reloads
 
         keep_adapters = backend is None and settings.llm.backend == "openai"

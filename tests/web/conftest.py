@@ -21,8 +21,9 @@ from tests.test_engine import PERSONA
 os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
-def settings_for(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
-    """Settings of a test bot on `url`: the persona `tester`, no memory, no watching."""
+def settings_for(tmp_path: Path, url: str, *, memory: bool = False):  # type: ignore[no-untyped-def]
+    """Settings of a test bot on `url`: the persona `tester`, no watching, and no
+    memory (or with `memory`, full-text memory without an embedding model)."""
     personas = tmp_path / "personas"
     personas.mkdir(exist_ok=True)
     (personas / "tester.yaml").write_text(PERSONA, encoding="utf-8")
@@ -31,7 +32,7 @@ def settings_for(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
         {
             "database": {"url": url},
             "personas": {"dirs": [str(personas)], "default": "tester", "watch": False},
-            "memory": {"enabled": False},
+            "memory": {"enabled": memory, "embedding_model": "none"},
             "ops": {"port": 0},
         },
     )
@@ -59,12 +60,17 @@ class OpsBot:
 
 
 async def open_ops_bot(
-    tmp_path: Path, url: str, *, adapters: tuple[object, ...] = (), ops: OpsSettings | None = None
+    tmp_path: Path,
+    url: str,
+    *,
+    adapters: tuple[object, ...] = (),
+    ops: OpsSettings | None = None,
+    memory: bool = False,
 ) -> AsyncIterator[OpsBot]:
     """An `OpsBot` on `url` (used as an async generator by the fixtures below)."""
-    settings = settings_for(tmp_path, url)
+    settings = settings_for(tmp_path, url, memory=memory)
     backend = MockBackend(lambda req: f"heard: {req.messages[-1].content}")
-    async with open_app(settings, backend=backend, watch=False, memory=False) as app:
+    async with open_app(settings, backend=backend, watch=False, memory=memory) as app:
         server = await start_ops(ops or settings.ops, app, list(adapters))
         assert server is not None
         try:

@@ -72,6 +72,17 @@ async def test_a_streamed_turn_times_its_first_token(tmp_path: Path) -> None:
         assert samples['personabot_time_to_first_token_seconds_count{platform="console"}'] == 1
 
 
+async def test_memory_search_and_recall_are_timed(tmp_path: Path, database_url: str) -> None:
+    async for bot in open_ops_bot(tmp_path, database_url, memory=True):
+        await _console(bot, "I have a dog called Rex\nwhat is my dog called?\n").run(
+            asyncio.Event()
+        )
+        samples = await bot.metrics()
+        dialect = bot.app.db.engine.dialect.name
+        assert samples[f'personabot_memory_search_seconds_count{{backend="{dialect}"}}'] >= 2
+        assert samples["personabot_memory_recall_seconds_count"] == 2
+
+
 async def test_failures_are_counted_by_stage(ops_bot: OpsBot) -> None:
     from bot.errors import BackendError
     from bot.llm.mock import MockBackend
