@@ -21,6 +21,7 @@ from bot.web.dashboard.pages import (
     redirect,
     render,
     require_persona,
+    see_other,
     t,
 )
 from bot.web.dashboard.store import AuditEntry, Moderator, Role, audit, list_audit
@@ -47,6 +48,7 @@ __all__ = [
     "redirect",
     "render",
     "require_persona",
+    "see_other",
     "start_dashboard",
     "t",
 ]

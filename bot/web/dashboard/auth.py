@@ -24,6 +24,7 @@ from bot.web.dashboard.pages import (
     form_text,
     language,
     render,
+    see_other,
 )
 from bot.web.dashboard.store import (
     MAX_PASSWORD,
@@ -122,7 +123,7 @@ async def sign_in(request: web.Request, who: Moderator, location: str) -> web.St
     token, _csrf = await state.db.run(
         lambda conn: create_session(conn, who, now=now, lifetime=lifetime)
     )
-    response = web.HTTPSeeOther(location)
+    response = see_other(location)
     _cookie(request, response, SESSION_COOKIE, token, max_age=int(lifetime.total_seconds()))
     response.del_cookie(LOGIN_COOKIE, path="/")
     log.info("dashboard.signed_in", name=who.name, role=who.role.label, via=who.via)
@@ -205,7 +206,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     token = request.cookies.get(SESSION_COOKIE, "")
     if token:
         await state.db.run(lambda conn: delete_session(conn, token))
-    response = web.HTTPSeeOther("/login")
+    response = see_other("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
 
@@ -215,7 +216,7 @@ async def switch_language(request: web.Request) -> web.StreamResponse:
     to = request.query.get("to", "")
     if to not in LANGUAGES:
         raise DashboardError(400, detail=f"to: one of {', '.join(LANGUAGES)}")
-    response = web.HTTPSeeOther(safe_next(request.query.get("next")))
+    response = see_other(safe_next(request.query.get("next")))
     response.set_cookie(
         LANG_COOKIE, to, max_age=365 * 86400, path="/", samesite="Lax", httponly=True
     )

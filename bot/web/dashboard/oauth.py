@@ -63,7 +63,9 @@ async def start(request: web.Request) -> web.StreamResponse:
             "prompt": "none",
         }
     )
-    response = web.HTTPSeeOther(f"{config.discord_authorize_url}?{query}")
+    response = web.Response(
+        status=303, headers={"Location": f"{config.discord_authorize_url}?{query}"}
+    )
     secure = config.secure_cookies == "always" or (
         config.secure_cookies == "auto" and is_https(request)
     )

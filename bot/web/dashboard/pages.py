@@ -52,6 +52,7 @@ __all__ = [
     "redirect",
     "render",
     "require_persona",
+    "see_other",
     "t",
 ]
 
@@ -61,9 +62,9 @@ TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
 
 #: The request keys the middlewares fill in.
-MODERATOR_KEY = "dashboard.moderator"
-CSRF_KEY = "dashboard.csrf"
-LANG_KEY = "dashboard.lang"
+MODERATOR_KEY: web.RequestKey[Moderator] = web.RequestKey("dashboard.moderator", Moderator)
+CSRF_KEY: web.RequestKey[str] = web.RequestKey("dashboard.csrf", str)
+LANG_KEY: web.RequestKey[str] = web.RequestKey("dashboard.lang", str)
 
 
 class DashboardError(Exception):
@@ -252,10 +253,18 @@ def query_int(
 
 
 def redirect(location: str) -> web.HTTPSeeOther:
-    """A 303 to a path of this dashboard (raise it after a successful POST)."""
+    """A 303 to a path of this dashboard: `raise redirect(...)` after a successful POST."""
     if not location.startswith("/") or location.startswith("//"):
         location = "/"
     return web.HTTPSeeOther(location)
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 to a path of this dashboard, as a response to return (cookies can be set
+    on it)."""
+    if not location.startswith("/") or location.startswith("//"):
+        location = "/"
+    return web.Response(status=303, headers={"Location": location})
 
 
 def render(
