@@ -74,8 +74,10 @@ class Worker:
 
     name: str
     config: Path
-    api: FakeTelegramAPI
+    api: FakeTelegramAPI | None
     env: dict[str, str] = field(default_factory=dict)
+    #: The platform's token variable (None: TELEGRAM_TOKEN of `api`); the other is unset.
+    token_env: tuple[str, str] | None = None
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
 
@@ -85,9 +87,14 @@ class Worker:
     async def start(self) -> None:
         """Start `bot run` (return at once; see `wait_joined`)."""
         log = self._log_path(self.starts).open("wb")
+        if self.token_env is None:
+            assert self.api is not None
+            token = ("TELEGRAM_TOKEN", self.api.token)
+        else:
+            token = self.token_env
         env = {
-            **os.environ,
-            "TELEGRAM_TOKEN": self.api.token,
+            **{k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "DISCORD_TOKEN")},
+            token[0]: token[1],
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
             "HF_HUB_OFFLINE": "1",
@@ -95,7 +102,6 @@ class Worker:
             "BOT_WORKER_ID": self.name,
             **self.env,
         }
-        env.pop("DISCORD_TOKEN", None)
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
