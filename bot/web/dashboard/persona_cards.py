@@ -18,9 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy import Connection
+
 from bot.personas.cards.errors import CardError
 from bot.personas.cards.read import MAX_FILE_BYTES as MAX_CARD_BYTES
-from bot.web.dashboard.persona_service import PersonaService, locked_directory, read_file_bytes
+from bot.personas.loader import LoadedPersona
+from bot.web.dashboard.persona_service import (
+    PersonaService,
+    locked_directory,
+    read_file_bytes,
+    record_version,
+)
 
 __all__ = [
     "CARD_SUFFIXES",
@@ -32,6 +40,7 @@ __all__ = [
     "clean_upload_name",
     "export_card_bytes",
     "import_upload",
+    "serve_imported",
 ]
 
 #: What an upload may be: a PNG, JSON or CHARX card, or a JSON lorebook.
@@ -157,19 +166,36 @@ def _import_sync(
     return ImportOutcome(tuple(items))
 
 
-async def serve_imported(service: PersonaService, outcome: ImportOutcome) -> list[str]:
-    """Load the personas an import wrote; the problems, as `check` lines (none
-    expected: each was validated before it was written)."""
+async def serve_imported(
+    service: PersonaService,
+    outcome: ImportOutcome,
+    *,
+    audit: Callable[[Connection, ImportedItem], None] | None = None,
+) -> list[str]:
+    """Load the personas an import wrote, and record them and `audit(conn, item)` for
+    every item in one transaction; the problems, as `check` lines (none expected:
+    each was validated before it was written)."""
     problems: list[str] = []
     out = service.directory()
+    served: list[LoadedPersona] = []
     for item in outcome.items:
         if item.kind != "persona":
             continue
         found = await service.registry.reload(out / item.files[-1])
         problems.extend(service.view(p).text for p in found)
-        served = service.served(item.id)
-        if served is not None and not found:
-            await service.record(served)
+        loaded = service.served(item.id)
+        if loaded is not None and not found:
+            served.append(loaded)
+    if service.db is not None:
+
+        def work(conn: Connection) -> None:
+            for loaded in served:
+                record_version(conn, loaded)
+            if audit is not None:
+                for item in outcome.items:
+                    audit(conn, item)
+
+        await service.db.run(work)
     return problems
 
 

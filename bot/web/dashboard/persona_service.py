@@ -22,13 +22,13 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, insert, select
 
 from bot import models
 from bot.db import Database
@@ -43,6 +43,7 @@ from bot.text import clean_text
 
 __all__ = [
     "MAX_TEXT_CHARS",
+    "AuditHook",
     "CheckResult",
     "DiffLine",
     "PersonaService",
@@ -52,6 +53,7 @@ __all__ = [
     "locked_directory",
     "parse_history",
     "read_file_bytes",
+    "record_version",
 ]
 
 #: The longest persona text the pages accept (the loader refuses files past 1 MiB).
@@ -67,6 +69,10 @@ MAX_HISTORY_LINES = 200
 MAX_HISTORY_CHARS = 20_000
 #: Longest preview message (characters).
 MAX_MESSAGE_CHARS = 20_000
+
+
+#: Writes the audit row of a save, in the transaction that records its version.
+AuditHook = Callable[[Connection, "SaveResult"], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +155,9 @@ class PersonaService:
     db: Database | None = None
     tokenizer: str | None = None
     context_window: int = 4096
+    #: The token counter of the backend that voices a persona (the engine's own
+    #: counts); when None, `tokenizer` is loaded once.
+    tokens_for: Callable[[LoadedPersona], Awaitable[TokenCounter]] | None = None
     _tokens: TokenCounter | None = field(default=None, init=False, repr=False)
     _tokenizer_shown: str = field(default="approximate", init=False, repr=False)
     _checks: asyncio.Semaphore = field(
@@ -278,8 +287,8 @@ class PersonaService:
         checked = await self.check(text, persona_id)
         if not checked.ok or checked.loaded is None:
             return checked, None
-        tokens = await self._token_counter()
         loaded = checked.loaded
+        tokens = await self._token_counter(loaded)
         built = await asyncio.to_thread(
             build_preview,
             loaded,
@@ -293,7 +302,12 @@ class PersonaService:
         )
         return checked, built.as_json()
 
-    async def _token_counter(self) -> TokenCounter:
+    async def _token_counter(self, loaded: LoadedPersona) -> TokenCounter:
+        if self.tokens_for is not None:
+            counter = await self.tokens_for(loaded)
+            approximate = type(counter).__name__ == "ApproxTokenCounter"
+            self._tokenizer_shown = "approximate" if approximate else type(counter).__name__
+            return counter
         if self._tokens is None:
             counter = await asyncio.to_thread(load_token_counter, self.tokenizer)
             approximate = type(counter).__name__ == "ApproxTokenCounter"
@@ -335,11 +349,23 @@ class PersonaService:
 
     # -- saving -------------------------------------------------------------------
 
-    async def save(self, persona_id: str | None, text: str, base_hash: str) -> SaveResult:
+    async def save(
+        self,
+        persona_id: str | None,
+        text: str,
+        base_hash: str,
+        *,
+        audit: AuditHook | None = None,
+    ) -> SaveResult:
         """Check `text`, then write it as the file of `persona_id` (None: a new one) and
         serve it; nothing is written unless it loads. `base_hash` is the hash of the
         file the editor started from (`editor_text`): a file changed since is a
-        conflict, not overwritten."""
+        conflict, not overwritten.
+
+        `audit(conn, result)` runs in the transaction that records the version; when
+        that transaction fails, the previous file is put back and served again, so no
+        change is left unaudited.
+        """
         checked = await self.check(text, persona_id)
         if checked.busy:
             return SaveResult("busy", persona_id or "", message="busy: try again")
@@ -356,40 +382,61 @@ class PersonaService:
                 return SaveResult("conflict", pid, message=written)
             before = written
             problems = await self.registry.reload(path)
-            if problems:
+            served = self.served(pid)
+            if problems or served is None:
                 # Between the check and now something the file names changed (a world):
                 # put the previous file back, so disk and service agree on the last good.
-                await asyncio.to_thread(_restore, path, before)
-                await self.registry.reload(path)
+                await self._undo(path, before)
                 return SaveResult("problems", pid, tuple(self.view(p) for p in problems))
-        served = self.served(pid)
-        if served is not None:
-            await self.record(served)
-        same = before is not None and hashlib.sha256(before).hexdigest() == loaded.content_hash
-        return SaveResult(
-            "unchanged" if same else "saved",
-            pid,
-            before=before.decode("utf-8", errors="replace") if before is not None else None,
-            after=text,
-            content_hash=loaded.content_hash,
-        )
+            same = before is not None and hashlib.sha256(before).hexdigest() == loaded.content_hash
+            result = SaveResult(
+                "unchanged" if same else "saved",
+                pid,
+                before=before.decode("utf-8", errors="replace") if before is not None else None,
+                after=text,
+                content_hash=served.content_hash,
+            )
+            try:
+                await self._commit(served, result, audit)
+            except BaseException:
+                await self._undo(path, before)
+                raise
+        return result
 
-    async def rollback(self, persona_id: str, content_hash: str, base_hash: str) -> SaveResult:
+    async def rollback(
+        self,
+        persona_id: str,
+        content_hash: str,
+        base_hash: str,
+        *,
+        audit: AuditHook | None = None,
+    ) -> SaveResult:
         """Serve a stored version of `persona_id` again, through `save`."""
         version = await self.version(persona_id, content_hash)
         if version is None:
             return SaveResult("problems", persona_id, message="no such version")
-        return await self.save(persona_id, version.source, base_hash)
+        return await self.save(persona_id, version.source, base_hash, audit=audit)
 
     async def record(self, loaded: LoadedPersona) -> None:
         """Store a version that is being served (idempotent)."""
+        await self._commit(loaded, None, None)
+
+    async def _commit(
+        self, loaded: LoadedPersona, result: SaveResult | None, audit: AuditHook | None
+    ) -> None:
         if self.db is None:
             return
-        from bot.memory.ledger import Ledger
 
-        await Ledger(self.db).record_persona_version(
-            loaded.persona.id, loaded.content_hash, str(loaded.path), loaded.source
-        )
+        def work(conn: Connection) -> None:
+            record_version(conn, loaded)
+            if audit is not None and result is not None:
+                audit(conn, result)
+
+        await self.db.run(work)
+
+    async def _undo(self, path: Path, before: bytes | None) -> None:
+        await asyncio.to_thread(_restore, path, before)
+        await self.registry.reload(path)
 
     def _write_if_unchanged(
         self, path: Path, data: bytes, base_hash: str, new: bool
@@ -453,6 +500,27 @@ class PersonaService:
         if not self.registry.dirs:
             raise ValueError("no persona directory is configured (personas.dirs)")
         return self.registry.dirs[0]
+
+
+def record_version(conn: Connection, loaded: LoadedPersona) -> None:
+    """Keep a served version in `persona_versions` (a version stored already is left)."""
+    table = models.PersonaVersion.__table__  # type: ignore[attr-defined]
+    found = conn.execute(
+        select(table.c.id).where(
+            table.c.persona_id == loaded.persona.id,
+            table.c.content_hash == loaded.content_hash,
+        )
+    ).scalar()
+    if found is None:
+        conn.execute(
+            insert(table).values(
+                persona_id=loaded.persona.id,
+                content_hash=loaded.content_hash,
+                path=str(loaded.path),
+                source=loaded.source,
+                loaded_at=datetime.now(UTC),
+            )
+        )
 
 
 def parse_history(text: str) -> list[HistoryMessage] | str:
