@@ -198,6 +198,11 @@ class Message(SQLModel, table=True):
     #: Set by a moderator: the message stays in the ledger but never in training data.
     flagged_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     flag_reason: str | None = Field(default=None, max_length=512)
+    #: A moderator's corrected reply (the dashboard): `bot export` pairs it, as chosen,
+    #: with this reply, as rejected (DPO source "correction"). Goes with the row.
+    corrected_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    corrected_by: str | None = Field(default=None, max_length=64)
+    corrected_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class Failure(SQLModel, table=True):

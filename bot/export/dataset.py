@@ -12,9 +12,11 @@ Rows arrive in (conversation, id) order. Each conversation is walked once:
   round), so no record shows a question with someone else's answer.
 - every filtered message is counted under the first reason that applies, in the
   order of `FILTERS`.
-- DPO pairs come from regenerations (a later reply to the same message replaced the
-  earlier one: later is chosen) and from 👍/👎 (a liked and a disliked reply to the
-  same message, or to messages with the same normalized text, in the same split).
+- DPO pairs come from moderators' corrections (what the moderator wrote is chosen,
+  the reply it corrects rejected), from regenerations (a later reply to the same
+  message replaced the earlier one: later is chosen) and from 👍/👎 (a liked and a
+  disliked reply to the same message, or to messages with the same normalized
+  text, in the same split).
 
 Memory: one window and `prompt_messages` of history per conversation, plus two sets
 that grow with the output, not the input: the 64-bit hashes of exported
@@ -371,6 +373,10 @@ class DatasetBuilder:
         text = row.text.strip()
         usable = bool(text) and len(text) >= self._options.min_reply_chars and not row.flagged
         reason = _withheld(row)
+        if reason is None and row.correction:
+            # Whatever else becomes of this reply (a corrected reply is flagged too):
+            # what the moderator wrote is chosen over it.
+            self._correction(conv, stats, row, text)
         if reason is None and row.superseded:
             # Not a pair-breaker: the reply that replaced it answers the same message.
             filters["superseded"] += 1
@@ -525,6 +531,30 @@ class DatasetBuilder:
                 "regeneration",
                 dpo_record(system, prompt, chosen, other, "regeneration"),
             )
+
+    def _correction(self, conv: _Conversation, stats: PersonaStats, row: Any, text: str) -> None:
+        """A moderator's corrected reply (chosen) against the reply it corrects."""
+        chosen = row.correction.strip()
+        if not chosen or not text or not row.persona_hash:
+            return
+        asked = self._find(conv, row.reply_to_id)
+        if asked is None:
+            return
+        system = self._systems.render(self._context(conv, row, asked))
+        if system is None:
+            return
+        self._dpo(
+            conv,
+            stats,
+            "correction",
+            dpo_record(
+                system,
+                self._prompt(conv, asked),
+                self._clean(conv, chosen),
+                self._clean(conv, text),
+                "correction",
+            ),
+        )
 
     def _vote(
         self,

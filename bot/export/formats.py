@@ -3,7 +3,8 @@
     OpenAI chat   {"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}
     ShareGPT      {"id": ..., "conversations": [{"from": "system"|"human"|"gpt", "value": ...}]}
     DPO           {"prompt": [messages...], "chosen": [assistant message],
-                   "rejected": [assistant message], "source": "feedback"|"regeneration"}
+                   "rejected": [assistant message],
+                   "source": "feedback"|"regeneration"|"correction"}
 
 The DPO shape is TRL's conversational preference format; `source` says where the
 preference came from and is ignored by trainers that do not know it.

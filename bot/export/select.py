@@ -64,8 +64,9 @@ __all__ = [
     "stream_rows",
 ]
 
-#: The migration that added what the export reads (moderator flags, reply index).
-NEEDS_REVISION = "0004"
+#: The migration that added what the export reads (moderator corrections; 0004:
+#: moderator flags, the reply index).
+NEEDS_REVISION = "0015"
 
 #: Rows fetched per round trip from the server-side cursor.
 YIELD_PER = 2000
@@ -233,6 +234,7 @@ def export_query(
             _users.c.platform_user_id,
             _users.c.display_name,
             _users.c.timezone,
+            m.c.corrected_text.label("correction"),
         )
         .select_from(
             m.join(_conversations, _conversations.c.id == m.c.conversation_id)
@@ -281,6 +283,7 @@ class ExportRow(NamedTuple):
     platform_user_id: str | None
     display_name: str | None
     timezone: str | None
+    correction: str | None  # a moderator's corrected reply (migration 0015)
 
 
 def stream_rows(conn: Connection, statement: Select[Any]) -> Iterator[list[ExportRow]]:
