@@ -429,6 +429,7 @@ class Adapter(abc.ABC):
                     self.platform, outgoing.scope.user, exc.reason
                 )
             await ledger.record_failure(stage="deliver", error=exc, message_id=mid)
+            self.engine.metrics.failure("deliver")
             if mid is not None:
                 await ledger.mark_delivered(mid, None, delivered=False)
             raise
