@@ -170,7 +170,7 @@ async def _editor_page(
 async def check(request: web.Request) -> web.StreamResponse:
     pid = _pid(request, new_ok=True)
     form = await read_form(request)
-    text = form_text(form, "yaml", max_chars=MAX_TEXT_CHARS, default="")
+    text = _yaml_field(form, default="")
     service = _service(request)
     checked = await service.check(text, pid)
     served = service.served(pid) if pid is not None else None
@@ -191,7 +191,7 @@ async def check(request: web.Request) -> web.StreamResponse:
 async def preview(request: web.Request) -> web.StreamResponse:
     pid = _pid(request, new_ok=True)
     form = await read_form(request)
-    text = form_text(form, "yaml", max_chars=MAX_TEXT_CHARS, default="")
+    text = _yaml_field(form, default="")
     message = form_text(form, "message", max_chars=20_000, default="")
     history = parse_history(form_text(form, "history", max_chars=200_000, default=""))
     user = form_text(form, "user", max_chars=200, default="") or "friend"
@@ -217,7 +217,7 @@ async def save(request: web.Request) -> web.StreamResponse:
     pid = _pid(request, new_ok=True)
     who = require_persona(request, pid) if pid is not None else moderator(request)
     form = await read_form(request)
-    text = form_text(form, "yaml", max_chars=MAX_TEXT_CHARS)
+    text = _yaml_field(form)
     base = form_text(form, "base", max_chars=64, default="")
     service = _service(request)
     if pid is None:
@@ -372,6 +372,16 @@ async def export(request: web.Request) -> web.StreamResponse:
         content_type=card.content_type,
         headers={"Content-Disposition": f'attachment; filename="{card.filename}"'},
     )
+
+
+def _yaml_field(form: Any, *, default: str | None = None) -> str:
+    """The editor's text. Browsers send a textarea's lines ending in CR LF; the
+    file is written with LF, as the editor showed it."""
+    text = form_text(form, "yaml", max_chars=2 * MAX_TEXT_CHARS, default=default)
+    text = text.replace("\r\n", "\n")
+    if len(text) > MAX_TEXT_CHARS:
+        raise DashboardError(400, detail=f"yaml: at most {MAX_TEXT_CHARS} characters")
+    return text
 
 
 def _new_template() -> str:
