@@ -61,6 +61,7 @@ def _connections(admin_url: str, database: str) -> int:
 # -- migrations ---------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:Did not recognize type 'vector'")  # pgvector's, reflected
 def test_migrations_reach_head_on_postgres_and_match_the_models(postgres_url: str) -> None:
     engine = create_db_engine(postgres_url)
     upgrade(engine)
@@ -70,6 +71,24 @@ def test_migrations_reach_head_on_postgres_and_match_the_models(postgres_url: st
         diff = compare_metadata(context, SQLModel.metadata)
     assert diff == [], f"models and migrations disagree on PostgreSQL: {diff}"
     upgrade(engine)  # idempotent
+    engine.dispose()
+
+
+def test_every_migration_goes_down_to_the_base_and_up_again(database_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from bot.db import _alembic_config
+
+    engine = create_db_engine(database_url)
+    upgrade(engine)
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert inspect(engine).get_table_names() == ["alembic_version"]
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
     engine.dispose()
 
 
