@@ -395,7 +395,9 @@ class Metrics:
         self._queues = _QueueCollector()
         self._delivery = _DeliveryCollector()
         self._db: Database | None = None
-        self._refreshing: asyncio.Lock | None = None
+        self._reading: asyncio.Future[QueueSnapshot] | None = None
+        #: How long a scrape waits for the database's queue counts.
+        self.read_timeout_s = 2.0
         r.register(self._queues)
         r.register(self._delivery)
 
@@ -459,31 +461,40 @@ class Metrics:
     async def refresh(self, *, now: datetime | None = None, force: bool = False) -> None:
         """Read the queues again if the last read is older than `ttl_s` (or `force`).
 
-        Concurrent scrapes share one read. A failing database leaves the last counts
-        and sets `personabot_queue_scrape_ok` to 0; it never fails the scrape.
+        Concurrent scrapes share one read, and a read the database has not answered
+        within `read_timeout_s` is waited for by the next scrape instead of another
+        being started (a hung server holds one database thread, not one per scrape).
+        A failing or silent database leaves the last counts and sets
+        `personabot_queue_scrape_ok` to 0; it never fails the scrape.
         """
         db = self._db
         if db is None:
             return
-        if self._refreshing is None:
-            self._refreshing = asyncio.Lock()
-        async with self._refreshing:
-            snap = self._queues.snapshot
-            if not force and snap is not None and time.monotonic() - snap.at < self.ttl_s:
-                return
+        snap = self._queues.snapshot
+        if not force and snap is not None and time.monotonic() - snap.at < self.ttl_s:
+            return
+        reading = self._reading
+        if reading is None or reading.done():
             at = now or datetime.now(UTC)
-            try:
-                fresh = await db.read(lambda conn: read_queues(conn, at))
-            except Exception as exc:  # the scrape still answers; readyz says why
-                old = snap or QueueSnapshot(at=0.0)
-                fresh = QueueSnapshot(
-                    at=time.monotonic(),
-                    inbox=old.inbox,
-                    outbox=old.outbox,
-                    turns=old.turns,
-                    error=str(exc) or type(exc).__name__,
-                )
-            self._queues.snapshot = fresh
+            reading = self._reading = asyncio.ensure_future(
+                db.read(lambda conn: read_queues(conn, at))
+            )
+        try:
+            fresh = await asyncio.wait_for(asyncio.shield(reading), self.read_timeout_s)
+        except Exception as exc:  # the scrape still answers; readyz says why
+            if isinstance(exc, TimeoutError):
+                error = f"no answer from the database within {self.read_timeout_s:g} s"
+            else:
+                error = str(exc) or type(exc).__name__
+            old = snap or QueueSnapshot(at=0.0)
+            fresh = QueueSnapshot(
+                at=time.monotonic(),
+                inbox=old.inbox,
+                outbox=old.outbox,
+                turns=old.turns,
+                error=error,
+            )
+        self._queues.snapshot = fresh
 
 
 def metric_names() -> frozenset[str]:

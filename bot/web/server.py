@@ -130,6 +130,7 @@ async def start_ops(
         return None
     metrics = app.metrics
     metrics.ttl_s = settings.metrics_cache_s
+    metrics.read_timeout_s = settings.ready_timeout_s
     metrics.watch_database(app.db)
     metrics.watch_delivery(adapters)
     readiness = Readiness(app.db, adapters, timeout_s=settings.ready_timeout_s)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import generate_latest
 
@@ -56,3 +58,26 @@ def test_metric_names_cover_families_and_samples() -> None:
         "personabot_leader",
     ):
         assert name in names
+
+
+async def test_a_silent_database_does_not_hold_up_the_scrape() -> None:
+    class _Silent:
+        reads = 0
+
+        async def read(self, _work: Any) -> None:
+            self.reads += 1
+            await asyncio.sleep(3600)
+
+    metrics = Metrics(worker="t", ttl_s=0)
+    silent = _Silent()
+    metrics.watch_database(silent)  # type: ignore[arg-type]
+    metrics.read_timeout_s = 0.05
+    await metrics.refresh()
+    await metrics.refresh()
+    snapshot = metrics.queues
+    assert snapshot is not None
+    assert snapshot.error == "no answer from the database within 0.05 s"
+    assert silent.reads == 1  # the second scrape waited on the same read
+    assert "personabot_queue_scrape_ok 0.0" in generate_latest(metrics.registry).decode()
+    assert metrics._reading is not None
+    metrics._reading.cancel()
