@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, and_, func, insert, select, update
 from sqlmodel import SQLModel
 
-from bot.db import Database
+from bot.db import Database, storable
 from bot.models import SafetyRecord
 from bot.safety.stage import SafetyEvent
 
@@ -97,7 +97,7 @@ class SafetyStore:
             "user_id": event.user_id,
             "check_name": event.check[:32],
             "verdict": event.verdict[:32],
-            "reason": event.reason[:2000],
+            "reason": storable(event.reason[:2000]),  # it may quote what was said
             "details": json.dumps(details, default=_json_default, ensure_ascii=False)[:4000],
             "pause_until": pause if isinstance(pause, datetime) else None,
             "alert_status": "pending" if crisis else "none",
@@ -179,11 +179,13 @@ class SafetyStore:
         """A moderator has seen it: out of the queue. False when there is no such row."""
         at = now or datetime.now(UTC)
         count = await self.db.run(
-            lambda c: c.execute(
-                update(_events)
-                .where(_events.c.id == event_id, _events.c.reviewed_at.is_(None))
-                .values(reviewed_at=at, reviewed_by=by[:256])
-            ).rowcount
+            lambda c: (
+                c.execute(
+                    update(_events)
+                    .where(_events.c.id == event_id, _events.c.reviewed_at.is_(None))
+                    .values(reviewed_at=at, reviewed_by=by[:256])
+                ).rowcount
+            )
         )
         return bool(count)
 
