@@ -12,7 +12,7 @@ times include verification, shown apart).
 Prints, and writes bench/results/db_copy.json: rows per table, seconds per phase,
 rows/s for the whole copy and for the row phase alone, in each direction.
 
-    python bench/db_copy.py [--messages 100000] [--batch-size 2000] [--keep DIR]
+    python bench/db_copy.py [--messages 100000] [--batch-size 2000] [--keep DIR [--reuse]]
 """
 
 from __future__ import annotations
@@ -32,7 +32,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-WORDS = "walk dinner park ball squirrel rain sun morning evening friend exam work".split()
+WORDS = [
+    "walk",
+    "dinner",
+    "park",
+    "ball",
+    "squirrel",
+    "rain",
+    "sun",
+    "morning",
+    "evening",
+    "friend",
+    "exam",
+    "work",
+]
 
 
 async def fill(url: str, messages: int, people: int, dim: int) -> float:
@@ -107,6 +120,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--keep", type=Path, help="Keep the databases in this folder.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="With --keep: copy the source kept there again."
+    )
     args = parser.parse_args()
 
     import pgserver
@@ -117,11 +133,22 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     source = work / "source.db"
     back = work / "back.db"
-    for path in (source, back):
-        if path.exists():
-            path.unlink()
-    fill_s = asyncio.run(fill(f"sqlite:///{source}", args.messages, args.people, args.dim))
-    print(f"filled {args.messages} messages through the stores in {fill_s:.1f} s", flush=True)
+    if back.exists():
+        back.unlink()
+    if args.reuse and source.exists():
+        # A source kept from an earlier run: brought to the newest migration first.
+        from bot.db import create_db_engine, upgrade
+
+        engine = create_db_engine(f"sqlite:///{source}")
+        upgrade(engine)
+        engine.dispose()
+        fill_s = None
+        print(f"reusing {source}", flush=True)
+    else:
+        if source.exists():
+            source.unlink()
+        fill_s = asyncio.run(fill(f"sqlite:///{source}", args.messages, args.people, args.dim))
+        print(f"filled {args.messages} messages through the stores in {fill_s:.1f} s", flush=True)
 
     server = pgserver.get_server(str(work / "pg"), cleanup_mode=None if args.keep else "delete")
     server.psql("DROP DATABASE IF EXISTS copied;")
@@ -145,14 +172,18 @@ def main() -> None:
     report = {
         "benchmark": "db_copy",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 1),
+        },
         "load": {
             "messages": args.messages,
             "people": args.people,
             "embedding_dim": args.dim,
             "batch_size": args.batch_size,
             "source_bytes": source.stat().st_size,
-            "fill_s": round(fill_s, 1),
+            "fill_s": round(fill_s, 1) if fill_s is not None else None,
         },
         "sqlite_to_postgresql": _direction(to_pg, to_pg_s),
         "postgresql_to_sqlite": _direction(to_sqlite, to_sqlite_s),

@@ -55,6 +55,14 @@ def copy_command(
         float | None,
         typer.Option(min=1, help="At most this many rows a second (spare a busy server)."),
     ] = None,
+    replace_nul: Annotated[
+        bool,
+        typer.Option(
+            "--replace-nul",
+            help="Store text's NUL characters as U+FFFD (PostgreSQL cannot hold NUL), "
+            "as the bot stores new text; verification compares them so.",
+        ),
+    ] = False,
     output: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
 ) -> None:
     """Copy every table (memory and vectors included) between SQLite and PostgreSQL.
@@ -67,7 +75,12 @@ def copy_command(
     if output not in ("text", "json"):
         raise UsageError(f"--format {output!r}: expected 'text' or 'json'")
     if verify_only:
-        checks = verify_databases(source, target, on_table=_table if output == "text" else None)
+        checks = verify_databases(
+            source,
+            target,
+            on_table=_table if output == "text" else None,
+            replace_nul=replace_nul,
+        )
         if output == "json":
             typer.echo(json.dumps({"tables": [_as_dict(c) for c in checks]}, indent=2))
         bad = [c.name for c in checks if not c.ok]
@@ -76,7 +89,9 @@ def copy_command(
             raise typer.Exit(1)
         _say(f"verified: {len(checks)} tables, every count and checksum matches")
         return
-    result = copy_database(source, target, batch_size=batch_size, rate=rate, say=_say)
+    result = copy_database(
+        source, target, batch_size=batch_size, rate=rate, replace_nul=replace_nul, say=_say
+    )
     if output == "json":
         typer.echo(
             json.dumps(

@@ -140,15 +140,25 @@ def copy_database(
     *,
     batch_size: int = 2000,
     rate: float | None = None,
+    replace_nul: bool = False,
     say: Say = _quiet,
 ) -> CopyResult:
     """Copy every table of `source_url` into `target_url` (see the module docstring).
 
-    `rate` caps rows per second (a live server's load). Raises `StorageError` or
+    `rate` caps rows per second (a live server's load); `replace_nul` stores text's
+    NUL characters as U+FFFD (as `bot.db.storable` does) instead of refusing them on a
+    PostgreSQL target. Raises `StorageError` or
     `UsageError` with one line for a person; a verification mismatch is returned
     in `CopyResult.checks` (and the progress record is kept)."""
     try:
-        return _copy(source_url, target_url, batch_size=batch_size, rate=rate, say=say)
+        return _copy(
+            source_url,
+            target_url,
+            batch_size=batch_size,
+            rate=rate,
+            replace_nul=replace_nul,
+            say=say,
+        )
     except SQLAlchemyError as exc:  # a server gone mid-copy, a locked file, a full disk
         raise StorageError(
             f"database error during the copy: {steps.first_line(exc)} (run the same command "
@@ -157,7 +167,13 @@ def copy_database(
 
 
 def _copy(
-    source_url: str, target_url: str, *, batch_size: int, rate: float | None, say: Say
+    source_url: str,
+    target_url: str,
+    *,
+    batch_size: int,
+    rate: float | None,
+    replace_nul: bool,
+    say: Say,
 ) -> CopyResult:
     if batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
@@ -185,7 +201,14 @@ def _copy(
                 clock.lap("open")
                 for table in plan.tables:
                     result.rows[table.name] = steps.copy_table(
-                        src, dst, table, state[table.name], batch_size, rate, say
+                        src,
+                        dst,
+                        table,
+                        state[table.name],
+                        batch_size,
+                        rate,
+                        say,
+                        replace_nul=replace_nul,
                     )
                 clock.lap("rows")
                 for table in plan.tables:
@@ -202,7 +225,9 @@ def _copy(
                     dst.commit()
                 clock.lap("finish")
                 say("verifying: counts and checksums of every table")
-                result.checks = verify(src, dst, plan, batch_size=max(batch_size, 1000))
+                result.checks = verify(
+                    src, dst, plan, batch_size=max(batch_size, 1000), replace_nul=replace_nul
+                )
                 dst.commit()
                 clock.lap("verify")
                 if result.ok:
@@ -272,10 +297,18 @@ def verify_databases(
     *,
     batch_size: int = 5000,
     on_table: Callable[[TableCheck], None] | None = None,
+    replace_nul: bool = False,
 ) -> list[TableCheck]:
-    """Compare every table of two bot databases at head (`--verify-only`)."""
+    """Compare every table of two bot databases at head (`--verify-only`);
+    `replace_nul`: read text's NUL as U+FFFD on both sides (a `--replace-nul` copy)."""
     try:
-        return _verify(source_url, target_url, batch_size=batch_size, on_table=on_table)
+        return _verify(
+            source_url,
+            target_url,
+            batch_size=batch_size,
+            on_table=on_table,
+            replace_nul=replace_nul,
+        )
     except SQLAlchemyError as exc:
         raise StorageError(f"database error while comparing: {steps.first_line(exc)}") from None
 
@@ -286,6 +319,7 @@ def _verify(
     *,
     batch_size: int,
     on_table: Callable[[TableCheck], None] | None,
+    replace_nul: bool,
 ) -> list[TableCheck]:
     with _ends(source_url, target_url) as (source, target):
         check_source_revision(source, source_url)
@@ -297,4 +331,11 @@ def _verify(
             )
         with _source_conn(source.engine) as src, _source_conn(target.engine) as dst:
             plan = build_plan(reflect(src), reflect(dst))
-            return verify(src, dst, plan, batch_size=batch_size, on_table=on_table)
+            return verify(
+                src,
+                dst,
+                plan,
+                batch_size=batch_size,
+                on_table=on_table,
+                replace_nul=replace_nul,
+            )

@@ -84,9 +84,13 @@ def key_of(plan: TablePlan, row: Row) -> tuple[Any, ...]:
     return tuple(row[names.index(k)] for k in plan.key)
 
 
-def converters(plan: TablePlan, *, to_postgres: bool = False) -> list[Convert]:
+def converters(
+    plan: TablePlan, *, to_postgres: bool = False, replace_nul: bool = False
+) -> list[Convert]:
     """One canonical-value function per column of the plan."""
-    return [converter(c.kind, to_postgres=to_postgres) for c in plan.columns]
+    return [
+        converter(c.kind, to_postgres=to_postgres, replace_nul=replace_nul) for c in plan.columns
+    ]
 
 
 def convert_rows(plan: TablePlan, rows: Sequence[Row], funcs: Sequence[Convert]) -> list[Row]:

@@ -56,11 +56,13 @@ def copy_table(
     batch_size: int,
     rate: float | None,
     say: Say,
+    *,
+    replace_nul: bool = False,
 ) -> int:
     copied = state.rows
     if state.state != "rows":
         return copied
-    funcs = converters(table, to_postgres=dst.dialect.name == "postgresql")
+    funcs = converters(table, to_postgres=dst.dialect.name == "postgresql", replace_nul=replace_nul)
     started = time.monotonic()
     done_here = 0
     last_said = started

@@ -15,7 +15,8 @@ column's kind (bot/dbcopy/schema.py, from the target's declared type):
   exactly, so it round-trips bit for bit; NaN and infinities included).
 - bytes: `bytes` (psycopg's memoryview, SQLite's blob).
 - text: `str`. PostgreSQL text cannot hold U+0000, so a string with one is refused
-  for a PostgreSQL target with the table, key and column named.
+  for a PostgreSQL target with the table, key and column named, unless the copy
+  replaces NUL with U+FFFD (`--replace-nul`, what `bot.db.storable` does to new text).
 
 Anything a column cannot hold (text in an integer column, an unparsable date) is a
 `StorageError` naming the table, the row's key and the column, never a silent cast.
@@ -138,10 +139,16 @@ def _text_pg(value: Any) -> str:
     text = _text(value)
     if "\x00" in text:
         raise BadValue(
-            "text with a NUL character (U+0000), which PostgreSQL cannot store; "
-            "remove it in the source first"
+            "text with a NUL character (U+0000), which PostgreSQL cannot store; remove it "
+            "in the source, or copy with --replace-nul (U+FFFD instead, as the bot now "
+            "stores new text)"
         )
     return text
+
+
+def _text_replaced(value: Any) -> str:
+    # What bot.db.storable does to new text: NUL becomes U+FFFD.
+    return _text(value).replace("\x00", "\ufffd")
 
 
 def _other(value: Any) -> Any:
@@ -161,9 +168,12 @@ _CONVERT: dict[Kind, Convert] = {
 }
 
 
-def converter(kind: Kind, *, to_postgres: bool = False) -> Convert:
+def converter(kind: Kind, *, to_postgres: bool = False, replace_nul: bool = False) -> Convert:
     """The function that turns a raw stored value of `kind` into its canonical value
-    (None stays None: the caller checks)."""
+    (None stays None: the caller checks). `replace_nul`: text's NUL characters become
+    U+FFFD (on both sides of a comparison, so that it compares what was stored)."""
+    if kind is Kind.TEXT and replace_nul:
+        return _text_replaced
     if kind is Kind.TEXT and to_postgres:
         return _text_pg
     return _CONVERT[kind]

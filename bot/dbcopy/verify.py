@@ -6,7 +6,8 @@ columns and PostgreSQL's vector/tsvector indexes). Each value is first normalise
 to its canonical form (bot/dbcopy/values.py: datetimes as UTC to the microsecond,
 booleans as true/false whatever the storage, floats as the exact bits of the
 double, blobs as their bytes, text as UTF-8), then tagged with its type and
-length-prefixed; the table's checksum is SHA-256 over those rows. Equal checksums
+length-prefixed; the table's checksum is SHA-256 over those rows. (After a
+`--replace-nul` copy, text is compared with NUL read as U+FFFD on both sides.) Equal checksums
 mean the two tables hold the same rows with the same values, to the bit. The
 comparison walks both sides in key order at once, so a difference is reported by
 the key of the first row that differs and the columns that differ (never the
@@ -71,9 +72,9 @@ def _count(conn: Connection, name: str) -> int:
 
 
 def _stream(
-    conn: Connection, plan: TablePlan, size: int
+    conn: Connection, plan: TablePlan, size: int, replace_nul: bool
 ) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-    funcs = converters(plan)
+    funcs = converters(plan, replace_nul=replace_nul)
     for raw in batches(conn, plan, None, size):
         for row in convert_rows(plan, raw, funcs):
             yield key_of(plan, row), row
@@ -83,13 +84,21 @@ def _describe(plan: TablePlan, key: tuple[Any, ...]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in zip(plan.key, key, strict=True))
 
 
-def check_table(source: Connection, target: Connection, plan: TablePlan, size: int) -> TableCheck:
+def check_table(
+    source: Connection,
+    target: Connection,
+    plan: TablePlan,
+    size: int,
+    *,
+    replace_nul: bool = False,
+) -> TableCheck:
     """Compare one table's rows on both sides (see the module docstring)."""
     check = TableCheck(plan.name)
     check.source_rows = _count(source, plan.name)
     check.target_rows = _count(target, plan.name)
     hashes = (hashlib.sha256(), hashlib.sha256())
-    src, dst = _stream(source, plan, size), _stream(target, plan, size)
+    src = _stream(source, plan, size, replace_nul)
+    dst = _stream(target, plan, size, replace_nul)
     a, b = next(src, None), next(dst, None)
 
     def note(text: str) -> None:
@@ -132,11 +141,13 @@ def verify(
     *,
     batch_size: int = 5000,
     on_table: Callable[[TableCheck], None] | None = None,
+    replace_nul: bool = False,
 ) -> list[TableCheck]:
-    """Check every table of the plan; `on_table` hears each result as it comes."""
+    """Check every table of the plan; `on_table` hears each result as it comes.
+    `replace_nul`: compare text with NUL read as U+FFFD (a `--replace-nul` copy)."""
     out = []
     for table in plan.tables:
-        result = check_table(source, target, table, batch_size)
+        result = check_table(source, target, table, batch_size, replace_nul=replace_nul)
         out.append(result)
         if on_table is not None:
             on_table(result)

@@ -146,7 +146,7 @@ def _poke(url: str, sql: str) -> None:
         (
             "UPDATE messages SET text = 'a' || char(0) || 'b' WHERE id = 3",
             "messages row id=3, column text: text with a NUL character (U+0000), which "
-            "PostgreSQL cannot store",
+            "PostgreSQL cannot store; remove it in the source, or copy with --replace-nul",
         ),
         (
             "UPDATE messages SET created_at = 'yesterday' WHERE id = 4",
@@ -271,3 +271,23 @@ def test_two_copies_into_one_postgresql_at_once(
         assert "another `bot db copy` is writing to this database" in _one_line(err)
     engine.dispose()
     assert copy_database(filled_sqlite, postgres_url).ok  # released with its session
+
+
+def test_replace_nul_stores_it_as_the_bot_stores_new_text(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, postgres_url: str
+) -> None:
+    _poke(filled_sqlite, "UPDATE messages SET text = 'a' || char(0) || 'b' WHERE id = 3")
+    code, out, err = _run(capsys, "--from", filled_sqlite, "--to", postgres_url, "--replace-nul")
+    assert code == 0, err
+    engine = create_db_engine(postgres_url)
+    with engine.connect() as conn:
+        text = conn.execute(sa.text("SELECT text FROM messages WHERE id = 3")).scalar_one()
+    engine.dispose()
+    assert text == "a\ufffdb"
+    # Compared as copied: equal with the flag, the one row named without it.
+    code, _, _ = _run(
+        capsys, "--from", filled_sqlite, "--to", postgres_url, "--verify-only", "--replace-nul"
+    )
+    assert code == 0
+    code, out, _ = _run(capsys, "--from", filled_sqlite, "--to", postgres_url, "--verify-only")
+    assert code == 1 and "id=3 differs in text" in out
