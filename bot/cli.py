@@ -47,6 +47,9 @@ personas_app.command("export")(_cards.export_command)
 personas_app.command("preview")(__import__("bot.personas.preview", fromlist=["_"]).preview_command)
 app.add_typer(__import__("bot.train.cli", fromlist=["_"]).train_app, name="train")
 app.add_typer(__import__("bot.train.adapters_cli", fromlist=["_"]).adapters_app, name="adapters")
+_dashboard = __import__("bot.web.dashboard.cli", fromlist=["_"])
+app.add_typer(_dashboard.moderators_app, name="moderators")
+app.command("dashboard")(_dashboard.dashboard_command)
 
 ConfigOption = Annotated[
     Path | None,
@@ -68,6 +71,7 @@ def _secrets(settings: Settings) -> list[str]:
         settings.telegram.token,
         settings.telegram.webhook_secret,
         settings.export.hmac_key,
+        settings.dashboard.discord_client_secret,
     ]
     return [v.get_secret_value() for v in values if v is not None]
 

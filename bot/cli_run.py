@@ -178,6 +178,11 @@ async def _serve(
     from bot.web import start_ops  # /metrics, /healthz, /readyz when ops.port is set
 
     ops = await start_ops(settings.ops, bot, adapters)
+    dashboard = None
+    if settings.dashboard.enabled:  # the moderators' dashboard (bot/web/dashboard)
+        from bot.web.dashboard import start_dashboard
+
+        dashboard = await start_dashboard(bot, settings)
     scheduler = await _start_scheduler(bot, settings, adapters, leadership)
     node = services.cluster
     if node is not None:  # a lost cluster connection stops this worker
@@ -220,6 +225,8 @@ async def _serve(
         await scheduler.stop()
     if ops is not None:
         await ops.stop()
+    if dashboard is not None:
+        await dashboard.stop()
     if all(not t.cancelled() and t.exception() is not None for t in tasks):
         raise AdapterError("every adapter stopped with an error; see the log above")
 
