@@ -3,10 +3,15 @@ database (SQLite and PostgreSQL), signed in through the real form."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
+from bot.app import open_app
+from bot.config import load_settings
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
@@ -177,3 +182,52 @@ async def test_hostile_paths_and_fields(dash: DashUnderTest) -> None:
             "/personas/tester/preview", {"yaml": PERSONA, "message": "hi", "history": "robot: x"}
         )
         assert "history line 1" in history.json()["error"]
+
+
+async def test_another_bot_process_picks_up_a_save_with_its_watcher(tmp_path: Path) -> None:
+    """`bot dashboard` and `bot run` as separate processes: the run's watcher serves the
+    file the dashboard wrote (here a second app on the same persona directory)."""
+    async with open_dash(tmp_path, f"sqlite:///{tmp_path}/dash.db") as dash:
+        other_settings = load_settings(
+            None,
+            {
+                "database": {"url": f"sqlite:///{tmp_path}/run.db"},
+                "personas": {"dirs": [str(dash.personas_dir)], "default": "tester"},
+                "memory": {"enabled": False},
+            },
+        )
+        backend = MockBackend(_speaks_its_prompt)
+        async with open_app(other_settings, backend=backend, watch=True) as run:
+            good = PERSONA.replace("You are Tess", "You are Tess of the Watch")
+            async with dash.client("admin") as admin:
+                saved = await admin.post(
+                    "/personas/tester/save", {"yaml": good, "base": _hash(PERSONA)}
+                )
+                assert saved.status_code == 303
+            for _ in range(200):
+                if run.personas.get("tester").content_hash == _hash(good):
+                    break
+                await asyncio.sleep(0.05)
+            replies = await run.engine.handle(_turn("hello"))
+            assert [o.text for o in replies] == [
+                "You are Tess of the Watch, talking with Ann on test."
+            ]
+
+
+async def test_checks_wait_their_turn_then_say_busy(
+    dash_sqlite: DashUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.web.dashboard import persona_service
+    from bot.web.dashboard.personas import PERSONAS
+
+    monkeypatch.setattr(persona_service, "CHECK_QUEUE_S", 0.05)
+    service = dash_sqlite.server.app[PERSONAS]
+    for _ in range(persona_service.MAX_CONCURRENT_CHECKS):
+        await service._checks.acquire()
+    try:
+        async with dash_sqlite.client("viewer") as viewer:
+            busy = await viewer.post("/personas/tester/check", {"yaml": PERSONA})
+            assert busy.json()["busy"] is True
+    finally:
+        for _ in range(persona_service.MAX_CONCURRENT_CHECKS):
+            service._checks.release()

@@ -9,6 +9,7 @@ editor; screenshots of the pages in docs/dashboard/.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,43 @@ async def test_viewer_reads_but_cannot_save_and_chinese_on_a_phone(
     await page.click("#preview-button")
     await page.locator('#preview .msg[data-role="user"]').wait_for()
     await _shot(page, "persona-editor-zh-phone.png")
+
+
+async def test_import_a_card_by_upload(
+    dash: DashUnderTest, page_as: PageAs, tmp_path: Path
+) -> None:
+    card = {
+        "spec": "chara_card_v3",
+        "spec_version": "3.0",
+        "data": {
+            "name": "Marina",
+            "description": "{{char}} keeps the harbour's lighthouse.",
+            "personality": "calm",
+            "scenario": "",
+            "first_mes": "Ahoy, {{user}}!",
+            "mes_example": "",
+            "creator_notes": "A keeper of lights.",
+            "system_prompt": "",
+            "post_history_instructions": "",
+            "alternate_greetings": [],
+            "tags": [],
+            "creator": "",
+            "character_version": "1",
+            "extensions": {},
+            "group_only_greetings": [],
+        },
+    }
+    path = tmp_path / "Marina card.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    page = await page_as(dash, "admin")
+    await page.goto(dash.url + "/personas")
+    await page.set_input_files('#import-form input[name="card"]', str(path))
+    await page.click('#import-form button[type="submit"]')
+    await page.wait_for_selector("#import-result h2.ok")
+    await page.wait_for_selector('tr[data-persona="marina"]')
+    assert dash.bot.personas.get("marina").persona.name == "Marina"
+    await page.click("#import-result >> text=Open the editor")
+    await page.wait_for_selector("#status.ok")
+    assert "keeps the harbour's lighthouse" in await page.input_value("#yaml")
+    entries = await dash.audit(target="persona:marina")
+    assert [e.action for e in entries] == ["persona.import"]
