@@ -26,11 +26,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, Engine, Table, delete, select, update
 from sqlmodel import SQLModel
 
 from bot.config import SchedulerSettings
-from bot.db import Database, sqlite_path
+from bot.db import Database, PoolOptions, create_db_engine, sqlite_path
 from bot.engine import PersonaEngine
 from bot.errors import ConfigError, UsageError
 from bot.messages import Outgoing, TurnKind
@@ -98,8 +98,9 @@ class Scheduler:
         self.senders = dict(senders)
         self.name = name
         self.upkeep = dict(upkeep or {})
+        self._jobs_engine = _job_store_engine(db)
         self.aps = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=db.engine)},
+            jobstores={"default": SQLAlchemyJobStore(engine=self._jobs_engine)},
             job_defaults={
                 "coalesce": True,
                 "misfire_grace_time": settings.misfire_grace_s,
@@ -125,6 +126,8 @@ class Scheduler:
         if self.aps.running:
             self.aps.shutdown(wait=False)
         _RUNNING.pop(self.name, None)
+        if self._jobs_engine is not self.db.engine:
+            self._jobs_engine.dispose()
 
     def _standing_jobs(self) -> None:
         s = self.settings
@@ -402,6 +405,19 @@ class Scheduler:
             return False
         self.engine.metrics.proactive_sent()
         return True
+
+
+def _job_store_engine(db: Database) -> Engine:
+    # APScheduler's job store runs its queries on the event loop's thread. On a server
+    # database it gets a connection of its own: from the shared pool, a checkout while
+    # every connection is busy with turns would stall the loop for the pool's timeout.
+    # SQLite's engine opens connections on demand (no such wait), so it is shared.
+    if db.engine.dialect.name == "sqlite":
+        return db.engine
+    return create_db_engine(
+        db.engine.url.render_as_string(hide_password=False),
+        pool=PoolOptions(size=1, max_overflow=1, timeout_s=30),
+    )
 
 
 def _backup(source: Path, target_dir: Path, now: datetime, keep: int) -> Path:

@@ -349,3 +349,49 @@ async def test_backup_without_a_directory_or_an_unknown_upkeep_job_is_an_error(
         await scheduler.run_upkeep("backup", NOW)
     with pytest.raises(UsageError, match=r"no upkeep job 'vacuum'; there are: upkeep:nightly"):
         await scheduler.run_upkeep("vacuum", NOW)
+
+
+async def test_the_job_store_does_not_wait_for_the_turns_connections(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # Every connection of the pool is busy with a (stuck) turn: the job store, which
+    # runs on the event loop, has one of its own, so the loop does not stall on it.
+    import threading
+    import time
+
+    personas = tmp_path / "personas"
+    personas.mkdir()
+    (personas / "tester.yaml").write_text(SCHEDULED, encoding="utf-8")
+    settings = load_settings(
+        None,
+        {
+            "database": {
+                "url": postgres_url,
+                "pool_size": 1,
+                "max_overflow": 0,
+                "pool_timeout_s": 20,
+            },
+            "personas": {"dirs": [str(personas)]},
+            "memory": {"enabled": False},
+        },
+    )
+    async with open_app(settings, backend=MockBackend(lambda r: "hi"), watch=False) as app:
+        scheduler = make_scheduler(app, tmp_path, Sender())
+        await scheduler.start(paused=True)
+        entered, release = threading.Event(), threading.Event()
+
+        def stuck(conn: Any) -> None:
+            entered.set()
+            release.wait(30)
+
+        holding = asyncio.ensure_future(app.db.run(stuck))
+        try:
+            await asyncio.to_thread(entered.wait, 10)
+            started = time.monotonic()
+            jobs = scheduler.aps.get_jobs()  # on the loop, as APScheduler does
+            assert time.monotonic() - started < 10  # well inside the pool's 20 s
+            assert {"sweep", "upkeep:nightly"} <= {j.id for j in jobs}
+        finally:
+            release.set()
+            await holding
+            await scheduler.stop()
