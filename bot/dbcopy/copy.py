@@ -22,16 +22,18 @@ may be missed, and verification then says which table differs.
 
 from __future__ import annotations
 
+import fcntl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.db import head_revision, upgrade
+from bot.db import head_revision, sqlite_path, upgrade
 from bot.dbcopy import indexes, progress, steps
 from bot.dbcopy.endpoints import (
     Endpoint,
@@ -123,15 +125,30 @@ def _nonempty(conn: Connection) -> list[str]:
     return out
 
 
-def _lock(conn: Connection) -> None:
-    # Two copies into one PostgreSQL database at once would race on the same rows:
-    # the second is refused. A session lock: released when this process dies.
-    if conn.dialect.name != "postgresql":
-        return
-    got = conn.exec_driver_sql("SELECT pg_try_advisory_lock(hashtext('bot db copy'))").scalar()
-    conn.commit()
-    if not got:
-        raise StorageError("--to: another `bot db copy` is writing to this database right now")
+_BUSY = "--to: another `bot db copy` is writing to this database right now"
+
+
+def _lock(conn: Connection, target_url: str) -> IO[bytes] | None:
+    # Two copies into one database at once would race on the same rows: the second
+    # is refused. PostgreSQL: a session lock; SQLite: flock on a file beside the
+    # database. Both are released when this process dies, kill -9 included.
+    if conn.dialect.name == "postgresql":
+        got = conn.exec_driver_sql("SELECT pg_try_advisory_lock(hashtext('bot db copy'))").scalar()
+        conn.commit()
+        if not got:
+            raise StorageError(_BUSY)
+        return None
+    path = sqlite_path(target_url)
+    if path is None:
+        return None
+    # Held open until the copy ends (the caller closes it).
+    handle = path.with_name(f"{path.name}.dbcopy-lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(_BUSY) from None
+    return handle
 
 
 def copy_database(
@@ -186,8 +203,9 @@ def _copy(
         name = identity(source_url)
         head = head_revision()
         guard = target.engine.connect()
+        held: IO[bytes] | None = None
         try:
-            _lock(guard)
+            held = _lock(guard, target_url)
             found = _prepare_target(target, name, head)
             result.resumed = found is not None
             with _source_conn(source.engine) as src, target.engine.connect() as dst:
@@ -234,6 +252,8 @@ def _copy(
                     with dst.begin():
                         progress.drop(dst)
         finally:
+            if held is not None:
+                held.close()  # releases the flock; the empty file may stay
             if target.dialect == "postgresql":
                 guard.exec_driver_sql("SELECT pg_advisory_unlock(hashtext('bot db copy'))")
                 guard.commit()

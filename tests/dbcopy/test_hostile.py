@@ -291,3 +291,17 @@ def test_replace_nul_stores_it_as_the_bot_stores_new_text(
     assert code == 0
     code, out, _ = _run(capsys, "--from", filled_sqlite, "--to", postgres_url, "--verify-only")
     assert code == 1 and "id=3 differs in text" in out
+
+
+def test_two_copies_into_one_sqlite_file_at_once(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, tmp_path: Path
+) -> None:
+    import fcntl
+
+    target = tmp_path / "t.db"
+    with (tmp_path / "t.db.dbcopy-lock").open("ab") as held:  # what a running copy holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = _run(capsys, "--from", filled_sqlite, "--to", f"sqlite:///{target}")
+        assert code == 3
+        assert "another `bot db copy` is writing to this database" in _one_line(err)
+    assert copy_database(filled_sqlite, f"sqlite:///{target}").ok
