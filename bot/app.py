@@ -109,7 +109,7 @@ class App:
 
     @property
     def metrics(self) -> Metrics:
-        """This process's metrics (bot/metrics.py): the engine's, which /metrics serves."""
+        """This process's metrics (bot/metrics/): the engine's, which /metrics serves."""
         return self.engine.metrics
 
     @property

@@ -189,7 +189,7 @@ class PersonaEngine:
         safety: SafetyStage | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        #: Counters and latency histograms (bot/metrics.py); /metrics reads them.
+        #: Counters and latency histograms (bot/metrics/); /metrics reads them.
         self.metrics = metrics if metrics is not None else Metrics()
         #: Crisis, disclosure and moderation around every turn (bot/safety).
         self.safety = safety if safety is not None else SafetyStage.default()

@@ -1,4 +1,4 @@
-"""The deployment files: the Grafana dashboard asks only for metrics bot/metrics.py
+"""The deployment files: the Grafana dashboard asks only for metrics bot/metrics/
 exports (and shows every family), and deploy/compose.yaml parses, has its services
 with a healthcheck each, and passes `docker compose config` where docker is here."""
 
@@ -44,7 +44,7 @@ def test_the_dashboard_references_only_metrics_that_exist() -> None:
     used = {name for q in queries for name in NAME.findall(q)}
     assert used, "no personabot_ metric in the dashboard"
     unknown = used - metric_names()
-    assert not unknown, f"the dashboard asks for metrics bot/metrics.py does not export: {unknown}"
+    assert not unknown, f"the dashboard asks for metrics bot/metrics/ does not export: {unknown}"
 
 
 def test_the_dashboard_asks_vllm_only_in_its_own_job() -> None:

@@ -1,4 +1,4 @@
-"""bot/metrics.py on its own: labels that stay few, registries that are not shared."""
+"""bot/metrics/ on its own: labels that stay few, registries that are not shared."""
 
 from __future__ import annotations
 

@@ -1,20 +1,4 @@
-"""Every Prometheus metric of one bot process, each named once, in a registry of its own.
-
-`Metrics` holds the counters, histograms and gauges that call sites move with one
-line (`metrics.turn(...)`, `metrics.generation.labels(platform).observe(s)`), and
-two collectors read at scrape time instead of being pushed to:
-
-- `watch_database(db)`: inbox, outbox and unanswered-turn depth and oldest age,
-  queried from the database (SQLite or PostgreSQL) when `/metrics` is scraped and
-  cached for `ttl_s`, so a scrape every second costs at most one set of queries per
-  `ttl_s` (`refresh()` runs them on the database's threads, off the event loop);
-- `watch_delivery(adapters)`: each adapter's `DeliveryStats` (sends, 429s,
-  failures, typing), which the pacer and the adapter's send already count.
-
-Nothing here is module-global: a process (or a test) makes as many `Metrics` as it
-likes, each with its own `CollectorRegistry`, so two bots never share a counter.
-`metric_names()` lists every name, for dashboards and alerts.
-"""
+"""`Metrics`: the counters, histograms and gauges of one process, and its registry."""
 
 from __future__ import annotations
 
@@ -22,34 +6,20 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-from sqlalchemy import Table, func, select
-from sqlmodel import SQLModel
 
-from bot.models import Conversation, InboxRow, InboxStatus, Message, MessageStatus
+from bot.metrics._delivery import DeliveryCollector, DeliverySource
+from bot.metrics._queues import QueueCollector, QueueSnapshot, read_queues
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from bot.db import Database
 
-__all__ = [
-    "DeliverySource",
-    "Metrics",
-    "QueueSnapshot",
-    "metric_names",
-    "read_queues",
-    "skip_reason",
-    "worker_id",
-]
+__all__ = ["PREFIX", "TURN_OUTCOMES", "Metrics", "metric_names", "skip_reason", "worker_id"]
 
 PREFIX = "personabot"
 
@@ -98,208 +68,6 @@ def skip_reason(reason: str) -> str:
 def worker_id() -> str:
     """This process's name in the metrics: `$BOT_WORKER_ID`, else host:pid."""
     return os.environ.get("BOT_WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}"
-
-
-class _PacerStats(Protocol):
-    sent: int
-    rate_limited: int
-    failed: int
-    typing_sent: int
-    typing_skipped: int
-
-
-class _Paced(Protocol):
-    @property
-    def stats(self) -> _PacerStats: ...
-
-
-class DeliverySource(Protocol):
-    """An adapter as the delivery collector sees it: its platform and its pacer."""
-
-    platform: str
-
-    @property
-    def pacer(self) -> _Paced: ...
-
-
-@dataclass(frozen=True)
-class QueueSnapshot:
-    """Depth and oldest age of the durable queues, as read at one moment.
-
-    Each map is keyed by (platform, status); the age is of the oldest row in seconds.
-    """
-
-    at: float
-    inbox: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    outbox: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    turns: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
-    error: str | None = None
-    took_s: float = 0.0
-
-
-_Rows = dict[tuple[str, str], tuple[int, float]]
-
-_inbox: Table = SQLModel.metadata.tables[InboxRow.__tablename__]
-_messages: Table = SQLModel.metadata.tables[Message.__tablename__]
-_conversations: Table = SQLModel.metadata.tables[Conversation.__tablename__]
-
-_INBOX_STATES = (InboxStatus.PENDING.value, InboxStatus.FAILED.value)
-_OUTBOX_STATES = (MessageStatus.GENERATED.value, MessageStatus.SENDING.value)
-_TURN_STATES = (MessageStatus.RECEIVED.value, MessageStatus.ANSWERING.value)
-
-
-def _age(now: datetime, oldest: datetime | None) -> float:
-    if oldest is None:
-        return 0.0
-    if oldest.tzinfo is None:  # SQLite hands back naive UTC
-        oldest = oldest.replace(tzinfo=UTC)
-    return max(0.0, (now - oldest).total_seconds())
-
-
-def read_queues(conn: Connection, now: datetime) -> QueueSnapshot:
-    """Query the inbox, the outbox and unanswered turns (three grouped counts that
-    use the status indexes); the same SQL on SQLite and PostgreSQL."""
-    started = time.perf_counter()
-    inbox = {
-        (str(platform), str(status)): (int(count), _age(now, oldest))
-        for platform, status, count, oldest in conn.execute(
-            select(
-                _inbox.c.platform,
-                _inbox.c.status,
-                func.count(),
-                func.min(_inbox.c.received_at),
-            )
-            .where(_inbox.c.status.in_(_INBOX_STATES))
-            .group_by(_inbox.c.platform, _inbox.c.status)
-        )
-    }
-
-    def by_status(states: Sequence[str], direction: str) -> _Rows:
-        # One join per waiting message. Counting per conversation first and joining
-        # those rows ran 4-6x slower on SQLite and no faster on an analyzed
-        # PostgreSQL (measured with bench/ops_scrape.py's data).
-        rows = conn.execute(
-            select(
-                _conversations.c.platform,
-                _messages.c.status,
-                func.count(),
-                func.min(_messages.c.created_at),
-            )
-            .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
-            .where(_messages.c.status.in_(states), _messages.c.direction == direction)
-            .group_by(_conversations.c.platform, _messages.c.status)
-        )
-        return {
-            (str(platform), str(status)): (int(count), _age(now, oldest))
-            for platform, status, count, oldest in rows
-        }
-
-    return QueueSnapshot(
-        at=time.monotonic(),
-        inbox=inbox,
-        outbox=by_status(_OUTBOX_STATES, "out"),
-        turns=by_status(_TURN_STATES, "in"),
-        took_s=time.perf_counter() - started,
-    )
-
-
-class _QueueCollector(Collector):
-    """Reads the last `QueueSnapshot`; `Metrics.refresh` renews it before a scrape."""
-
-    def __init__(self) -> None:
-        self.snapshot: QueueSnapshot | None = None
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
-
-    def collect(self) -> Iterable[Metric]:
-        return list(self._families())
-
-    def _families(self) -> Iterator[Metric]:
-        snap = self.snapshot
-        depth = GaugeMetricFamily(
-            f"{PREFIX}_queue_depth",
-            "Rows waiting in a durable queue: inbox events (pending, failed), replies "
-            "not yet delivered (generated, sending), turns not yet answered "
-            "(received, answering).",
-            labels=["queue", "platform", "status"],
-        )
-        age = GaugeMetricFamily(
-            f"{PREFIX}_queue_oldest_age_seconds",
-            "Age of the oldest row of each queue, platform and status.",
-            labels=["queue", "platform", "status"],
-        )
-        up = GaugeMetricFamily(
-            f"{PREFIX}_queue_scrape_ok",
-            "1 when the last read of the queues succeeded, 0 when the database failed it.",
-        )
-        took = GaugeMetricFamily(
-            f"{PREFIX}_queue_scrape_seconds", "How long the last read of the queues took."
-        )
-        if snap is not None:
-            queues = (("inbox", snap.inbox), ("outbox", snap.outbox), ("turns", snap.turns))
-            for queue, rows in queues:
-                for (platform, status), (count, oldest) in sorted(rows.items()):
-                    depth.add_metric([queue, platform, status], count)
-                    age.add_metric([queue, platform, status], oldest)
-            up.add_metric([], 0.0 if snap.error else 1.0)
-            took.add_metric([], snap.took_s)
-        yield depth
-        yield age
-        yield up
-        yield took
-
-
-class _DeliveryCollector(Collector):
-    """Each watched adapter's `DeliveryStats`, as counters by platform."""
-
-    def __init__(self) -> None:
-        self.sources: list[DeliverySource] = []
-
-    def describe(self) -> Iterable[Metric]:
-        return list(self._families())
-
-    def collect(self) -> Iterable[Metric]:
-        return list(self._families())
-
-    def _families(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily
-
-        families = {
-            "sent": CounterMetricFamily(
-                f"{PREFIX}_delivery_parts_sent",
-                "Message parts the platform accepted.",
-                labels=["platform"],
-            ),
-            "rate_limited": CounterMetricFamily(
-                f"{PREFIX}_rate_limited",
-                "429 answers from the platform (each pauses the chat, or everything).",
-                labels=["platform"],
-            ),
-            "failed": CounterMetricFamily(
-                f"{PREFIX}_delivery_failed",
-                "Replies that could not be delivered (recorded undeliverable).",
-                labels=["platform"],
-            ),
-            "typing_sent": CounterMetricFamily(
-                f"{PREFIX}_typing_sent", "Typing indicators sent.", labels=["platform"]
-            ),
-            "typing_skipped": CounterMetricFamily(
-                f"{PREFIX}_typing_skipped",
-                "Typing indicators skipped to leave the send budget to replies.",
-                labels=["platform"],
-            ),
-        }
-        totals: dict[str, dict[str, int]] = {}
-        for source in self.sources:
-            stats = source.pacer.stats
-            per = totals.setdefault(source.platform, dict.fromkeys(families, 0))
-            for name in families:
-                per[name] += int(getattr(stats, name))
-        for platform, per in sorted(totals.items()):
-            for name, family in families.items():
-                family.add_metric([platform], per[name])
-        yield from families.values()
 
 
 class Metrics:
@@ -392,8 +160,8 @@ class Metrics:
             registry=r,
         )
         self.worker_info.labels(self.worker).set(1)
-        self._queues = _QueueCollector()
-        self._delivery = _DeliveryCollector()
+        self._queues = QueueCollector()
+        self._delivery = DeliveryCollector()
         self._db: Database | None = None
         self._reading: asyncio.Future[QueueSnapshot] | None = None
         #: How long a scrape waits for the database's queue counts.
