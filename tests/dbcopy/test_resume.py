@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from bot.db import create_db_engine, upgrade
@@ -127,3 +128,39 @@ def _indexes(url: str) -> dict[str, str]:
             return {name: definition for name, definition in rows}
     finally:
         engine.dispose()
+
+
+def test_an_interruption_while_the_indexes_are_off_leaves_them_written_down(
+    filled_sqlite: str,
+    postgres_url: str,
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.dbcopy import copy_database, steps
+    from bot.errors import StorageError
+
+    def lost(*_args: object) -> None:
+        raise StorageError("connection lost")
+
+    monkeypatch.setattr(steps, "backfill", lost)
+    with pytest.raises(StorageError, match="connection lost"):
+        copy_database(filled_sqlite, postgres_url)
+    engine = create_db_engine(postgres_url)
+    with engine.connect() as conn:
+        saved = conn.execute(
+            sa.text("SELECT count(*) FROM bot_dbcopy_progress WHERE name LIKE 'index:%'")
+        ).scalar_one()
+    engine.dispose()
+    assert saved > 0
+    assert not any("hnsw" in d for d in _indexes(postgres_url).values())
+    monkeypatch.undo()
+    result = copy_database(filled_sqlite, postgres_url)
+    assert result.resumed and result.ok and result.vectors
+    fresh = postgres_server.new_database()
+    try:
+        engine = create_db_engine(fresh)
+        upgrade(engine)
+        engine.dispose()
+        assert _indexes(postgres_url) == _indexes(fresh)
+    finally:
+        postgres_server.drop_database(fresh)
