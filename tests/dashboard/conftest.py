@@ -246,6 +246,8 @@ async def browser(tmp_path: Path) -> AsyncIterator[Any]:
     """Chromium (Debian's build, headless, its own fresh profile) driven by Playwright."""
     reason = chromium_missing()
     if reason is not None:
+        if os.environ.get("BOT_TEST_BROWSER") == "required":
+            pytest.fail(f"BOT_TEST_BROWSER=required, but {reason}")
         pytest.skip(reason)
     from playwright.async_api import async_playwright
 
