@@ -22,6 +22,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -506,11 +507,18 @@ class Database:
             raise _storage_error(exc) from exc
 
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
-        try:
-            with self.engine.begin() as conn:
-                return work(conn)
-        except SQLAlchemyError as exc:
-            raise _storage_error(exc) from exc
+        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except SQLAlchemyError as exc:
+                # A deadlock or serialization failure between workers rolled the
+                # whole transaction back: nothing of it is stored, so it runs again.
+                if attempt < _TRANSIENT_ATTEMPTS and _transient(exc):
+                    time.sleep(0.005 * attempt)
+                    continue
+                raise _storage_error(exc) from exc
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _write_loop(self) -> None:
         assert self._queue is not None
@@ -626,6 +634,17 @@ class Database:
         if self._read_engine is not None and self._read_engine.pool is not self.engine.pool:
             self._read_engine.dispose()
         self.engine.dispose()
+
+
+#: How often a transaction a server rolled back as a deadlock victim (or for a
+#: serialization failure) is tried in all.
+_TRANSIENT_ATTEMPTS = 3
+
+
+def _transient(exc: SQLAlchemyError) -> bool:
+    # SQLSTATE 40001 serialization_failure, 40P01 deadlock_detected (PostgreSQL).
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return state in ("40001", "40P01")
 
 
 def _pool_capacity(engine: Engine) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -361,3 +362,30 @@ def test_bot_db_upgrade_and_current_on_postgres_and_an_unreachable_one(
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the database" in lines[0], failed.stderr
     assert "hunter2-secret" not in failed.stderr and "Traceback" not in failed.stderr
+
+
+async def test_a_deadlock_victim_is_run_again_and_both_commit(postgres_url: str) -> None:
+    # Two transactions take two rows in opposite orders: PostgreSQL aborts one as the
+    # deadlock victim; Database runs it again, so both callers see success.
+    db = Database.open(postgres_url)
+    await db.run(lambda c: c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")))
+    await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1, 0), (2, 0)")))
+    holding = [threading.Event(), threading.Event()]
+    runs = [0, 0]
+    bump = text("UPDATE t SET n = n + 1 WHERE id = :id")
+
+    def crossing(me: int, first: int, second: int) -> Callable[[Connection], None]:
+        def work(conn: Connection) -> None:
+            runs[me] += 1
+            conn.execute(bump, {"id": first})
+            holding[me].set()
+            holding[1 - me].wait(10)  # both hold their first row: a cycle
+            conn.execute(bump, {"id": second})
+
+        return work
+
+    await asyncio.gather(db.run(crossing(0, 1, 2)), db.run(crossing(1, 2, 1)))
+    assert sorted(runs) == [1, 2]  # the victim ran once more
+    rows = await db.read(lambda c: c.execute(text("SELECT n FROM t ORDER BY id")).all())
+    assert [tuple(r) for r in rows] == [(2,), (2,)]  # each transaction counted once
+    await db.aclose()
