@@ -473,7 +473,11 @@ class Database:
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work(connection)` in a transaction on the database thread; return its
-        result once the transaction is committed."""
+        result once the transaction is committed.
+
+        On PostgreSQL `work` runs again when the server rolled its transaction back as
+        a deadlock victim (or for a serialization failure), so what it does outside
+        the connection must bear a repeat (collect, and apply after it returns)."""
         loop = asyncio.get_running_loop()
         if self._queue is None:
             assert self._executor is not None
