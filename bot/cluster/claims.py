@@ -46,7 +46,9 @@ _PULL = text(
     "where platform = :platform and chat = :chat and status = 'pending' "
     "and not (id = any(:skip)) order by id limit 1 for update) "
     "update inbox_events e set claimed_by = :me from next where e.id = next.id "
-    "returning e.*, next.previous"
+    "returning e.*, next.previous, exists (select 1 from inbox_events m "
+    "where m.platform = :platform and m.chat = :chat and m.status = 'pending' "
+    "and m.id > next.id) as more"
 )
 _UNORDERED = text(
     "update inbox_events e set claimed_by = :me where e.id in ("
@@ -58,10 +60,13 @@ _UNORDERED = text(
 
 @dataclass(frozen=True, slots=True)
 class Pulled:
-    """The next event of a chat, and the worker that had it before (None: nobody)."""
+    """The next event of a chat, the worker that had it before (None: nobody), and
+    whether a later one was pending too (if not, the lane lets the chat go after
+    this one without asking again; one stored meanwhile is found by discovery)."""
 
     event: InboxEvent
     previous: int | None
+    more: bool = True
 
 
 async def discover(
@@ -104,7 +109,9 @@ async def pull(
         if row is None:
             return None
         previous: Any = row.previous
-        return Pulled(_row(row), int(previous) if previous is not None else None)
+        return Pulled(
+            _row(row), int(previous) if previous is not None else None, bool(row.more)
+        )
 
     return await db.run(work)
 

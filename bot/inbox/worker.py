@@ -63,6 +63,9 @@ class Pull(Protocol):
     @property
     def previous(self) -> int | None: ...
 
+    @property
+    def more(self) -> bool: ...
+
 
 class ChatClaims(Protocol):
     """How lanes share chats with other processes (`bot.cluster.lanes.ClusterClaims`)."""
@@ -362,6 +365,8 @@ class InboxWorker:
                         await claims.stale(chat)
                     if not await self._handle(event):
                         skip.append(event.id)
+                    elif not pulled.more:
+                        return  # nothing behind it: no need to ask again
         except Exception as exc:  # found again by the next discovery
             log.warning("inbox.pull_failed", chat=chat, error=str(exc))
         finally:

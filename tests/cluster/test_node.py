@@ -124,12 +124,14 @@ async def test_chats_held_elsewhere_are_not_discovered_and_pull_goes_oldest_firs
     assert found == ["101", "102"]
     mine = await cluster_claims.discover(db, "telegram", me_pid=a.backend_pid, limit=10)
     assert mine == ["100", "101", "102"]
-    keys = []
+    keys, more = [], []
     while (pulled := await cluster_claims.pull(db, "telegram", "100", me=a.id)) is not None:
         assert pulled.previous is None
         keys.append(pulled.event.key)
+        more.append(pulled.more)
         await inbox.done(pulled.event.id)
     assert keys == ["0", "3", "6"]
+    assert more == [True, True, False]  # the last one says nothing is behind it
     # An event claimed but not settled (its worker died) names its old claimer.
     first = await cluster_claims.pull(db, "telegram", "101", me=a.id)
     assert first is not None
