@@ -225,7 +225,9 @@ async def test_card_import_and_export_round_trip(service: PersonaService) -> Non
         await export_card_bytes(service, "tess", "exe")
     # The card comes back as the same id: replacing it needs force.
     refused = await import_upload(service, "tess.png", card.body, may_write=lambda k, i: True)
-    assert "exists" in refused.error
+    assert refused.error == (
+        "tess.png: out: personas/tess.yaml exists (choose to replace files that exist)"
+    )
     # Under another name (and without our extension) it is a new persona.
     json_card = json.loads((await export_card_bytes(service, "tess", "json")).body)
     json_card["data"]["name"] = "Zoë Two"

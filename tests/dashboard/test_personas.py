@@ -103,6 +103,16 @@ async def test_viewer_and_limited_moderator_are_refused_changes(dash: DashUnderT
             "/personas/tester/rollback", {"hash": _hash(PERSONA), "base": _hash(PERSONA)}
         )
         assert gone.status_code == 403
+    async with dash.client("moderator", personas=["mine"]) as limited:
+        theirs = await limited.post(
+            "/personas/_new/save", {"yaml": PERSONA.replace("id: tester", "id: theirs")}
+        )
+        assert theirs.status_code == 403
+        assert not (dash.personas_dir / "theirs.yaml").exists()
+        mine = await limited.post(
+            "/personas/_new/save", {"yaml": PERSONA.replace("id: tester", "id: mine")}
+        )
+        assert mine.status_code == 303 and "mine" in dash.bot.personas
     async with dash.client("admin") as admin:
         no_token = await admin.http.post(
             "/personas/tester/save", data={"yaml": good, "base": _hash(PERSONA)}

@@ -131,7 +131,13 @@ def _import_sync(
             try:
                 results, files = plan_import([source], out, force=force)
             except CardError as exc:
-                return ImportOutcome(error=f"{shown}: {exc.field}: {exc.reason}")
+                # Reasons name files by their paths here: name them as the pages do.
+                reason = (
+                    exc.reason.replace(str(source), shown)
+                    .replace(str(out) + "/", f"{out.name}/")
+                    .replace("(--force replaces it)", "(choose to replace files that exist)")
+                )
+                return ImportOutcome(error=f"{shown}: {exc.field}: {reason}")
             items: list[ImportedItem] = []
             for result in results:
                 kind: Literal["persona", "world"] = (

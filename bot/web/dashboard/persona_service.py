@@ -114,7 +114,7 @@ class CheckResult:
 class SaveResult:
     """What a save did. `before`/`after` are the file's texts, for the audit log."""
 
-    outcome: Literal["saved", "unchanged", "problems", "conflict", "busy"]
+    outcome: Literal["saved", "unchanged", "problems", "conflict", "busy", "forbidden"]
     persona_id: str = ""
     problems: tuple[ProblemView, ...] = ()
     before: str | None = None
@@ -356,6 +356,7 @@ class PersonaService:
         base_hash: str,
         *,
         audit: AuditHook | None = None,
+        allowed: Callable[[str], bool] | None = None,
     ) -> SaveResult:
         """Check `text`, then write it as the file of `persona_id` (None: a new one) and
         serve it; nothing is written unless it loads. `base_hash` is the hash of the
@@ -364,7 +365,8 @@ class PersonaService:
 
         `audit(conn, result)` runs in the transaction that records the version; when
         that transaction fails, the previous file is put back and served again, so no
-        change is left unaudited.
+        change is left unaudited. `allowed(id)` is asked once the text's id is known
+        (a new persona): False is the outcome `forbidden`, nothing written.
         """
         checked = await self.check(text, persona_id)
         if checked.busy:
@@ -373,6 +375,8 @@ class PersonaService:
             return SaveResult("problems", persona_id or "", checked.problems)
         loaded = checked.loaded
         pid = loaded.persona.id
+        if allowed is not None and not allowed(pid):
+            return SaveResult("forbidden", pid)
         path = self.path_for(pid)
         async with self.write_lock:
             written = await asyncio.to_thread(

@@ -10,6 +10,7 @@ version it served.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any, Literal
 
@@ -220,12 +221,12 @@ async def save(request: web.Request) -> web.StreamResponse:
     text = _yaml_field(form)
     base = form_text(form, "base", max_chars=64, default="")
     service = _service(request)
-    if pid is None:
-        checked = await service.check(text, None)
-        if checked.loaded is not None and not who.may_change(checked.loaded.persona.id):
-            raise DashboardError(403, detail=f"persona {checked.loaded.persona.id}")
     action = "persona.create" if pid is None else "persona.save"
-    outcome = await service.save(pid, text, base, audit=_audit_save(who, action))
+    outcome = await service.save(
+        pid, text, base, audit=_audit_save(who, action), allowed=who.may_change
+    )
+    if outcome.outcome == "forbidden":
+        raise DashboardError(403, detail=f"persona {outcome.persona_id}")
     return await _after_save(request, pid, text, base, outcome)
 
 
@@ -320,7 +321,7 @@ async def import_card(request: web.Request) -> web.StreamResponse:
     if not isinstance(upload, web.FileField):
         raise DashboardError(400, detail="card: choose a file")
     force = form_text(form, "force", max_chars=10, default="") in ("1", "on", "true")
-    data = upload.file.read(dashboard(request).config.max_body_bytes + 1)
+    data = await asyncio.to_thread(upload.file.read, dashboard(request).config.max_body_bytes + 1)
     service = _service(request)
 
     def may_write(kind: Literal["persona", "world"], item_id: str) -> bool:
