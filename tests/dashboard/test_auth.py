@@ -299,3 +299,25 @@ async def test_every_string_has_a_chinese_text(dash: DashUnderTest) -> None:
     for lang in LANGUAGES[1:]:
         missing = english - catalogue.keys(lang)
         assert not missing, f"{lang} lacks {sorted(missing)}"
+
+
+async def test_two_workers_share_sessions(dash: DashUnderTest, tmp_path: Path) -> None:
+    # Sessions are rows, not process memory: a second worker's dashboard on the same
+    # database honours a session made by the first, and a sign-out on it ends both.
+    other_dir = tmp_path / "worker-2"
+    other_dir.mkdir()
+    async with (
+        dash.client("moderator", personas=["tester"]) as me,
+        open_dash(other_dir, dash.bot.settings.database.url) as second,
+        httpx.AsyncClient(base_url=second.url) as http,
+    ):
+        http.cookies.set("dash_session", me.http.cookies["dash_session"])
+        assert me.who.name in (await http.get("/")).text
+        changed = await http.post(
+            "/probe/persona/tester", data={"csrf": me.csrf, "note": "via worker 2"}
+        )
+        assert changed.status_code == 303
+        await http.post("/logout", data={"csrf": me.csrf})
+        assert (await me.http.get("/")).status_code == 303
+    [entry] = await dash.audit()
+    assert entry.after == {"note": "via worker 2"}
