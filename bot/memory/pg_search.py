@@ -55,6 +55,8 @@ HNSW_DIMENSIONS = (384, 512, 768, 1024)
 EF_SEARCH = 200
 #: How long a forget's VACUUM FULL waits for its exclusive lock before giving up.
 SCRUB_LOCK_TIMEOUT = "10s"
+#: Memory for the index rebuilds of a forget's VACUUM FULL (HNSW above all).
+SCRUB_WORK_MEM = "1GB"
 
 _ALIASES = {"message": ("messages", "m", MESSAGE_SCOPE), "fact": ("facts", "f", FACT_SCOPE)}
 
@@ -73,30 +75,30 @@ def _words_sql(kind: str, terms: int) -> Any:
     # BM25, as SQLite's FTS5 ranks (ts_rank has no inverse document frequency, so a
     # common word would count as much as a rare one: 4 points of LoCoMo recall@10).
     # Each query word's document frequency is counted among the rows that match any
-    # of them; `:docs` is the scope's size. Term frequency is taken as 1 (chat
-    # messages rarely repeat a word); the length normalisation uses the lexeme
-    # count against the matching rows' mean.
+    # of them; `:docs` is the scope's size and `:mean_len` its rows' mean lexeme
+    # count (FTS5 weighs length against the index's mean too). Term frequency is
+    # taken as 1: chat messages rarely repeat a word.
     table, a, scope = _ALIASES[kind]
     flags = ", ".join(
         f"({a}.search_words @@ to_tsquery('{TS_CONFIG}', :t{i}))::int AS h{i}" for i in range(terms)
     )
     frequencies = ", ".join(f"sum(h{i}) AS d{i}" for i in range(terms))
     idf = " + ".join(f"h{i} * ln(1 + (:docs - d{i} + 0.5) / (d{i} + 0.5))" for i in range(terms))
-    norm = (
-        f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len / "
-        "greatest(mean_len, 1))))"
-    )
+    norm = f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len / :mean_len)))"
     return text(
         f"WITH hits AS (SELECT {a}.id, length({a}.search_words) AS len, {flags} "
         f"FROM {table} {a} WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) "
-        f"AND {scope}), frequency AS (SELECT {frequencies}, avg(len) AS mean_len FROM hits) "
+        f"AND {scope}), frequency AS (SELECT {frequencies} FROM hits) "
         f"SELECT hits.id FROM hits, frequency ORDER BY ({idf}) * {norm} DESC, hits.id DESC "
         "LIMIT :n"
     )
 
 
 _SCOPE_SIZE = {
-    kind: text(f"SELECT count(*) FROM {table} {a} WHERE {scope}")
+    kind: text(
+        f"SELECT count(*), coalesce(avg(length({a}.search_words)), 1) FROM {table} {a} "
+        f"WHERE {scope}"
+    )
     for kind, (table, a, scope) in _ALIASES.items()
 }
 #: How long a scope's row count (BM25's document count) is reused: it moves slowly.
@@ -131,11 +133,11 @@ def _lexical(
     grams: Sequence[str],
     short_cjk: Sequence[str],
     n: int,
-    sizes: dict[str, int],
+    sizes: dict[str, tuple[int, float]],
 ) -> Lexical:
     """Ranked id lists in `scope`: BM25 over the word index, trigram matches for CJK
-    runs, substring matches for short ones. `sizes` holds the scope's row count per
-    kind where known, and gets those this call counts."""
+    runs, substring matches for short ones. `sizes` holds the scope's row count and
+    mean length per kind where known, and gets those this call counts."""
     params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
     lists: Lexical = []
     for kind in kinds:
@@ -144,13 +146,16 @@ def _lexical(
         found: list[tuple[str, int]]
         if tsq is not None:
             terms = tsq.split(" | ")
-            docs = sizes.get(kind)
-            if docs is None:
-                docs = sizes[kind] = int(conn.execute(_SCOPE_SIZE[kind], params).scalar_one())
+            stats = sizes.get(kind)
+            if stats is None:
+                count, mean = conn.execute(_SCOPE_SIZE[kind], params).one()
+                stats = sizes[kind] = (int(count), max(float(mean), 1.0))
+            docs, mean_len = stats
             term_params = {f"t{i}": t for i, t in enumerate(terms)}
             statement = _words_sql(kind, len(terms))
             rows = conn.execute(
-                statement, {**params, **term_params, "q": tsq, "docs": max(docs, 1)}
+                statement,
+                {**params, **term_params, "q": tsq, "docs": max(docs, 1), "mean_len": mean_len},
             ).scalars()
             found = [(kind, int(i)) for i in rows]
             if found:
@@ -207,7 +212,7 @@ class PostgresSearch:
         self.db = db
         self.model = model
         # Per scope: when its row counts were taken, and the counts (no text).
-        self._sizes: dict[tuple[int, int], tuple[float, dict[str, int]]] = {}
+        self._sizes: dict[tuple[int, int], tuple[float, dict[str, tuple[int, float]]]] = {}
 
     def lexical(
         self, scope: MemoryScope, kinds: Sequence[Kind], query: str, n: int
@@ -290,6 +295,9 @@ def scrub_tables(db: Database, tables: Sequence[str]) -> dict[str, float]:
     engine = db.engine.execution_options(isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f"SET lock_timeout = '{SCRUB_LOCK_TIMEOUT}'"))
+        # VACUUM FULL rebuilds every index; an HNSW graph built within memory is many
+        # times faster than one spilling (the default is 64MB).
+        conn.execute(text(f"SET maintenance_work_mem = '{SCRUB_WORK_MEM}'"))
         for table in tables:
             if not table.replace("_", "").isalnum():
                 raise ValueError(f"not a table name: {table!r}")

@@ -30,7 +30,6 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +40,10 @@ from bot.db import Database
 from bot.llm.base import LLMBackend
 from bot.memory import learning, rows
 from bot.memory.backend import QueryVector, SearchBackend, search_backend_for
-from bot.memory.embeddings import Embedder, EmbeddingInputError, EmbeddingUnavailable
+from bot.memory.embeddings import Embedder, EmbeddingInputError
 from bot.memory.extract import Extraction
 from bot.memory.forget import ForgetRefused, Forgotten, forget_rows, parse_target
+from bot.memory.indexer import Indexer
 from bot.memory.query import words
 from bot.memory.ranking import both, fuse, pack_memories, score
 from bot.memory.timeparse import parse_time_range
@@ -109,19 +109,8 @@ class Memory:
         self.summary_window = summary_window
         self.quiet_after = quiet_after
         self.weights = weights or SearchWeights()
-        self.embed_delay_s = embed_delay_s
-        self.embed_batch = embed_batch
         self.extract_max_tokens = extract_max_tokens
-        self.context_turns = context_turns
         self._dense_off_logged = False
-        self._pending: list[tuple[Kind, int]] = []
-        self._wake = asyncio.Event()
-        self._batch_ready = asyncio.Event()
-        self._flush_requested = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._worker: asyncio.Task[None] | None = None
-        self._embed_lock = asyncio.Lock()
         # One thread for the model and the numpy scans: torch uses its own threads
         # inside, and one caller at a time keeps memory use predictable.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bot-memory")
@@ -130,6 +119,16 @@ class Memory:
             model=embedder.name if embedder is not None else None,
             thread=self._thread,
             cache_vectors=cache_vectors,
+        )
+        self.indexer = Indexer(
+            db,
+            embedder,
+            self.search_backend,
+            self._thread,
+            delay_s=embed_delay_s,
+            batch=embed_batch,
+            context_turns=context_turns,
+            on_unavailable=self._dense_unavailable,
         )
 
     # -- the engine's seam ------------------------------------------------------------
@@ -165,84 +164,11 @@ class Memory:
         written (FTS5 triggers, PostgreSQL's generated columns). Without an embedder
         this does nothing.
         """
-        if self.embedder is None:
-            return
-        self._pending.extend(items)
-        if not self._pending:
-            return
-        self._idle.clear()
-        self._wake.set()
-        if len(self._pending) >= self.embed_batch:
-            self._batch_ready.set()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._embed_loop(), name="memory-embed")
+        self.indexer.enqueue(items)
 
     async def flush(self) -> None:
         """Wait until every queued item is embedded (or embedding turned out to be off)."""
-        if not self._pending and self._idle.is_set():
-            return
-        self._flush_requested = True
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._embed_loop(), name="memory-embed")
-        self._wake.set()
-        self._batch_ready.set()
-        await self._idle.wait()
-
-    async def _embed_loop(self) -> None:
-        while True:
-            if not self._pending:
-                self._flush_requested = False
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if len(self._pending) < self.embed_batch and not self._flush_requested:
-                # Let a batch gather: one model call for many turns is far cheaper.
-                self._batch_ready.clear()
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_ready.wait(), self.embed_delay_s)
-            batch = self._pending[: self.embed_batch]
-            del self._pending[: self.embed_batch]
-            try:
-                async with self._embed_lock:
-                    await self._embed(batch)
-            except EmbeddingUnavailable as exc:
-                self._dense_unavailable(exc)
-                self._pending.clear()
-            except Exception as exc:  # a bad batch must not stop indexing for good
-                log.warning("memory.embed_failed", error=str(exc), items=len(batch))
-
-    async def _embed(self, batch: Sequence[tuple[Kind, int]]) -> None:
-        embedder = self.embedder
-        if embedder is None or not batch:
-            return
-        found = await self.db.run(lambda conn: rows.texts_for(conn, batch, self.context_turns))
-        if not found:
-            return
-        loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(
-            self._thread, embedder.embed, [r["text"] for r in found]
-        )
-        now = datetime.now(UTC)
-
-        def store(conn: Connection) -> None:
-            stamp = db_time(now, conn.dialect.name)
-            values = [
-                {
-                    "kind": r["kind"],
-                    "item_id": r["id"],
-                    "user_id": r["user_id"],
-                    "conversation_id": r["conversation_id"],
-                    "model": embedder.name,
-                    "dim": int(vectors.shape[1]),
-                    "vector": vectors[i].astype("<f4").tobytes(),
-                    "created_at": stamp,
-                }
-                for i, r in enumerate(found)
-            ]
-            self.search_backend.store_vectors(conn, values)
-
-        await self.db.run(store)
+        await self.indexer.flush()
 
     def _dense_unavailable(self, exc: BaseException) -> None:
         if not self._dense_off_logged:
@@ -491,48 +417,24 @@ class Memory:
         try:
             # No embedding batch may run meanwhile: one that read a forgotten text
             # before the delete would store its vector after it.
-            async with self._embed_lock:
+            async with self.indexer.lock:
                 done = await self.db.run(
                     lambda conn: forget_rows(conn, user_id, parsed, persona_id)
                 )
                 await self.search_backend.forgotten(user_id)
                 counts = dict(done.counts)
-                counts["reembedded"] = await self._reembed(done.neighbours)
+                counts["reembedded"] = await self.indexer.reembed(done.neighbours)
         finally:
             if done is not None:  # something was deleted: its old bytes go too
                 await self.search_backend.scrub(done.tables)
         log.info("memory.forgot", user_id=user_id, target=parsed.ref, **counts)
         return counts
 
-    async def _reembed(self, message_ids: Sequence[int]) -> int:
-        if self.embedder is None or not message_ids:
-            return 0
-        try:
-            await self._embed([("message", i) for i in message_ids])
-        except EmbeddingUnavailable as exc:
-            # Their old vectors are gone either way; full-text still finds them.
-            self._dense_unavailable(exc)
-            return 0
-        except Exception as exc:  # the forget itself is done; its vectors can wait
-            log.warning("memory.reembed_failed", error=str(exc), items=len(message_ids))
-            return 0
-        return len(message_ids)
-
     # -- lifecycle -----------------------------------------------------------------------
 
     async def aclose(self) -> None:
         """Embed what is queued if the model is already loaded, then stop the worker."""
-        loaded = getattr(self.embedder, "loaded", True)
-        if self._pending and loaded:
-            await self.flush()
-        elif self._pending:
-            # Loading a model only to shut down is slow; these stay full-text searchable.
-            log.info("memory.embeddings_skipped_at_close", items=len(self._pending))
-            self._pending.clear()
-        if self._worker is not None:
-            self._worker.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._worker
+        await self.indexer.aclose()
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
