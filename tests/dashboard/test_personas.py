@@ -241,3 +241,14 @@ async def test_checks_wait_their_turn_then_say_busy(
     finally:
         for _ in range(persona_service.MAX_CONCURRENT_CHECKS):
             service._checks.release()
+
+
+async def test_the_list_names_files_that_serve_nothing(dash_sqlite: DashUnderTest) -> None:
+    (dash_sqlite.personas_dir / "broken.yaml").write_text("id: [\n", encoding="utf-8")
+    twin = PERSONA.replace("name: Tess", "name: Twin")
+    (dash_sqlite.personas_dir / "twin.yaml").write_text(twin, encoding="utf-8")
+    async with dash_sqlite.client("viewer") as viewer:
+        page = await viewer.http.get("/personas")
+    assert 'data-file="personas/broken.yaml"' in page.text
+    assert "personas/broken.yaml:2:1: (root): " in page.text
+    assert "personas/twin.yaml:1:1: id: not served: its id is served from another file" in page.text

@@ -34,7 +34,14 @@ from bot import models
 from bot.db import Database
 from bot.llm.base import TokenCounter
 from bot.llm.tokens import load_token_counter
-from bot.personas.loader import MAX_FILE_BYTES, LoadedPersona, parse_persona, problem_at
+from bot.personas.loader import (
+    MAX_FILE_BYTES,
+    LoadedPersona,
+    check_paths,
+    find_persona_files,
+    parse_persona,
+    problem_at,
+)
 from bot.personas.lorebook.worlds import load_worlds
 from bot.personas.preview import HistoryMessage, build_preview
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
@@ -199,6 +206,24 @@ class PersonaService:
         if data is None:
             return served.source, served.content_hash
         return data.decode("utf-8", errors="replace"), hashlib.sha256(data).hexdigest()
+
+    async def unserved(self, *, limit: int = 20) -> list[tuple[str, list[ProblemView]]]:
+        """Persona files in the directories that serve nothing, each with its problems
+        (at most `limit` files): what `bot personas check` would say about them."""
+        async with self._checks:
+            return await asyncio.to_thread(self._unserved_sync, limit)
+
+    def _unserved_sync(self, limit: int) -> list[tuple[str, list[ProblemView]]]:
+        files, _ = find_persona_files(self.registry.dirs)
+        served = {loaded.path for loaded in self.registry.personas()}
+        out: list[tuple[str, list[ProblemView]]] = []
+        for file in [f for f in files if f not in served][:limit]:  # dirs are absolute
+            problems = [self.view(p) for p in check_paths([file])]
+            if not problems:
+                note = Problem(file, 1, 1, "id", "not served: its id is served from another file")
+                problems = [self.view(note)]
+            out.append((self.shown(file), problems))
+        return out
 
     # -- checking ----------------------------------------------------------------
 

@@ -14,6 +14,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.version": "Serving version",
         "personas.file": "File",
         "personas.none": "No persona is being served.",
+        "personas.unserved": "Files that serve nothing (fix them in the file, or make a new "
+        "persona)",
         "personas.new": "New persona",
         "personas.import": "Import a character card",
         "personas.import_help": "A SillyTavern card (PNG, JSON or CHARX) or a lorebook (JSON), "
@@ -84,6 +86,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.version": "正在使用的版本",
         "personas.file": "文件",
         "personas.none": "目前没有正在使用的人设。",
+        "personas.unserved": "没有生效的文件（请在文件中修复，或新建人设）",
         "personas.new": "新建人设",
         "personas.import": "导入角色卡",
         "personas.import_help": "SillyTavern 角色卡（PNG、JSON 或 CHARX）或世界书（JSON），"

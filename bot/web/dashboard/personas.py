@@ -103,7 +103,11 @@ def _pid(request: web.Request, *, new_ok: bool = False) -> str | None:
 
 
 async def list_personas(request: web.Request) -> web.StreamResponse:
-    service = _service(request)
+    context = await _list_context(_service(request))
+    return render(request, "personas/list.html", {**context, "imported": None, "error": ""})
+
+
+async def _list_context(service: PersonaService) -> dict[str, Any]:
     rows = [
         {
             "id": loaded.persona.id,
@@ -114,7 +118,7 @@ async def list_personas(request: web.Request) -> web.StreamResponse:
         }
         for loaded in service.serving()
     ]
-    return render(request, "personas/list.html", {"rows": rows, "imported": None, "error": ""})
+    return {"rows": rows, "unserved": await service.unserved()}
 
 
 async def schema(request: web.Request) -> web.StreamResponse:
@@ -337,21 +341,12 @@ async def import_card(request: web.Request) -> web.StreamResponse:
             audit(conn, who, "persona.import", f"{item.kind}:{item.id}", item.before, item.after)
 
         problems = await serve_imported(service, outcome, audit=write)
-    rows = [
-        {
-            "id": loaded.persona.id,
-            "name": loaded.persona.name,
-            "language": loaded.persona.language,
-            "hash": loaded.content_hash[:12],
-            "file": service.shown(loaded.path),
-        }
-        for loaded in service.serving()
-    ]
     error = outcome.error or "\n".join(problems)
+    context = await _list_context(service)
     return render(
         request,
         "personas/list.html",
-        {"rows": rows, "imported": outcome.items, "error": error},
+        {**context, "imported": outcome.items, "error": error},
         status=422 if outcome.error else 200,
     )
 
