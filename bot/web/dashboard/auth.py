@@ -186,7 +186,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         text = state.catalogue.text(_lang(request), "login.limited", minutes=minutes)
         return await login_page(request, error=text, status=429)
     who, stored = await state.db.read(lambda conn: password_account(conn, name))
-    ok = await asyncio.to_thread(verify_password, stored, password)
+    async with state.hashing:
+        ok = await asyncio.to_thread(verify_password, stored, password)
     if not ok or who is None:
         await state.db.run(lambda conn: record_failure(conn, keys, now=now, window=window))
         log.info("dashboard.login_failed", name=name[:100], ip=ip)

@@ -16,6 +16,7 @@ PUT, PATCH or DELETE without the session's CSRF token never reaches its handler.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class Dashboard:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: Route role requirements, for the index of what exists.
     roles: dict[str, Role] = field(default_factory=dict)
+    #: Password checks at once (argon2id takes 64 MiB and tens of ms each): a flood
+    #: of sign-ins waits here instead of taking the machine's memory and cores.
+    hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
     @property
     def db(self) -> Database:
