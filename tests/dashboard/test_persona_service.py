@@ -278,3 +278,20 @@ async def test_shipped_personas_check_clean(tmp_path: Path) -> None:
     for loaded in svc.serving():
         text, _ = await svc.editor_text(loaded.persona.id)
         assert (await svc.check(text, loaded.persona.id)).ok
+
+
+async def test_preview_counts_with_the_configured_tokenizer(
+    service: PersonaService, tiny_model_dir: Path
+) -> None:
+    service.tokenizer = str(tiny_model_dir)
+
+    async def approximate(loaded: object) -> object:
+        from bot.llm.tokens import ApproxTokenCounter
+
+        return ApproxTokenCounter()  # a local model before its first turn
+
+    service.tokens_for = approximate  # type: ignore[assignment]
+    checked, shown = await service.preview(GOOD, "tess", "hello", [])
+    assert checked.ok and shown is not None
+    assert shown["tokenizer"] == str(tiny_model_dir)
+    assert shown["prompt_tokens"] > 0

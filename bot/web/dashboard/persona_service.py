@@ -330,9 +330,12 @@ class PersonaService:
     async def _token_counter(self, loaded: LoadedPersona) -> TokenCounter:
         if self.tokens_for is not None:
             counter = await self.tokens_for(loaded)
-            approximate = type(counter).__name__ == "ApproxTokenCounter"
-            self._tokenizer_shown = "approximate" if approximate else type(counter).__name__
-            return counter
+            # A local model loads its tokenizer with its weights, at its first turn:
+            # until then (or in a `bot dashboard` of its own) `tokenizer` counts.
+            if type(counter).__name__ != "ApproxTokenCounter" or not self.tokenizer:
+                approximate = type(counter).__name__ == "ApproxTokenCounter"
+                self._tokenizer_shown = "approximate" if approximate else type(counter).__name__
+                return counter
         if self._tokens is None:
             counter = await asyncio.to_thread(load_token_counter, self.tokenizer)
             approximate = type(counter).__name__ == "ApproxTokenCounter"
