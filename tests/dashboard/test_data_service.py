@@ -88,9 +88,9 @@ async def test_browse_filter_page_and_why(dash: DashUnderTest) -> None:
     view = await db.read(lambda c: conversation_view(c, by_text.rows[0].id))
     asked, answer = view.messages
     assert asked.direction == "in" and asked.person == "Zed"
-    assert any(w.startswith("answered by #") for w in asked.why)
+    assert ("why.answered_by", {"ids": f"#{answer.id}"}) in asked.why
     assert answer.backend == "mock" and answer.persona_hash and answer.latency_ms is not None
-    assert answer.why == [f"a reply to #{asked.id}"]
+    assert answer.why == [("why.reply_to", {"id": asked.id})]
     with pytest.raises(NotFound):
         await db.read(lambda c: conversation_view(c, 10**9))
     with pytest.raises(ValueError):

@@ -251,8 +251,9 @@ class MessageRow:
     corrected_by: str | None
     ups: int = 0
     downs: int = 0
-    #: Why the bot spoke or stayed silent, as the ledger and the safety log record it.
-    why: list[str] = field(default_factory=list)
+    #: Why the bot spoke or stayed silent, as the ledger and the safety log record it:
+    #: (catalogue key, values) pairs.
+    why: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,43 +266,45 @@ class MessageView:
     older: int | None
 
 
+#: Why a message went as it did: catalogue keys (data_strings.py), with values.
+Why = tuple[str, dict[str, Any]]
+
 _WHY_IN = {
-    "ignored": "not addressed to the bot: stored, not answered (in a group the groups "
-    "layer decides who speaks; its verdicts are logged, not stored)",
-    "expired": "too old when the bot got to it: not answered",
-    "received": "waiting to be answered",
-    "answering": "being answered",
+    "ignored": "why.ignored",
+    "expired": "why.expired",
+    "received": "why.received",
+    "answering": "why.answering",
 }
 _WHY_OUT = {
-    "greeting": "the persona's greeting to a new conversation",
-    "proactive": "written first by the persona (a scheduled follow-up or check-in)",
-    "apology": "the turn failed: the person got the apology instead of a reply",
+    "greeting": "why.greeting",
+    "proactive": "why.proactive",
+    "apology": "why.apology",
 }
 
 
-def _why(row: MessageRow, answered_by: dict[int, list[int]]) -> list[str]:
-    reasons: list[str] = []
+def _why(row: MessageRow, answered_by: dict[int, list[int]]) -> list[Why]:
+    reasons: list[Why] = []
     if row.direction == "in":
         if row.status in _WHY_IN:
-            reasons.append(_WHY_IN[row.status])
+            reasons.append((_WHY_IN[row.status], {}))
         replies = answered_by.get(row.id)
         if replies:
-            reasons.append("answered by " + ", ".join(f"#{i}" for i in replies))
+            reasons.append(("why.answered_by", {"ids": ", ".join(f"#{i}" for i in replies)}))
         elif row.status == "answered":
-            reasons.append("answered (the reply is gone: deleted or forgotten)")
+            reasons.append(("why.reply_gone", {}))
         elif row.status == "failed":
-            reasons.append("the turn failed")
+            reasons.append(("why.failed", {}))
         if row.truncated:
-            reasons.append("cut to the input limit before the model saw it")
+            reasons.append(("why.truncated", {}))
     else:
         if row.kind in _WHY_OUT:
-            reasons.append(_WHY_OUT[row.kind])
+            reasons.append((_WHY_OUT[row.kind], {}))
         elif row.reply_to_id is not None:
-            reasons.append(f"a reply to #{row.reply_to_id}")
+            reasons.append(("why.reply_to", {"id": row.reply_to_id}))
         if row.backend is None and row.kind == "message":
-            reasons.append("written by the safety stage (no model call)")
+            reasons.append(("why.safety_stage", {}))
         if row.status == "undeliverable":
-            reasons.append("never reached the person (undeliverable)")
+            reasons.append(("why.undeliverable", {}))
     return reasons
 
 
@@ -406,22 +409,26 @@ def _attach_reasons(
         .limit(4 * len(ids))
     ):
         answered_by[int(asked)].append(int(reply_id))
-    failures: dict[int, list[str]] = defaultdict(list)
+    failures: dict[int, list[Why]] = defaultdict(list)
     for mid, stage, error_type, reason in conn.execute(
         select(_fail.c.message_id, _fail.c.stage, _fail.c.error_type, _fail.c.reason)
         .where(_fail.c.message_id.in_(ids))
         .order_by(_fail.c.id)
         .limit(4 * len(ids))
     ):
-        failures[int(mid)].append(f"failed at {stage}: {error_type}: {str(reason)[:300]}")
-    safety: dict[int, list[str]] = defaultdict(list)
+        failures[int(mid)].append(
+            ("why.failure", {"stage": stage, "type": error_type, "reason": str(reason)[:300]})
+        )
+    safety: dict[int, list[Why]] = defaultdict(list)
     for mid, check, verdict, reason in conn.execute(
         select(_safety.c.message_id, _safety.c.check_name, _safety.c.verdict, _safety.c.reason)
         .where(_safety.c.message_id.in_(ids))
         .order_by(_safety.c.id)
         .limit(4 * len(ids))
     ):
-        safety[int(mid)].append(f"safety {check}: {verdict}: {str(reason)[:300]}")
+        safety[int(mid)].append(
+            ("why.safety", {"check": check, "verdict": verdict, "reason": str(reason)[:300]})
+        )
     # Reactions as they stand now (the latest add/remove per person and emoji).
     latest: dict[tuple[int, int, str], bool] = {}
     for mid, uid, emoji, added in conn.execute(
