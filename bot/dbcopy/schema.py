@@ -70,7 +70,7 @@ def kind_of(type_: sa.types.TypeEngine[Any]) -> Kind:
         return Kind.FLOAT
     if isinstance(type_, sa.Numeric):
         return Kind.DECIMAL
-    if isinstance(type_, sa.LargeBinary | sa.types._Binary):
+    if isinstance(type_, sa.LargeBinary):  # BLOB, bytea
         return Kind.BYTES
     if isinstance(type_, sa.String):
         return Kind.TEXT
