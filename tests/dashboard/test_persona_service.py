@@ -295,3 +295,18 @@ async def test_preview_counts_with_the_configured_tokenizer(
     assert checked.ok and shown is not None
     assert shown["tokenizer"] == str(tiny_model_dir)
     assert shown["prompt_tokens"] > 0
+
+
+async def test_a_folder_that_cannot_be_written_is_a_message(
+    stored: PersonaService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.web.dashboard import persona_service
+
+    def refuse(path: Path, data: bytes) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(persona_service, "_write_atomically", refuse)
+    saved = await stored.save("tess", GOOD.replace("Soot", "Pip"), _hash(GOOD))
+    assert saved.outcome == "problems"
+    assert saved.message == "cannot write personas/tess.yaml: Permission denied"
+    assert stored.registry.get("tess").content_hash == _hash(GOOD)

@@ -407,9 +407,19 @@ class PersonaService:
             return SaveResult("forbidden", pid)
         path = self.path_for(pid)
         async with self.write_lock:
-            written = await asyncio.to_thread(
-                self._write_if_unchanged, path, text.encode("utf-8"), base_hash, persona_id is None
-            )
+            try:
+                written = await asyncio.to_thread(
+                    self._write_if_unchanged,
+                    path,
+                    text.encode("utf-8"),
+                    base_hash,
+                    persona_id is None,
+                )
+            except OSError as exc:
+                why = exc.strerror or type(exc).__name__
+                return SaveResult(
+                    "problems", pid, message=f"cannot write {self.shown(path)}: {why}"
+                )
             if isinstance(written, str):
                 return SaveResult("conflict", pid, message=written)
             before = written
