@@ -38,12 +38,23 @@ __all__ = [
 
 
 def cluster_config(
-    tmp: Path, *, llm_url: str, api: FakeTelegramAPI, database_url: str, **kw: Any
+    tmp: Path,
+    *,
+    llm_url: str,
+    api: FakeTelegramAPI,
+    database_url: str,
+    scheduler: bool = False,
+    **kw: Any,
 ) -> Path:
-    """A bot.toml for workers on `database_url` (scheduler off, like the durable tests)."""
+    """A bot.toml for workers on `database_url` (scheduler off unless asked for)."""
     path = write_config(tmp, llm_url=llm_url, api=api, **kw)
     lines = path.read_text(encoding="utf-8").splitlines()
     lines = [f'url = "{database_url}"' if line.startswith("url = ") else line for line in lines]
+    if scheduler:
+        lines = [
+            "enabled = true" if line == "enabled = false" and prev == "[scheduler]" else line
+            for prev, line in zip(["", *lines[:-1]], lines, strict=True)
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 

@@ -57,9 +57,9 @@ async def _inject(
 
 
 async def _two_workers(
-    tmp_path: Path, llm: FakeOpenAIServer, api: FakeTelegramAPI, url: str
+    tmp_path: Path, llm: FakeOpenAIServer, api: FakeTelegramAPI, url: str, **kw: Any
 ) -> tuple[Worker, Worker]:
-    config = cluster_config(tmp_path, llm_url=llm.base_url, api=api, database_url=url)
+    config = cluster_config(tmp_path, llm_url=llm.base_url, api=api, database_url=url, **kw)
     first = Worker("w1", config, api)
     await first.start()
     await first.wait_joined(url, workers=1)
@@ -168,7 +168,8 @@ async def test_the_follower_takes_over_polling_when_the_leader_dies(
 ) -> None:
     async with FakeTelegramAPI() as api:
         api.record_calls = False
-        leader, follower = await _two_workers(tmp_path, llm, api, postgres_url)
+        # The scheduler on, as by default: it runs paused on the follower until it leads.
+        leader, follower = await _two_workers(tmp_path, llm, api, postgres_url, scheduler=True)
         api.private_message(6001, "hello")
         await api.wait_for(lambda: api.sent_to(6001), timeout=30)
         await leader.kill()
