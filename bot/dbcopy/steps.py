@@ -66,6 +66,9 @@ def copy_table(
     started = time.monotonic()
     done_here = 0
     last_said = started
+    total = int(
+        src.execute(sa.select(sa.func.count()).select_from(sa.table(table.name))).scalar_one()
+    )
     for raw in batches(src, table, _resume_key(table, state.last_key), batch_size):
         rows = unlink(table, convert_rows(table, raw, funcs))
         try:
@@ -88,7 +91,7 @@ def copy_table(
             if ahead > 0:
                 time.sleep(ahead)
         if now - last_said >= 2:
-            say(f"{table.name}: {copied} rows")
+            say(f"{table.name}: {copied} of {total} rows")
             last_said = now
     with dst.begin():
         if not table.key:
