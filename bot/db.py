@@ -12,13 +12,13 @@ timeout and UTC as the session time zone; a server that cannot be reached is a
 `StorageError` naming the URL with its credentials masked.
 `upgrade` applies the Alembic migrations shipped in `bot/migrations/` (the same
 thing `bot db upgrade` runs); on PostgreSQL under an advisory lock, so workers that
-start together migrate one after another.
+start together migrate one after another. SQLite's file checks and pragmas live in
+`bot.db_sqlite`, error wording and retry rules in `bot.db_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
 import sqlite3
 import threading
@@ -36,13 +36,24 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 
+from bot.db_errors import TRANSIENT_ATTEMPTS as _TRANSIENT_ATTEMPTS
+from bot.db_errors import reason as _reason
+from bot.db_errors import storable
+from bot.db_errors import storage_error as _storage_error
+from bot.db_errors import transient as _transient
+from bot.db_errors import unreachable as _unreachable
+from bot.db_sqlite import SQLITE_HEADER, sqlite_path
+from bot.db_sqlite import check_sqlite_file as _check_sqlite_file
+from bot.db_sqlite import sqlite_begin as _sqlite_begin
+from bot.db_sqlite import sqlite_begin_read as _sqlite_begin_read
+from bot.db_sqlite import sqlite_pragmas as _sqlite_pragmas
 from bot.errors import ConfigError, StorageError
 from bot.logs import redact_text
 
 __all__ = [
+    "SQLITE_HEADER",
     "Database",
     "PoolOptions",
     "check_database",
@@ -83,83 +94,6 @@ class PoolOptions:
     def most(self) -> int:
         """The most connections open at once."""
         return self.size + self.max_overflow
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL, or None for other databases and `:memory:`."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    if parsed.database.startswith("file:"):  # a SQLite URI: its options are SQLite's business
-        return None
-    return Path(parsed.database)
-
-
-#: The first bytes of every SQLite database file (an empty file is a new database).
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def storable(text: str) -> str:
-    """`text` as every supported database stores it: NUL (PostgreSQL's text type
-    refuses it) and lone surrogates (no UTF-8 for them; SQLite refuses them) become
-    U+FFFD. Text already storable comes back as it is (the same object)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text
-
-
-def _check_sqlite_file(path: Path, *, must_exist: bool = False) -> None:
-    # Fail before SQLite does: its own message ("attempt to write a readonly database")
-    # arrives only at the first write, possibly mid-turn, and does not name the file.
-    parent = path.parent if str(path.parent) else Path()
-    if path.is_dir():
-        raise StorageError(f"database {path} is a directory, not a SQLite file")
-    if path.exists() and not path.is_file():
-        raise StorageError(f"database {path} is not a regular file")
-    if path.exists():
-        _check_sqlite_header(path)
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise StorageError(f"database file {path} is not writable (check its permissions)")
-        if not os.access(parent, os.W_OK):
-            raise StorageError(
-                f"database directory {parent} is not writable: SQLite needs it for the WAL "
-                "and journal files next to the database"
-            )
-        return
-    if must_exist:
-        raise StorageError(
-            f"database file {path} does not exist: check --db or database.url "
-            "(`bot db upgrade` creates a new one)"
-        )
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create database directory {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise StorageError(f"cannot create database {path}: directory {parent} is not writable")
-
-
-def _check_sqlite_header(path: Path) -> None:
-    # Never open the file ourselves: closing any descriptor of it drops every POSIX lock
-    # this process holds on the file (a running writer's too), and another process's
-    # reader may then checkpoint and delete the WAL under us, losing what we write
-    # next. SQLite's own VFS shares descriptors per file and so keeps the locks.
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            conn.execute("PRAGMA schema_version").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
-            raise StorageError(f"database file {path} is not a SQLite database") from None
-        raise StorageError(f"database file {path}: cannot read it ({exc})") from None
 
 
 def check_database(url: str, *, connect_timeout_s: float = 5.0) -> None:
@@ -294,39 +228,6 @@ def _server_options(parsed: URL, pool: PoolOptions) -> dict[str, Any]:
     return options
 
 
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _sqlite_begin_read(conn: Connection) -> None:
-    # A reader takes a plain (deferred) transaction: a WAL snapshot that neither
-    # blocks the writer nor waits for it.
-    conn.exec_driver_sql("BEGIN")
-
-
-def _sqlite_pragmas(busy_timeout_ms: int, *, wal: bool, query_only: bool = False) -> Any:
-    def on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
-        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _sqlite_begin)
-        cur = dbapi_conn.cursor()
-        try:
-            if wal:
-                cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL is durable across application crashes in WAL mode and much faster
-            # than FULL; only an OS crash can lose the last transactions.
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            # Deleted content is overwritten with zeros, freelist pages included: what a
-            # person asked us to forget must not linger in unused parts of the file.
-            cur.execute("PRAGMA secure_delete=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            if query_only:
-                cur.execute("PRAGMA query_only=ON")
-        finally:
-            cur.close()
-
-    return on_connect
-
-
 def _alembic_config() -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -365,27 +266,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise StorageError(
             f"cannot {what} the database {shown_url(engine)}: {_reason(exc)}"
         ) from exc
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's own message on one line, credentials masked, with a hint where
-    the cause is a common one."""
-    if isinstance(exc, PoolTimeout):
-        pool = exc.args[0] if exc.args else ""
-        return (
-            "every database connection of this process is busy and none came free in "
-            f"time ({str(pool).split(' (Background')[0]}); raise database.pool_size or "
-            "database.pool_timeout_s"
-        )
-    orig = getattr(exc, "orig", None)
-    raw = str(orig) if orig is not None else str(exc).split("\n")[0]
-    # psycopg's messages span lines (a hint on the next one, tab-indented).
-    text = redact_text(" ".join(part.strip() for part in raw.splitlines() if part.strip()))
-    if "database is locked" in text:
-        return f"{text} (another process holds a write lock; is a second bot running on this file?)"
-    if "readonly database" in text or ("read-only" in text and "transaction" not in text):
-        return f"{text} (the file or its directory is read-only)"
-    return text
 
 
 class Database:
@@ -640,17 +520,6 @@ class Database:
         self.engine.dispose()
 
 
-#: How often a transaction a server rolled back as a deadlock victim (or for a
-#: serialization failure) is tried in all.
-_TRANSIENT_ATTEMPTS = 3
-
-
-def _transient(exc: SQLAlchemyError) -> bool:
-    # SQLSTATE 40001 serialization_failure, 40P01 deadlock_detected (PostgreSQL).
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return state in ("40001", "40P01")
-
-
 def _pool_capacity(engine: Engine) -> int:
     # QueuePool: its size plus overflow; a pool without those (NullPool, StaticPool)
     # opens connections as asked, so a small fixed number of threads will do.
@@ -678,22 +547,3 @@ def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
-
-
-def _storage_error(exc: SQLAlchemyError) -> StorageError:
-    # The driver's own message (`orig`), one line: SQLAlchemy's str() adds the SQL and
-    # a "Background on this error" link on lines of their own.
-    reason = _reason(exc)
-    if _unreachable(exc):
-        return StorageError(f"cannot reach the database server: {reason}")
-    return StorageError(f"database error: {reason}")
-
-
-def _unreachable(exc: SQLAlchemyError) -> bool:
-    # A connection that could not be made (or was lost): psycopg's error then carries
-    # no SQLSTATE of the server's, or one of class 08 ("connection exception").
-    orig = getattr(exc, "orig", None)
-    if orig is None or not type(orig).__module__.startswith("psycopg"):
-        return False
-    state = str(getattr(orig, "sqlstate", None) or "")
-    return state.startswith("08") or (not state and isinstance(exc, OperationalError))
