@@ -305,3 +305,17 @@ def test_two_copies_into_one_sqlite_file_at_once(
         assert code == 3
         assert "another `bot db copy` is writing to this database" in _one_line(err)
     assert copy_database(filled_sqlite, f"sqlite:///{target}").ok
+
+
+def test_a_target_that_is_a_directory_or_junk(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, tmp_path: Path
+) -> None:
+    (tmp_path / "dir.db").mkdir()
+    code, _, err = _run(capsys, "--from", filled_sqlite, "--to", f"sqlite:///{tmp_path}/dir.db")
+    assert code == 3
+    assert _one_line(err).startswith("storage error: --to: database ") and "directory" in err
+    (tmp_path / "junk.db").write_bytes(b"not sqlite at all" * 64)
+    code, _, err = _run(capsys, "--from", filled_sqlite, "--to", f"sqlite:///{tmp_path}/junk.db")
+    assert code == 3
+    assert "is not a SQLite database" in _one_line(err)
+    assert (tmp_path / "junk.db").read_bytes() == b"not sqlite at all" * 64
