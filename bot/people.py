@@ -297,14 +297,20 @@ class People:
                 select(_bindings.c.id).where(_bindings.c.place == place)
             ).scalar()
             if existing is None:
-                conn.execute(
-                    insert(_bindings).values(place=place, persona_id=persona_id, set_by=uid, at=now)
-                )
-            else:
-                conn.execute(
-                    update(_bindings)
-                    .where(_bindings.c.id == existing)
-                    .values(persona_id=persona_id, set_by=uid, at=now)
-                )
+                try:
+                    with conn.begin_nested():  # another worker may bind it first
+                        conn.execute(
+                            insert(_bindings).values(
+                                place=place, persona_id=persona_id, set_by=uid, at=now
+                            )
+                        )
+                    return
+                except IntegrityError:
+                    pass  # theirs is there now: the later switch wins, as below
+            conn.execute(
+                update(_bindings)
+                .where(_bindings.c.place == place)
+                .values(persona_id=persona_id, set_by=uid, at=now)
+            )
 
         await self.db.run(work)

@@ -3,6 +3,7 @@ and on PostgreSQL (the people store's contract)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -192,3 +193,22 @@ async def test_memory_commands_go_to_the_long_term_store(tmp_path: Path) -> None
                 0,
             )
             assert conn.execute("select count(*) from facts").fetchone() == (0,)
+
+
+async def test_switching_one_place_at_once_from_several_workers_keeps_one_binding(
+    app: App,
+) -> None:
+    # Several People on one database (as several workers have): each switch succeeds,
+    # the place ends with one binding, to one of the personas asked for.
+    from bot.people import People
+
+    stores = [People(app.db) for _ in range(6)]
+    await asyncio.gather(
+        *(
+            people.bind_persona("test:room", ("tester", "other")[i % 2], platform="test",
+                                by_user=f"mod{i}")
+            for i, people in enumerate(stores)
+        )
+    )  # fmt: skip
+    assert await app.people.bound_persona("test:room") in ("tester", "other")
+    assert db(app, "select count(*) from persona_bindings where place = 'test:room'") == [(1,)]
