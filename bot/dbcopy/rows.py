@@ -177,12 +177,18 @@ def write_rows(conn: Connection, plan: TablePlan, rows: list[Row]) -> None:
 
 
 def _copy_pg(conn: Connection, plan: TablePlan, rows: list[Row]) -> None:
+    import psycopg
     from psycopg import sql
 
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(plan.name), sql.SQL(", ").join(sql.Identifier(n) for n in plan.names)
     )
     raw: Any = conn.connection.dbapi_connection
-    with raw.cursor() as cur, cur.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
+    try:
+        with raw.cursor() as cur, cur.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.errors.IntegrityError as exc:  # the driver's own, raw: as SQLAlchemy's
+        raise sa.exc.IntegrityError(f"COPY {plan.name}", None, exc) from None
+    except psycopg.Error as exc:
+        raise sa.exc.DBAPIError(f"COPY {plan.name}", None, exc) from None

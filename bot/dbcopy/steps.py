@@ -77,10 +77,7 @@ def copy_table(
                 if table.key:
                     progress.advance(dst, table.name, _jsonable(key_of(table, rows[-1])), len(rows))
         except IntegrityError as exc:
-            raise StorageError(
-                f"--to: inserting into {table.name} broke a constraint "
-                f"({first_line(exc)}): is something else writing to the target?"
-            ) from None
+            raise StorageError(_integrity(table, exc)) from None
         except SQLAlchemyError as exc:
             raise StorageError(f"--to: writing {table.name}: {first_line(exc)}") from None
         copied += len(rows)
@@ -161,3 +158,21 @@ def first_line(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else str(exc)
     return " ".join(text.strip().split("\n")[0].split())
+
+
+def _integrity(table: TablePlan, exc: IntegrityError) -> str:
+    reason = first_line(exc)
+    if "foreign key" in reason.lower():
+        detail = getattr(getattr(exc.orig, "diag", None), "message_detail", None)
+        if detail:  # "Key (message_id)=(999999) is not present in table "messages"."
+            reason = f"{reason}: {' '.join(str(detail).split())}"
+        # The source did not enforce it when the row was written (SQLite enforces
+        # foreign keys only when asked, per connection).
+        return (
+            f"--to: a row of {table.name} refers to a row the source does not have "
+            f"({reason}): fix or remove it in the source, then run the command again"
+        )
+    return (
+        f"--to: inserting into {table.name} broke a constraint ({reason}): is something "
+        "else writing to the target?"
+    )

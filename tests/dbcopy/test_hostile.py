@@ -319,3 +319,17 @@ def test_a_target_that_is_a_directory_or_junk(
     assert code == 3
     assert "is not a SQLite database" in _one_line(err)
     assert (tmp_path / "junk.db").read_bytes() == b"not sqlite at all" * 64
+
+
+def test_a_dangling_reference_in_the_source_is_named(
+    capsys: pytest.CaptureFixture[str], filled_sqlite: str, postgres_url: str
+) -> None:
+    # Written while SQLite's foreign keys were off (they are per connection).
+    _poke(filled_sqlite, "UPDATE feedback SET message_id = 999999 WHERE id = 2")
+    code, _, err = _run(capsys, "--from", filled_sqlite, "--to", postgres_url)
+    assert code == 3
+    errors = [line for line in err.splitlines() if line.startswith("storage error")]
+    assert len(errors) == 1
+    assert "a row of feedback refers to a row the source does not have" in errors[0]
+    assert "fix or remove it in the source" in errors[0]
+    assert "Key (message_id)=(999999) is not present" in errors[0]
