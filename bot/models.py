@@ -150,6 +150,8 @@ class Conversation(SQLModel, table=True):
     """One place a persona talks: a DM, a channel or a thread, with one persona."""
 
     __tablename__ = "conversations"
+    #: The dashboard lists conversations by latest activity, a page at a time (0015).
+    __table_args__ = (Index("ix_conversations_last_message_at_id", "last_message_at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=1024, unique=True)

@@ -218,3 +218,32 @@ async def test_operations_promote_and_roll_back(dash: DashUnderTest, tmp_path: P
     assert states == {"tester-a": "serving", "tester-b": "rolled_back"}
     actions = [e.action for e in reversed(await dash.audit())]
     assert actions == ["adapter.promote", "adapter.rollback"]
+
+
+async def test_hostile_query_strings_and_forms(dash: DashUnderTest) -> None:
+    await dash.bot.engine.handle(dm("plain words"))
+    (reply,) = await _ids(dash, "out")
+    async with dash.client("admin") as admin:
+        for path in (
+            "/conversations?q=%ED%A0%80",  # a lone surrogate, as UTF-8 bytes
+            "/conversations?person=%00x",
+            "/conversations?cursor=99999999999999999.1",
+            "/conversations?cursor=-1.1",
+            "/conversations?persona=" + "p" * 65,
+            "/people?q=%25%5F%5C",
+            "/people?before=-5",
+            "/people/1?forgot=<script>",
+            "/operations?done=" + "d" * 500,
+        ):
+            page = await admin.http.get(path)
+            assert page.status_code in (200, 400), (path, page.status_code)
+            assert "Traceback" not in page.text and "<script>" not in page.text
+        odd = await admin.http.post(
+            f"/conversations/messages/{reply}/correct",
+            content=f"csrf={admin.csrf}&text=ok%ED%B2%80then%FF".encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert odd.status_code in (303, 400)
+        assert "Traceback" not in odd.text
+        flood = await admin.post(f"/conversations/messages/{reply}/flag", {"reason": "r" * 600})
+        assert flood.status_code == 400

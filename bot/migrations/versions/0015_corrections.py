@@ -9,6 +9,9 @@ have said. The text is kept on the reply it corrects (`corrected_text`, by whom 
 when), not in a table of its own: `bot export` reads it in its one query and makes
 a DPO pair of it (source `correction`), and a forget that deletes the reply deletes
 the correction with it, so no byte of it stays behind.
+
+And an index on conversations (last_message_at, id): the dashboard lists them by
+latest activity, a page at a time, without sorting them all.
 """
 
 from collections.abc import Sequence
@@ -30,9 +33,13 @@ def upgrade() -> None:
     op.add_column(
         "messages", sa.Column("corrected_at", sa.DateTime(timezone=True), nullable=True)
     )
+    op.create_index(
+        "ix_conversations_last_message_at_id", "conversations", ["last_message_at", "id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_conversations_last_message_at_id", table_name="conversations")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_column("corrected_at")
         batch_op.drop_column("corrected_by")

@@ -137,7 +137,10 @@ def parse_cursor(cursor: str | None) -> tuple[datetime, int] | None:
         raise ValueError("not a page cursor")
     if len(micros) > 17 or len(ident) > 18:
         raise ValueError("not a page cursor")
-    at = datetime.fromtimestamp(int(micros) / 1_000_000, UTC)
+    try:
+        at = datetime.fromtimestamp(int(micros) / 1_000_000, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("not a page cursor") from None
     return at, int(ident)
 
 
@@ -183,9 +186,11 @@ def list_conversations(
             or_(c.channel == where.channel, c.space == where.channel, c.thread == where.channel)
         )
     if where.person:
+        # From the person's messages (the user_id index) to their conversations, not
+        # from every conversation to its messages.
         query = query.where(
-            exists().where(
-                _msg.c.conversation_id == c.id, _msg.c.user_id.in_(_person_ids(where.person))
+            c.id.in_(
+                select(_msg.c.conversation_id).where(_msg.c.user_id.in_(_person_ids(where.person)))
             )
         )
     if where.text:
