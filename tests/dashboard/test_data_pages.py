@@ -58,6 +58,8 @@ async def test_browse_as_a_viewer_and_change_nothing(dash: DashUnderTest) -> Non
         assert html.escape("<script>alert(1)</script>", quote=False) in page.text
         assert "&lt;b&gt;Eve&lt;/b&gt;" in page.text
         assert "mock" in page.text and f"a reply to #{reply - 1}" in page.text
+        version = re.search(r'href="(/personas/tester/versions/[0-9a-f]{64})"', page.text)
+        assert version and (await viewer.http.get(version.group(1))).status_code == 200
         assert f"/conversations/messages/{reply}/flag" not in page.text  # no forms for a viewer
         assert 'id="view-only"' in page.text
 
