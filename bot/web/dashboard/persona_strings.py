@@ -53,6 +53,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.preview_tokens": "{used} of {budget} prompt tokens · tokenizer {tokenizer}",
         "personas.preview_lore": "Lore: {used} of {budget} tokens",
         "personas.preview_no_lore": "No lore entry fired.",
+        "personas.preview_count": "{count} tokens",
         "personas.preview_left_out": "Left out (over budget): {entries}",
         "personas.preview_not_shown": "Not shown: recalled memories and safety guidance (they "
         "need a conversation).",
@@ -124,6 +125,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.preview_tokens": "提示词 {used} / {budget} 个 token · 分词器 {tokenizer}",
         "personas.preview_lore": "设定集：{used} / {budget} 个 token",
         "personas.preview_no_lore": "没有触发任何设定条目。",
+        "personas.preview_count": "{count} 个 token",
         "personas.preview_left_out": "因超出预算而省略：{entries}",
         "personas.preview_not_shown": "未显示：回忆起的记忆和安全提示（它们需要一段对话）。",
         "personas.fields_here": "此处可用的字段",

@@ -271,7 +271,8 @@
     p.messages.forEach(function (m, i) {
       var box = el("div", "msg " + m.role);
       box.setAttribute("data-role", m.role);
-      box.appendChild(el("h3", "", "[" + i + "] " + m.role + " · " + m.tokens + " tokens"));
+      box.appendChild(el("h3", "", "[" + i + "] " + m.role + " · " +
+        fill(previewForm.getAttribute("data-count"), { count: m.tokens })));
       box.appendChild(el("pre", "", m.content));
       previewBox.appendChild(box);
     });
@@ -281,7 +282,8 @@
     var fired = el("ul", "lore");
     lore.fired.forEach(function (f) {
       var where = f.position === "at_depth" ? "at_depth " + f.depth : f.position;
-      var item = el("li", "fired", f.entry + " · " + where + " · " + f.tokens + " tokens · " + f.why);
+      var item = el("li", "fired", f.entry + " · " + where + " · " +
+        fill(previewForm.getAttribute("data-count"), { count: f.tokens }) + " · " + f.why);
       item.setAttribute("data-entry", f.entry);
       fired.appendChild(item);
     });
