@@ -310,3 +310,19 @@ async def test_a_folder_that_cannot_be_written_is_a_message(
     assert saved.outcome == "problems"
     assert saved.message == "cannot write personas/tess.yaml: Permission denied"
     assert stored.registry.get("tess").content_hash == _hash(GOOD)
+
+
+async def test_a_charx_upload_replaces_its_persona_only_with_force(service: PersonaService) -> None:
+    charx = await export_card_bytes(service, "tess", "charx")
+    assert charx.body.startswith(b"PK")
+    kept = await import_upload(service, "tess.charx", charx.body, may_write=lambda k, i: True)
+    assert "exists" in kept.error
+    replaced = await import_upload(
+        service, "tess.charx", charx.body, may_write=lambda k, i: True, force=True
+    )
+    assert not replaced.error, replaced.error
+    [item] = replaced.items
+    assert (item.kind, item.id, item.before) == ("persona", "tess", GOOD)
+    assert await serve_imported(service, replaced) == []
+    served = service.registry.get("tess")
+    assert served.persona.name == "Tess" and "Soot" in served.source
