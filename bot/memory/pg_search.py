@@ -298,7 +298,9 @@ def scrub_tables(db: Database, tables: Sequence[str]) -> dict[str, float]:
         # VACUUM FULL rebuilds every index; an HNSW graph built within memory is many
         # times faster than one spilling (the default is 64MB).
         conn.execute(text(f"SET maintenance_work_mem = '{SCRUB_WORK_MEM}'"))
-        for table in tables:
+        # The text first; the vectors last: their rewrite rebuilds the HNSW index,
+        # by far the longest step (minutes at 100k vectors, see docs/memory.md).
+        for table in sorted(tables, key=lambda t: (t == "embeddings", t)):
             if not table.replace("_", "").isalnum():
                 raise ValueError(f"not a table name: {table!r}")
             started = time.perf_counter()
