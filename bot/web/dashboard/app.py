@@ -181,7 +181,7 @@ def is_public(path: str) -> bool:
 async def _session(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[DASHBOARD]
     token = request.cookies.get(SESSION_COOKIE, "")
-    if token:
+    if token and not request.path.startswith("/static/"):
         now = state.now()
         found = await state.db.read(lambda conn: session_moderator(conn, token, now=now))
         if found is not None:
