@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from bot.cluster.node import _THIS_DATABASE, CHAT_KEY_SQL, NS_CHAT
+from bot.cluster.node import CHAT_KEY_SQL, NS_CHAT, THIS_DATABASE_SQL
 from bot.db import Database
 from bot.inbox.store import InboxEvent, _row
 
@@ -29,7 +29,7 @@ __all__ = ["Pulled", "claim_unordered", "discover", "pull"]
 
 _HELD = (
     "select l.objid::bigint as k from pg_locks l where l.locktype = 'advisory' "
-    f"and l.database = {_THIS_DATABASE} and l.classid = :ns and l.objsubid = 2 "
+    f"and l.database = {THIS_DATABASE_SQL} and l.classid = :ns and l.objsubid = 2 "
     "and l.granted and l.pid <> :me_pid"
 )
 _DISCOVER = text(

@@ -56,7 +56,7 @@ NS_CHAT = 0x5042_0003
 #: The SQL expression of a chat's lock key; the same in every query that names one.
 CHAT_KEY_SQL = "(hashtext({platform} || '/' || {chat}) & 2147483647)"
 #: Locks of this database only: a server may hold several bots' databases.
-_THIS_DATABASE = "(select oid from pg_database where datname = current_database())"
+THIS_DATABASE_SQL = "(select oid from pg_database where datname = current_database())"
 
 OnAdopt = Callable[[int], Awaitable[None]]
 
@@ -239,7 +239,7 @@ class ClusterNode:
         sql = text(
             "select w.id from cluster_workers w where w.stopped_at is null and w.id <> :me "
             "and not exists (select 1 from pg_locks l where l.locktype = 'advisory' "
-            f"and l.database = {_THIS_DATABASE} and l.classid = :ns "
+            f"and l.database = {THIS_DATABASE_SQL} and l.classid = :ns "
             "and l.objid = w.id and l.objsubid = 2 and l.granted) order by w.id"
         )
         return await self._call(
@@ -276,7 +276,7 @@ class ClusterNode:
         sql = text(
             "select w.id from cluster_workers w where w.stopped_at is null and exists ("
             "select 1 from pg_locks l where l.locktype = 'advisory' "
-            f"and l.database = {_THIS_DATABASE} and l.classid = :ns and l.objid = w.id "
+            f"and l.database = {THIS_DATABASE_SQL} and l.classid = :ns and l.objid = w.id "
             "and l.objsubid = 2 and l.granted) order by w.id"
         )
         return await self._call(

@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
+from bot.inbox.claims import ChatClaims, Pull
 from bot.inbox.store import Inbox, InboxEvent
 
 __all__ = ["ChatClaims", "EventHandler", "InboxWorker", "Job", "Pull", "WorkerStats", "in_lane"]
@@ -52,52 +53,6 @@ log = structlog.get_logger("bot.inbox")
 EventHandler = Callable[[InboxEvent], Awaitable[None]]
 #: Other work that must keep a chat's order (recovery): recorded by the job itself.
 Job = Callable[[], Awaitable[None]]
-
-
-class Pull(Protocol):
-    """What `ChatClaims.pull` returns: an event and who had claimed it before."""
-
-    @property
-    def event(self) -> InboxEvent: ...
-
-    @property
-    def previous(self) -> int | None: ...
-
-    @property
-    def more(self) -> bool: ...
-
-
-class ChatClaims(Protocol):
-    """How lanes share chats with other processes (`bot.cluster.lanes.ClusterClaims`)."""
-
-    @property
-    def me(self) -> int:
-        """This worker's id (`claimed_by` of the events it takes)."""
-        ...
-
-    async def discover(self, *, limit: int, skip: list[str]) -> list[str]:
-        """Chats with pending events that no other worker holds, oldest first."""
-        ...
-
-    async def unordered(self, *, limit: int) -> list[InboxEvent]:
-        """Claim pending events without a chat."""
-        ...
-
-    async def acquire(self, chat: str) -> bool:
-        """Take the chat's lock; False when another worker holds it."""
-        ...
-
-    async def release(self, chat: str) -> None:
-        """Let the chat's lock go."""
-        ...
-
-    async def pull(self, chat: str, *, skip: list[int]) -> Pull | None:
-        """Claim the chat's oldest pending event (not one of `skip`)."""
-        ...
-
-    async def stale(self, chat: str) -> None:
-        """A dead worker had this chat's event in hand: finish its turn first."""
-        ...
 
 
 @dataclass
