@@ -140,6 +140,15 @@ async def test_field_hints_from_the_schema(dash: DashUnderTest, page_as: PageAs)
     fields = await page.locator("#hints button").all_text_contents()
     assert {"temperature", "top_p", "max_tokens", "extra"} <= set(fields)
     assert "system_prompt" not in fields
+    # Tab indents; Escape, then Tab, leaves the editor.
+    await page.evaluate(
+        "() => { const t = document.getElementById('yaml'); t.focus(); t.setSelectionRange(0, 0); }"
+    )
+    await page.keyboard.press("Tab")
+    assert (await page.input_value("#yaml")).startswith("  version: 1")
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("() => document.activeElement.id") != "yaml"
 
 
 async def test_rollback_from_the_versions_page(dash: DashUnderTest, page_as: PageAs) -> None:

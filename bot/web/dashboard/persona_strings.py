@@ -28,7 +28,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.edit": "Edit {name}",
         "personas.editor": "YAML",
         "personas.editor_help": "Problems appear as you type, the same as `bot personas check`. "
-        "Ctrl+Space lists the fields allowed where the cursor is.",
+        "Ctrl+Space lists the fields allowed where the cursor is; Tab indents (Escape, then "
+        "Tab, leaves the editor).",
         "personas.checking": "Checking…",
         "personas.no_problems": "No problems: this version can be served.",
         "personas.problems": "{count} problem(s): this version cannot be saved.",
@@ -100,7 +101,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "personas.edit": "编辑 {name}",
         "personas.editor": "YAML",
         "personas.editor_help": "输入时即显示问题，与 `bot personas check` 相同。"
-        "按 Ctrl+空格 列出光标处允许的字段。",
+        "按 Ctrl+空格 列出光标处允许的字段；Tab 缩进（先按 Escape 再按 Tab 可离开编辑器）。",
         "personas.checking": "检查中…",
         "personas.no_problems": "没有问题：这个版本可以使用。",
         "personas.problems": "{count} 个问题：这个版本不能保存。",

@@ -242,11 +242,25 @@
       checkSoon();
     });
   }
+  // Tab indents by two spaces; Escape, then Tab, leaves the editor (keyboard users).
+  var escaped = false;
   yaml.addEventListener("keydown", function (event) {
     if (event.ctrlKey && (event.key === " " || event.code === "Space")) {
       event.preventDefault();
       showHints(true);
+      return;
     }
+    if (event.key === "Escape") { escaped = true; return; }
+    if (event.key === "Tab" && !event.shiftKey && !event.ctrlKey && !event.altKey &&
+        !escaped && !yaml.readOnly) {
+      event.preventDefault();
+      var at = yaml.selectionStart;
+      yaml.value = yaml.value.slice(0, at) + "  " + yaml.value.slice(yaml.selectionEnd);
+      yaml.setSelectionRange(at + 2, at + 2);
+      drawGutter();
+      checkSoon();
+    }
+    escaped = false;
   });
   yaml.addEventListener("click", function () { showHints(false); });
   yaml.addEventListener("keyup", function (event) {
