@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert, text
+from sqlmodel import SQLModel
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,6 +40,11 @@ RESULTS = REPO / "bench" / "results"
 
 from bot.db import Database  # noqa: E402
 from bot.models import Conversation, Message, User  # noqa: E402
+
+TABLES = {
+    m.__tablename__: SQLModel.metadata.tables[str(m.__tablename__)]
+    for m in (Conversation, Message, User)
+}
 from bot.web.dashboard.data_service import (  # noqa: E402
     ConversationFilter,
     conversation_view,
@@ -80,8 +86,8 @@ async def seed(db: Database, conversations: int, per: int) -> None:
          "created_at": start, "last_message_at": start + timedelta(minutes=i * per)}
         for i in range(conversations)
     ]  # fmt: skip
-    await db.run(lambda c: c.execute(insert(User.__table__), users))  # type: ignore[arg-type]
-    await db.run(lambda c: c.execute(insert(Conversation.__table__), convs))  # type: ignore[arg-type]
+    await db.run(lambda c: c.execute(insert(TABLES["users"]), users))
+    await db.run(lambda c: c.execute(insert(TABLES["conversations"]), convs))
     batch: list[dict[str, Any]] = []
     for i in range(conversations):
         persona = convs[i]["persona_id"]
@@ -100,10 +106,10 @@ async def seed(db: Database, conversations: int, per: int) -> None:
             )  # fmt: skip
             if len(batch) >= 20_000:
                 rows = batch
-                await db.run(lambda c, rows=rows: c.execute(insert(Message.__table__), rows))  # type: ignore[misc]
+                await db.run(lambda c, rows=rows: c.execute(insert(TABLES["messages"]), rows))  # type: ignore[misc]
                 batch = []
     if batch:
-        await db.run(lambda c: c.execute(insert(Message.__table__), batch))  # type: ignore[arg-type]
+        await db.run(lambda c: c.execute(insert(TABLES["messages"]), batch))
 
 
 async def timed(db: Database, work: Callable[[Connection], Any], repeat: int) -> dict[str, float]:

@@ -214,7 +214,7 @@ async def test_operations_promote_and_roll_back(dash: DashUnderTest, tmp_path: P
         assert done.status_code == 303
         back = await mod.post("/operations/adapters/tester-b/rollback")
         assert back.status_code == 303
-    states = await dash.bot.db.read(
+    states: dict[str, str] = await dash.bot.db.read(
         lambda conn: dict(conn.execute(text("SELECT name, status FROM lora_adapters")).all())
     )
     assert states == {"tester-a": "serving", "tester-b": "rolled_back"}
