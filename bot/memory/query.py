@@ -176,6 +176,8 @@ STOPWORDS = frozenset(
 )
 
 _MAX_TOKENS = 64
+#: The longest token put in a tsquery (PostgreSQL refuses words over 2,047 bytes).
+_LONGEST = 200
 
 
 def has_cjk(text: str) -> bool:
@@ -210,8 +212,10 @@ def match_expression(text: str) -> str | None:
 
 def tsquery_expression(text: str) -> str | None:
     """An OR (`|`) of the words for PostgreSQL's `to_tsquery`; None when there is no
-    word. Tokens are letters and digits only, so none is read as an operator."""
+    word. Tokens are letters and digits only, so none is read as an operator; ones
+    longer than PostgreSQL indexes (2,047 bytes; `_LONGEST` here) are no words."""
     tokens = words(text) or words(text, keep_stopwords=True)
+    tokens = [t for t in tokens if len(t.encode()) <= _LONGEST]
     return " | ".join(tokens) if tokens else None
 
 
