@@ -80,6 +80,19 @@ class CatchUpReport:
     failed_chats: list[str] = field(default_factory=list)
 
 
+def _dm_author(data: Any) -> str | None:
+    """The author of a message in a DM (no guild), read without parsing: how the turn
+    of an earlier one sees a burst behind it (commands are slash commands, never
+    messages). None for a guild message, a bot, or anything unreadable."""
+    if not isinstance(data, dict) or data.get("guild_id") is not None:
+        return None
+    author = data.get("author")
+    if not isinstance(author, dict) or author.get("bot") is True:
+        return None
+    user = _snowflake(author.get("id"))
+    return None if user is None else str(user)
+
+
 def _snowflake(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
@@ -232,7 +245,11 @@ class DiscordIntake:
         if chat is None and isinstance(data, dict):
             chat = self._lane(data)
         return RawEvent(
-            key=event_key(data, payload), payload=payload, chat=chat, received_at=received_at
+            key=event_key(data, payload),
+            payload=payload,
+            chat=chat,
+            received_at=received_at,
+            author=_dm_author(data),
         )
 
     def _lane(self, data: dict[str, Any]) -> str | None:

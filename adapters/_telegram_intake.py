@@ -153,6 +153,27 @@ def _chat_of(item: object) -> str | None:
     return None
 
 
+def _author_of(item: object) -> str | None:
+    """The sender of a plain message (no command) in a private chat, read without
+    parsing: how the turn of an earlier one sees a burst behind it. None otherwise."""
+    if not isinstance(item, dict):
+        return None
+    body = item.get("message")
+    if not isinstance(body, dict):
+        return None
+    chat, sender, text = body.get("chat"), body.get("from"), body.get("text")
+    if not isinstance(chat, dict) or chat.get("type") != "private":
+        return None
+    if not isinstance(sender, dict) or sender.get("is_bot") is True:
+        return None
+    if isinstance(text, str) and text.lstrip().startswith("/"):
+        return None  # a command answers by itself, in its turn
+    user = sender.get("id")
+    if isinstance(user, bool) or not isinstance(user, int | str):
+        return None
+    return str(user)[:64]
+
+
 def raw_events(items: Sequence[object], *, now: datetime | None = None) -> list[RawEvent]:
     """Inbox events for a batch of raw updates, in order.
 
@@ -169,7 +190,15 @@ def raw_events(items: Sequence[object], *, now: datetime | None = None) -> list[
             key = "invalid:" + hashlib.sha256(payload.encode()).hexdigest()[:32]
         else:
             key = str(update_id)
-        events.append(RawEvent(key=key, payload=payload, chat=_chat_of(item), received_at=received))
+        events.append(
+            RawEvent(
+                key=key,
+                payload=payload,
+                chat=_chat_of(item),
+                received_at=received,
+                author=_author_of(item),
+            )
+        )
     return events
 
 

@@ -56,7 +56,7 @@ from bot.prompt import (
     speaker_label,
     turn_prompt,
 )
-from bot.safety.coalesce import Bursts, settle_coalesced
+from bot.safety.coalesce import Bursts, newer_waiting, settle_coalesced
 from bot.safety.replies import record_fixed_reply
 from bot.safety.stage import InputContext, OutputContext, SafetyStage
 from bot.text import clean_text, truncate
@@ -521,9 +521,17 @@ class PersonaEngine:
             stale = (
                 addressed and expire_before is not None and incoming.received_at < expire_before
             )
+            # Under the inbox a burst waits there, not in this line: a later message of
+            # the same person already stored answers this one too (bot/safety/coalesce).
+            superseded = (
+                addressed
+                and not stale
+                and await newer_waiting()
+                and self.safety.may_coalesce(text)
+            )
             if not addressed:
                 status = MessageStatus.IGNORED
-            elif previous is None and not stale:
+            elif previous is None and not stale and not superseded:
                 # Nothing to wait for: generation starts now, so it is `answering` at once.
                 status = MessageStatus.ANSWERING
             else:
@@ -560,12 +568,18 @@ class PersonaEngine:
                     incoming.scope, stored.conversation_id, stored.user_id, stored.message_id
                 )
                 return TurnResult(outgoing=(away,) if away else (), stored=stored)
+            if superseded:
+                await settle_coalesced(self.ledger, stored.message_id)
+                self.safety.counters[("burst", "coalesced")] += 1
+                self.metrics.turn(platform, "coalesced")
+                return TurnResult(outgoing=(), stored=stored)
             if previous is not None:
                 burst = (key, incoming.scope.user, stored.message_id)
                 self._bursts.arrived(*burst)
                 try:
                     await place.wait()
-                    if self._bursts.newer_waiting(*burst):  # the newest one answers them all
+                    if self._bursts.newer_waiting(*burst) and self.safety.may_coalesce(text):
+                        # The newest one answers them all.
                         await settle_coalesced(self.ledger, stored.message_id)
                         self.safety.counters[("burst", "coalesced")] += 1
                         self.metrics.turn(platform, "coalesced")

@@ -242,6 +242,9 @@ class InboxRow(SQLModel, table=True):
     event_key: str = Field(max_length=256)
     #: The ordering key (chat or channel) when the adapter knew it without parsing.
     chat: str | None = Field(default=None, max_length=256)
+    #: Who wrote it, for a plain message in a private chat (read without parsing):
+    #: how a turn sees that its author has a later message waiting (a burst).
+    author: str | None = Field(default=None, max_length=256)
     status: str = Field(default="pending", max_length=16)
     payload: str = Field(sa_column=Column(Text, nullable=False))
     #: The payload was longer than the limit and is stored cut.

@@ -57,6 +57,10 @@ class RawEvent:
     #: chat share one lane. None: ordered with nothing.
     chat: str | None = None
     received_at: datetime = field(default_factory=_utcnow)
+    #: The author of a plain message (not a command, edit or reaction) in a private
+    #: chat, if known without parsing: lets a turn see a burst behind it. None: the
+    #: event never coalesces with others.
+    author: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class InboxEvent:
     reason: str | None = None
     attempts: int = 0
     processed_at: datetime | None = None
+    author: str | None = None
 
 
 def _safe(text: str) -> str:
@@ -112,6 +117,7 @@ def _row(row: Any) -> InboxEvent:
         reason=row.reason,
         attempts=int(row.attempts),
         processed_at=_aware(row.processed_at),
+        author=row.author,
     )
 
 
@@ -134,11 +140,16 @@ class Inbox:
         for event in events:
             payload, cut = _bounded_payload(event.payload)
             chat = _safe(event.chat)[:_MAX_KEY] if event.chat is not None else None
+            # An author that does not fit is no author: a cut one could match another's.
+            author = event.author
+            if author is not None and (storable(author) != author or len(author) > _MAX_KEY):
+                author = None
             rows.append(
                 {
                     "platform": platform[:32],
                     "event_key": _bounded_key(event.key),
                     "chat": chat,
+                    "author": author if chat is not None else None,
                     "status": (InboxStatus.FAILED if cut else InboxStatus.PENDING).value,
                     "payload": payload,
                     "truncated": cut,
@@ -193,6 +204,29 @@ class Inbox:
             )
             found = [_row(r) for r in conn.execute(statement)]
             return [e for e in found if e.id not in exclude][:limit]
+
+        return await self.db.read(work)
+
+    async def newer_from(self, event: InboxEvent) -> bool:
+        """Whether `event`'s author has a later event still pending in the same chat
+        (a burst: the newest one answers them all). False for an event without an
+        author or chat. One indexed query; safe from any worker."""
+        if event.author is None or event.chat is None:
+            return False
+
+        def work(conn: Connection) -> bool:
+            statement = (
+                select(_inbox.c.id)
+                .where(
+                    _inbox.c.platform == event.platform,
+                    _inbox.c.chat == event.chat,
+                    _inbox.c.status == InboxStatus.PENDING.value,
+                    _inbox.c.id > event.id,
+                    _inbox.c.author == event.author,
+                )
+                .limit(1)
+            )
+            return conn.execute(statement).first() is not None
 
         return await self.db.read(work)
 

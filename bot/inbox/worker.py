@@ -34,6 +34,7 @@ import structlog
 
 from bot.inbox.claims import ChatClaims, Pull
 from bot.inbox.store import Inbox, InboxEvent
+from bot.safety.coalesce import waiting_probe
 
 __all__ = ["ChatClaims", "EventHandler", "InboxWorker", "Job", "Pull", "WorkerStats", "in_lane"]
 
@@ -329,8 +330,14 @@ class InboxWorker:
 
     async def _handle(self, event: InboxEvent) -> bool:
         try:
-            with structlog.contextvars.bound_contextvars(
-                platform=self.platform, inbox_event=event.id
+            # A later message of the same author waiting in this chat answers this one
+            # too (a burst, bot/safety/coalesce.py): the engine asks through the probe.
+            probe = (lambda: self.inbox.newer_from(event)) if event.author else None
+            with (
+                structlog.contextvars.bound_contextvars(
+                    platform=self.platform, inbox_event=event.id
+                ),
+                waiting_probe(probe),
             ):
                 await asyncio.wait_for(self.handler(event), timeout=self.event_timeout_s)
         except asyncio.CancelledError:

@@ -8,9 +8,24 @@ answered with all of them in view. One generation instead of ten; nothing lost.
 
 `Bursts` is the engine's record of who waits in which line. It lives where turns
 are queued (the engine's conversation line) and costs a dict entry per waiting turn.
+
+Under the inbox a chat's events are handled one after another, so a turn never
+queues behind another in the engine: there the burst is seen in the inbox instead.
+The inbox worker sets a probe (`waiting_probe`) for the event it hands out, and the
+engine asks `newer_waiting()` whether the event's author has a later message still
+pending in the same chat (bot/inbox/store.py `Inbox.newer_from`); if so the earlier
+one is settled as coalesced and the later one answers with it in the history. The
+question goes to the database, so it holds across workers and restarts.
+
+A message in which the crisis check finds anything is never coalesced: it is
+answered by itself (bot/safety/stage.py `SafetyStage.may_coalesce`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import structlog
 from sqlalchemy import Connection, Table, update
@@ -19,11 +34,40 @@ from sqlmodel import SQLModel
 from bot.memory.ledger import Ledger
 from bot.models import Message, MessageStatus
 
-__all__ = ["Bursts", "settle_coalesced"]
+__all__ = ["Bursts", "newer_waiting", "settle_coalesced", "waiting_probe"]
 
 log = structlog.get_logger("bot.safety")
 
 _messages: Table = SQLModel.metadata.tables[Message.__tablename__]
+
+#: Set by the inbox worker while it hands out one event: does its author have a
+#: later message waiting in the same chat?
+_PROBE: ContextVar[Callable[[], Awaitable[bool]] | None] = ContextVar(
+    "burst_probe", default=None
+)
+
+
+@contextmanager
+def waiting_probe(probe: Callable[[], Awaitable[bool]] | None) -> Iterator[None]:
+    """Within this block (and the tasks it starts), `newer_waiting` asks `probe`."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
+async def newer_waiting() -> bool:
+    """Whether the message being handled has a later one of its author waiting
+    behind it (False outside the inbox, or when the probe cannot tell)."""
+    probe = _PROBE.get()
+    if probe is None:
+        return False
+    try:
+        return await probe()
+    except Exception as exc:  # a failed look is no burst: the message is answered
+        log.warning("turn.burst_probe_failed", error=str(exc))
+        return False
 
 
 class Bursts:

@@ -223,6 +223,17 @@ class SafetyStage:
 
     # -- before the turn ------------------------------------------------------------
 
+    def may_coalesce(self, text: str) -> bool:
+        """Whether a message may be answered by a later one of its author (a burst):
+        not when a crisis check's patterns find anything in it, even an uncertain
+        signal, because the later message's checks would not see this one."""
+        from bot.safety.crisis import CrisisCheck  # the crisis module imports this one
+
+        for check in self.input_checks:
+            if isinstance(check, CrisisCheck) and check.detector.detect(text) is not None:
+                return False
+        return True
+
     async def before_turn(self, ctx: InputContext) -> InputVerdict:
         """Run the input checks on a committed message; see the class docstring."""
         hits: list[InputHit] = []

@@ -107,3 +107,43 @@ async def test_ban_and_unban_from_a_slash_command(
     shown = (await interact(discord_fake, asked))["content"]
     assert f"{MOD.id}: ban {BOB.id} (every persona): spam" in shown
 
+
+
+async def test_a_dm_burst_while_the_persona_writes_is_answered_by_one_more_turn(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    import asyncio
+
+    from bot.llm.base import ChatRequest
+
+    started, go_on = asyncio.Event(), asyncio.Event()
+    prompts: list[str] = []
+
+    async def slow_first(request: ChatRequest) -> str:
+        prompts.append("\n".join(m.content for m in request.messages))
+        if len(prompts) == 1:
+            started.set()
+            await go_on.wait()
+        return f"heard: {request.messages[-1].content[-40:]}"
+
+    bot = await discord_bot(slow_first)
+    dm = discord_fake.dm_channel(ANN)
+    await discord_fake.send_message(discord_fake.message(dm, ANN, "first"))
+    await asyncio.wait_for(started.wait(), 10)
+    for i in range(6):  # while the first reply is being written
+        await discord_fake.send_message(discord_fake.message(dm, ANN, f"more {i}"))
+    # Every DM is stored with its author (read without parsing) before the first ends.
+    await until_rows(
+        bot,
+        "select count(*) from inbox_events where author = ? having count(*) = 7",
+        str(ANN.id),
+        timeout=10,
+    )
+    go_on.set()
+    await until(lambda: len(discord_fake.sent_messages(dm)) >= 2, 10)
+    sent = discord_fake.sent_messages(dm)
+    await settle(bot)
+    assert [m["content"] for m in sent] == ["heard: first", "heard: more 5"]
+    assert len(prompts) == 2 and all(f"more {i}" in prompts[1] for i in range(6))
+    statuses = await bot.rows("select status from messages where direction='in' order by id")
+    assert [s for (s,) in statuses] == ["answered"] + ["ignored"] * 5 + ["answered"]

@@ -101,3 +101,48 @@ def test_backoff_doubles_to_its_ceiling_and_resets() -> None:
     assert delays[-1] >= 22.5  # at the ceiling, never a hot loop
     backoff.reset()
     assert backoff.next_delay() <= 0.63
+
+
+def _dm(text: object = "hi", **overrides: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "message_id": 1,
+        "date": 0,
+        "chat": {"id": 7, "type": "private"},
+        "from": {"id": 7, "is_bot": False, "first_name": "Ann"},
+        "text": text,
+    }
+    message.update(overrides)
+    return {"update_id": 1, "message": message}
+
+
+@pytest.mark.parametrize(
+    ("item", "author"),
+    [
+        (_dm(), "7"),
+        (_dm(None), "7"),  # a photo, a sticker: still a plain message
+        (_dm("/help"), None),  # a command answers by itself
+        (_dm("  /start"), None),
+        (_dm(chat={"id": -5, "type": "group"}), None),  # groups never coalesce
+        (_dm(**{"from": {"id": 9, "is_bot": True}}), None),
+        (_dm(**{"from": {"id": True}}), None),
+        (_dm(**{"from": "7"}), None),
+        ({"update_id": 1, "edited_message": _dm()["message"]}, None),
+        ({"update_id": 1, "message": "not a dict"}, None),
+        ([], None),
+    ],
+)
+def test_the_author_is_read_only_from_a_plain_private_message(item: Any, author: Any) -> None:
+    (event,) = raw_events([item])
+    assert event.author == author
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_reading_the_author_never_raises(item: Any) -> None:
+    (event,) = raw_events([{"update_id": 1, "message": item}])
+    assert event.author is None or isinstance(event.author, str)

@@ -80,8 +80,18 @@ async def test_a_flood_from_one_person_meets_the_limit_once_and_loses_nothing(
     monkeypatch.setenv("BOT_SAFETY__LIMITS__MESSAGES_PER_MINUTE", "3")
     monkeypatch.setenv("BOT_SAFETY__LIMITS__MESSAGE", "Slow down a little, please!")
     bot = await telegram_bot()
+
+    async def settled(n: int) -> bool:
+        rows = await bot.rows(
+            f"select count(*) from messages where direction='in' and status in {_SETTLED}"
+        )
+        return rows[0][0] == n
+
+    # One after another (each stored and settled before the next arrives): no burst
+    # to coalesce, so the limit is what answers the fourth and stays silent after.
     for i in range(10):
         telegram_api.private_message(100, f"flood {i}")
+        await _until(lambda n=i + 1: settled(n))  # type: ignore[misc]
 
     async def all_settled() -> bool:
         rows = await bot.rows(
@@ -98,6 +108,55 @@ async def test_a_flood_from_one_person_meets_the_limit_once_and_loses_nothing(
     # Every message of the flood is stored, in order (nothing accepted is lost).
     stored = await bot.rows("select text from messages where direction='in' order by id")
     assert [t for (t,) in stored] == [f"flood {i}" for i in range(10)]
+
+
+async def test_a_burst_from_one_person_is_one_turn_that_sees_it_all_but_a_crisis_is_not(
+    telegram_bot: TelegramBotFactory, telegram_api: FakeTelegramAPI
+) -> None:
+    bot = await telegram_bot()
+    # Ten messages at once (one getUpdates batch), and another person's two between.
+    for i in range(10):
+        telegram_api.private_message(100, f"burst {i}")
+        if i in (3, 6):
+            telegram_api.private_message(200, f"other {i}")
+
+    async def settled(n: int) -> bool:
+        rows = await bot.rows(
+            f"select count(*) from messages where direction='in' and status in {_SETTLED}"
+        )
+        return rows[0][0] == n
+
+    await _until(lambda: settled(12))
+    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 1)
+    assert [m.text for m in telegram_api.sent_to(100)] == ["You said: burst 9"]
+    assert [m.text for m in telegram_api.sent_to(200)] == ["You said: other 6"]
+    # One generation for each person, and the burst's prompt holds all ten.
+    prompts = ["\n".join(m.content for m in r.messages) for r in bot.backend.requests]
+    assert len(prompts) == 2
+    mine = next(p for p in prompts if "burst 9" in p)
+    assert all(f"burst {i}" in mine for i in range(10)) and "other" not in mine
+    statuses = await bot.rows(
+        "select m.text, m.status from messages m where direction='in' order by m.id"
+    )
+    assert [s for t, s in statuses if t.startswith("burst")] == ["ignored"] * 9 + ["answered"]
+    # Nothing lost: every event settled, none failed.
+    async def events_done() -> bool:
+        return await bot.rows("select status, count(*) from inbox_events group by status") == [
+            ("done", 12)
+        ]
+
+    await _until(events_done)
+
+    # A message that may be a crisis is never answered by a later one.
+    telegram_api.private_message(100, "I want to kill myself")
+    telegram_api.private_message(100, "anyway, what's up")
+    await _until(lambda: settled(14))
+    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 3)
+    sent = [m.text for m in telegram_api.sent_to(100)]
+    assert len(sent) == 3 and sent[2] == "You said: anyway, what's up"
+    assert sent[1] != sent[2]  # the crisis reply, by itself
+    crisis = await bot.rows("select verdict from safety_events where verdict='crisis'")
+    assert crisis == [("crisis",)]
 
 
 MATURE = """\

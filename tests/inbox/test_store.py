@@ -147,3 +147,42 @@ def _repaired(text: str) -> str:
     return (
         text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     )
+
+
+async def test_a_later_pending_message_of_the_same_author_is_seen_as_a_burst(
+    inbox: Inbox,
+) -> None:
+    await inbox.accept(
+        "telegram",
+        [
+            RawEvent("1", '{"a": 1}', chat="c1", author="ann"),
+            RawEvent("2", '{"a": 2}', chat="c1", author="bob"),  # another person
+            RawEvent("3", '{"a": 3}', chat="c2", author="ann"),  # another chat
+            RawEvent("4", '{"a": 4}', chat="c1", author=None),  # a command: no author
+            RawEvent("5", '{"a": 5}', chat="c1", author="ann"),
+        ],
+    )
+    first, bob, other_chat, command, last = await inbox.pending("telegram", limit=10)
+    assert first.author == "ann" and command.author is None
+    assert await inbox.newer_from(first)  # event 5 waits behind it
+    assert not await inbox.newer_from(last)
+    assert not await inbox.newer_from(bob) and not await inbox.newer_from(other_chat)
+    assert not await inbox.newer_from(command)
+    await inbox.done(last.id)  # once the later one is settled, nothing waits
+    assert not await inbox.newer_from(first)
+    # Another platform's events never count.
+    await inbox.accept("discord", [RawEvent("9", "{}", chat="c1", author="ann")])
+    assert not await inbox.newer_from(first)
+
+
+@pytest.mark.parametrize(
+    "author",
+    ["a" * 257, "bad\x00nul", "lone\udc80surrogate"],
+)
+async def test_an_author_that_cannot_be_stored_whole_is_no_author(
+    inbox: Inbox, author: str
+) -> None:
+    # A cut or repaired author could equal someone else's and coalesce across people.
+    await inbox.accept("telegram", [RawEvent("1", "{}", chat="c1", author=author)])
+    (event,) = await inbox.pending("telegram", limit=1)
+    assert event.author is None
