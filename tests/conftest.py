@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,12 +45,22 @@ VLLM_MODEL_NAME = "tiny"
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> PostgresServer:
-    """One real PostgreSQL 18 server (pgvector, pg_trgm) for the whole test session."""
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL 18 server (pgvector, pg_trgm) for the whole test session.
+
+    Its data folder is a temporary folder of its own, not under pytest's base temp:
+    pytest prunes old base temps when another session starts, which would delete a
+    running server's files under it."""
     reason = postgres_available()
     if reason is not None:
         pytest.skip(reason)
-    return start_postgres(tmp_path_factory.mktemp("postgres"))
+    folder = Path(tempfile.mkdtemp(prefix="bot-pg-"))
+    server = start_postgres(folder / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -49,6 +49,11 @@ class PostgresServer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    def stop(self) -> None:
+        """Stop the server if this session started it (its 'delete' mode removes its
+        data folder)."""
+        _stop(self)
+
     def url(self, database: str) -> str:
         """The SQLAlchemy URL (psycopg 3 driver) of `database` on this server."""
         from sqlalchemy.engine import make_url
@@ -95,6 +100,13 @@ class PostgresServer:
 
         name = make_url(url).database
         self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _stop(server: PostgresServer) -> None:
+    raw = server._server
+    cleanup = getattr(raw, "cleanup", None)
+    if callable(cleanup):  # a server we started (not BOT_TEST_POSTGRES_URL's)
+        cleanup()
 
 
 def start_postgres(folder: Path) -> PostgresServer:
