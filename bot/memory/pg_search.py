@@ -83,7 +83,12 @@ def _words_sql(kind: str, terms: int) -> Any:
         f"({a}.search_words @@ to_tsquery('{TS_CONFIG}', :t{i}))::int AS h{i}" for i in range(terms)
     )
     frequencies = ", ".join(f"sum(h{i}) AS d{i}" for i in range(terms))
-    idf = " + ".join(f"h{i} * ln(1 + (:docs - d{i} + 0.5) / (d{i} + 0.5))" for i in range(terms))
+    # `:o{i}`: a floor under a word's frequency, for words left out of the match
+    # because they are common (see `_common_words`); 0 for the others.
+    df = [f"greatest(d{i}, :o{i})" for i in range(terms)]
+    idf = " + ".join(
+        f"h{i} * ln(1 + (:docs - {df[i]} + 0.5) / ({df[i]} + 0.5))" for i in range(terms)
+    )
     norm = f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len / :mean_len)))"
     return text(
         f"WITH hits AS (SELECT {a}.id, length({a}.search_words) AS len, {flags} "
@@ -92,6 +97,38 @@ def _words_sql(kind: str, terms: int) -> Any:
         f"SELECT hits.id FROM hits, frequency ORDER BY ({idf}) * {norm} DESC, hits.id DESC "
         "LIMIT :n"
     )
+
+
+#: From this many rows in a scope, common words are left out of the match (their
+#: rows are still scored for them): a word in many of a large scope's rows would
+#: have every one of them checked, where FTS5 walks its doclists.
+PRUNE_ABOVE = 20_000
+#: A word is common in a scope when it is in at least this share of its rows.
+COMMON_SHARE = 0.02
+_CAPPED_COUNT = {
+    kind: text(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} {a} WHERE "
+        f"{a}.search_words @@ to_tsquery('{TS_CONFIG}', :t) AND {scope} LIMIT :cap) AS x"
+    )
+    for kind, (table, a, scope) in _ALIASES.items()
+}
+
+
+def _common_words(
+    conn: Connection, kind: str, terms: Sequence[str], params: dict[str, Any], docs: int
+) -> tuple[list[int], int]:
+    """Which of `terms` are common in a large scope (their rows counted up to a cap,
+    which stops early), and the cap. Empty below `PRUNE_ABOVE` rows, or when every
+    word is common (then nothing is left out)."""
+    if docs < PRUNE_ABOVE or len(terms) < 2:
+        return [], 0
+    cap = max(1, int(docs * COMMON_SHARE))
+    common = [
+        i
+        for i, term in enumerate(terms)
+        if conn.execute(_CAPPED_COUNT[kind], {**params, "t": term, "cap": cap}).scalar_one() >= cap
+    ]
+    return ([], 0) if len(common) == len(terms) else (common, cap)
 
 
 _SCOPE_SIZE = {
@@ -151,11 +188,14 @@ def _lexical(
                 count, mean = conn.execute(_SCOPE_SIZE[kind], params).one()
                 stats = sizes[kind] = (int(count), max(float(mean), 1.0))
             docs, mean_len = stats
-            term_params = {f"t{i}": t for i, t in enumerate(terms)}
+            common, cap = _common_words(conn, kind, terms, params, docs)
+            term_params: dict[str, Any] = {f"t{i}": t for i, t in enumerate(terms)}
+            term_params |= {f"o{i}": cap if i in common else 0 for i in range(len(terms))}
+            match = " | ".join(t for i, t in enumerate(terms) if i not in common)
             statement = _words_sql(kind, len(terms))
             rows = conn.execute(
                 statement,
-                {**params, **term_params, "q": tsq, "docs": max(docs, 1), "mean_len": mean_len},
+                {**params, **term_params, "q": match, "docs": max(docs, 1), "mean_len": mean_len},
             ).scalars()
             found = [(kind, int(i)) for i in rows]
             if found:

@@ -103,3 +103,23 @@ async def test_cjk_and_words_stay_in_scope(pg: Database) -> None:
     assert [h.id for h in await memory.search(ann, "苹果")] == [a1]  # two characters
     assert [h.id for h in await memory.search(ann_channel, "苹果")] == [a2]
     await memory.aclose()
+
+
+async def test_a_large_scope_leaves_common_words_out_of_the_match_but_ranks_the_same(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.memory.pg_search as pg_search
+
+    ledger = Ledger(pg)
+    ann, first, _ = await say(ledger, scope_for("ann"), "the zebra crossed with a cat")
+    for i in range(30):
+        await say(ledger, scope_for("ann"), f"a cat slept on mat {i}")
+    _, last, _ = await say(ledger, scope_for("ann"), "a zebra again")
+    exact = await Memory(pg).search(ann, "zebra cat", k=5)
+    monkeypatch.setattr(pg_search, "PRUNE_ABOVE", 10)
+    monkeypatch.setattr(pg_search, "COMMON_SHARE", 0.5)  # "cat" is in most rows: common
+    pruned = await Memory(pg).search(ann, "zebra cat", k=5)
+    assert pruned[0].id == exact[0].id == last  # newest of the rare word's rows
+    assert {h.id for h in pruned[:2]} == {first, last}  # both rows of the rare word
+    # A query of common words only leaves nothing out.
+    assert await Memory(pg).search(ann, "cat", k=3)
