@@ -179,15 +179,27 @@ async def test_a_viewer_is_refused_and_the_charts_draw(
     await page.goto(dash.url + "/operations")
     assert await page.locator("form[action$='/promote']").count() == 0  # a viewer: no buttons
     await page.wait_for_function(
-        "document.querySelector('figure[data-series=inbox] polyline')"
+        # A function, not an expression: the page's CSP forbids eval, which polling an
+        # expression would need.
+        "() => document.querySelector('figure[data-series=inbox] polyline')"
         ".getAttribute('points') !== ''",
         timeout=20_000,
     )
     assert "correction 1" in await page.locator("#exports").inner_text()
     mod = await page_as(dash, "moderator", personas=["tester"], name="ops")
     await mod.goto(dash.url + "/operations")
+    before = float(await mod.locator("[data-value=turns]").inner_text())
+    for n in range(3):  # turns between two polls: the next poll shows them
+        await dash.bot.engine.handle(_turn(f"more {n}", user=f"w{n}", name=f"W{n}"))
     await mod.wait_for_function(
-        "document.querySelector('figure[data-series=inbox] polyline')"
+        "(before) => Number(document.querySelector('[data-value=turns]').textContent) > before",
+        arg=before,
+        timeout=20_000,
+    )
+    await mod.wait_for_function(
+        # A function, not an expression: the page's CSP forbids eval, which polling an
+        # expression would need.
+        "() => document.querySelector('figure[data-series=turns] polyline')"
         ".getAttribute('points') !== ''",
         timeout=20_000,
     )
