@@ -181,6 +181,34 @@ async def test_forget_one_memory_and_everything(tmp_path: Path, database_url: st
         entries = await dash.audit(target=f"person:{uid}")
         assert [e.before["memory"] for e in reversed(entries)] == [f"f{fact_id}", "all"]
         assert "4321" not in json.dumps([(e.before, e.after) for e in entries])
+        if database_url.startswith("sqlite"):
+            # No byte left: the file, its WAL and shared memory, as /forget promises.
+            db_file = Path(database_url.removeprefix("sqlite:///"))
+            for path in (db_file, Path(f"{db_file}-wal"), Path(f"{db_file}-shm")):
+                if path.exists():
+                    raw = path.read_bytes()
+                    assert b"locker" not in raw and b"otters" not in raw, path
+
+
+async def test_forget_without_long_term_memory_takes_the_same_path(dash: DashUnderTest) -> None:
+    assert dash.bot.memory is None
+    await dash.bot.engine.handle(dm("remember the walrus", user="w", name="Wal"))
+    uid = await dash.bot.db.read(
+        lambda conn: conn.execute(
+            text("SELECT id FROM users WHERE platform_user_id = 'w'")
+        ).scalar_one()
+    )
+    async with dash.client("admin") as admin:
+        done = await admin.post(f"/people/{uid}/forget", {"memory": "all"})
+        assert done.status_code == 303
+    left = await dash.bot.db.read(
+        lambda conn: conn.execute(
+            text("SELECT count(*) FROM messages WHERE text LIKE '%walrus%'")
+        ).scalar_one()
+    )
+    assert left == 0
+    (entry,) = await dash.audit(target=f"person:{uid}")
+    assert entry.after["deleted"]["messages"] == 2
 
 
 async def test_operations_promote_and_roll_back(dash: DashUnderTest, tmp_path: Path) -> None:

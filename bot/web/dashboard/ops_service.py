@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -221,7 +222,9 @@ class MetricsHistory:
 
 # -- forgetting -------------------------------------------------------------------------
 
-_fallback_memory: dict[int, SQLiteMemory] = {}
+#: Memories built for bots without one, by the bot (held weakly: a bot closed and a
+#: new one at the same address never share one).
+_fallback_memory: dict[int, tuple[weakref.ref[App], SQLiteMemory]] = {}
 
 
 def _memory(bot: App) -> SQLiteMemory:
@@ -229,11 +232,16 @@ def _memory(bot: App) -> SQLiteMemory:
     one built over the same database: the forget path is the memory's either way."""
     if bot.memory is not None:
         return bot.memory
-    memory = _fallback_memory.get(id(bot))
-    if memory is None:
-        from bot.app import build_memory
+    entry = _fallback_memory.get(id(bot))
+    if entry is not None and entry[0]() is bot:
+        return entry[1]
+    from bot.app import build_memory
 
-        memory = _fallback_memory[id(bot)] = build_memory(bot.db, bot.settings.memory)
+    for key, (ref, _) in list(_fallback_memory.items()):
+        if ref() is None:
+            del _fallback_memory[key]
+    memory = build_memory(bot.db, bot.settings.memory)
+    _fallback_memory[id(bot)] = (weakref.ref(bot), memory)
     return memory
 
 
