@@ -22,7 +22,14 @@ from tests.dashboard.conftest import SCREENSHOTS, DashUnderTest, PageAs, open_da
 
 
 def _turn(text: str, user: str = "u1", name: str = "Ann", channel: str | None = None) -> Incoming:
-    scope = Scope(platform="test", channel=channel or f"dm-{user}", user=user, persona="tester")
+    """A direct message, or with `channel` a message in a guild's channel."""
+    scope = Scope(
+        platform="test",
+        space="guild" if channel else None,
+        channel=channel or f"dm-{user}",
+        user=user,
+        persona="tester",
+    )
     return Incoming(
         scope=scope, actor=Actor(platform="test", id=user, display_name=name), text=text
     )
