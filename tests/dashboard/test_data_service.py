@@ -10,10 +10,13 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
+from bot.errors import BackendError
+from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
 from bot.web.dashboard import Role
 from bot.web.dashboard.data_service import (
@@ -223,3 +226,33 @@ async def test_operations_numbers_and_exports(dash: DashUnderTest, tmp_path: Pat
     assert found[0].problem and found[1].records == {"a/chat.train.jsonl": 3}
     assert found[1].filters == {"flagged": 2}
     assert list_exports(tmp_path / "missing") == []
+
+
+async def test_why_an_ignored_message_and_a_failed_turn(tmp_path: Path) -> None:
+    def voice(request: Any) -> str:
+        if "boom" in request.messages[-1].content:
+            raise BackendError("the model fell over")
+        return "fine"
+
+    async with open_dash(
+        tmp_path, f"sqlite:///{tmp_path}/why.db", backend=MockBackend(voice)
+    ) as dash:
+        scope = Scope(platform="test", space="g", channel="general", user="x", persona="tester")
+        actor = Actor(platform="test", id="x", display_name="Xi")
+        await dash.bot.engine.handle(
+            Incoming(scope=scope, actor=actor, text="chatter", addressed_to_bot=False)
+        )
+        await dash.bot.engine.handle(dm("boom please", user="y", name="Yo"))
+        db = dash.bot.db
+        page = await db.read(lambda c: list_conversations(c, ConversationFilter()))
+        views = {
+            r.channel: await db.read(lambda c, r=r: conversation_view(c, r.id)) for r in page.rows
+        }
+        (chatter,) = views["general"].messages
+        assert [key for key, _ in chatter.why] == ["why.ignored"]
+        asked, apology = views["dm-y"].messages
+        keys = [key for key, _ in asked.why]
+        assert "why.failure" in keys, asked.why
+        failure = dict(asked.why)["why.failure"]
+        assert "fell over" in failure["reason"] or failure["type"]
+        assert apology.kind == "apology" and ("why.apology", {}) in apology.why
