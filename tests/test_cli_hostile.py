@@ -32,7 +32,7 @@ from bot.errors import ConfigError, StorageError, UsageError
 REPO = Path(__file__).resolve().parent.parent
 
 #: Commands that create a database that is not there (the rest must refuse to).
-CREATES_DATABASE = {"chat", "db upgrade", "memory import", "run"}
+CREATES_DATABASE = {"chat", "db upgrade", "memory import", "moderators add", "run"}
 #: Commands whose run is not bounded by their arguments (they talk to people).
 LONG_RUNNING = {"chat", "run"}
 #: Arguments some commands need to get as far as their database.
@@ -40,6 +40,9 @@ EXTRA = {
     "memory forget": ["--all"],
     "memory search": ["--query", "x"],
     "inbox replay": ["--failed"],
+    "moderators add": ["--role", "viewer", "--password-stdin"],
+    # The card's format comes from its name; a bad config is refused before writing.
+    "personas export": ["--out", "card.png"],
 }
 
 

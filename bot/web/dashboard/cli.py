@@ -52,6 +52,16 @@ def _settings(config: Path | None, db: str | None, extra: dict[str, Any] | None 
     return load_settings(config, merge_overrides({"database": {"url": _url(db)}, **(extra or {})}))
 
 
+def _check_existing(settings: Settings) -> None:
+    """Refuse a database file that exists but is not a usable SQLite database (a
+    missing one is created by the command that writes)."""
+    from bot.db import check_database, sqlite_path
+
+    path = sqlite_path(settings.database.url)
+    if path is None or path.exists():
+        check_database(settings.database.url)
+
+
 def _in_database(settings: Settings, work: Callable[[Connection], Any], *, must_exist: bool) -> Any:
     from bot.db import create_db_engine, upgrade
 
@@ -114,8 +124,9 @@ def moderators_add(
         )
     if persona and level != Role.MODERATOR:
         raise UsageError(f"--persona limits a moderator; the role {level.label} has no such limit")
-    password = _read_password()
     settings = _settings(config, db)
+    _check_existing(settings)  # a file that is not a database: say so before asking
+    password = _read_password()
 
     def work(conn: Connection) -> Any:
         old = find_moderator(conn, name)
@@ -184,9 +195,13 @@ def dashboard_command(
 ) -> None:
     """Serve the moderators' dashboard until interrupted (no platform adapters)."""
     from bot.cli import _logging
+    from bot.db import check_database
 
     extra: dict[str, Any] = {"dashboard": {"host": host, "port": port}}
     settings = _settings(config, db, extra)
+    # The dashboard shows a bot's database: a mistyped path is refused, never served
+    # as a new empty one (`bot db upgrade` or `bot run` creates it).
+    check_database(settings.database.url)
     _logging(settings)
     asyncio.run(serve_dashboard(settings))
 
