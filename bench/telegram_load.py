@@ -191,6 +191,9 @@ async def run_burst(
                 "llm": {"max_concurrency": 1000},
                 "memory": {"enabled": False},
                 "logging": {"level": "WARNING"},
+                # The pacer is what this measures: every message answered by itself,
+                # as if each person's messages came one at a time.
+                "engine": {"coalesce_bursts": False},
             },
         )
         telegram = TelegramSettings.model_validate(

@@ -173,6 +173,11 @@ class EngineSettings(_Section):
         ge=0,
         description="How long a handled event's raw payload is kept (failed ones keep theirs).",
     )
+    coalesce_bursts: bool = Field(
+        default=True,
+        description="A burst from one person (messages waiting behind each other) is "
+        "answered once, by its newest message, with the rest in view (docs/safety.md).",
+    )
 
     @field_validator("timezone")
     @classmethod

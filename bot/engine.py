@@ -525,6 +525,7 @@ class PersonaEngine:
             # the same person already stored answers this one too (bot/safety/coalesce).
             superseded = (
                 addressed
+                and self.settings.coalesce_bursts
                 and not stale
                 and await newer_waiting()
                 and self.safety.may_coalesce(text)
@@ -578,7 +579,11 @@ class PersonaEngine:
                 self._bursts.arrived(*burst)
                 try:
                     await place.wait()
-                    if self._bursts.newer_waiting(*burst) and self.safety.may_coalesce(text):
+                    if (
+                        self.settings.coalesce_bursts
+                        and self._bursts.newer_waiting(*burst)
+                        and self.safety.may_coalesce(text)
+                    ):
                         # The newest one answers them all.
                         await settle_coalesced(self.ledger, stored.message_id)
                         self.safety.counters[("burst", "coalesced")] += 1

@@ -208,25 +208,39 @@ class Inbox:
         return await self.db.read(work)
 
     async def newer_from(self, event: InboxEvent) -> bool:
-        """Whether `event`'s author has a later event still pending in the same chat
-        (a burst: the newest one answers them all). False for an event without an
-        author or chat. One indexed query; safe from any worker."""
+        """Whether `event` is inside a burst of its author that a later message will
+        answer: it waited (it arrived while an earlier message of the same author in
+        the same chat was still to be handled, as the engine's line would have made
+        it wait) and a later one of the author is still pending behind it. The first
+        message of a burst is answered by itself, the newest with all of them in view.
+        False for an event without an author or chat. Indexed queries; any worker."""
         if event.author is None or event.chat is None:
             return False
+        same = (
+            _inbox.c.platform == event.platform,
+            _inbox.c.chat == event.chat,
+            _inbox.c.author == event.author,
+        )
 
         def work(conn: Connection) -> bool:
-            statement = (
-                select(_inbox.c.id)
-                .where(
-                    _inbox.c.platform == event.platform,
-                    _inbox.c.chat == event.chat,
-                    _inbox.c.status == InboxStatus.PENDING.value,
-                    _inbox.c.id > event.id,
-                    _inbox.c.author == event.author,
-                )
+            behind = select(_inbox.c.id).where(
+                *same, _inbox.c.status == InboxStatus.PENDING.value, _inbox.c.id > event.id
+            )
+            if conn.execute(behind.limit(1)).first() is None:
+                return False
+            # The author's message just before it: still to be handled, or handled
+            # only after this one arrived, means this one waited behind it.
+            ahead = (
+                select(_inbox.c.processed_at)
+                .where(*same, _inbox.c.id < event.id)
+                .order_by(_inbox.c.id.desc())
                 .limit(1)
             )
-            return conn.execute(statement).first() is not None
+            row = conn.execute(ahead).first()
+            if row is None:
+                return False
+            handled = _aware(row.processed_at)
+            return handled is None or handled > event.received_at
 
         return await self.db.read(work)
 

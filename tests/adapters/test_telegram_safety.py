@@ -127,18 +127,21 @@ async def test_a_burst_from_one_person_is_one_turn_that_sees_it_all_but_a_crisis
         return rows[0][0] == n
 
     await _until(lambda: settled(12))
-    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 1)
-    assert [m.text for m in telegram_api.sent_to(100)] == ["You said: burst 9"]
-    assert [m.text for m in telegram_api.sent_to(200)] == ["You said: other 6"]
-    # One generation for each person, and the burst's prompt holds all ten.
+    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 2)
+    # The first is answered by itself (nothing was before it), the newest with the
+    # rest in view, as the engine's line does for turns that queue behind each other.
+    assert [m.text for m in telegram_api.sent_to(100)] == ["You said: burst 0", "You said: burst 9"]
+    assert [m.text for m in telegram_api.sent_to(200)] == ["You said: other 3", "You said: other 6"]
     prompts = ["\n".join(m.content for m in r.messages) for r in bot.backend.requests]
-    assert len(prompts) == 2
+    assert len(prompts) == 4  # two generations each, not twelve
     mine = next(p for p in prompts if "burst 9" in p)
     assert all(f"burst {i}" in mine for i in range(10)) and "other" not in mine
     statuses = await bot.rows(
         "select m.text, m.status from messages m where direction='in' order by m.id"
     )
-    assert [s for t, s in statuses if t.startswith("burst")] == ["ignored"] * 9 + ["answered"]
+    assert [s for t, s in statuses if t.startswith("burst")] == (
+        ["answered"] + ["ignored"] * 8 + ["answered"]
+    )
     # Nothing lost: every event settled, none failed.
     async def events_done() -> bool:
         return await bot.rows("select status, count(*) from inbox_events group by status") == [
@@ -147,14 +150,17 @@ async def test_a_burst_from_one_person_is_one_turn_that_sees_it_all_but_a_crisis
 
     await _until(events_done)
 
-    # A message that may be a crisis is never answered by a later one.
+    # A message that may be a crisis is never answered by a later one, even in the
+    # middle of a burst.
+    telegram_api.private_message(100, "hi again")
     telegram_api.private_message(100, "I want to kill myself")
     telegram_api.private_message(100, "anyway, what's up")
-    await _until(lambda: settled(14))
-    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 3)
+    await _until(lambda: settled(15))
+    await telegram_api.wait_for(lambda: len(telegram_api.sent_to(100)) >= 5)
     sent = [m.text for m in telegram_api.sent_to(100)]
-    assert len(sent) == 3 and sent[2] == "You said: anyway, what's up"
-    assert sent[1] != sent[2]  # the crisis reply, by itself
+    assert len(sent) == 5, sent
+    assert sent[2] == "You said: hi again" and sent[4] == "You said: anyway, what's up"
+    assert "You said" not in sent[3]  # the crisis reply, by itself
     crisis = await bot.rows("select verdict from safety_events where verdict='crisis'")
     assert crisis == [("crisis",)]
 

@@ -149,30 +149,59 @@ def _repaired(text: str) -> str:
     )
 
 
-async def test_a_later_pending_message_of_the_same_author_is_seen_as_a_burst(
+async def test_a_message_that_waited_with_a_later_one_behind_it_is_in_a_burst(
     inbox: Inbox,
 ) -> None:
+    t0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     await inbox.accept(
         "telegram",
         [
-            RawEvent("1", '{"a": 1}', chat="c1", author="ann"),
-            RawEvent("2", '{"a": 2}', chat="c1", author="bob"),  # another person
-            RawEvent("3", '{"a": 3}', chat="c2", author="ann"),  # another chat
-            RawEvent("4", '{"a": 4}', chat="c1", author=None),  # a command: no author
-            RawEvent("5", '{"a": 5}', chat="c1", author="ann"),
+            RawEvent("0", '{"a": 0}', chat="c1", author="ann", received_at=t0),
+            RawEvent("1", '{"a": 1}', chat="c1", author="ann", received_at=t0),
+            RawEvent("2", '{"a": 2}', chat="c1", author="bob", received_at=t0),  # another person
+            RawEvent("3", '{"a": 3}', chat="c2", author="ann", received_at=t0),  # another chat
+            RawEvent("4", '{"a": 4}', chat="c1", author=None, received_at=t0),  # a command
+            RawEvent("5", '{"a": 5}', chat="c1", author="ann", received_at=t0),
         ],
     )
-    first, bob, other_chat, command, last = await inbox.pending("telegram", limit=10)
+    head, first, bob, other_chat, command, last = await inbox.pending("telegram", limit=10)
     assert first.author == "ann" and command.author is None
-    assert await inbox.newer_from(first)  # event 5 waits behind it
+    # The first of a burst is answered by itself (nothing was before it) ...
+    assert not await inbox.newer_from(head)
+    # ... one that waited behind it, with a later one behind, is answered by that one ...
+    assert await inbox.newer_from(first)
+    # ... and the newest answers them all.
     assert not await inbox.newer_from(last)
     assert not await inbox.newer_from(bob) and not await inbox.newer_from(other_chat)
     assert not await inbox.newer_from(command)
-    await inbox.done(last.id)  # once the later one is settled, nothing waits
+    # Handled after `first` arrived: `first` still waited behind it.
+    await inbox.done(head.id, now=t0 + timedelta(seconds=2))
+    assert await inbox.newer_from(first)
+    # Once the later one is settled, nothing waits behind `first`.
+    await inbox.done(last.id, now=t0 + timedelta(seconds=3))
     assert not await inbox.newer_from(first)
     # Another platform's events never count.
     await inbox.accept("discord", [RawEvent("9", "{}", chat="c1", author="ann")])
     assert not await inbox.newer_from(first)
+
+
+async def test_a_message_that_arrived_after_the_one_before_was_handled_did_not_wait(
+    inbox: Inbox,
+) -> None:
+    t0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    await inbox.accept("telegram", [RawEvent("0", "{}", chat="c1", author="ann", received_at=t0)])
+    (head,) = await inbox.pending("telegram", limit=1)
+    await inbox.done(head.id, now=t0 + timedelta(seconds=1))
+    later = t0 + timedelta(seconds=5)
+    await inbox.accept(
+        "telegram",
+        [
+            RawEvent("1", "{}", chat="c1", author="ann", received_at=later),
+            RawEvent("2", "{}", chat="c1", author="ann", received_at=later),
+        ],
+    )
+    first, _ = await inbox.pending("telegram", limit=2)
+    assert not await inbox.newer_from(first)  # a new burst's first: answered by itself
 
 
 @pytest.mark.parametrize(
