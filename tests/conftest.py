@@ -30,6 +30,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # off for tests about other things, whose replies are compared word for word;
 # tests/safety turns it on.
 os.environ.setdefault("BOT_SAFETY__DISCLOSE_FIRST_CONTACT", "false")
+# A burst from one person is answered once (bot/safety/coalesce.py): off for tests
+# that count a reply per message (delivery, recovery, workers); the tests of bursts
+# (tests/safety, the adapters' burst tests) turn it on.
+os.environ.setdefault("BOT_ENGINE__COALESCE_BURSTS", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.adapters.conftest import DiscordBotFactory
 from tests.adapters.test_discord import MENTION, interact, settle, until, until_rows
 from tests.fakes.discord_api import (
@@ -110,8 +112,10 @@ async def test_ban_and_unban_from_a_slash_command(
 
 
 async def test_a_dm_burst_while_the_persona_writes_is_answered_by_one_more_turn(
-    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("BOT_ENGINE__COALESCE_BURSTS", "true")  # as by default
     import asyncio
 
     from bot.llm.base import ChatRequest

@@ -111,8 +111,10 @@ async def test_a_flood_from_one_person_meets_the_limit_once_and_loses_nothing(
 
 
 async def test_a_burst_from_one_person_is_one_turn_that_sees_it_all_but_a_crisis_is_not(
-    telegram_bot: TelegramBotFactory, telegram_api: FakeTelegramAPI
+    telegram_bot: TelegramBotFactory, telegram_api: FakeTelegramAPI,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("BOT_ENGINE__COALESCE_BURSTS", "true")  # as by default
     bot = await telegram_bot()
     # Ten messages at once (one getUpdates batch), and another person's two between.
     for i in range(10):

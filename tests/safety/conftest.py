@@ -58,3 +58,9 @@ def dm(text: str, user: str = "u1", platform: str = "test") -> Incoming:
 def rows(tmp_path: Path, sql: str) -> list[tuple[Any, ...]]:
     """The rows of `sql` in the database of the test that owns `tmp_path`."""
     return sql_rows(_URLS.get(tmp_path, f"sqlite:///{tmp_path}/bot.db"), sql)
+
+
+@pytest.fixture(autouse=True)
+def _coalesce_bursts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bursts are coalesced, as by default (tests/conftest.py turns it off elsewhere)."""
+    monkeypatch.setenv("BOT_ENGINE__COALESCE_BURSTS", "true")
