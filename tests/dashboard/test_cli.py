@@ -322,11 +322,13 @@ def test_bot_run_serves_the_dashboard_when_enabled(tmp_path: Path) -> None:
 
 
 def test_a_taken_dashboard_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/t.db"
+    assert _bot(tmp_path, url, "db", "upgrade").returncode == 0  # a missing one is refused
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _bot(tmp_path, f"sqlite:///{tmp_path}/t.db", "dashboard", "--port", str(port))
+        result = _bot(tmp_path, url, "dashboard", "--port", str(port))
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
     assert errors == [
