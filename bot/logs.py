@@ -98,6 +98,21 @@ class SecretRedactor:
         return event
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at the moment of writing, not when logging was set up:
+    a process (or a test harness) that swaps and closes stderr never leaves the
+    loggers writing into a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(
     *,
     level: str = "INFO",
@@ -116,7 +131,7 @@ def configure_logging(
         # Line-buffered and never closed: the file lives as long as the process logs.
         stream = file.open("a", encoding="utf-8", buffering=1)
         fmt = "json"
-    out = stream or sys.stderr
+    out: TextIO = stream or _CurrentStderr()  # type: ignore[assignment]
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
     redactor = SecretRedactor(secrets)
