@@ -45,6 +45,17 @@ os.environ.setdefault("XDG_CACHE_HOME", str(REPO_ROOT / ".cache"))
 VLLM_MODEL_NAME = "tiny"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults: a test that ran the CLI in-process
+    configured logging for the process (a WARNING level, its stderr), and a later
+    test's `capture_logs` would miss every info event behind that level."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 # -- databases: the contract suite runs on SQLite and on a real PostgreSQL ----------
 
 
