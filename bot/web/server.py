@@ -12,7 +12,6 @@ Access logs are off: a scrape every few seconds is not news.
 
 from __future__ import annotations
 
-import errno
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,8 +20,8 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot.errors import ConfigError
 from bot.web.health import Readiness
+from bot.web.listen import listen
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -63,23 +62,13 @@ class OpsServer:
 
     async def start(self) -> None:
         """Listen; `ConfigError` when the address cannot be bound (in use, not ours)."""
-        runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            why = {
-                errno.EADDRINUSE: "address already in use (another worker on this port?)",
-                errno.EADDRNOTAVAIL: "not an address of this machine",
-                errno.EACCES: "permission denied (ports below 1024 need privileges)",
-            }.get(exc.errno or 0, exc.strerror or str(exc))
-            raise ConfigError(f"ops: cannot listen on {self.host}:{self.port}: {why}") from None
-        self._runner = runner
-        addresses = runner.addresses
-        if addresses:
-            self.port = int(addresses[0][1])
+        self._runner, self.port = await listen(
+            self.application(),
+            self.host,
+            self.port,
+            label="ops",
+            in_use=" (another worker on this port?)",
+        )
         log.info("ops.listening", url=self.url)
 
     async def stop(self) -> None:

@@ -9,7 +9,6 @@ every unsafe method (the session's token in the `csrf` field or the
 
 from __future__ import annotations
 
-import errno
 import hmac
 import importlib
 import importlib.util
@@ -19,7 +18,6 @@ from urllib.parse import quote, urlsplit
 import structlog
 from aiohttp import web
 
-from bot.errors import ConfigError
 from bot.web.dashboard import auth
 from bot.web.dashboard.auth import LANG_COOKIE, LOGIN_COOKIE, SESSION_COOKIE
 from bot.web.dashboard.i18n import LANGUAGES, negotiate
@@ -36,6 +34,7 @@ from bot.web.dashboard.pages import (
     templates,
 )
 from bot.web.dashboard.store import session_moderator
+from bot.web.listen import listen
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -244,23 +243,7 @@ class DashboardServer:
 
     async def start(self) -> None:
         """Listen; `ConfigError` when the address cannot be bound."""
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            why = {
-                errno.EADDRINUSE: "address already in use",
-                errno.EADDRNOTAVAIL: "not an address of this machine",
-                errno.EACCES: "permission denied (ports below 1024 need privileges)",
-            }.get(exc.errno or 0, exc.strerror or str(exc))
-            where = f"{self.host}:{self.port}"
-            raise ConfigError(f"dashboard: cannot listen on {where}: {why}") from None
-        self._runner = runner
-        if runner.addresses:
-            self.port = int(runner.addresses[0][1])
+        self._runner, self.port = await listen(self.app, self.host, self.port, label="dashboard")
         log.info("dashboard.listening", url=self.url)
 
     async def stop(self) -> None:
