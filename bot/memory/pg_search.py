@@ -56,6 +56,11 @@ HNSW_DIMENSIONS = (384, 512, 768, 1024)
 #: (benchmarks.md); the iterative scan goes on past it while the scope's filter
 #: leaves the page short.
 EF_SEARCH = 100
+#: Why a forget leaves WAL bytes on a server that recycles its segments.
+WAL_RECYCLED = (
+    "wal_recycle is on: recycled WAL segments keep the forgotten text until overwritten "
+    "(set wal_recycle = off, as deploy/compose.yaml does)"
+)
 #: How long a forget's VACUUM FULL waits for its exclusive lock before giving up.
 SCRUB_LOCK_TIMEOUT = "10s"
 #: Memory for the index rebuilds of a forget's VACUUM FULL (HNSW above all).
@@ -364,6 +369,10 @@ def scrub_tables(db: Database, tables: Sequence[str]) -> dict[str, float]:
             for _ in range(3):
                 conn.execute(text("SELECT pg_switch_wal()"))
                 conn.execute(text("CHECKPOINT"))
+            # A recycled segment is renamed for reuse with its old bytes in it: only
+            # with wal_recycle off are the segments that held the text removed.
+            if conn.execute(text("SHOW wal_recycle")).scalar_one() != "off":
+                log.warning("memory.forget_wal_left", reason=WAL_RECYCLED)
         except SQLAlchemyError as exc:
             log.info("memory.forget_wal_left", reason=str(getattr(exc, "orig", exc)))
         timings["wal"] = time.perf_counter() - started

@@ -122,6 +122,11 @@ def start_postgres(folder: Path) -> PostgresServer:
         uri = raw.get_uri()  # postgresql://postgres:@/postgres?host=/tmp/...
         server = PostgresServer(uri.replace("postgresql://", "postgresql+psycopg://", 1), raw)
     try:
+        if not given:
+            # As deploy/compose.yaml sets it: old WAL segments are removed, not renamed
+            # for reuse with their bytes, so a forget leaves no text in pg_wal/.
+            server._admin("ALTER SYSTEM SET wal_recycle = off")
+            server._admin("SELECT pg_reload_conf()")
         server.prepare_template()
     except Exception as exc:  # a broken server is a failure, not a skip
         pytest.fail(f"PostgreSQL did not start for the contract suite: {exc}")

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from bot.db import Database
 from bot.memory.ledger import Ledger
 from bot.memory.store import Memory
+from tests.fakes.postgres import PostgresServer
 from tests.memory.conftest import HashEmbedder, say, scope_for
 from tests.memory.test_forget import (
     FACT_MARK,
@@ -100,6 +101,7 @@ async def test_no_byte_of_the_forgotten_text_is_left_in_the_servers_files(
         assert _holding(base, marker), f"{marker} was deleted too"
     scrubbed = [e for e in logs if e["event"] == "memory.forget_scrubbed"]
     assert scrubbed and "wal" in scrubbed[0]
+    assert [e for e in logs if e["event"] == "memory.forget_wal_left"] == []
     if target == "m2":
         assert counts["messages"] == 2 and counts["facts"] == 2 and counts["summaries"] == 1
         assert counts["followups"] == 1 and counts["reactions"] == 1
@@ -127,3 +129,39 @@ async def test_a_plain_delete_and_vacuum_leave_the_text_which_is_why_forget_rewr
         assert _holding(base, MESSAGE_MARK)
     finally:
         await db.aclose()
+
+
+async def test_a_server_that_recycles_wal_segments_is_reported(
+    told: Any, postgres_server: PostgresServer
+) -> None:
+    """A recycled segment is renamed for reuse with the old bytes in it, so a forget
+    on such a server says the WAL may keep the text, and what to set."""
+    db, memory, story = told
+    uid = await memory.find_user("t", "ann")
+    server = postgres_server
+    server._admin("ALTER SYSTEM SET wal_recycle = on")
+    server._admin("SELECT pg_reload_conf()")
+    try:
+        await _until_wal_recycle(db, "on")
+        with capture_logs() as logs:
+            await memory.forget(uid, f"m{story.ids['m2']}")
+        left = [e for e in logs if e["event"] == "memory.forget_wal_left"]
+        assert left and "wal_recycle = off" in left[0]["reason"]
+        assert left[0]["log_level"] == "warning"
+    finally:
+        server._admin("ALTER SYSTEM SET wal_recycle = off")
+        server._admin("SELECT pg_reload_conf()")
+        await _until_wal_recycle(db, "off")
+
+
+async def _until_wal_recycle(db: Database, value: str) -> None:
+    """The reload reaches new connections once the postmaster has read the file."""
+    import asyncio
+
+    for _ in range(100):
+        with db.engine.connect() as conn:
+            if conn.execute(text("SHOW wal_recycle")).scalar_one() == value:
+                return
+        db.engine.dispose()  # a fresh backend reads the reloaded file
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"wal_recycle never became {value!r}")

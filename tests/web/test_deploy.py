@@ -90,6 +90,8 @@ def test_compose_has_two_workers_vllm_and_postgresql_each_with_a_healthcheck() -
         assert check and check.get("test"), f"{name} has no healthcheck"
     assert services["postgres"]["image"].startswith("pgvector/pgvector:pg")
     assert int(services["postgres"]["image"].rpartition(":pg")[2]) >= 15
+    # A forget's removed WAL segments must not be recycled with their bytes.
+    assert "wal_recycle=off" in services["postgres"]["command"]
     assert "vllm/vllm-openai" in services["vllm"]["image"]
     devices = services["vllm"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
