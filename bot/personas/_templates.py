@@ -116,8 +116,8 @@ class BoundedTemplate:
     def render(self, variables: Mapping[str, Any], limits: RenderLimits) -> str:
         """The rendered text, within `limits`; raises `RenderFailure` and nothing else.
 
-        Blocking and CPU-bound for at most about `limits.max_seconds`: async callers
-        run it in a thread.
+        Blocking and CPU-bound for at most about `limits.max_seconds` of CPU (and
+        `limits.max_wall_seconds` of wall-clock): async callers run it in a thread.
         """
         budget = Budget(limits)
         try:

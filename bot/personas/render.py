@@ -194,7 +194,8 @@ def render_system_prompt(
 
     Raises `TemplateLimitError` past a bound, `TemplateSecurityError` for other
     sandbox refusals and `PersonaTemplateError` for any other rendering failure.
-    Blocking for up to `limits.max_seconds`: async code uses the `_async` variant.
+    Blocking for up to `limits.max_seconds` of CPU (`limits.max_wall_seconds` at
+    most): async code uses the `_async` variant.
     """
     return _render(persona, "system_prompt", persona.system_prompt, ctx, limits)
 
@@ -262,12 +263,12 @@ async def _off_loop(
     loop = asyncio.get_running_loop()
     job = loop.run_in_executor(_render_threads(), _render, persona, field, source, ctx, limits)
     try:
-        return await asyncio.wait_for(job, timeout=limits.max_seconds + _GRACE_S)
+        return await asyncio.wait_for(job, timeout=limits.max_wall_seconds + _GRACE_S)
     except TimeoutError:
         raise TemplateLimitError(
             persona.id,
             field,
-            f"the template did not render within {limits.max_seconds + _GRACE_S:g} s",
+            f"the template did not render within {limits.max_wall_seconds + _GRACE_S:g} s",
         ) from None
 
 

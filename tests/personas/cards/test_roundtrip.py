@@ -99,7 +99,8 @@ def test_edits_travel(bot: Bot, tmp_path: Path) -> None:
     """What a moderator changes in the persona file is what the card says."""
     src = tmp_path / "in.png"
     src.write_bytes(_card_png(make.FULL_V3))
-    assert bot("personas", "import", src, "--out", tmp_path / "p")[0] == 0
+    code, _, err = bot("personas", "import", src, "--out", tmp_path / "p")
+    assert code == 0, err
     path = tmp_path / "p" / "seraphina.yaml"
     text = path.read_text()
     text = text.replace(
@@ -110,10 +111,12 @@ def test_edits_travel(bot: Bot, tmp_path: Path) -> None:
     path.write_text(text)
     edited = load_persona(path).persona
     card = tmp_path / "c.png"
-    assert (
-        bot("personas", "export", "seraphina", "--out", card, "--personas", tmp_path / "p")[0] == 0
+    code, _, err = bot(
+        "personas", "export", "seraphina", "--out", card, "--personas", tmp_path / "p"
     )
-    assert bot("personas", "import", card, "--out", tmp_path / "q")[0] == 0
+    assert code == 0, err
+    code, _, err = bot("personas", "import", card, "--out", tmp_path / "q")
+    assert code == 0, err
     again = load_persona(tmp_path / "q" / "seraphina.yaml").persona
     assert again.greeting == edited.greeting and "waves" in (again.greeting or "")
     assert again.system_prompt == edited.system_prompt
