@@ -61,10 +61,11 @@ from adapters.base import (
     RateLimited,
     Unreachable,
 )
-from bot.commands import CommandContext
+from bot.commands import CommandContext, CommandReply
 from bot.config import TelegramSettings
 from bot.errors import AdapterError, PersonaError
 from bot.inbox import InboxEvent
+from bot.inbox.outbox import deliver_command
 from bot.messages import Actor, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
 
@@ -366,13 +367,15 @@ class TelegramAdapter(Adapter):
         private = message.chat.type == ChatType.PRIVATE
         moderator = user.id in self.settings.moderators
         if name in _PRIVATE_ONLY and not private:
-            answer = f"Send /{name} to me in a private chat: what I remember about you is yours."
+            reply = CommandReply(
+                f"Send /{name} to me in a private chat: what I remember about you is yours."
+            )
         else:
             text_file, file_name = None, None
             if name == "persona" and args.split()[:1] == ["upload"] and moderator:
                 text_file, file_name, problem = await download_persona_yaml(message, self._http)
                 if problem:
-                    await self._reply(scope, problem, message)
+                    await self._reply(scope, user, CommandReply(problem), message)
                     return
             ctx = CommandContext(
                 scope=scope,
@@ -382,15 +385,17 @@ class TelegramAdapter(Adapter):
                 attachment_text=text_file,
                 attachment_name=file_name,
             )
-            answer = await self.command(name, args, ctx)
+            reply = await self.services.commands.execute(name, args, ctx)
             if name == "persona":  # a switch takes effect with the next message
                 self._bindings.pop(place_key(self.platform, scope.space, scope.channel), None)
-        await self._reply(scope, answer, message)
+        await self._reply(scope, user, reply, message)
 
-    async def _reply(self, scope: Scope, text: str, message: Message) -> None:
-        out = Outgoing(scope=scope, text=text, reply_to_platform_id=str(message.message_id))
-        with suppress(DeliveryError):  # recorded by send
-            await self.send(out)
+    async def _reply(self, scope: Scope, user: User, reply: CommandReply, message: Message) -> None:
+        # Through the outbox: stored with this event's done mark, then sent, so a
+        # crash from here on delivers the stored reply rather than running it again.
+        await deliver_command(
+            self, reply, scope, self._actor(user), reply_to_platform_id=str(message.message_id)
+        )
 
     async def _edited(self, message: Message) -> Awaitable[object] | None:
         user = message.from_user

@@ -5,8 +5,12 @@
 `/audit` to read that record.
 
 Adapters parse the platform's command event into a name, an argument string and a
-`CommandContext`, and send back the text `Commands.run` returns. Nothing here
-knows which platform it serves.
+`CommandContext`. An adapter with an outbox (Telegram, whose commands are inbox
+events) calls `Commands.execute` and hands its `CommandReply` to
+`bot.inbox.outbox.deliver_command`, which stores the reply with the event's done
+mark and sends it from there; one that answers in place (a Discord interaction,
+the console) sends back the text `Commands.run` returns. Nothing here knows which
+platform it serves.
 """
 
 from __future__ import annotations
@@ -26,13 +30,20 @@ import structlog
 
 from bot.engine import PersonaEngine
 from bot.errors import PersonaError, PersonaNotFound
-from bot.messages import Actor, Scope
+from bot.messages import Actor, Outgoing, Scope
 from bot.people import People, place_key
 from bot.personas import PersonaFileError, PersonaRegistry, parse_persona
 from bot.safety.limits import LimitStore
 from bot.text import clean_text
 
-__all__ = ["CommandContext", "Commands", "MemoryControl", "MemoryItem", "StoreMemoryControl"]
+__all__ = [
+    "CommandContext",
+    "CommandReply",
+    "Commands",
+    "MemoryControl",
+    "MemoryItem",
+    "StoreMemoryControl",
+]
 
 log = structlog.get_logger("bot.commands")
 
@@ -85,8 +96,18 @@ class CommandContext:
     attachment_name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """What a command answers: its text and, for `/start`, the persona's greeting,
+    rendered but not yet stored (its `message_id` is None), to leave before the text."""
+
+    text: str
+    greeting: Outgoing | None = None
+
+
 class Commands:
-    """Runs commands; every answer is plain text for the adapter to send."""
+    """Runs commands; every answer is plain text (and `/start` a greeting) for the
+    adapter to send."""
 
     names: Sequence[str] = (
         "start",
@@ -119,24 +140,38 @@ class Commands:
         self.limits = limits if limits is not None else LimitStore(people.db)
 
     async def run(self, name: str, args: str, ctx: CommandContext) -> str:
-        """The answer to `/name args`."""
+        """The answer to `/name args` as one text, for a caller that answers in place
+        and has no outbox: a greeting comes first in it and is stored as delivered
+        with it (the caller hands the text to the platform at once)."""
+        reply = await self.execute(name, args, ctx)
+        if reply.greeting is None:
+            return reply.text
+        from bot.inbox.outbox import store_replies  # the inbox imports the engine
+
+        await store_replies(self.engine, ctx.actor, [(reply.greeting, "greeting")], delivered=True)
+        return f"{reply.greeting.text}\n\n{reply.text}"
+
+    async def execute(self, name: str, args: str, ctx: CommandContext) -> CommandReply:
+        """Run `/name args`; its reply is not stored or sent here (see the module)."""
         if name.lower().lstrip("/") in MODERATOR_ACTIONS:
             log.info("command", command=name, user=ctx.actor.id, platform=ctx.scope.platform)
-            return await self._moderate(name.lower().lstrip("/"), args.strip(), ctx)
+            return CommandReply(await self._moderate(name.lower().lstrip("/"), args.strip(), ctx))
         handler = getattr(self, f"_cmd_{name.lower().lstrip('/')}", None)
         if handler is None:
-            return f"Unknown command /{name}.\n{HELP}"
+            return CommandReply(f"Unknown command /{name}.\n{HELP}")
         log.info("command", command=name, user=ctx.actor.id, platform=ctx.scope.platform)
-        answer: str = await handler(args.strip(), ctx)
-        return answer
+        answer: str | CommandReply = await handler(args.strip(), ctx)
+        return answer if isinstance(answer, CommandReply) else CommandReply(answer)
 
     # -- everyone -----------------------------------------------------------------------
 
-    async def _cmd_start(self, args: str, ctx: CommandContext) -> str:
+    async def _cmd_start(self, args: str, ctx: CommandContext) -> CommandReply:
         loaded = self.personas.get(ctx.scope.persona)
         await self.people.mark_reachable(ctx.scope.platform, ctx.actor.id)
-        greeting = await self.engine.greeting(ctx.scope, ctx.actor.display_name)
-        lines = [greeting.text] if greeting is not None else []
+        # Rendered only: stored by whoever stores the reply, in the same commit, so a
+        # crash before that commit leaves no greeting behind to be sent twice.
+        greeting = await self.engine.greeting(ctx.scope, ctx.actor.display_name, store=False)
+        lines = []
         safety = loaded.persona.safety
         if safety.ai_disclosure:
             lines.append(safety.ai_disclosure)
@@ -146,7 +181,7 @@ class Commands:
             "help train future versions of me; /optout keeps yours out and stops messages "
             "I send first."
         )
-        return "\n\n".join(lines)
+        return CommandReply("\n\n".join(lines), greeting)
 
     async def _cmd_help(self, args: str, ctx: CommandContext) -> str:
         return HELP

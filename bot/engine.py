@@ -315,14 +315,23 @@ class PersonaEngine:
         finally:
             self._settle()
 
-    async def greeting(self, scope: Scope, display_name: str = "") -> Outgoing | None:
-        """The persona's greeting for a person who just arrived, stored as a turn."""
+    async def greeting(
+        self, scope: Scope, display_name: str = "", *, store: bool = True
+    ) -> Outgoing | None:
+        """The persona's greeting for a person who just arrived, stored as a turn.
+
+        With `store=False` it is only rendered (`message_id` None): the caller stores
+        it with what else it commits (a command's reply, bot/inbox/outbox.py)."""
         loaded = self.personas.get(scope.persona)
         # The greeting or one of the card's alternates, the same per person (greetings.py).
         ctx = self._context(scope, display_name)
         text = await render_first_message_async(loaded.persona, scope, ctx)
         if not text:
             return None
+        if not store:
+            return Outgoing(
+                scope=scope, text=text, persona_hash=loaded.content_hash, kind=TurnKind.GREETING
+            )
         conversation_id = await self.ledger.conversation_id(scope)
         message_id = await self.ledger.record_reply(
             ReplyRecord(

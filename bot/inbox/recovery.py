@@ -10,7 +10,9 @@ pending event:
   the persona's `safety.away_message` sent at most once to that person;
 - a reply not yet delivered (`generated`/`sending`) younger than the limit is sent
   from the first part not confirmed (`parts_sent`); an older one is recorded
-  `undeliverable` (expired), with the same one away notice.
+  `undeliverable` (expired), with the same one away notice. Greetings and command
+  replies are replies here too (bot/inbox/outbox.py): a command whose event is done
+  is never run again, its stored reply is what leaves.
 
 Pending inbox events then follow in each lane; a redelivered message that was
 already stored is recognised by the engine and not answered again.
@@ -37,6 +39,7 @@ from sqlmodel import SQLModel
 
 from bot.engine import PersonaEngine
 from bot.errors import BotError
+from bot.inbox.outbox import COMMAND_KIND, clear_settled
 from bot.inbox.worker import InboxWorker
 from bot.memory.ledger import Unfinished
 from bot.messages import Outgoing, Scope, TurnKind
@@ -153,6 +156,8 @@ def _redeliver(target: RecoveryTarget, item: Unfinished) -> Callable[[], Awaitab
             log.info("recovery.redeliver_skipped", message_id=item.message_id)
             return
         await _send(target, _outgoing(item), first_part=parts)
+        if item.kind == COMMAND_KIND:
+            await clear_settled(target.engine, [item.message_id])
 
     return job
 
@@ -186,6 +191,8 @@ def _expire(
         away = await target.engine.expire(
             item, reason=reason, notify=now - item.created_at < AWAY_HORIZON
         )
+        if item.kind == COMMAND_KIND:
+            await clear_settled(target.engine, [item.message_id])
         if away is not None:
             await _send(target, away)
 

@@ -258,9 +258,12 @@ class Inbox:
         at = now or _utcnow()
 
         def work(conn: Connection) -> None:
+            # An event already done stays done: a command's reply committed that mark
+            # with itself (bot/inbox/outbox.py), and a later failure of the handler
+            # (a send) must not make `replay` run the command again.
             conn.execute(
                 update(_inbox)
-                .where(_inbox.c.id == event_id)
+                .where(_inbox.c.id == event_id, _inbox.c.status != InboxStatus.DONE.value)
                 .values(
                     status=status.value,
                     reason=reason,

@@ -36,7 +36,16 @@ from bot.inbox.claims import ChatClaims, Pull
 from bot.inbox.store import Inbox, InboxEvent
 from bot.safety.coalesce import waiting_probe
 
-__all__ = ["ChatClaims", "EventHandler", "InboxWorker", "Job", "Pull", "WorkerStats", "in_lane"]
+__all__ = [
+    "ChatClaims",
+    "EventHandler",
+    "InboxWorker",
+    "Job",
+    "Pull",
+    "WorkerStats",
+    "current_event",
+    "in_lane",
+]
 
 T = TypeVar("T")
 
@@ -44,9 +53,19 @@ T = TypeVar("T")
 _IN_LANE: ContextVar[bool] = ContextVar("inbox_in_lane", default=False)
 
 
+_EVENT: ContextVar[InboxEvent | None] = ContextVar("inbox_event", default=None)
+
+
+def current_event() -> InboxEvent | None:
+    """The inbox event whose handler the caller runs in, or None: what a command's
+    reply commits its done mark with (bot/inbox/outbox.py)."""
+    return _EVENT.get()
+
+
 def in_lane() -> bool:
     """Whether the caller runs inside a worker lane (an event or a recovery job)."""
     return _IN_LANE.get()
+
 
 log = structlog.get_logger("bot.inbox")
 
@@ -333,13 +352,17 @@ class InboxWorker:
             # A later message of the same author waiting in this chat answers this one
             # too (a burst, bot/safety/coalesce.py): the engine asks through the probe.
             probe = (lambda: self.inbox.newer_from(event)) if event.author else None
-            with (
-                structlog.contextvars.bound_contextvars(
-                    platform=self.platform, inbox_event=event.id
-                ),
-                waiting_probe(probe),
-            ):
-                await asyncio.wait_for(self.handler(event), timeout=self.event_timeout_s)
+            token = _EVENT.set(event)
+            try:
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        platform=self.platform, inbox_event=event.id
+                    ),
+                    waiting_probe(probe),
+                ):
+                    await asyncio.wait_for(self.handler(event), timeout=self.event_timeout_s)
+            finally:
+                _EVENT.reset(token)
         except asyncio.CancelledError:
             self._in_hand.discard(event.id)  # left pending: the next start handles it
             raise

@@ -202,10 +202,11 @@ class Unfinished:
         return StoredIncoming(self.message_id, self.conversation_id, self.user_id)
 
 
-#: Outgoing kinds a restart delivers. A greeting is not among them: /start sends it
-#: inside its answer, and a greeting resent after a crash greets a person twice.
+#: Outgoing kinds a restart delivers: every reply that moves through the outbox's
+#: states. A greeting and a command's reply do since bot/inbox/outbox.py (a greeting
+#: stored before that, with no person, is never found: it was sent inside /start's text).
 _REDELIVERED_KINDS = (
-    *("message", "proactive", "apology", "away"),
+    *("message", "proactive", "apology", "away", "greeting", "command"),
     *("crisis", "disclosure", "limited", "age_gate"),  # the safety stage's fixed replies
 )
 _UNFINISHED_IN = (MessageStatus.RECEIVED.value, MessageStatus.ANSWERING.value)

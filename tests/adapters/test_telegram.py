@@ -220,13 +220,15 @@ async def test_a_403_in_a_group_is_a_failure_not_an_unreachable_person(
 # -- commands ------------------------------------------------------------------------
 
 
-async def _command(api: FakeTelegramAPI, chat: int, user: int, text: str, **kw: Any) -> str:
+async def _command(
+    api: FakeTelegramAPI, chat: int, user: int, text: str, *, answers: int = 1, **kw: Any
+) -> str:
     before = len(api.sent_to(chat))
     if chat > 0:
         api.private_message(user, text, **kw)
     else:
         api.group_message(chat, user, text, **kw)
-    await api.wait_for(lambda: len(api.sent_to(chat)) > before)
+    await api.wait_for(lambda: len(api.sent_to(chat)) >= before + answers)
     return "\n".join(m.text for m in api.sent_to(chat)[before:])
 
 
@@ -235,7 +237,8 @@ async def test_commands_for_everyone(
 ) -> None:
     bot = await telegram_bot()
     api = telegram_api
-    start = await _command(api, 140, 140, "/start")
+    start = await _command(api, 140, 140, "/start", answers=2)  # the greeting, then the rest
+    assert api.sent_to(140)[0].text == "Hi Ann!"
     assert "I am an AI." in start and "/optout" in start and "Hi Ann!" in start
     assert "/memory" in await _command(api, 140, 140, "/help")
     assert "Tess (tester)" in await _command(api, 140, 140, "/persona")

@@ -297,14 +297,28 @@ async def test_commands_and_turns_in_one_chat_are_answered_in_their_order(
     script = ["/start", "first", "/help", "second", "/persona", "third", "/help"]
     for text in script:
         api.private_message(420, text)
-    await api.wait_for(lambda: len(api.sent_to(420)) == len(script), timeout=20)
+    # /start answers twice: the persona's greeting, then what the bot keeps.
+    await api.wait_for(lambda: len(api.sent_to(420)) == len(script) + 1, timeout=20)
     await bot.shutdown()
     sent = [m.text for m in api.sent_to(420)]
     kinds = [
-        "start" if "I am an AI" in t else "turn" if t.startswith("You said") else "other"
+        "greeting"
+        if t == "Hi Ann!"
+        else "start"
+        if "I am an AI" in t
+        else "turn"
+        if t.startswith("You said")
+        else "other"
         for t in sent
     ]
-    assert kinds == ["start", "turn", "other", "turn", "other", "turn", "other"], sent
+    assert kinds == ["greeting", "start", "turn", "other", "turn", "other", "turn", "other"], sent
+    # Every reply went through the outbox's states: the greeting is delivered, and
+    # the commands' replies, delivered, are gone from the ledger.
+    outs = "select kind, status from messages where direction = 'out' order by id"
+    assert await bot.rows(outs) == [
+        ("greeting", "delivered"),
+        *[("message", "delivered")] * 3,
+    ]
     assert [t for t in sent if t.startswith("You said")] == [
         "You said: first",
         "You said: second",
