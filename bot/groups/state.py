@@ -20,7 +20,14 @@ from typing import Protocol
 
 from bot.groups.decide import ChannelView, Decision, MessageFacts
 
-__all__ = ["ChannelStates", "Chooser", "GroupCounters", "GroupState", "chain_after"]
+__all__ = [
+    "ChannelStates",
+    "Chooser",
+    "GroupCounters",
+    "GroupState",
+    "chain_after",
+    "note_speakers",
+]
 
 WINDOW_S = 60.0
 
@@ -59,6 +66,19 @@ def chain_after(chain: int, facts: MessageFacts, decision: Decision) -> tuple[in
         chain += 1
     spoke = [v.persona for v in decision.verdicts if v.speak]
     return chain + len(spoke), spoke
+
+
+def note_speakers(decision: Decision, now: float, unprompted: dict[str, float]) -> int:
+    """The replies `decision` adds to the channel's budget; each persona that spoke
+    unprompted ("always", "talkative") starts its cooldown at `now` in `unprompted`."""
+    replies = 0
+    for verdict in decision.verdicts:
+        if not verdict.speak:
+            continue
+        replies += 1
+        if verdict.reason in ("always", "talkative"):
+            unprompted[verdict.persona] = now
+    return replies
 
 
 @dataclass
@@ -111,12 +131,7 @@ class GroupState:
         counted in the budget and unprompted ones starting their cooldown."""
         channel = self._get(key)
         channel.bot_chain, _ = chain_after(channel.bot_chain, facts, decision)
-        for verdict in decision.verdicts:
-            if not verdict.speak:
-                continue
-            channel.replies.append(now)
-            if verdict.reason in ("always", "talkative"):
-                channel.last_unprompted[verdict.persona] = now
+        channel.replies.extend([now] * note_speakers(decision, now, channel.last_unprompted))
 
     async def decide(
         self,

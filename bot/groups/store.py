@@ -40,7 +40,7 @@ from sqlalchemy import Connection, text
 
 from bot.db import Database
 from bot.groups.decide import ChannelView, Decision, MessageFacts
-from bot.groups.state import WINDOW_S, Chooser, chain_after
+from bot.groups.state import WINDOW_S, Chooser, chain_after, note_speakers
 
 __all__ = ["MAX_KEY", "GroupStore", "channel_key"]
 
@@ -148,13 +148,10 @@ class GroupStore:
             decision = choose(view)
             chain, spoke = chain_after(row.bot_chain, facts, decision)
             if chain != row.bot_chain or spoke:
-                second = int(now // 1)
-                for verdict in decision.verdicts:
-                    if not verdict.speak:
-                        continue
-                    row.replies[second] = row.replies.get(second, 0) + 1
-                    if verdict.reason in ("always", "talkative"):
-                        row.unprompted[verdict.persona] = now
+                added = note_speakers(decision, now, row.unprompted)
+                if added:
+                    second = int(now // 1)
+                    row.replies[second] = row.replies.get(second, 0) + added
                 conn.execute(
                     text(
                         "UPDATE group_channels SET bot_chain = :c, replies = :r, "
