@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def _config(tmp_path: Path, llm: FakeOpenAIServer, api: FakeTelegramAPI) -> Path
     return config
 
 
-def _rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+def _rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as con:
         return [tuple(r) for r in con.execute(sql, params)]
 
@@ -65,7 +66,7 @@ def _waiting(db: Path) -> int:
         "select count(*) from messages where direction = 'out' and status in "
         "('generated', 'sending')",
     )
-    return int(rows[0][0])  # type: ignore[call-overload]
+    return int(rows[0][0])
 
 
 async def test_a_kill_between_a_commands_commit_and_its_send_delivers_it_once_without_rerunning(
