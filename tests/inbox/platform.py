@@ -16,6 +16,7 @@ from typing import Any
 from adapters.base import Adapter, AdapterServices, PacingPolicy
 from bot.commands import CommandContext
 from bot.inbox import InboxEvent, RawEvent
+from bot.inbox.outbox import deliver_command
 from bot.messages import Actor, Incoming, Outgoing, Scope
 
 FAST = PacingPolicy(
@@ -65,10 +66,11 @@ class JsonPlatform(Adapter):
         chat, user, text = str(data["chat"]), str(data["user"]), str(data["text"])
         scope = Scope(platform=self.platform, channel=chat, user=user, persona=self.persona)
         actor = Actor(platform=self.platform, id=user, display_name=user)
-        if text.startswith("/"):
+        if text.startswith("/"):  # as Telegram does: the reply through the outbox
             name, _, args = text[1:].partition(" ")
-            answer = await self.command(name, args, CommandContext(scope=scope, actor=actor))
-            await self.send(Outgoing(scope=scope, text=answer))
+            ctx = CommandContext(scope=scope, actor=actor)
+            reply = await self.services.commands.execute(name, args, ctx)
+            await deliver_command(self, reply, scope, actor)
             return
         await self.answer(
             Incoming(

@@ -83,11 +83,12 @@ async def test_commands_and_turns_in_one_chat_are_answered_in_their_order(
             )
             await settled(app, platform)
         texts = [text for _, text, _ in platform.sent]
-        assert len(texts) == 4
-        assert "What I keep" in texts[0]
-        assert texts[1] == "re:first message"
-        assert texts[2].startswith("/persona")  # the help text
-        assert texts[3] == "re:second message"
+        assert len(texts) == 5, texts
+        assert texts[0] == "Hi c1!"  # /start's greeting leaves first, on its own
+        assert "What I keep" in texts[1]
+        assert texts[2] == "re:first message"
+        assert texts[3].startswith("/persona")  # the help text
+        assert texts[4] == "re:second message"
 
 
 async def test_a_slow_chat_does_not_hold_up_the_others(opened: Any) -> None:
