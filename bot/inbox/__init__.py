@@ -4,6 +4,7 @@ store     `Inbox`, `RawEvent`, `InboxEvent`: the `inbox_events` table
 worker    `InboxWorker`: pending events to the adapter, in order per chat
 claims    `ChatClaims`: what the worker asks of the workers it shares chats with
 recovery  `recover`: on start, finish what a crash left unfinished
+outbox    `deliver_command`: a command's reply stored with its event's done mark
 cli       `bot inbox list|replay`
 """
 
