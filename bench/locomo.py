@@ -240,7 +240,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "locomo10 evidence recall",
         "database": "postgresql" if args.database_url else "sqlite",
-        "retriever": ("Memory on PostgreSQL: tsvector ts_rank + pg_trgm + "
+        "retriever": ("Memory on PostgreSQL: tsvector BM25 + pg_trgm + "
                       if args.database_url else "Memory on SQLite: FTS5 BM25 + ")
         + (f"{args.embedding_model} dense" if embedder else "no dense")
         + ", RRF, neighbour smoothing, recency/time boosts",

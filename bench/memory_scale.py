@@ -192,14 +192,15 @@ async def build(
     return MemoryScope(*ids["me"])
 
 
-#: The search indexes of migration 0011 the PostgreSQL bulk load drops and rebuilds.
+#: The search indexes of migrations 0011 and 0017 the PostgreSQL bulk load drops and
+#: rebuilds.
 PG_INDEXES = {
     "ix_messages_search_words": "CREATE INDEX ix_messages_search_words ON messages "
     "USING gin (search_words)",
     "ix_messages_text_trgm": "CREATE INDEX ix_messages_text_trgm ON messages "
     "USING gin (text gin_trgm_ops)",
-    "ix_embeddings_hnsw_384": "CREATE INDEX ix_embeddings_hnsw_384 ON embeddings USING hnsw "
-    "((CAST(embedding AS vector(384))) vector_cosine_ops) WHERE dim = 384",
+    "ix_embeddings_hnsw_half_384": "CREATE INDEX ix_embeddings_hnsw_half_384 ON embeddings "
+    "USING hnsw ((CAST(embedding AS halfvec(384))) halfvec_cosine_ops) WHERE dim = 384",
 }
 
 

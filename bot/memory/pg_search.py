@@ -1,12 +1,12 @@
 """`PostgresSearch`: the PostgreSQL backend of the memory (migration 0011).
 
 - Words: a generated `tsvector` column on messages and facts (`search_words`,
-  text search configuration `english`, GIN index), ranked by `ts_rank`. `english`
-  because SQLite's index is `porter unicode61` for every language: the same
-  stemmer family over the same Unicode word splitting, so both backends find the
-  same words (non-English words pass the English stemmer mostly unchanged, as
-  they pass porter). A deployment for one other language can change the
-  configuration in the migration; `simple` would lose stemming for English.
+  text search configuration `english`, GIN index), ranked by BM25 in SQL
+  (pg_words.py). `english` because SQLite's index is `porter unicode61` for every
+  language: the same stemmer family over the same Unicode word splitting, so both
+  backends find the same words (non-English words pass the English stemmer mostly
+  unchanged, as they pass porter). A deployment for one other language can change
+  the configuration in the migration; `simple` would lose stemming for English.
 - Chinese and Japanese, which have no word breaks: pg_trgm (a GIN `gin_trgm_ops`
   index on `text`); a query's CJK runs are cut into trigrams, a row matches any,
   and rows are ranked by how many they contain. Runs of one or two characters,
@@ -14,7 +14,8 @@
 - Vectors: a PostgreSQL-only `embedding vector` column beside the portable
   `vector` blob (float32, what `bot db copy` copies), filled when vectors are
   stored (`store_vectors`) or copied (`backfill_vectors`); searched with
-  pgvector's HNSW indexes (cosine), partial per dimension, with iterative scans
+  pgvector's HNSW indexes (cosine, over the vectors cast to `halfvec`: half the
+  pages to visit; migration 0017), partial per dimension, with iterative scans
   so that a scope's filter still fills the page. Nothing is cached in the process,
   so a forget in another process needs no tombstone.
 - After a forget: `VACUUM (FULL, ANALYZE)` of every table that lost or rewrote
@@ -39,17 +40,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from bot.db import Database
 from bot.errors import StorageError
 from bot.memory.backend import Lexical, QueryVector
+from bot.memory.pg_words import TS_CONFIG, lexical_lists
 from bot.memory.query import cjk_runs, trigrams, tsquery_expression
-from bot.memory.rows import FACT_SCOPE, MESSAGE_SCOPE
 from bot.memory.types import Kind, MemoryScope
 
 __all__ = ["HNSW_DIMENSIONS", "TS_CONFIG", "PostgresSearch", "backfill_vectors", "vector_literal"]
 
 log = structlog.get_logger("bot.memory")
 
-#: The text search configuration of `search_words` (migration 0011).
-TS_CONFIG = "english"
-#: Dimensions with an HNSW index (migration 0011); others are compared exactly.
+#: Dimensions with an HNSW index (migration 0017); others are compared exactly.
 HNSW_DIMENSIONS = (384, 512, 768, 1024)
 #: HNSW candidates per search, at least the page the fusion asks for (100): 200
 #: cost 82 ms p50 of hybrid search at 100k in one scope, 100 cost 57 ms
@@ -66,163 +65,15 @@ SCRUB_LOCK_TIMEOUT = "10s"
 #: Memory for the index rebuilds of a forget's VACUUM FULL (HNSW above all).
 SCRUB_WORK_MEM = "1GB"
 
-_ALIASES = {"message": ("messages", "m", MESSAGE_SCOPE), "fact": ("facts", "f", FACT_SCOPE)}
-
 
 def vector_literal(values: Any) -> str:
     """pgvector's text form of a float vector: `[0.1,0.2,...]`."""
     return "[" + ",".join(repr(float(v)) for v in values) + "]"
 
 
-#: BM25's constants, as FTS5's bm25() has them.
-BM25_K1 = 1.2
-BM25_B = 0.75
-
-
-def _words_sql(kind: str, terms: int) -> Any:
-    # BM25, as SQLite's FTS5 ranks (ts_rank has no inverse document frequency, so a
-    # common word would count as much as a rare one: 4 points of LoCoMo recall@10).
-    # Each query word's document frequency is counted among the rows that match any
-    # of them; `:docs` is the scope's size and `:mean_len` its rows' mean lexeme
-    # count (FTS5 weighs length against the index's mean too). Term frequency is
-    # taken as 1: chat messages rarely repeat a word.
-    table, a, scope = _ALIASES[kind]
-    flags = ", ".join(
-        f"({a}.search_words @@ to_tsquery('{TS_CONFIG}', :t{i}))::int AS h{i}" for i in range(terms)
-    )
-    frequencies = ", ".join(f"sum(h{i}) AS d{i}" for i in range(terms))
-    # `:o{i}`: a floor under a word's frequency, for words left out of the match
-    # because they are common (see `_common_words`); 0 for the others.
-    df = [f"greatest(d{i}, :o{i})" for i in range(terms)]
-    idf = " + ".join(
-        f"h{i} * ln(1 + (:docs - {df[i]} + 0.5) / ({df[i]} + 0.5))" for i in range(terms)
-    )
-    norm = f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len / :mean_len)))"
-    return text(
-        f"WITH hits AS (SELECT {a}.id, length({a}.search_words) AS len, {flags} "
-        f"FROM {table} {a} WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) "
-        f"AND {scope}), frequency AS (SELECT {frequencies} FROM hits) "
-        f"SELECT hits.id FROM hits, frequency ORDER BY ({idf}) * {norm} DESC, hits.id DESC "
-        "LIMIT :n"
-    )
-
-
-#: From this many rows in a scope, common words are left out of the match (their
-#: rows are still scored for them): a word in many of a large scope's rows would
-#: have every one of them checked, where FTS5 walks its doclists.
-PRUNE_ABOVE = 20_000
-#: A word is common in a scope when it is in at least this share of its rows.
-COMMON_SHARE = 0.02
-_CAPPED_COUNT = {
-    kind: text(
-        f"SELECT count(*) FROM (SELECT 1 FROM {table} {a} WHERE "
-        f"{a}.search_words @@ to_tsquery('{TS_CONFIG}', :t) AND {scope} LIMIT :cap) AS x"
-    )
-    for kind, (table, a, scope) in _ALIASES.items()
-}
-
-
-def _common_words(
-    conn: Connection, kind: str, terms: Sequence[str], params: dict[str, Any], docs: int
-) -> tuple[list[int], int]:
-    """Which of `terms` are common in a large scope (their rows counted up to a cap,
-    which stops early), and the cap. Empty below `PRUNE_ABOVE` rows, or when every
-    word is common (then nothing is left out)."""
-    if docs < PRUNE_ABOVE or len(terms) < 2:
-        return [], 0
-    cap = max(1, int(docs * COMMON_SHARE))
-    common = [
-        i
-        for i, term in enumerate(terms)
-        if conn.execute(_CAPPED_COUNT[kind], {**params, "t": term, "cap": cap}).scalar_one() >= cap
-    ]
-    return ([], 0) if len(common) == len(terms) else (common, cap)
-
-
-_SCOPE_SIZE = {
-    kind: text(
-        f"SELECT count(*), coalesce(avg(length({a}.search_words)), 1) FROM {table} {a} "
-        f"WHERE {scope}"
-    )
-    for kind, (table, a, scope) in _ALIASES.items()
-}
 #: How long a scope's row count (BM25's document count) is reused: it moves slowly.
 SCOPE_SIZE_TTL_S = 60.0
 _SIZES_KEPT = 10_000
-_SUBSTRING = {
-    kind: text(
-        f"SELECT {a}.id FROM {table} {a} WHERE {scope} AND strpos({a}.text, :s) > 0 "
-        f"ORDER BY {a}.id DESC LIMIT :n"
-    )
-    for kind, (table, a, scope) in _ALIASES.items()
-}
-
-
-def _trigram_sql(kind: str, count: int) -> Any:
-    # Any of the trigrams (each LIKE is answered by the gin_trgm_ops index), ranked by
-    # how many of them the row holds. CJK grams hold no LIKE wildcard or escape.
-    table, a, scope = _ALIASES[kind]
-    anyof = " OR ".join(f"{a}.text LIKE :p{i}" for i in range(count))
-    held = " + ".join(f"(strpos({a}.text, :g{i}) > 0)::int" for i in range(count))
-    return text(
-        f"SELECT {a}.id FROM {table} {a} WHERE {scope} AND ({anyof}) "
-        f"ORDER BY ({held}) DESC, {a}.id DESC LIMIT :n"
-    )
-
-
-def _lexical(
-    conn: Connection,
-    scope: MemoryScope,
-    kinds: Sequence[Kind],
-    tsq: str | None,
-    grams: Sequence[str],
-    short_cjk: Sequence[str],
-    n: int,
-    sizes: dict[str, tuple[int, float]],
-) -> Lexical:
-    """Ranked id lists in `scope`: BM25 over the word index, trigram matches for CJK
-    runs, substring matches for short ones. `sizes` holds the scope's row count and
-    mean length per kind where known, and gets those this call counts."""
-    params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
-    lists: Lexical = []
-    for kind in kinds:
-        if kind == "summary":
-            continue
-        found: list[tuple[str, int]]
-        if tsq is not None:
-            terms = tsq.split(" | ")
-            stats = sizes.get(kind)
-            if stats is None:
-                count, mean = conn.execute(_SCOPE_SIZE[kind], params).one()
-                stats = sizes[kind] = (int(count), max(float(mean), 1.0))
-            docs, mean_len = stats
-            common, cap = _common_words(conn, kind, terms, params, docs)
-            term_params: dict[str, Any] = {f"t{i}": t for i, t in enumerate(terms)}
-            term_params |= {f"o{i}": cap if i in common else 0 for i in range(len(terms))}
-            match = " | ".join(t for i, t in enumerate(terms) if i not in common)
-            statement = _words_sql(kind, len(terms))
-            rows = conn.execute(
-                statement,
-                {**params, **term_params, "q": match, "docs": max(docs, 1), "mean_len": mean_len},
-            ).scalars()
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
-        if grams:
-            gram_params = {f"p{i}": f"%{g}%" for i, g in enumerate(grams)}
-            gram_params |= {f"g{i}": g for i, g in enumerate(grams)}
-            statement = _trigram_sql(kind, len(grams))
-            rows = conn.execute(statement, {**params, **gram_params}).scalars()
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
-        for run in short_cjk[:8]:  # too short for trigrams: a substring scan of the scope
-            rows = conn.execute(_SUBSTRING[kind], {**params, "s": run}).scalars()
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
-    return lists
-
 
 _HAS_VECTORS = text(
     "SELECT 1 FROM embeddings WHERE user_id = :uid AND conversation_id = :cid "
@@ -231,15 +82,27 @@ _HAS_VECTORS = text(
 
 
 def _nearest_sql(dim: int) -> Any:
-    # The cast and the `dim` condition are those of the partial HNSW index of this
-    # dimension (migration 0011), so the planner can use it.
-    vec = f"CAST(embedding AS vector({dim}))"
-    query = f"CAST(:q AS vector({dim}))"
-    return text(
-        f"SELECT kind, item_id, 1 - ({vec} <=> {query}) AS similarity FROM embeddings "
-        f"WHERE dim = {dim} AND user_id = :uid AND conversation_id = :cid AND model = :model "
-        f"AND embedding IS NOT NULL ORDER BY {vec} <=> {query} LIMIT :n"
+    # The order is that of the partial HNSW index of this dimension (migration 0017:
+    # the vectors cast to halfvec, the same cast and `dim` condition here, so the
+    # planner can use it); the similarity is computed from the full vector.
+    full = f"CAST(embedding AS vector({dim})) <=> CAST(:q AS vector({dim}))"
+    order = (
+        f"CAST(embedding AS halfvec({dim})) <=> CAST(:q AS halfvec({dim}))"
+        if dim in HNSW_DIMENSIONS
+        else full
     )
+    return text(
+        f"SELECT kind, item_id, 1 - ({full}) AS similarity FROM embeddings "
+        f"WHERE dim = {dim} AND user_id = :uid AND conversation_id = :cid AND model = :model "
+        f"AND embedding IS NOT NULL ORDER BY {order} LIMIT :n"
+    )
+
+
+#: The HNSW scan's settings for one transaction, in one round trip.
+_HNSW_SETTINGS = text(
+    "SELECT set_config('hnsw.ef_search', :ef, true), "
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+)
 
 
 _INSERT_EMBEDDING = text(
@@ -276,7 +139,7 @@ class PostgresSearch:
         taken = known[0] if known is not None and fresh else now
 
         def work(conn: Connection) -> Lexical:
-            lists = _lexical(conn, scope, kinds, tsq, grams, short_cjk, n, sizes)
+            lists = lexical_lists(conn, scope, kinds, tsq, grams, short_cjk, n, sizes)
             if len(self._sizes) >= _SIZES_KEPT:
                 self._sizes.pop(next(iter(self._sizes)))
             self._sizes[key] = (taken, sizes)
@@ -302,8 +165,7 @@ class PostgresSearch:
         literal = vector_literal(qvec)
 
         def nearest(conn: Connection) -> list[tuple[str, int, float]]:
-            conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, n)}"))
-            conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+            conn.execute(_HNSW_SETTINGS, {"ef": str(max(EF_SEARCH, n))})
             rows = conn.execute(_nearest_sql(dim), {**params, "q": literal, "n": n}).all()
             # relaxed_order: the index may return a few out of order; the scores decide.
             found = [(str(r.kind), int(r.item_id), float(r.similarity)) for r in rows]

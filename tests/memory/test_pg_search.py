@@ -48,7 +48,7 @@ async def test_the_scoped_vector_query_can_use_the_hnsw_index_and_stays_in_scope
         )  # fmt: skip
         return "\n".join(r[0] for r in rows)
 
-    assert "ix_embeddings_hnsw_384" in await pg.run(plan)
+    assert "ix_embeddings_hnsw_half_384" in await pg.run(plan)
     await memory.aclose()
 
 
@@ -108,7 +108,7 @@ async def test_cjk_and_words_stay_in_scope(pg: Database) -> None:
 async def test_a_large_scope_leaves_common_words_out_of_the_match_but_ranks_the_same(
     pg: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bot.memory.pg_search as pg_search
+    import bot.memory.pg_words as pg_words
 
     ledger = Ledger(pg)
     ann, first, _ = await say(ledger, scope_for("ann"), "the zebra crossed with a cat")
@@ -116,8 +116,8 @@ async def test_a_large_scope_leaves_common_words_out_of_the_match_but_ranks_the_
         await say(ledger, scope_for("ann"), f"a cat slept on mat {i}")
     _, last, _ = await say(ledger, scope_for("ann"), "a zebra again")
     exact = await Memory(pg).search(ann, "zebra cat", k=5)
-    monkeypatch.setattr(pg_search, "PRUNE_ABOVE", 10)
-    monkeypatch.setattr(pg_search, "COMMON_SHARE", 0.5)  # "cat" is in most rows: common
+    monkeypatch.setattr(pg_words, "PRUNE_ABOVE", 10)
+    monkeypatch.setattr(pg_words, "COMMON_SHARE", 0.5)  # "cat" is in most rows: common
     pruned = await Memory(pg).search(ann, "zebra cat", k=5)
     assert pruned[0].id == exact[0].id == last  # newest of the rare word's rows
     assert {h.id for h in pruned[:2]} == {first, last}  # both rows of the rare word
