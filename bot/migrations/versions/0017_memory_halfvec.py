@@ -12,7 +12,10 @@ scoped nearest-neighbour query about 40% faster (docs/benchmarks.md). The column
 keeps full precision: the index only orders, and the similarity is computed from
 the full vector (bot/memory/pg_search.py).
 
-Building the new indexes reads every stored vector: minutes at 100k vectors.
+Building the new indexes reads every stored vector: minutes at 100k vectors, with
+writes to `embeddings` waiting. A large deployment can build them first, without
+blocking writes (`CREATE INDEX CONCURRENTLY ix_embeddings_hnsw_half_384 ...`, the
+statement below): the migration keeps an index of that name.
 """
 
 from collections.abc import Sequence
@@ -33,7 +36,7 @@ def upgrade() -> None:
     for dim in _DIMENSIONS:
         op.execute(f"DROP INDEX IF EXISTS ix_embeddings_hnsw_{dim}")
         op.execute(
-            f"CREATE INDEX ix_embeddings_hnsw_half_{dim} ON embeddings USING hnsw "
+            f"CREATE INDEX IF NOT EXISTS ix_embeddings_hnsw_half_{dim} ON embeddings USING hnsw "
             f"((CAST(embedding AS halfvec({dim}))) halfvec_cosine_ops) WHERE dim = {dim}"
         )
 
