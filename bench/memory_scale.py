@@ -362,19 +362,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             built_s = time.perf_counter() - t
             hybrid = SQLiteMemory(db, embedder=embedder)
             bm25 = SQLiteMemory(db, embedder=None, weights=SearchWeights())
+            # The machine may be shared: the load beside each timing says how much.
+            load = [round(x, 2) for x in os.getloadavg()]
             row = {
                 "in_scope": min(size, args.in_scope),
                 "build_s": round(built_s, 1),
                 **({"index_build_s": index_s} if index_s else {}),
                 "hybrid": await search_latency(hybrid, scope, queries),
                 "bm25_only": await search_latency(bm25, scope, queries),
+                "load_average": {"before": load, "after": [round(x, 2) for x in os.getloadavg()]},
             }
             result["search"][str(size)] = row
             hyb, lex = row["hybrid"], row["bm25_only"]
             print(
                 f"{size:>9,} memories ({row['in_scope']:,} in scope): hybrid p50 "
                 f"{hyb['p50_ms']} ms p99 {hyb['p99_ms']} ms; bm25 p50 {lex['p50_ms']} ms "
-                f"p99 {lex['p99_ms']} ms  (built in {built_s:.0f} s)",
+                f"p99 {lex['p99_ms']} ms  (built in {built_s:.0f} s; load average "
+                f"{row['load_average']['before'][0]} -> {row['load_average']['after'][0]})",
                 flush=True,
             )
             await hybrid.aclose()
