@@ -154,6 +154,9 @@ async def _worker(url: str, api_base: str, token: str, personas: str, name: str)
             "personas": {"dirs": [personas], "default": "tester", "watch": False},
             "memory": {"enabled": False},
             "scheduler": {"enabled": False},
+            # One reply per message: the parent counts them (a coalesced burst would
+            # leave a chat's earlier messages unanswered by design).
+            "engine": {"coalesce_bursts": False},
             "logging": {"level": "WARNING"},
             "telegram": {"token": token, "base_url": api_base},
         },
@@ -182,6 +185,10 @@ async def _worker(url: str, api_base: str, token: str, personas: str, name: str)
             services, settings.telegram, default_persona="tester", pacing=fast, poll_timeout_s=1
         )
         campaign = asyncio.create_task(leadership.run(stop))
+        if os.environ.get("BENCH_SAMPLE"):  # a folder: where each worker's CPU goes
+            from bench.cpu_sampler import serve
+
+            serve(Path(os.environ["BENCH_SAMPLE"]), name)
         try:
             await adapter.run(stop)
         finally:
@@ -196,7 +203,13 @@ async def _worker(url: str, api_base: str, token: str, personas: str, name: str)
 async def _phase(
     api: Any, cpu: _Cpu, url: str, plan: list[tuple[float, int, int]], wait_s: float
 ) -> dict[str, Any]:
-    """Inject `plan` ((at_s, chat, k), sorted), wait for every reply, measure."""
+    """Inject `plan` ((at_s, chat, k), sorted), wait for every reply, measure (and,
+    with BENCH_SAMPLE set, sample where the workers' CPU goes: bench/cpu_sampler.py)."""
+    from bench import cpu_sampler
+
+    sampled = Path(os.environ["BENCH_SAMPLE"]) if os.environ.get("BENCH_SAMPLE") else None
+    if sampled is not None:
+        cpu_sampler.mark(cpu.workers, sampled)
     pg = url.startswith("postgresql")
     expected = len(plan)
     injected: dict[str, float] = {}
@@ -225,6 +238,7 @@ async def _phase(
     ended = max(arrived.values()) if arrived else time.monotonic()
     await asyncio.sleep(0.3)  # the last settles land in the counters
     after = cpu.sample()
+    where = await cpu_sampler.collect(cpu.workers, sampled, len(arrived)) if sampled else None
     latencies = [(arrived[k] - injected[k]) * 1000 for k in arrived]
     elapsed = ended - started
     result: dict[str, Any] = {
@@ -247,6 +261,8 @@ async def _phase(
         result["pg_per_message"] = {
             k: round((now[k] - counters[k]) / per, 1) for k in ("commits", "inserted", "updated")
         }
+    if where is not None:
+        result["where"] = where
     api.on_sent = None
     return result
 

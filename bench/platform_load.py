@@ -42,7 +42,10 @@ Prints, and writes to bench/results/platform_load.json.
 a burst of `--people` chats × `--messages` at once (turns/s), then `--rate`
 messages/s for 5 s (p50/p99), CPU per message split between the workers, the
 PostgreSQL server and the fake platform, and PostgreSQL's transactions and rows
-written per message.
+written per message. `--sample` adds, per phase, where the workers' CPU went
+(`where`: ms per message by part, database calls and statements per message by
+the step that made them, group commit's counters; bench/cpu_sampler.py), at the
+cost of a few percent more CPU.
 
 Targets on the 2-core reference machine: paced, >= 200 messages/s, zero lost;
 burst, >= 28 replies/s sustained and never more than 30 sends in one second;
@@ -405,6 +408,11 @@ def main() -> None:
         default=None,
         help="--workers: the database (default: a private PostgreSQL; sqlite:///… runs 1)",
     )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="--workers: also sample where each worker's CPU goes (bench/cpu_sampler.py)",
+    )
     args = parser.parse_args()
     names = list(RUNS) if args.platform == "all" else [args.platform]
     runs = {name: _plain(RUNS[name], args) for name in names}
@@ -461,6 +469,8 @@ def _worker_runs(args: Any) -> dict[str, Callable[[], Coroutine[Any, Any, dict[s
 
     url = args.database_url
     kind = "sqlite" if url is not None and url.startswith("sqlite") else "pg"
+    if args.sample:  # the workers inherit it; each phase's breakdown lands in "where"
+        os.environ["BENCH_SAMPLE"] = tempfile.mkdtemp(prefix="bench-sample-")
     runs: dict[str, Callable[[], Coroutine[Any, Any, dict[str, Any]]]] = {}
     for count in (int(n) for n in str(args.workers).split(",")):
 

@@ -6,10 +6,10 @@ directory or a file that is not a SQLite database with a clear `StorageError`
 before anything is written; with `must_exist` (commands that only read) a missing
 file is refused instead of created (`check_database` is that check alone).
 A server database (PostgreSQL) gets a bounded pool (`PoolOptions`: at most
-`size + max_overflow` connections per process, a checkout waits `timeout_s`),
-pre-ping (a connection the server dropped is replaced, not handed out), a connect
-timeout and UTC as the session time zone; a server that cannot be reached is a
-`StorageError` naming the URL with its credentials masked.
+`size + max_overflow` connections per process, a checkout waits `timeout_s`), a
+check at checkout (a connection the server dropped is replaced, not handed out:
+`bot.db_pool`), a connect timeout and UTC as the session time zone; a server that
+cannot be reached is a `StorageError` naming the URL with its credentials masked.
 `upgrade` applies the Alembic migrations shipped in `bot/migrations/` (the same
 thing `bot db upgrade` runs); on PostgreSQL under an advisory lock, so workers that
 start together migrate one after another. SQLite's file checks and pragmas live in
@@ -22,10 +22,8 @@ import asyncio
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,15 +33,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.db_errors import TRANSIENT_ATTEMPTS as _TRANSIENT_ATTEMPTS
 from bot.db_errors import reason as _reason
 from bot.db_errors import storable
 from bot.db_errors import storage_error as _storage_error
-from bot.db_errors import transient as _transient
 from bot.db_errors import unreachable as _unreachable
+from bot.db_group import GroupCommit, GroupStats, Job, hand_back
+from bot.db_pool import server_options, watch_checkouts
 from bot.db_sqlite import SQLITE_HEADER, sqlite_path
 from bot.db_sqlite import check_sqlite_file as _check_sqlite_file
 from bot.db_sqlite import sqlite_begin as _sqlite_begin
@@ -55,6 +53,7 @@ from bot.logs import redact_text
 __all__ = [
     "SQLITE_HEADER",
     "Database",
+    "GroupStats",
     "PoolOptions",
     "check_database",
     "create_db_engine",
@@ -145,7 +144,7 @@ def create_db_engine(
     pool: PoolOptions | None = None,
 ) -> Engine:
     """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection,
-    server databases the bounded, pre-pinged pool of `pool` (see the module doc).
+    server databases the bounded, checked pool of `pool` (see the module doc).
 
     `read_only` engines refuse writes (SQLite: PRAGMA query_only; PostgreSQL:
     read-only transactions) and SQLite's begin deferred transactions, for readers
@@ -174,7 +173,7 @@ def create_db_engine(
     if backend == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
     else:
-        kwargs.update(_server_options(parsed, pool or PoolOptions()))
+        kwargs.update(server_options(parsed, pool or PoolOptions()))
     try:
         engine = create_engine(url, **kwargs)
     except ImportError as exc:
@@ -185,6 +184,7 @@ def create_db_engine(
         raise ConfigError(
             f"database.url = {shown}: cannot create an engine ({redact_text(str(exc))})"
         ) from None
+    watch_checkouts(engine)  # psycopg: a dropped connection is never handed out
     if backend == "postgresql" and read_only:
         # Every transaction on it begins READ ONLY (psycopg sends it with BEGIN; no
         # extra round trip), so a stray write is refused as on SQLite's reader.
@@ -203,29 +203,6 @@ def create_db_engine(
         # begin ourselves, IMMEDIATE, so writers queue on the busy timeout instead.
         event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
     return engine
-
-
-def _server_options(parsed: URL, pool: PoolOptions) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "pool_size": pool.size,
-        "max_overflow": pool.max_overflow,
-        "pool_timeout": pool.timeout_s,
-        "pool_pre_ping": True,
-        "pool_recycle": pool.recycle_s,
-    }
-    if parsed.get_backend_name() == "postgresql":
-        given = set(parsed.query)  # what the URL says itself wins
-        connect: dict[str, Any] = {}
-        if "connect_timeout" not in given:
-            connect["connect_timeout"] = max(1, round(pool.connect_timeout_s))
-        if "application_name" not in given:
-            connect["application_name"] = "personabot"
-        if "options" not in given:
-            # Times come back in UTC whatever the server's default zone; stored times
-            # are aware (timestamptz), so this changes how they read, not what they are.
-            connect["options"] = "-c timezone=UTC"
-        options["connect_args"] = connect
-    return options
 
 
 def _alembic_config() -> Config:
@@ -282,19 +259,30 @@ class Database:
     transactions into a few, and one thread hop per batch instead of per call. Other
     databases (PostgreSQL) get one thread per pooled connection (`size +
     max_overflow`, so a thread never waits for a connection another thread of ours
-    holds) and one transaction per call, READ ONLY for `read`.
+    holds); `run` groups there too (`bot.db_group`: up to `writers` of those threads
+    at once commit what queued meanwhile together, without savepoints), `read` is one
+    READ ONLY transaction per call.
     """
 
-    #: Most pieces of work committed together.
+    #: Most pieces of work committed together (SQLite).
     max_batch = 128
 
-    def __init__(self, engine: Engine, *, workers: int | None = None, readers: int = 2) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        workers: int | None = None,
+        readers: int = 2,
+        writers: int | None = None,
+    ) -> None:
         self.engine = engine
-        self._queue: queue.SimpleQueue[_Job | None] | None = None
+        self._queue: queue.SimpleQueue[Job | None] | None = None
         self._writer: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._read_engine: Engine | None = None
+        self._group: GroupCommit | None = None
+        self._group_reads: GroupCommit | None = None
         if engine.dialect.name == "sqlite" and workers in (None, 1):
             self._queue = queue.SimpleQueue()
             self._writer = threading.Thread(target=self._write_loop, name="bot-db", daemon=True)
@@ -309,11 +297,18 @@ class Database:
                     max_workers=readers, thread_name_prefix="bot-db-read"
                 )
         else:
-            self._executor = ThreadPoolExecutor(
-                max_workers=workers or _pool_capacity(engine), thread_name_prefix="bot-db"
-            )
+            threads = workers or _pool_capacity(engine)
+            self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bot-db")
+            # Fewer writers than threads: reads keep threads (and connections) of their
+            # own under a burst of writes, and what queues meanwhile is grouped.
+            write_threads = min(threads, writers or max(1, threads // 2))
+            self._group = GroupCommit(engine, self._executor, writers=write_threads)
             if engine.dialect.name == "postgresql":
                 self._read_engine = engine.execution_options(postgresql_readonly=True)
+                # Reads queued together share one READ ONLY transaction as well.
+                self._group_reads = GroupCommit(
+                    self._read_engine, self._executor, writers=max(1, threads - write_threads)
+                )
 
     @classmethod
     def open(
@@ -351,35 +346,57 @@ class Database:
         once may come out in either order."""
         return self._queue is not None
 
-    async def run(self, work: Callable[[Connection], T]) -> T:
-        """Run `work(connection)` in a transaction on the database thread; return its
+    @property
+    def group_stats(self) -> GroupStats | None:
+        """What group commit of `run` on a pool did so far (None on SQLite's writer)."""
+        return self._group.stats if self._group is not None else None
+
+    @property
+    def read_group_stats(self) -> GroupStats | None:
+        """The same for `read` on PostgreSQL (None elsewhere)."""
+        return self._group_reads.stats if self._group_reads is not None else None
+
+    async def run(self, work: Callable[[Connection], T], *, alone: bool = False) -> T:
+        """Run `work(connection)` in a transaction on a database thread; return its
         result once the transaction is committed.
 
-        On PostgreSQL `work` runs again when the server rolled its transaction back as
-        a deadlock victim (or for a serialization failure), so what it does outside
-        the connection must bear a repeat (collect, and apply after it returns)."""
+        It may share that transaction with other calls queued at the same time (group
+        commit: each in a savepoint on SQLite, none on PostgreSQL, see
+        `bot.db_group`); a work that raises still fails alone. On PostgreSQL `work`
+        may run more than once: again alone when another work of its batch failed,
+        and again when the server rolled its transaction back as a deadlock victim
+        (or for a serialization failure); so what it does outside the connection must
+        bear a repeat (collect, and apply after it returns). `alone`: never grouped on
+        PostgreSQL (a work that sets transaction-scoped state; one that forgets is
+        found out and kept alone by itself)."""
         loop = asyncio.get_running_loop()
-        if self._queue is None:
-            assert self._executor is not None
-            return await loop.run_in_executor(self._executor, self._in_transaction, work)
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop))
+        if self._group is not None:
+            self._group.submit(Job(work, future, loop, alone=alone))
+            return await future
+        assert self._queue is not None
+        self._queue.put(Job(work, future, loop))
         return await future
 
-    async def read(self, work: Callable[[Connection], T]) -> T:
+    async def read(self, work: Callable[[Connection], T], *, alone: bool = False) -> T:
         """Run read-only `work(connection)` on a committed snapshot, beside the writer.
 
         With a SQLite file this runs on a reader thread with its own connection, so a
         search neither waits behind queued writes nor holds them up; it sees everything
         committed before it began (so every awaited `run` before it). On PostgreSQL it
-        is a READ ONLY transaction on the pool. Otherwise it is `run`. `work` must
-        not write: SQLite's reader and PostgreSQL refuse it.
+        is a READ ONLY transaction on the pool, shared by the reads queued at the same
+        time as `run` shares its transactions (`bot.db_group`; `alone`: never shared,
+        e.g. a long search that should run beside the others, not after them).
+        Otherwise it is `run`. `work` must not write: SQLite's reader and PostgreSQL
+        refuse it.
         """
         loop = asyncio.get_running_loop()
+        if self._group_reads is not None:
+            future: asyncio.Future[T] = loop.create_future()
+            self._group_reads.submit(Job(work, future, loop, alone=alone))
+            return await future
         if self._readers is not None:
             return await loop.run_in_executor(self._readers, self._read_transaction, work)
-        if self._executor is not None and self._read_engine is not None:
-            return await loop.run_in_executor(self._executor, self._read_transaction, work)
         return await self.run(work)
 
     def _read_transaction(self, work: Callable[[Connection], T]) -> T:
@@ -389,20 +406,6 @@ class Database:
                 return work(conn)
         except SQLAlchemyError as exc:
             raise _storage_error(exc) from exc
-
-    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
-        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
-            try:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            except SQLAlchemyError as exc:
-                # A deadlock or serialization failure between workers rolled the
-                # whole transaction back: nothing of it is stored, so it runs again.
-                if attempt < _TRANSIENT_ATTEMPTS and _transient(exc):
-                    time.sleep(0.005 * attempt)
-                    continue
-                raise _storage_error(exc) from exc
-        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _write_loop(self) -> None:
         assert self._queue is not None
@@ -421,7 +424,7 @@ class Database:
                     stop = True
                     break
                 batch.append(more)
-            group: list[_Job] = []
+            group: list[Job] = []
             for item in batch:
                 if not item.bare:
                     group.append(item)
@@ -435,7 +438,7 @@ class Database:
             if stop:
                 return
 
-    def _run_bare(self, job: _Job) -> None:
+    def _run_bare(self, job: Job) -> None:
         error: BaseException | None = None
         result: Any = None
         try:
@@ -450,11 +453,10 @@ class Database:
             error = StorageError(f"database error: {exc}")
         except Exception as exc:
             error = exc
-        with suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(_resolve, [(job, result, error)])
+        hand_back([(job, result, error)])
 
-    def _run_batch(self, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+    def _run_batch(self, batch: list[Job]) -> None:
+        outcomes: list[tuple[Job, Any, BaseException | None]] = []
         try:
             with self.engine.begin() as conn:
                 if len(batch) == 1:
@@ -470,12 +472,7 @@ class Database:
         except Exception as exc:  # the commit (or a single piece) failed: nothing is stored
             error = _storage_error(exc) if isinstance(exc, SQLAlchemyError) else exc
             outcomes = [(job, None, error) for job in batch]
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome[0].loop, []).append(outcome)
-        for loop, items in by_loop.items():
-            with suppress(RuntimeError):  # that loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(_resolve, items)
+        hand_back(outcomes)
 
     async def checkpoint(self, *, attempts: int = 3) -> None:
         """Copy every WAL frame into the database file and truncate the WAL to zero bytes.
@@ -498,7 +495,7 @@ class Database:
 
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[int, int, int]] = loop.create_future()
-        self._queue.put(_Job(work, future, loop, bare=True))
+        self._queue.put(Job(work, future, loop, bare=True))
         busy, _log, _done = await future
         if busy:
             raise StorageError(
@@ -528,22 +525,3 @@ def _pool_capacity(engine: Engine) -> int:
     if callable(size):
         return max(1, int(size()) + max(0, int(overflow)))
     return 8
-
-
-@dataclass(frozen=True, slots=True)
-class _Job:
-    work: Callable[[Any], Any]
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    #: Runs alone on a raw DB-API connection, outside any transaction (a checkpoint).
-    bare: bool = False
-
-
-def _resolve(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for job, result, error in items:
-        if job.future.done():  # the caller was cancelled
-            continue
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)

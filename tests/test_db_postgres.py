@@ -1,5 +1,6 @@
-"""bot.db on PostgreSQL: migrations, the bounded pool, pre-ping, and errors a person can
-act on (one line, credentials masked); the contract cases run on SQLite too."""
+"""bot.db on PostgreSQL: migrations, the bounded pool, the check of a connection at
+checkout, and errors a person can act on (one line, credentials masked); the contract
+cases run on SQLite too. Group commit on the pool: tests/test_db_group.py."""
 
 from __future__ import annotations
 
@@ -146,7 +147,8 @@ async def test_the_pool_bounds_connections_to_the_server(
 
 async def test_a_full_pool_is_a_clear_error_after_its_timeout(postgres_url: str) -> None:
     engine = create_db_engine(postgres_url, pool=PoolOptions(size=1, max_overflow=0, timeout_s=0.2))
-    db = Database(engine, workers=2)  # more threads than connections, on purpose
+    # More threads (and writers) than connections, on purpose.
+    db = Database(engine, workers=2, writers=2)
     entered, release = threading.Event(), threading.Event()
 
     def hold(conn: Connection) -> None:
@@ -184,7 +186,7 @@ async def test_a_connection_the_server_dropped_is_replaced_not_handed_out(
             {"db": database},
         )
     admin.dispose()
-    # Pre-ping notices the dead connection at checkout and opens a new one.
+    # The checkout's look at the socket notices the dead connection, opens a new one.
     assert await db.run(lambda c: c.execute(text("SELECT 2")).scalar_one()) == 2
     await db.aclose()
 
@@ -366,7 +368,8 @@ def test_bot_db_upgrade_and_current_on_postgres_and_an_unreachable_one(
 
 async def test_a_deadlock_victim_is_run_again_and_both_commit(postgres_url: str) -> None:
     # Two transactions take two rows in opposite orders: PostgreSQL aborts one as the
-    # deadlock victim; Database runs it again, so both callers see success.
+    # deadlock victim; Database runs it again, so both callers see success. Each runs
+    # alone: grouped into one transaction they would wait for each other's event.
     db = Database.open(postgres_url)
     await db.run(lambda c: c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")))
     await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1, 0), (2, 0)")))
@@ -384,7 +387,9 @@ async def test_a_deadlock_victim_is_run_again_and_both_commit(postgres_url: str)
 
         return work
 
-    await asyncio.gather(db.run(crossing(0, 1, 2)), db.run(crossing(1, 2, 1)))
+    await asyncio.gather(
+        db.run(crossing(0, 1, 2), alone=True), db.run(crossing(1, 2, 1), alone=True)
+    )
     assert sorted(runs) == [1, 2]  # the victim ran once more
     rows = await db.read(lambda c: c.execute(text("SELECT n FROM t ORDER BY id")).all())
     assert [tuple(r) for r in rows] == [(2,), (2,)]  # each transaction counted once
