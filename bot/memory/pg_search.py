@@ -171,7 +171,9 @@ class PostgresSearch:
             found = [(str(r.kind), int(r.item_id), float(r.similarity)) for r in rows]
             return sorted(found, key=lambda f: -f[2])
 
-        return await self.db.read(nearest)
+        # Alone: it sets transaction-scoped settings (bot.db_group would stop it in a
+        # shared read and run it again alone), and it runs beside the word lists.
+        return await self.db.read(nearest, alone=True)
 
     def store_vectors(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:
         import numpy as np

@@ -215,9 +215,10 @@ class Memory:
         n = max(weights.candidates, k)
         lexical = self.search_backend.lexical(scope, kinds, query, n)
         # Full-text ranking on a reader while the query is embedded and the vectors
-        # compared: the lists are independent until they are fused.
+        # compared: the lists are independent until they are fused. Alone: beside the
+        # vector query, never queued into one shared read with it (bot.db_group).
         ranked, dense = await both(
-            self.db.read(lexical), self._dense_ranked(scope, query, kinds, n)
+            self.db.read(lexical, alone=True), self._dense_ranked(scope, query, kinds, n)
         )
         lists: list[tuple[Sequence[tuple[str, int]], float]] = [
             (lst, weights.bm25) for lst in ranked
