@@ -259,9 +259,10 @@ class Database:
     transactions into a few, and one thread hop per batch instead of per call. Other
     databases (PostgreSQL) get one thread per pooled connection (`size +
     max_overflow`, so a thread never waits for a connection another thread of ours
-    holds); `run` groups there too (`bot.db_group`: up to `writers` of those threads
-    at once commit what queued meanwhile together, without savepoints), `read` is one
-    READ ONLY transaction per call.
+    holds); `run` groups there too (`bot.db_group`: up to `writers` of those threads,
+    half of them by default, at once commit what queued meanwhile together, without
+    savepoints), and on PostgreSQL the other threads do the same for `read`, each
+    batch one READ ONLY transaction.
     """
 
     #: Most pieces of work committed together (SQLite).
