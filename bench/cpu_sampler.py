@@ -57,7 +57,7 @@ CATEGORIES: list[tuple[str, str, str]] = [
     ("bot: inbox", "/bot/inbox/", ""),
     ("bot: cluster", "/bot/cluster/", ""),
     ("bot: ledger", "/bot/memory/", ""),
-    ("bot: engine", "/bot/engine.py", ""),
+    ("bot: engine", "/bot/engine", ""),  # bot/engine.py and its bot/engine_*.py parts
     ("bot: other", "/bot/", ""),
     ("adapters", "/adapters/", ""),
     ("asyncio loop", "/asyncio/", ""),
