@@ -33,57 +33,43 @@ three after this module's transaction):
 - the WAL is checkpointed and truncated (`Database.checkpoint`).
 
 Everything here runs on the database thread, inside one transaction.
+
+Which rows a target covers is `forget_targets`; the vectors beyond the items'
+own, `forget_vectors`; what is rewritten rather than deleted, `forget_scrub`;
+the dialect of the SQL, `forget_sql`. The deletion is here, and every public
+name is re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import Connection, TextClause, inspect, text
+from sqlalchemy import Connection
+
+from bot.memory.forget_scrub import _clear_inbox, _rewrite_indexes, _scrub_safety
+from bot.memory.forget_sql import _IN, _TYPE_NAME, _json, _sql
+from bot.memory.forget_targets import (
+    ForgetRefused,
+    Target,
+    _check_owner,
+    _everything,
+    _facts_from,
+    _summaries_over,
+    _with_replaced,
+    _with_replies,
+    parse_target,
+)
+from bot.memory.forget_vectors import (
+    TOMBSTONE,
+    _cached_scopes,
+    _drop_neighbour_vectors,
+    _tombstones,
+    _vector_scopes,
+)
 
 __all__ = ["TOMBSTONE", "ForgetRefused", "Forgotten", "Target", "forget_rows", "parse_target"]
-
-_SPOKEN = "('message', 'proactive', 'greeting')"
-#: The `embeddings.kind` of a row without a vector that a forget writes for each
-#: conversation (and model) it took vectors from: every process that caches that
-#: scope's vectors sees it with its next search's new rows, and loads them again.
-TOMBSTONE = "forget"
-_TABLES = {"fact": "facts", "summary": "summaries", "message": "messages"}
-_PREFIX = {"f": "fact", "s": "summary", "m": "message"}
-#: The FTS5 indexes over each table (migration 0002).
-_FTS = {"messages": ("messages_fts", "messages_fts_tri"), "facts": ("facts_fts", "facts_fts_tri")}
-
-
-class ForgetRefused(PermissionError):
-    """A forget request named a memory that is not the requester's (nothing deleted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a person asked to forget: one item, or everything (`kind == "all"`)."""
-
-    kind: Literal["message", "fact", "summary", "all"]
-    item: int = 0
-
-    @property
-    def ref(self) -> str:
-        """The id as people write it: `m45`, `f12`, `s3` or `all`."""
-        return "all" if self.kind == "all" else f"{self.kind[0]}{self.item}"
-
-
-def parse_target(target: str) -> Target:
-    """`f12`, `s3`, `m45` or `all` (any case, spaces around); `ValueError` otherwise."""
-    cleaned = target.strip().lower()
-    if cleaned == "all":
-        return Target("all")
-    kind = _PREFIX.get(cleaned[:1])
-    digits = cleaned[1:]
-    if kind is None or not digits.isascii() or not digits.isdigit() or len(digits) > 18:
-        raise ValueError(f"{target!r} is not a memory id (f12, s3, m45) or 'all'")
-    return Target(kind, int(digits))  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -125,118 +111,6 @@ def forget_rows(
     return _delete(
         conn, user_id, messages, facts, summaries, everything=everything, persona_id=persona_id
     )
-
-
-def _check_owner(conn: Connection, user_id: int, target: Target) -> None:
-    table = _TABLES[target.kind]
-    owner = conn.execute(
-        text(f"SELECT user_id FROM {table} WHERE id = :id"), {"id": target.item}
-    ).first()
-    if owner is None:
-        raise KeyError(f"no memory {target.ref}")
-    if owner.user_id != user_id:
-        raise ForgetRefused(f"memory {target.ref} is not yours; nothing was deleted")
-
-
-def _sql(conn: Connection, sql: str) -> TextClause:
-    """`sql`, written in SQLite's dialect, with the few fragments that PostgreSQL
-    spells differently swapped in when `conn` is PostgreSQL."""
-    if conn.dialect.name == "postgresql":
-        for sqlite_form, pg_form in _PG_FORMS:
-            sql = sql.replace(sqlite_form, pg_form)
-    return text(sql)
-
-
-def _ids(conn: Connection, sql: str, **params: Any) -> list[int]:
-    return [int(i) for i in conn.execute(_sql(conn, sql), params).scalars()]
-
-
-def _json(ids: Iterable[int]) -> str:
-    return json.dumps(sorted(set(ids)))
-
-
-_IN = "(SELECT value FROM json_each(:ids))"
-_TYPE_NAME = (
-    "(CASE WHEN error_type GLOB '*[^A-Za-z0-9_.]*' OR length(error_type) > 64 "
-    "THEN 'error' ELSE error_type END)"
-)
-_PERSONA_NULL = ":persona IS NULL"
-_PG_FORMS = [
-    *(
-        (f"(SELECT value FROM json_each(:{p}))",
-         f"(SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST(:{p} AS jsonb)))")
-        for p in ("ids", "m", "f", "s")
-    ),
-    ("json_each(f.source_ids) j WHERE f.user_id = :uid AND j.value IN",
-     "jsonb_array_elements_text(CAST(f.source_ids AS jsonb)) AS j(value) "
-     "WHERE f.user_id = :uid AND CAST(j.value AS bigint) IN"),
-    ("error_type GLOB '*[^A-Za-z0-9_.]*'", "error_type ~ '[^A-Za-z0-9_.]'"),
-    ("json_each(:forms) f WHERE instr(inbox_events.payload, f.value) > 0",
-     "jsonb_array_elements_text(CAST(:forms AS jsonb)) AS f(value) "
-     "WHERE strpos(inbox_events.payload, f.value) > 0"),
-    (_PERSONA_NULL, "CAST(:persona AS VARCHAR) IS NULL"),
-]  # fmt: skip
-
-
-def _everything(
-    conn: Connection, user_id: int, persona_id: str | None
-) -> tuple[list[int], list[int], list[int]]:
-    persona = "(:persona IS NULL OR persona_id = :persona)"
-    params = {"uid": user_id, "persona": persona_id}
-    return (
-        _ids(conn, f"SELECT id FROM messages WHERE user_id = :uid AND {persona}", **params),
-        _ids(conn, f"SELECT id FROM facts WHERE user_id = :uid AND {persona}", **params),
-        _ids(conn, f"SELECT id FROM summaries WHERE user_id = :uid AND {persona}", **params),
-    )
-
-
-def _with_replies(conn: Connection, user_id: int, message_id: int) -> list[int]:
-    replies = _ids(
-        conn,
-        "SELECT r.id FROM messages r JOIN messages m ON m.id = r.reply_to_id "
-        "WHERE r.reply_to_id = :id AND r.direction = 'out' AND m.direction = 'in' "
-        "AND r.user_id = :uid",
-        id=message_id,
-        uid=user_id,
-    )
-    return [message_id, *replies]
-
-
-def _facts_from(conn: Connection, user_id: int, messages: Sequence[int]) -> list[int]:
-    return _ids(
-        conn,
-        "SELECT DISTINCT f.id FROM facts f, json_each(f.source_ids) j "
-        f"WHERE f.user_id = :uid AND j.value IN {_IN}",
-        uid=user_id,
-        ids=_json(messages),
-    )
-
-
-def _summaries_over(conn: Connection, user_id: int, messages: Sequence[int]) -> list[int]:
-    return _ids(
-        conn,
-        "SELECT DISTINCT s.id FROM summaries s JOIN messages m ON m.conversation_id = "
-        "s.conversation_id AND m.id BETWEEN s.first_message_id AND s.last_message_id "
-        f"WHERE s.user_id = :uid AND m.id IN {_IN}",
-        uid=user_id,
-        ids=_json(messages),
-    )
-
-
-def _with_replaced(conn: Connection, user_id: int, facts: Sequence[int]) -> list[int]:
-    """`facts` and, transitively, the older facts they superseded."""
-    found = set(facts)
-    frontier = set(facts)
-    while frontier:
-        older = _ids(
-            conn,
-            f"SELECT id FROM facts WHERE user_id = :uid AND superseded_by IN {_IN}",
-            uid=user_id,
-            ids=_json(frontier),
-        )
-        frontier = set(older) - found
-        found |= frontier
-    return sorted(found)
 
 
 def _delete(
@@ -359,137 +233,3 @@ def _touched(counts: dict[str, int], embeddings: int) -> list[str]:
     if counts.get("messages"):
         tables.add("messages")  # reply_to_id cleared on the rows that answered it
     return sorted(tables)
-
-
-def _cached_scopes(
-    conn: Connection, user_id: int, mids: str, fids: str, sids: str
-) -> list[tuple[int, str]]:
-    """The (conversation, model) pairs whose vectors a process may hold in memory."""
-    rows = conn.execute(
-        _sql(
-            conn,
-            "SELECT DISTINCT conversation_id, model FROM embeddings WHERE user_id = :uid "
-            "AND conversation_id IN ("
-            f"SELECT conversation_id FROM messages WHERE id IN {_IN.replace(':ids', ':m')} "
-            f"UNION SELECT conversation_id FROM facts WHERE id IN {_IN.replace(':ids', ':f')} "
-            f"UNION SELECT conversation_id FROM summaries WHERE id IN {_IN.replace(':ids', ':s')})",
-        ),
-        {"uid": user_id, "m": mids, "f": fids, "s": sids},
-    ).all()
-    return [(int(r.conversation_id), str(r.model)) for r in rows]
-
-
-def _vector_scopes(conn: Connection, user_id: int, persona_id: str | None) -> list[tuple[int, str]]:
-    rows = conn.execute(
-        _sql(
-            conn,
-            "SELECT DISTINCT e.conversation_id, e.model FROM embeddings e "
-            "JOIN conversations c ON c.id = e.conversation_id WHERE e.user_id = :uid "
-            "AND (:persona IS NULL OR c.persona_id = :persona)",
-        ),
-        {"uid": user_id, "persona": persona_id},
-    ).all()
-    return [(int(r.conversation_id), str(r.model)) for r in rows]
-
-
-def _tombstones(conn: Connection, user_id: int, scopes: Sequence[tuple[int, str]]) -> None:
-    for cid, model in scopes:
-        conn.execute(
-            text(
-                "INSERT OR REPLACE INTO embeddings (kind, item_id, user_id, conversation_id, "
-                "model, dim, vector, created_at) VALUES (:kind, :item, :uid, :cid, :model, 0, "
-                "x'', strftime('%Y-%m-%d %H:%M:%f', 'now'))"
-            ),
-            # One per person and conversation: replaced (with a new, larger id) each time.
-            {"kind": TOMBSTONE, "item": (user_id << 32) | cid, "uid": user_id, "cid": cid,
-             "model": model},
-        )  # fmt: skip
-
-
-def _scrub_safety(conn: Connection, where: str, params: dict[str, Any]) -> int:
-    """Keep that a safety event happened (a crisis stays in the moderators' record and
-    its pause stands) but drop what it quoted: the matched phrase, the blocked reply's
-    excerpt and the reason text live in `details` and `reason`."""
-    if not inspect(conn).has_table("safety_events"):
-        return 0
-    return conn.execute(
-        _sql(
-            conn,
-            "UPDATE safety_events SET details = '{\"forgotten\": true}', "
-            "reason = check_name || ': ' || verdict || ' (details removed with a forgotten "
-            f"message)', message_id = NULL WHERE {where}",
-        ),
-        params,
-    ).rowcount
-
-
-def _clear_inbox(conn: Connection, mids: str) -> int:
-    """Clear the raw payloads of handled (`done` or `failed`) inbox events of the same
-    platform and chat that carry a forgotten message's text, as the inbox's own
-    pruning clears old ones (a cleared event cannot be replayed into a message
-    again). Pending events are new messages, not these."""
-    if not inspect(conn).has_table("inbox_events"):
-        return 0
-    rows = conn.execute(
-        _sql(
-            conn,
-            "SELECT m.text, c.platform, c.channel FROM messages m "
-            f"JOIN conversations c ON c.id = m.conversation_id WHERE m.id IN {_IN}",
-        ),
-        {"ids": mids},
-    ).all()
-    cleared = 0
-    for platform, channel in {(r.platform, r.channel) for r in rows}:
-        forms: set[str] = set()
-        for r in rows:
-            if (r.platform, r.channel) == (platform, channel) and r.text.strip():
-                # As received, or as JSON writes it (escaped, with or without ASCII).
-                forms |= {
-                    r.text,
-                    json.dumps(r.text)[1:-1],
-                    json.dumps(r.text, ensure_ascii=False)[1:-1],
-                }
-        cleared += conn.execute(
-            _sql(
-                conn,
-                "UPDATE inbox_events SET payload = '' WHERE status IN ('done', 'failed') "
-                "AND platform = :platform AND (chat IS NULL OR chat = :channel) "
-                "AND payload != '' AND EXISTS (SELECT 1 FROM json_each(:forms) f "
-                "WHERE instr(inbox_events.payload, f.value) > 0)",
-            ),
-            {"platform": platform, "channel": channel, "forms": json.dumps(sorted(forms))},
-        ).rowcount
-    return cleared
-
-
-def _drop_neighbour_vectors(conn: Connection, places: Sequence[Any]) -> list[int]:
-    """The person's next turn after each deleted message: its vector was embedded
-    with the deleted text as context, so it goes (the caller embeds it again)."""
-    after = set()
-    for row in places:
-        nxt = conn.execute(
-            _sql(
-                conn,
-                "SELECT min(id) FROM messages WHERE conversation_id = :cid AND user_id = :uid "
-                f"AND id > :id AND deleted_at IS NULL AND kind IN {_SPOKEN}",
-            ),
-            {"cid": row.conversation_id, "uid": row.user_id, "id": row.id},
-        ).scalar()
-        if nxt is not None:
-            after.add(int(nxt))
-    if not after:
-        return []
-    had = _ids(
-        conn,
-        f"DELETE FROM embeddings WHERE kind = 'message' AND item_id IN {_IN} RETURNING item_id",
-        ids=_json(after),
-    )
-    return sorted(set(had))
-
-
-def _rewrite_indexes(conn: Connection, table: str) -> None:
-    """Merge the table's FTS5 indexes into one segment each, which drops the terms of
-    deleted rows (their tombstones cancel them) instead of leaving them in older
-    segments. Costs a rewrite of the index: forgetting is rare, and must be complete."""
-    for index in _FTS[table]:
-        conn.execute(text(f"INSERT INTO {index}({index}) VALUES ('optimize')"))
