@@ -10,6 +10,7 @@ does the same; it is installed in the adapter's context, not globally.
 
 from __future__ import annotations
 
+import asyncio
 from contextvars import Token
 from typing import Any
 
@@ -21,6 +22,11 @@ from discord.http import HTTPClient, Route
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
 __all__ = ["Routes", "make_client", "reset_webhook_routes", "use_routes_for_webhooks"]
+
+#: After a request is cancelled during a global 429, when later requests may go
+#: again (Discord's global waits are under a second; one that goes too early is
+#: answered 429 and waits that out).
+GLOBAL_REOPEN_S = 1.0
 
 
 class Routes:
@@ -65,7 +71,21 @@ class RoutedHTTPClient(HTTPClient):
 
     async def request(self, route: Route, **kwargs: Any) -> Any:
         route.url = self.routes.rebase(route.url)
-        return await super().request(route, **kwargs)
+        try:
+            return await super().request(route, **kwargs)
+        except asyncio.CancelledError:
+            self._reopen_global()
+            raise
+
+    def _reopen_global(self) -> None:
+        # discord.py clears `_global_over` while a request sleeps off a global 429 and
+        # sets it again only when that sleep ends normally. A request cancelled in the
+        # sleep (a typing indicator given up on, a turn past its timeout, a lane
+        # cancelled) would leave every later request of this client waiting for ever
+        # (seen as chats whose replies never left after a burst of 429s).
+        over = getattr(self, "_global_over", None)
+        if isinstance(over, asyncio.Event) and not over.is_set():
+            self.loop.call_later(GLOBAL_REOPEN_S, over.set)
 
     async def ws_connect(self, url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
         return await super().ws_connect(self.routes.gateway_for(url), compress=compress)

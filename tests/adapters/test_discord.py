@@ -90,6 +90,30 @@ async def interact(fake: FakeDiscord, payload: dict[str, Any]) -> dict[str, Any]
 # -- conversations ----------------------------------------------------------------------
 
 
+async def test_a_request_cancelled_in_a_global_429_does_not_stop_every_later_one(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    """discord.py closes its global gate while a request sleeps off a global 429 and
+    opens it only when that sleep ends: the typing indicator, cancelled when its turn
+    ends in the middle of that sleep, must not leave every later request waiting."""
+
+    async def slow(request: ChatRequest) -> str:
+        await asyncio.sleep(0.5)  # the turn ends while the typing request sleeps
+        return voiced(request)
+
+    bot = await discord_bot(slow, **CONFIG)
+    dm = discord_fake.dm_channel(ANN)
+    discord_fake.script_429(f"/channels/{dm}/typing", retry_after=3.0, is_global=True)
+    await discord_fake.send_message(discord_fake.message(dm, ANN, "hello there"))
+    sent = await until(lambda: discord_fake.sent_messages(dm), timeout=15)
+    assert sent[0]["content"] == "Tess heard: hello there"
+    assert discord_fake.typing_posts(dm)  # the typing request met the global 429
+    # And the client goes on: a second message is answered too.
+    await discord_fake.send_message(discord_fake.message(dm, ANN, "still there?"))
+    await until(lambda: len(discord_fake.sent_messages(dm)) >= 2, timeout=15)
+    assert await bot.rows("select count(*) from messages where status = 'delivered'") == [(2,)]
+
+
 async def test_dm_round_trip_with_typing(
     discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
 ) -> None:

@@ -276,13 +276,17 @@ class FakeDiscord:
     # -- scripting -----------------------------------------------------------------------
 
     def script_429(self, path_prefix: str = "/channels/", *, retry_after: float = 0.2,
-                   via: bool = True, times: int = 1) -> None:  # fmt: skip
-        """The next `times` requests whose path starts with `path_prefix` get a 429."""
-        headers = {"Retry-After": str(retry_after), "X-RateLimit-Scope": "user"}
+                   via: bool = True, times: int = 1, is_global: bool = False) -> None:  # fmt: skip
+        """The next `times` requests whose path starts with `path_prefix` get a 429
+        (with `is_global`, one that says the bot's global limit was hit)."""
+        headers = {"Retry-After": str(retry_after),
+                   "X-RateLimit-Scope": "global" if is_global else "user"}  # fmt: skip
+        if is_global:
+            headers["X-RateLimit-Global"] = "true"
         if via:
             headers["Via"] = "1.1 google"
         body = {"message": "You are being rate limited.", "retry_after": retry_after,
-                "global": False}  # fmt: skip
+                "global": is_global}  # fmt: skip
         self._script.setdefault(path_prefix, []).extend(
             _Scripted(429, body, headers) for _ in range(times)
         )
