@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import structlog
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["DeliveryError", "KeyedLocks", "RateLimited", "Unreachable"]
 
 log = structlog.get_logger("adapters")
+
+#: How long a turn waits for its cancelled typing indicator to end.
+_TYPING_STOP_S = 1.0
 
 K = TypeVar("K")
 
@@ -135,8 +138,10 @@ class _Delivery:
             yield
         finally:
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            # Waited for briefly, never for good: a platform library that does not
+            # end a request promptly on cancel must not hold up the turn (and its
+            # chat's lane) for a cosmetic indicator.
+            await asyncio.wait({task}, timeout=_TYPING_STOP_S)
 
     def _typing_allowed(self) -> bool:
         # Under a backlog (more events in hand than a second of sends), the replies
