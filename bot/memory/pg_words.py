@@ -161,7 +161,6 @@ def lexical_lists(
     for kind in kinds:
         if kind == "summary":
             continue
-        found: list[tuple[str, int]]
         if tsq is not None:
             terms = tsq.split(" | ")
             stats = sizes.get(kind)
@@ -177,19 +176,19 @@ def lexical_lists(
                 {**params, **words, "q": tsq, "cap": cap, "docs": max(docs, 1),
                  "mean_len": mean_len},
             ).scalars()  # fmt: skip
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
+            _keep(lists, kind, rows)
         if grams:
             gram_params = {f"p{i}": f"%{g}%" for i, g in enumerate(grams)}
             gram_params |= {f"g{i}": g for i, g in enumerate(grams)}
             rows = conn.execute(_trigram_sql(kind, len(grams)), {**params, **gram_params}).scalars()
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
+            _keep(lists, kind, rows)
         for run in short_cjk[:8]:  # too short for trigrams: a substring scan of the scope
-            rows = conn.execute(_SUBSTRING[kind], {**params, "s": run}).scalars()
-            found = [(kind, int(i)) for i in rows]
-            if found:
-                lists.append(found)
+            _keep(lists, kind, conn.execute(_SUBSTRING[kind], {**params, "s": run}).scalars())
     return lists
+
+
+def _keep(lists: Lexical, kind: Kind, ids: Any) -> None:
+    """Add one ranked list of `kind` ids to `lists`, unless it is empty."""
+    found: list[tuple[str, int]] = [(kind, int(i)) for i in ids]
+    if found:
+        lists.append(found)
