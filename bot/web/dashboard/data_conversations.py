@@ -13,9 +13,9 @@ from sqlalchemy import Connection, and_, exists, func, or_, select
 from bot.web.dashboard.data_tables import (
     PAGE,
     _conv,
-    _like,
+    _matches,
     _msg,
-    _prefix,
+    _person_match,
     _users,
     _utc,
 )
@@ -91,17 +91,7 @@ def _cursor(row: ConversationRow) -> str:
 def _person_ids(text: str) -> Any:
     """The ids (at most 50) of people whose platform id is `text` or whose display
     name starts with it."""
-    return (
-        select(_users.c.id)
-        .where(
-            or_(
-                _users.c.platform_user_id == text,
-                _users.c.display_name.ilike(_prefix(text), escape="\\"),
-            )
-        )
-        .limit(50)
-        .scalar_subquery()
-    )
+    return select(_users.c.id).where(_person_match(text)).limit(50).scalar_subquery()
 
 
 def list_conversations(
@@ -137,7 +127,7 @@ def list_conversations(
             exists().where(
                 _msg.c.conversation_id == c.id,
                 _msg.c.id > newest - SEARCH_WINDOW,
-                _msg.c.text.ilike(_like(where.text), escape="\\"),
+                _matches(_msg.c.text, where.text),
             )
         )
     after = parse_cursor(cursor)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, select
 
 from bot.web.dashboard.data_tables import (
     PAGE,
@@ -17,7 +17,7 @@ from bot.web.dashboard.data_tables import (
     _facts,
     _limits,
     _msg,
-    _prefix,
+    _person_match,
     _summaries,
     _users,
     _utc,
@@ -51,9 +51,7 @@ def list_people(
     u = _users.c
     stmt = select(_users).order_by(u.id.desc()).limit(limit + 1)
     if query:
-        stmt = stmt.where(
-            or_(u.platform_user_id == query, u.display_name.ilike(_prefix(query), escape="\\"))
-        )
+        stmt = stmt.where(_person_match(query))
     if platform:
         stmt = stmt.where(u.platform == platform)
     if before is not None:

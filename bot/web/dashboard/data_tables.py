@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, or_
 from sqlmodel import SQLModel
 
 import bot.memory.tables  # facts, summaries in the metadata
@@ -35,15 +36,19 @@ class NotFound(LookupError):
     """No such conversation, message or person (the page answers 404)."""
 
 
-def _like(text: str) -> str:
-    """`text` as a LIKE pattern that matches it literally anywhere (escape `\\`)."""
+def _matches(column: ColumnElement[Any], text: str, *, prefix: bool = False) -> ColumnElement[bool]:
+    """`column` holds `text` literally anywhere (or, with `prefix`, starts with it),
+    case-insensitively: LIKE's wildcards in `text` match only themselves."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    return column.ilike(f"{escaped}%" if prefix else f"%{escaped}%", escape="\\")
 
 
-def _prefix(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"{escaped}%"
+def _person_match(text: str) -> ColumnElement[bool]:
+    """A person whose platform user id is `text`, or whose display name starts with it
+    (the people list's search and the conversations list's person filter)."""
+    return or_(
+        _users.c.platform_user_id == text, _matches(_users.c.display_name, text, prefix=True)
+    )
 
 
 def _utc(value: datetime | None) -> datetime | None:
