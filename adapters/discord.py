@@ -35,6 +35,7 @@ from adapters._discord_client import (
 )
 from adapters._discord_commands import SlashCommands
 from adapters._discord_intake import DiscordIntake
+from adapters._discord_interactions import INTERACTION_KEY, DiscordInteractions
 from adapters._discord_parse import is_addressed, message_attachments, message_text
 from adapters.base import (
     Adapter,
@@ -44,9 +45,10 @@ from adapters.base import (
     RateLimited,
     Unreachable,
 )
+from bot.aio import wait_for
 from bot.config import DiscordSettings
 from bot.errors import AdapterError, BotError, ConfigError
-from bot.inbox import InboxEvent
+from bot.inbox import InboxEvent, InboxWorker
 from bot.messages import Actor, Incoming, Outgoing, Reaction, Scope
 from bot.people import place_key
 
@@ -141,6 +143,8 @@ class DiscordAdapter(Adapter):
         #: Live and caught-up messages into the inbox (while running).
         self.intake: DiscordIntake | None = None
         self.slash = SlashCommands(self)
+        #: Slash commands through the inbox (adapters/_discord_interactions.py).
+        self.interactions = DiscordInteractions(self)
         #: Set once the gateway session is ready (guilds received).
         self.ready = asyncio.Event()
 
@@ -172,6 +176,7 @@ class DiscordAdapter(Adapter):
             bound_channels=self._bound_channels(),
         )
         intake.install()
+        self.interactions.install(client)
         # Interaction answers go through discord.py's webhook adapter: this task's
         # context (and the gateway tasks started from it) routes them too.
         webhooks = use_routes_for_webhooks(self._routes)
@@ -224,6 +229,11 @@ class DiscordAdapter(Adapter):
             if webhooks is not None:
                 reset_webhook_routes(webhooks)
 
+    async def recover_more(self, worker: InboxWorker) -> int:
+        """Recovery's part for Discord alone (bot/inbox/recovery.py): the stored slash
+        command replies not yet delivered; returns how many were queued."""
+        return await self.interactions.recover(worker)
+
     def _make_client(self) -> discord.Client:
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: see _INTENTS_HELP
@@ -271,7 +281,7 @@ class DiscordAdapter(Adapter):
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
+            await wait_for(self._idle.wait(), timeout=self.drain_timeout_s)
         except TimeoutError:
             log.warning("discord.drain_timeout", replies_in_hand=self._busy)
 
@@ -315,6 +325,7 @@ class DiscordAdapter(Adapter):
         """Messages not yet committed plus events and jobs in the worker's lanes, plus
         reactions, edits and commands in hand: 0 once all that arrived is handled."""
         queued = self.intake.queued if self.intake is not None else 0
+        queued += self.interactions.queued
         backlog = self.worker.backlog if self.worker is not None else 0
         return queued + backlog + self._busy
 
@@ -396,7 +407,11 @@ class DiscordAdapter(Adapter):
     async def handle_event(self, event: InboxEvent) -> None:
         """One stored MESSAGE_CREATE (live or caught up): parsed here, answered or
         stored as context. Raises `UnparsableMessage` for a payload that is not a
-        Discord message; the inbox records it as failed and goes on."""
+        Discord message; the inbox records it as failed and goes on. An interaction
+        (a slash command) is answered by `self.interactions`."""
+        if event.key.startswith(INTERACTION_KEY):
+            await self.interactions.handle(event)
+            return
         if event.truncated:
             raise UnparsableMessage("the message was cut at the inbox's size limit")
         try:
@@ -553,7 +568,7 @@ class DiscordAdapter(Adapter):
         # in discord.py's retry loop, where it would hold a request slot.
         client = self._require_client()
         target = client.get_partial_messageable(int(scope.thread or scope.channel))
-        await asyncio.wait_for(target.typing(), timeout=_TYPING_TIMEOUT_S)
+        await wait_for(target.typing(), timeout=_TYPING_TIMEOUT_S)
 
     # -- reactions, edits, deletions ----------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "FollowUp",
     "InboxRow",
     "InboxStatus",
+    "InteractionAnswer",
     "LoraAdapterRow",
     "Message",
     "MessageStatus",
@@ -550,3 +551,28 @@ class DashboardAudit(SQLModel, table=True):
     target: str = Field(max_length=255, index=True)
     before: str = Field(default="null", sa_column=Column(Text, nullable=False))
     after: str = Field(default="null", sa_column=Column(Text, nullable=False))
+
+
+class InteractionAnswer(SQLModel, table=True):
+    """The answer to one interaction (a Discord slash command), beside its inbox event.
+
+    A row appears when the interaction is deferred ("thinking…", `status` `deferred`,
+    no text yet) or when its reply is stored with the event's done mark (`generated`);
+    then `sending` (`parts_sent` of its split parts confirmed) → `delivered` (the text
+    cleared) | `undeliverable` | `expired`, each with its `reason`. `created_at` is the
+    interaction's own time (Discord's clock): its token lives 15 minutes from then.
+    """
+
+    __tablename__ = "interaction_answers"
+    __table_args__ = (Index("ix_interaction_answers_platform_status", "platform", "status"),)
+
+    event_id: int = Field(primary_key=True, foreign_key="inbox_events.id")
+    platform: str = Field(max_length=32)
+    status: str = Field(max_length=16)
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    parts_sent: int = 0
+    ephemeral: bool = True
+    deferred_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(sa_column=_ts())
+    updated_at: datetime = Field(sa_column=_ts())

@@ -14,8 +14,11 @@ pending event:
   replies are replies here too (bot/inbox/outbox.py): a command whose event is done
   is never run again, its stored reply is what leaves.
 
-Pending inbox events then follow in each lane; a redelivered message that was
-already stored is recognised by the engine and not answered again.
+An adapter with replies kept elsewhere (Discord's slash command answers,
+adapters/_discord_interactions.py) queues their delivery too, through its
+`recover_more(worker)`. Pending inbox events then follow in each lane; a
+redelivered message that was already stored is recognised by the engine and not
+answered again.
 
 With several workers (`bot.cluster`) each job runs holding its chat's lock, and
 looks again when it runs: a message someone finished meanwhile is left alone
@@ -96,6 +99,10 @@ async def recover(
         chat = target.chat_key(item.scope)
         job = _job_for(target, item, at, limit, report)
         worker.submit(chat, job, name=f"recover-{item.message_id}")
+    # A platform's own outbox besides the ledger (Discord's slash command replies).
+    more = getattr(target, "recover_more", None)
+    if more is not None:
+        report.redelivered += await more(worker)
     if report.total:
         log.info(
             "recovery.queued",

@@ -435,9 +435,9 @@ async def test_moderator_commands(
 async def test_slow_command_is_deferred_then_followed_up(
     discord_bot: DiscordBotFactory, discord_fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import adapters._discord_commands
+    import adapters._discord_interactions
 
-    monkeypatch.setattr(adapters._discord_commands, "_ANSWER_WITHIN_S", 0.05)
+    monkeypatch.setattr(adapters._discord_interactions, "ANSWER_WITHIN_S", 0.05)
     bot = await discord_bot(voiced, **CONFIG)
     original = bot.adapter.command
 
@@ -448,9 +448,12 @@ async def test_slow_command_is_deferred_then_followed_up(
     monkeypatch.setattr(bot.adapter, "command", slow)
     payload = discord_fake.interaction("help", ANN, GENERAL)
     answer = await interact(discord_fake, payload)
-    assert "/optout" in answer["content"] and answer["flags"] == 64
+    assert "/optout" in answer["content"]
     callback = next(c for c in discord_fake.calls if c.path.endswith("/callback"))
-    assert callback.json == {"type": 5, "data": {"flags": 64}}  # deferred, thinking
+    assert callback.json == {"type": 5, "data": {"flags": 64}}  # deferred, thinking, ephemeral
+    # The reply replaces "thinking…" (an edit of @original, which keeps its flags).
+    edits = [c for c in discord_fake.calls if c.path.endswith("/messages/@original")]
+    assert [c.method for c in edits] == ["PATCH"] and "/optout" in edits[0].json["content"]
 
 
 # -- reactions, edits, deletions ----------------------------------------------------------

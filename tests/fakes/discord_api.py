@@ -31,6 +31,14 @@ create nothing (`nonce_hits`). With `limits` on (the default) it enforces Discor
 limits: 5 messages per 5 s per channel (headers tell the client, as Discord's do) and
 a global `global_per_second` requests per second, answered 429 with `global: true`;
 every 429 is counted in `rate_limited` (scope, path).
+
+Interactions follow Discord's clock: the first callback must come within
+`interaction_window_s` (3 s) of the interaction (404, code 10062, after), a second
+one is refused (400, code 40060), and the token's webhook (follow-ups, `PATCH
+.../messages/@original`) answers only after a callback and within `token_lifetime_s`
+(15 min; 401, code 50027, after; 404, code 10015, before any callback). A test can
+hold webhook calls (`webhooks_held`, `release_held`) to kill the bot while one is in
+flight, and slow the attachment CDN (`attachment_delay_s`).
 """
 
 from __future__ import annotations
@@ -173,11 +181,24 @@ class FakeDiscord:
         limits: bool = True,
         global_per_second: int = 50,
         nonce_window_s: float = 600.0,
+        interaction_window_s: float = 3.0,
+        token_lifetime_s: float = 900.0,
     ) -> None:
         self.token = token
         self.limits = limits
         self.global_per_second = global_per_second
         self.nonce_window_s = nonce_window_s
+        self.interaction_window_s = interaction_window_s
+        self.token_lifetime_s = token_lifetime_s
+        #: Interaction token -> (id, when it was made, time.monotonic()).
+        self._issued: dict[str, tuple[str, float]] = {}
+        #: Tokens whose interaction got its callback.
+        self._acknowledged: set[str] = set()
+        #: While True, webhook calls wait (in `held`) until `release_held`.
+        self.webhooks_held = False
+        self._held: list[asyncio.Future[bool]] = []
+        #: Seconds the attachment CDN waits before it answers (a slow command).
+        self.attachment_delay_s = 0.0
         #: Channel id -> its messages, oldest first, as the gateway carried them.
         self.history: dict[int, list[dict[str, Any]]] = {}
         #: (scope, path) of every 429 the limits answered: scope "global" or "channel".
@@ -336,17 +357,41 @@ class FakeDiscord:
         ]
 
     def interaction_answers(self, interaction: dict[str, Any]) -> list[dict[str, Any]]:
-        """The callback and follow-up bodies for one interaction, in order: each a dict
-        with `content` and `flags` (64 = ephemeral)."""
+        """The answers Discord accepted for one interaction, in order: the callback's
+        message, follow-ups and edits of `@original` (which replace "thinking…"), each
+        a dict with `content` and `flags` (64 = ephemeral)."""
         answers = []
+        webhook = f"/webhooks/{APP_ID}/{interaction['token']}"
+        original = f"{webhook}/messages/@original"
         for c in self.calls:
+            if c.status >= 300:
+                continue
             if c.path == f"/interactions/{interaction['id']}/{interaction['token']}/callback":
                 data = (c.json or {}).get("data") or {}
                 if c.json.get("type") == 4:
                     answers.append(data)
-            elif c.path == f"/webhooks/{APP_ID}/{interaction['token']}" and c.method == "POST":
+            elif (c.method, c.path) in (("POST", webhook), ("PATCH", original)):
                 answers.append(c.json or {})
         return answers
+
+    def interaction_calls(self, interaction: dict[str, Any]) -> list[Call]:
+        """Every call made with one interaction's token, refused ones too."""
+        token = str(interaction.get("token"))
+        return [c for c in self.calls if f"/{token}/" in f"{c.path}/"]
+
+    @property
+    def held(self) -> int:
+        """Webhook calls waiting for `release_held`."""
+        return sum(1 for f in self._held if not f.done())
+
+    def release_held(self, *, answer: bool) -> None:
+        """Let the held webhook calls go: answered as usual, or (`answer=False`, the
+        bot was killed meanwhile) dropped unrecorded, as if they never arrived."""
+        self.webhooks_held = False
+        for future in self._held:
+            if not future.done():
+                future.set_result(answer)
+        self._held.clear()
 
     # -- payloads ------------------------------------------------------------------------
 
@@ -457,8 +502,10 @@ class FakeDiscord:
         permissions: int = 1024,
         roles: tuple[int, ...] = (),
         attachment: dict[str, Any] | None = None,
+        age_s: float = 0.0,
     ) -> dict[str, Any]:
-        """An INTERACTION_CREATE payload for the slash command `/name`."""
+        """An INTERACTION_CREATE payload for the slash command `/name`, made `age_s`
+        seconds ago (its id's time; Discord's 3 s and 15 min count from then)."""
         guild = channel not in self._dm_channels
         option_list = []
         resolved: dict[str, Any] = {}
@@ -474,9 +521,15 @@ class FakeDiscord:
             option_list.append({"name": "upload", "type": 11, "value": attachment["id"]})
             resolved["attachments"] = {attachment["id"]: attachment}
         command = next((c for c in self.commands if c["name"] == name), None)
+        made = time.time() - age_s
+        interaction_id = str(
+            snowflake_at(made, next(self._ids) % 4096) if age_s else next(self._ids)
+        )
+        token = f"itoken{next(self._ids)}"
+        self._issued[token] = (interaction_id, time.monotonic() - age_s)
         data: dict[str, Any] = {
-            "id": str(next(self._ids)), "application_id": str(APP_ID), "type": 2,
-            "token": f"itoken{next(self._ids)}", "version": 1, "locale": "en-US",
+            "id": interaction_id, "application_id": str(APP_ID), "type": 2,
+            "token": token, "version": 1, "locale": "en-US",
             "attachment_size_limit": 10_485_760, "app_permissions": "2048",
             "channel_id": str(channel), "channel": self.channel_payload(channel),
             "entitlements": [], "authorizing_integration_owners": {}, "context": 0,
@@ -636,6 +689,10 @@ class FakeDiscord:
     # -- REST ----------------------------------------------------------------------------
 
     async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        if self.record:
+            self.calls.append(Call("GET", request.path, None, 200, time.monotonic()))
+        if self.attachment_delay_s:
+            await asyncio.sleep(self.attachment_delay_s)
         data = self.attachments.get(request.match_info["name"])
         if data is None:
             return web.Response(status=404)
@@ -650,6 +707,11 @@ class FakeDiscord:
                 body = json.loads(raw)
             elif request.content_type.startswith("multipart/"):
                 body = {"multipart": raw.decode("utf-8", "replace")}
+        if self.webhooks_held and path.startswith("/webhooks/"):
+            held = asyncio.get_running_loop().create_future()
+            self._held.append(held)
+            if not await held:
+                return web.Response(status=503)
         status, payload, headers = self._answer(request.method, path, body, request)
         if self.record:
             self.calls.append(
@@ -708,8 +770,8 @@ class FakeDiscord:
             return self._create_message(int(path.split("/")[2]), body or {})
         if method == "POST" and path.startswith("/interactions/"):
             return self._interaction_callback(path, body or {})
-        if method == "POST" and path.startswith(f"/webhooks/{APP_ID}/"):
-            return 200, self._message_payload(0, body or {}, webhook=True), {}
+        if path.startswith(f"/webhooks/{APP_ID}/"):
+            return self._webhook(method, path, body or {})
         return 404, {"message": "404: Not Found", "code": 0}, {}
 
     def _application(self) -> dict[str, Any]:
@@ -847,7 +909,17 @@ class FakeDiscord:
     def _interaction_callback(
         self, path: str, body: dict[str, Any]
     ) -> tuple[int, Any, dict[str, str]]:
-        interaction_id = path.split("/")[2]
+        interaction_id, token = path.split("/")[2:4]
+        issued = self._issued.get(token)
+        if issued is None or issued[0] != interaction_id:
+            return 404, {"message": "Unknown interaction", "code": 10062}, {}
+        if time.monotonic() - issued[1] > self.interaction_window_s:
+            return 404, {"message": "Unknown interaction", "code": 10062}, {}
+        if token in self._acknowledged:
+            return 400, {
+                "message": "Interaction has already been acknowledged.", "code": 40060,
+            }, {}  # fmt: skip
+        self._acknowledged.add(token)
         flags = (body.get("data") or {}).get("flags", 0)
         return 200, {
             "interaction": {"id": interaction_id, "type": 2,
@@ -855,6 +927,23 @@ class FakeDiscord:
                             "response_message_loading": body.get("type") == 5,
                             "response_message_ephemeral": bool(flags & 64)},
         }, {}  # fmt: skip
+
+    def _webhook(
+        self, method: str, path: str, body: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        """An interaction token's webhook: follow-ups (POST) and `@original` edits."""
+        parts = path.split("/")  # "", "webhooks", app, token, ...
+        token = parts[3] if len(parts) > 3 else ""
+        issued = self._issued.get(token)
+        if issued is None or token not in self._acknowledged:
+            return 404, {"message": "Unknown Webhook", "code": 10015}, {}
+        if time.monotonic() - issued[1] > self.token_lifetime_s:
+            return 401, {"message": "Invalid Webhook Token", "code": 50027}, {}
+        if method == "POST" and len(parts) == 4:
+            return 200, self._message_payload(0, body, webhook=True), {}
+        if method == "PATCH" and parts[4:] == ["messages", "@original"]:
+            return 200, self._message_payload(0, body, webhook=True), {}
+        return 404, {"message": "404: Not Found", "code": 0}, {}
 
 
 _USERS = {u.id: u for u in (BOT, ANN, BOB, OTHER_BOT, CLOSED)}
