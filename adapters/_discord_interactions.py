@@ -46,6 +46,7 @@ import structlog
 from adapters._discord_answers import WAITING, Answer, InteractionAnswers
 from adapters._discord_commands import SlashCall, slash_call
 from adapters._split import split_message
+from bot.aio import wait_for
 from bot.errors import AdapterError
 from bot.inbox import InboxEvent, InboxWorker, RawEvent
 
@@ -199,20 +200,24 @@ class DiscordInteractions:
         now = self._now()
         age = (now - created).total_seconds()
         if age > TOKEN_LIFETIME_S:
-            raise InteractionExpired(
+            await self._expired(
+                event.id,
+                answer,
                 f"/{call.name} is {age:.0f} s old, past the 15 minutes its token answers "
-                "for: not run, nothing sent"
+                "for: not run, nothing sent",
             )
         waited = (now - event.received_at).total_seconds()
         if not deferred and waited > INITIAL_WINDOW_S:
-            raise InteractionExpired(
+            await self._expired(
+                event.id,
+                answer,
                 f"/{call.name} was taken {waited:.1f} s after it arrived and never deferred: "
-                "Discord takes no first answer after 3 s; not run, nothing sent"
+                "Discord takes no first answer after 3 s; not run, nothing sent",
             )
         if deferred and not self.adapter.ready.is_set():
             # After a restart: the guilds (moderator roles) arrive with the session.
             try:
-                await asyncio.wait_for(self.adapter.ready.wait(), _READY_WAIT_S)
+                await wait_for(self.adapter.ready.wait(), _READY_WAIT_S)
             except TimeoutError:
                 log.warning("discord.interaction_before_ready", event_id=event.id)
         refused: str | None = None
@@ -220,7 +225,7 @@ class DiscordInteractions:
         try:
             if not deferred:
                 try:
-                    text = await asyncio.wait_for(
+                    text = await wait_for(
                         asyncio.shield(work), timeout=max(0.0, ANSWER_WITHIN_S - waited)
                     )
                 except TimeoutError:
@@ -245,6 +250,13 @@ class DiscordInteractions:
         answer = await answers.get(event.id)
         if answer is not None and answer.status in WAITING:
             await self._deliver(interaction, answer, event)
+
+    async def _expired(self, event_id: int, answer: Answer | None, reason: str) -> None:
+        """Raise `InteractionExpired` (the inbox fails the event with `reason`), the
+        answer row, if the interaction was deferred, `expired` with it."""
+        if answer is not None:
+            await self.answers.settle(event_id, "expired", now=self._now(), reason=reason)
+        raise InteractionExpired(reason)
 
     async def _defer(
         self,

@@ -38,7 +38,7 @@ one is refused (400, code 40060), and the token's webhook (follow-ups, `PATCH
 .../messages/@original`) answers only after a callback and within `token_lifetime_s`
 (15 min; 401, code 50027, after; 404, code 10015, before any callback). A test can
 hold webhook calls (`webhooks_held`, `release_held`) to kill the bot while one is in
-flight, and slow the attachment CDN (`attachment_delay_s`).
+flight, and slow the attachment CDN (`attachment_delays`).
 """
 
 from __future__ import annotations
@@ -197,8 +197,9 @@ class FakeDiscord:
         #: While True, webhook calls wait (in `held`) until `release_held`.
         self.webhooks_held = False
         self._held: list[asyncio.Future[bool]] = []
-        #: Seconds the attachment CDN waits before it answers (a slow command).
-        self.attachment_delay_s = 0.0
+        #: Attachment name -> seconds the CDN waits before it serves it (a slow
+        #: command); taking the entry out ends the wait at once.
+        self.attachment_delays: dict[str, float] = {}
         #: Channel id -> its messages, oldest first, as the gateway carried them.
         self.history: dict[int, list[dict[str, Any]]] = {}
         #: (scope, path) of every 429 the limits answered: scope "global" or "channel".
@@ -691,9 +692,11 @@ class FakeDiscord:
     async def _attachment(self, request: web.Request) -> web.StreamResponse:
         if self.record:
             self.calls.append(Call("GET", request.path, None, 200, time.monotonic()))
-        if self.attachment_delay_s:
-            await asyncio.sleep(self.attachment_delay_s)
-        data = self.attachments.get(request.match_info["name"])
+        name = request.match_info["name"]
+        deadline = time.monotonic() + self.attachment_delays.get(name, 0.0)
+        while name in self.attachment_delays and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        data = self.attachments.get(name)
         if data is None:
             return web.Response(status=404)
         return web.Response(body=data, content_type="application/octet-stream")
