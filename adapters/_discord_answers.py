@@ -194,6 +194,27 @@ class InteractionAnswers:
 
         return await self.db.read(work)
 
+    async def undeferred(self, since: datetime) -> list[int]:
+        """Pending interaction events received after `since` and not deferred, oldest
+        first: those a stopping adapter defers for its next start to answer."""
+
+        def work(conn: Connection) -> list[int]:
+            answered = select(_answers.c.event_id).where(_answers.c.event_id == _inbox.c.id)
+            rows = conn.execute(
+                select(_inbox.c.id)
+                .where(
+                    _inbox.c.platform == self.platform,
+                    _inbox.c.status == InboxStatus.PENDING.value,
+                    _inbox.c.event_key.startswith("interaction:", autoescape=True),
+                    _inbox.c.received_at > since,
+                    ~answered.exists(),
+                )
+                .order_by(_inbox.c.id)
+            )
+            return [int(r.id) for r in rows]
+
+        return await self.db.read(work)
+
     async def _set(self, event_id: int, now: datetime, **values: object) -> None:
         def work(conn: Connection) -> None:
             conn.execute(

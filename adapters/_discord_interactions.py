@@ -36,7 +36,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -323,6 +323,32 @@ class DiscordInteractions:
                 await answers.settle(answer.event_id, "undeliverable", now=now, reason=reason)
                 return
         await answers.settle(answer.event_id, "delivered", now=self._now())
+
+    async def defer_for_next_start(self) -> int:
+        """Stopping, after the worker stopped: defer the interactions it no longer
+        took, so that the next start (within 15 minutes) answers them instead of
+        finding them past 3 s. Returns how many were deferred."""
+        if self._accepting:  # what is still being committed
+            await asyncio.wait(set(self._accepting), timeout=_ACCEPT_RETRY_S)
+        inbox = self.adapter.inbox
+        if inbox is None:
+            return 0
+        since = self._now() - timedelta(seconds=INITIAL_WINDOW_S)
+        deferred = 0
+        for event_id in await self.answers.undeferred(since):
+            event = await inbox.get(event_id)
+            if event is None:
+                continue
+            try:
+                interaction, call = self._parse(event)
+            except UnparsableInteraction:
+                continue  # failed by the next start's worker, with its reason
+            if await self._defer(event, interaction, call, self._created(interaction, event)):
+                continue  # refused (logged; the next start finds it past 3 s)
+            deferred += 1
+        if deferred:
+            log.info("discord.interactions_deferred_for_restart", deferred=deferred)
+        return deferred
 
     # -- recovery --------------------------------------------------------------------------
 

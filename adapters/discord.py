@@ -216,6 +216,10 @@ class DiscordAdapter(Adapter):
         finally:
             self._accepting = False
             self.ready.clear()
+            try:  # what the worker no longer took: deferred, for the next start to answer
+                await self.interactions.defer_for_next_start()
+            except Exception as exc:  # the next start finds them past 3 s, and says so
+                log.error("discord.interactions_not_deferred", error=str(exc))
             await client.close()
             for task in (connection, committing):
                 if task is not None and not task.done():

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.inbox import RawEvent
 from tests.adapters.conftest import DiscordBot, DiscordBotFactory
 from tests.adapters.test_discord import CONFIG, settle, until, until_rows, voiced
@@ -174,6 +176,38 @@ async def test_hostile_interactions_cost_one_failure_row_each_and_block_nothing(
     for data in poison:  # nothing sent for any of them
         if "token" in data:
             assert fake.interaction_calls(data) == []
+
+
+class _Behind:
+    """The worker's inbox, except that it finds nothing pending (a worker far behind)."""
+
+    def __init__(self, inbox: Any) -> None:
+        self._inbox = inbox
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inbox, name)
+
+    async def pending(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return []
+
+
+async def test_an_interaction_not_taken_at_a_stop_is_deferred_and_answered_after_it(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = discord_fake
+    bot = await discord_bot(voiced, **CONFIG)
+    monkeypatch.setattr(bot.adapter.worker, "inbox", _Behind(bot.adapter.worker.inbox))
+    payload = fake.interaction("help", ANN, GENERAL)
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    await until_rows(bot, "select 1 from inbox_events where event_key like 'interaction:%'")
+    await bot.shutdown()  # the worker stops without it: deferred, left pending
+    assert [c.json for c in fake.interaction_calls(payload)] == [{"type": 5, "data": {"flags": 64}}]
+    again = await discord_bot(voiced, **CONFIG)
+    answers = await until(lambda: fake.interaction_answers(payload))
+    await settle(again)
+    assert len(answers) == 1 and "/optout" in answers[0]["content"]
+    assert [c.method for c in fake.interaction_calls(payload)] == ["POST", "PATCH"]
+    assert await interaction_rows(again) == [(f"interaction:{payload['id']}", "done", None)]
 
 
 # -- a real `bot run`, killed with -9 -----------------------------------------------------------
