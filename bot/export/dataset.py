@@ -26,188 +26,37 @@ partner of the opposite vote (at most `_PENDING_PER_PROMPT` per prompt).
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from bot.export.formats import dpo_record, window_lines
-from bot.export.prompts import SystemPrompts, TurnContext, parse_time
-from bot.export.pseudonym import Pseudonymizer, label_of
+from bot.export.dataset_pairs import BuilderPairs
+from bot.export.dataset_records import (
+    FILTERS,
+    ExportOptions,
+    PersonaStats,
+    _Conversation,
+    _Item,
+    _NameMatcher,
+    _normal,
+    _pair_hash,
+    _remember,
+    _vote_of,
+    _withheld,
+)
+from bot.export.formats import window_lines
+from bot.export.prompts import SystemPrompts
+from bot.export.pseudonym import Pseudonymizer
 from bot.export.scrub import Scrubber
-from bot.export.select import CONSENT_BEFORE_OPT_IN, CONSENT_OPTED_OUT
 from bot.export.split import split_of
 from bot.export.writer import DatasetWriter
 
 __all__ = ["FILTERS", "DatasetBuilder", "ExportOptions", "PersonaStats"]
 
-#: Filter reasons, in the order they are checked.
-FILTERS = (
-    "failed",  # the turn failed: its incoming message, and the apology sent instead
-    "deleted",  # deleted on the platform
-    "opted_out",  # from or to a person who has opted out
-    "before_opt_in",  # from before the person opted back in
-    "truncated",  # the incoming message was cut before the model saw it
-    "superseded",  # a regenerated reply replaced it (it may still be a DPO 'rejected')
-    "flagged",  # a moderator flagged the reply
-    "undeliverable",  # the reply never reached the person
-    "empty",
-    "too_short",  # shorter than min_reply_chars
-    "duplicate",  # the same (message, reply) pair, normalized, was already exported
-    "unknown_persona_version",  # its persona version is missing or no longer parses
-)
-
-_PENDING_PER_PROMPT = 8
-_PEOPLE_CACHE = 50_000  # pseudonyms kept across conversations (people come back)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@dataclass(frozen=True, slots=True)
-class ExportOptions:
-    """How records are cut, split and filtered (from `ExportSettings`)."""
-
-    window_messages: int = 40
-    prompt_messages: int = 8
-    min_reply_chars: int = 1
-    split_seed: str = "personabot-split-v1"
-    validation_fraction: float = 0.05
-    default_timezone: str = "UTC"
-
-
-@dataclass
-class PersonaStats:
-    """What the manifest reports per persona."""
-
-    messages_read: int = 0
-    messages_exported: int = 0
-    filters: Counter[str] = field(default_factory=Counter)
-    versions: set[str] = field(default_factory=set)
-    backends: Counter[str] = field(default_factory=Counter)
-    models: Counter[str] = field(default_factory=Counter)
-    unanswered: int = 0
-    first_at: object = None
-    last_at: object = None
-    dpo_pairs: Counter[str] = field(default_factory=Counter)
-
-    def as_manifest(self) -> dict[str, Any]:
-        """Plain data for manifest.json."""
-        return {
-            "messages_read": self.messages_read,
-            "messages_exported": self.messages_exported,
-            "filters": {name: self.filters.get(name, 0) for name in FILTERS},
-            "persona_versions": sorted(self.versions),
-            "backends": dict(sorted(self.backends.items())),
-            "models": dict(sorted(self.models.items())),
-            "unanswered": self.unanswered,
-            "first_message_at": _iso(self.first_at),
-            "last_message_at": _iso(self.last_at),
-            "dpo_pairs": dict(sorted(self.dpo_pairs.items())),
-        }
-
-
-class _Item:
-    """A message kept in a window: its role, final text, and what records need."""
-
-    __slots__ = ("content", "id", "meta", "plain", "role", "when")
-
-    def __init__(
-        self,
-        id: int,
-        role: str,
-        content: str,
-        plain: str,
-        when: object,
-        meta: tuple[str | None, str | None, str | None] | None = None,
-    ) -> None:
-        self.id = id
-        self.role = role
-        self.content = content  # as the model saw it (group messages carry the speaker)
-        self.plain = plain  # the scrubbed text alone, for dedup and prompt matching
-        self.when = when
-        self.meta = meta  # replies: (persona hash, backend, model)
-
-
-# A display name (case folded, for a cheap `in` test), its pattern, and its label.
-_NameMatcher = tuple[str, str, str]
-
-
-class _Conversation:
-    __slots__ = (
-        "ctx",
-        "dropped",
-        "group",
-        "history",
-        "key",
-        "names",
-        "people",
-        "persona",
-        "platform",
-        "pseudonym",
-        "rejected",
-        "split",
-        "window",
-    )
-
-    def __init__(self, row: Any, persona: str, split: str, pseudonym: str, history: int) -> None:
-        self.key: str = row.conversation_key
-        self.persona = persona
-        self.split = split
-        self.pseudonym = pseudonym
-        self.platform: str = row.platform
-        self.group = not row.is_direct
-        self.window: list[_Item] = []
-        self.ctx: TurnContext | None = None
-        self.history: deque[_Item] = deque(maxlen=history)
-        self.dropped: dict[int, str] = {}
-        self.rejected: dict[int, list[tuple[str, int]]] = {}  # replaced replies, votes
-        self.people: dict[str, tuple[str, str]] = {}  # platform id -> (pseudonym, label)
-        self.names: list[_NameMatcher] = []  # display names -> labels
-
-
-_MEMO = 4096  # per conversation: dropped messages and replaced replies remembered
-
-
-def _withheld(row: Any) -> str | None:
-    """Why a message may not be used whatever else holds (deleted, or its author's
-    consent at the time says no), or None."""
-    if row.deleted:
-        return "deleted"
-    if row.consent == CONSENT_OPTED_OUT:
-        return "opted_out"
-    if row.consent == CONSENT_BEFORE_OPT_IN:
-        return "before_opt_in"
-    return None
-
-
-def _remember(memo: dict[int, Any], key: int, value: Any) -> None:
-    """Set `memo[key]`, forgetting the oldest entry beyond `_MEMO`: replies come soon
-    after the message they answer, so old entries are no longer needed."""
-    memo[key] = value
-    if len(memo) > _MEMO:
-        del memo[next(iter(memo))]
-
-
-def _vote_of(row: Any) -> int:
-    """+1 for more 👍 than 👎, -1 for the opposite, 0 for neither."""
-    return int(row.ups > row.downs) - int(row.ups < row.downs)
-
-
-def _iso(value: object) -> str | None:
-    return None if value is None else parse_time(value).isoformat()
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
-def _pair_hash(*parts: str) -> int:
-    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
-class DatasetBuilder:
+class DatasetBuilder(BuilderPairs):
     """Consumes export rows (see `bot.export.select`) and writes records as it goes."""
 
     def __init__(
@@ -280,46 +129,6 @@ class DatasetBuilder:
             self._flush(conv, carry=False)
         self._conversation = None
         self._conversation_id = None
-
-    def _person(self, conv: _Conversation, row: Any) -> tuple[str, str]:
-        """(pseudonym, label) of the row's person; from now on their display name is
-        replaced by the label in this conversation's texts."""
-        platform_id = row.platform_user_id
-        if platform_id is None:
-            return "", ""
-        known = conv.people.get(platform_id)
-        if known is None:
-            key = (conv.platform, platform_id)
-            person = self._people.get(key)
-            if person is None:
-                pseudonym = self._pseudonyms.user(*key)
-                label = label_of(pseudonym)
-                name = (row.display_name or "").strip()
-                # Kept as text: most names never occur in a message, and re's own
-                # cache compiles the few that do.
-                matcher = (
-                    (name.casefold(), r"(?<!\w)" + re.escape(name) + r"(?!\w)", label)
-                    if len(name) >= 3
-                    else None
-                )
-                person = (pseudonym, label, matcher)
-                if len(self._people) >= _PEOPLE_CACHE:  # bounded: start over
-                    self._people.clear()
-                self._people[key] = person
-            known = (person[0], person[1])
-            conv.people[platform_id] = known
-            if person[2] is not None:
-                conv.names.append(person[2])
-        return known
-
-    def _clean(self, conv: _Conversation, text: str) -> str:
-        text = self._scrub(text.strip())
-        if conv.names:
-            folded = text.casefold()
-            for name, pattern, label in conv.names:
-                if name in folded:
-                    text = re.sub(pattern, label, text, flags=re.IGNORECASE)
-        return text
 
     # -- rows -----------------------------------------------------------------------
 
@@ -434,31 +243,6 @@ class DatasetBuilder:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _context(self, conv: _Conversation, row: Any, asked: _Item | None) -> TurnContext:
-        pseudonym, label = self._person(conv, row)
-        return TurnContext(
-            persona_hash=row.persona_hash or "",
-            platform=conv.platform,
-            user_id=pseudonym or "someone",
-            display_name=label or "friend",
-            timezone=row.timezone,
-            # The engine renders right after storing the message it answers.
-            when=asked.when if asked is not None else row.created_at,
-            is_direct=not conv.group,
-        )
-
-    @staticmethod
-    def _find(conv: _Conversation, message_id: int | None) -> _Item | None:
-        if message_id is None:
-            return None
-        for item in reversed(conv.window):
-            if item.id == message_id:
-                return item
-        for item in reversed(conv.history):
-            if item.id == message_id:
-                return item
-        return None
-
     @staticmethod
     def _drop_pair(
         conv: _Conversation, stats: PersonaStats, message_id: int | None, reason: str
@@ -477,116 +261,11 @@ class DatasetBuilder:
                 conv.history.remove(item)
                 break
 
-    @staticmethod
-    def _prompt(conv: _Conversation, asked: _Item) -> list[tuple[str, str]]:
-        turns: list[tuple[str, str]] = []
-        for item in conv.history:
-            turns.append((item.role, item.content))
-            if item is asked:
-                return turns
-        return [(asked.role, asked.content)]
-
-    def _write(self, relpath: str, record: dict[str, Any]) -> None:
-        self._writer.file(relpath).write(record)
-
     def _line(self, relpath: str, line: str) -> None:
         write = self._lines.get(relpath)
         if write is None:
             write = self._lines[relpath] = self._writer.file(relpath).write_line
         write(line)
-
-    def _dpo(
-        self, conv: _Conversation, stats: PersonaStats, source: str, record: dict[str, Any]
-    ) -> None:
-        key = _pair_hash(
-            record["prompt"][-1]["content"],
-            record["chosen"][0]["content"],
-            record["rejected"][0]["content"],
-        )
-        if key in self._seen_dpo or record["chosen"] == record["rejected"]:
-            return
-        self._seen_dpo.add(key)
-        stats.dpo_pairs[source] += 1
-        self._write(f"{conv.persona}/dpo.{conv.split}.jsonl", record)
-
-    def _regenerations(
-        self,
-        conv: _Conversation,
-        stats: PersonaStats,
-        asked: _Item | None,
-        ctx: TurnContext,
-        chosen: str,
-        rejected: list[str],
-    ) -> None:
-        if asked is None:
-            return
-        system = self._systems.render(ctx)
-        if system is None:
-            return
-        prompt = self._prompt(conv, asked)
-        for other in rejected:
-            self._dpo(
-                conv,
-                stats,
-                "regeneration",
-                dpo_record(system, prompt, chosen, other, "regeneration"),
-            )
-
-    def _correction(self, conv: _Conversation, stats: PersonaStats, row: Any, text: str) -> None:
-        """A moderator's corrected reply (chosen) against the reply it corrects."""
-        chosen = row.correction.strip()
-        if not chosen or not text or not row.persona_hash:
-            return
-        asked = self._find(conv, row.reply_to_id)
-        if asked is None:
-            return
-        system = self._systems.render(self._context(conv, row, asked))
-        if system is None:
-            return
-        self._dpo(
-            conv,
-            stats,
-            "correction",
-            dpo_record(
-                system,
-                self._prompt(conv, asked),
-                self._clean(conv, chosen),
-                self._clean(conv, text),
-                "correction",
-            ),
-        )
-
-    def _vote(
-        self,
-        conv: _Conversation,
-        stats: PersonaStats,
-        row: Any,
-        content: str,
-        asked: _Item | None,
-        ctx: TurnContext,
-    ) -> None:
-        """Pair a rated reply with an earlier one of the opposite vote, or wait for one."""
-        vote = _vote_of(row)
-        if vote == 0 or asked is None:
-            return
-        system = self._systems.render(ctx)
-        if system is None:
-            return
-        candidate = (system, self._prompt(conv, asked), content)
-        key = (conv.persona, conv.split, _pair_hash(_normal(asked.plain)))
-        waiting = self._pending.get(key)
-        if waiting is not None and waiting[0] == -vote:
-            other = waiting[1].pop(0)
-            if not waiting[1]:
-                del self._pending[key]
-            good, bad = (candidate, other) if vote > 0 else (other, candidate)
-            self._dpo(
-                conv, stats, "feedback", dpo_record(good[0], good[1], good[2], bad[2], "feedback")
-            )
-        elif waiting is None:
-            self._pending[key] = (vote, [candidate])
-        elif len(waiting[1]) < _PENDING_PER_PROMPT:
-            waiting[1].append(candidate)
 
     def _flush(self, conv: _Conversation, *, carry: bool) -> None:
         """Write the window up to its last reply as one record; keep or drop the rest."""
