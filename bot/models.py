@@ -566,7 +566,10 @@ class InteractionAnswer(SQLModel, table=True):
     __tablename__ = "interaction_answers"
     __table_args__ = (Index("ix_interaction_answers_platform_status", "platform", "status"),)
 
-    event_id: int = Field(primary_key=True, foreign_key="inbox_events.id")
+    #: The event's id, never one of its own (no sequence on PostgreSQL).
+    event_id: int = Field(
+        primary_key=True, foreign_key="inbox_events.id", sa_column_kwargs={"autoincrement": False}
+    )
     platform: str = Field(max_length=32)
     status: str = Field(max_length=16)
     text: str = Field(default="", sa_column=Column(Text, nullable=False))

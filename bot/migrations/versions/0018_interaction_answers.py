@@ -25,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "interaction_answers",
-        sa.Column("event_id", sa.Integer(), nullable=False),
+        sa.Column("event_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("platform", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("text", sa.Text(), nullable=False),
