@@ -20,6 +20,7 @@ from sqlalchemy import Connection, insert, select
 
 from bot.db import Database, storable
 from bot.memory.ledger_ids import _LRU, _Identities, _KeyedLocks
+from bot.memory.ledger_pg import insert_reply, record_incoming_once
 from bot.memory.ledger_records import HistoryTurn, ReplyRecord, StoredIncoming, Unfinished
 from bot.memory.ledger_recovery import _RecoveryQueries
 from bot.memory.ledger_sql import (
@@ -78,6 +79,32 @@ class Ledger(_Identities, _MessageStates, _RecoveryQueries):
             now = incoming.received_at
             user_id = self._ensure_user(conn, incoming.actor, now, pending)
             conversation_id = self._ensure_conversation(conn, incoming.scope, now, pending)
+            values = {
+                "conversation_id": conversation_id,
+                "user_id": user_id,
+                "direction": Direction.IN.value,
+                "kind": incoming.kind.value,
+                "status": status.value,
+                "text": storable(text),
+                "truncated": truncated,
+                "platform_message_id": platform_id,
+                "persona_id": incoming.scope.persona,
+                "created_at": now,
+            }
+            if conn.dialect.name == "postgresql":
+                # One round trip instead of four (see `ledger_pg`).
+                once = record_incoming_once(conn, values, history_limit=with_history or 0)
+                if once.message_id is None:
+                    assert once.duplicate_of is not None
+                    return StoredIncoming(
+                        once.duplicate_of, conversation_id, user_id, duplicate=True
+                    )
+                return StoredIncoming(
+                    once.message_id,
+                    conversation_id,
+                    user_id,
+                    history=tuple(once.history) if with_history is not None else None,
+                )
             if platform_id is not None:
                 existing = conn.execute(
                     _FIND_INCOMING,
@@ -88,21 +115,7 @@ class Ledger(_Identities, _MessageStates, _RecoveryQueries):
                 ).scalar()
                 if existing is not None:
                     return StoredIncoming(existing, conversation_id, user_id, duplicate=True)
-            result = conn.execute(
-                _INSERT_MESSAGE,
-                {
-                    "conversation_id": conversation_id,
-                    "user_id": user_id,
-                    "direction": Direction.IN.value,
-                    "kind": incoming.kind.value,
-                    "status": status.value,
-                    "text": storable(text),
-                    "truncated": truncated,
-                    "platform_message_id": platform_id,
-                    "persona_id": incoming.scope.persona,
-                    "created_at": now,
-                },
-            )
+            result = conn.execute(_INSERT_MESSAGE, values)
             conn.execute(_TOUCH_CONVERSATION, {"cid": conversation_id, "at": now})
             message_id = _new_id(result)
             history = None
@@ -128,31 +141,33 @@ class Ledger(_Identities, _MessageStates, _RecoveryQueries):
 
         def work(conn: Connection) -> int:
             created = reply.created_at or datetime.now(UTC)
-            result = conn.execute(
-                _INSERT_MESSAGE,
-                {
-                    "conversation_id": reply.conversation_id,
-                    "user_id": reply.user_id,
-                    "direction": Direction.OUT.value,
-                    "kind": reply.kind,
-                    "status": reply.status.value,
-                    "text": storable(reply.text),
-                    "truncated": False,
-                    "reply_to_id": reply.reply_to_id,
-                    "persona_id": reply.persona_id,
-                    "persona_hash": reply.persona_hash,
-                    "backend": reply.backend,
-                    "model": reply.model,
-                    "latency_ms": reply.latency_ms,
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                    "created_at": created,
-                },
-            )
-            if reply.reply_to_id is not None and reply.kind not in ("apology", "away"):
+            values = {
+                "conversation_id": reply.conversation_id,
+                "user_id": reply.user_id,
+                "direction": Direction.OUT.value,
+                "kind": reply.kind,
+                "status": reply.status.value,
+                "text": storable(reply.text),
+                "truncated": False,
+                "platform_message_id": None,
+                "reply_to_id": reply.reply_to_id,
+                "persona_id": reply.persona_id,
+                "persona_hash": reply.persona_hash,
+                "backend": reply.backend,
+                "model": reply.model,
+                "latency_ms": reply.latency_ms,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "created_at": created,
+            }
+            # A stand-in (apology, "away") does not answer the message: it stays open.
+            answers = reply.reply_to_id if reply.kind not in ("apology", "away") else None
+            if conn.dialect.name == "postgresql":
+                return insert_reply(conn, values, answers=answers)  # one round trip
+            result = conn.execute(_INSERT_MESSAGE, values)
+            if answers is not None:
                 conn.execute(
-                    _SET_STATUS,
-                    {"mid": reply.reply_to_id, "new_status": MessageStatus.ANSWERED.value},
+                    _SET_STATUS, {"mid": answers, "new_status": MessageStatus.ANSWERED.value}
                 )
             return _new_id(result)
 

@@ -11,12 +11,43 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bot.db import Database, storable
-from bot.memory.ledger_sql import _conversations, _new_id, _users
+from bot.memory.ledger_sql import _conversations, _users
 from bot.messages import Actor, Scope
+
+
+def _upsert_user(insert: Any) -> Any:
+    statement = insert(_users)
+    return statement.on_conflict_do_update(
+        index_elements=[_users.c.platform, _users.c.platform_user_id],
+        set_={
+            "display_name": statement.excluded.display_name,
+            "last_seen_at": statement.excluded.last_seen_at,
+        },
+    ).returning(_users.c.id)
+
+
+def _create_conversation(insert: Any) -> Any:
+    return (
+        insert(_conversations)
+        .on_conflict_do_nothing(index_elements=[_conversations.c.key])
+        .returning(_conversations.c.id)
+    )
+
+
+# By dialect name: both databases have `INSERT ... ON CONFLICT ... RETURNING`
+# (SQLite since 3.35), each spelled by its own SQLAlchemy dialect.
+_UPSERT_USER = {
+    "postgresql": _upsert_user(postgresql.insert),
+    "sqlite": _upsert_user(sqlite.insert),
+}
+_CREATE_CONVERSATION = {
+    "postgresql": _create_conversation(postgresql.insert),
+    "sqlite": _create_conversation(sqlite.insert),
+}
 
 
 class _LRU(OrderedDict[Any, Any]):
@@ -96,32 +127,22 @@ class _Identities:
                 )
                 pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
             return int(user_id)
-        where = and_(_users.c.platform == actor.platform, _users.c.platform_user_id == actor.id)
-        row = conn.execute(select(_users.c.id, _users.c.display_name).where(where)).first()
-        if row is None:
-            try:
-                with conn.begin_nested():
-                    user_id = _new_id(
-                        conn.execute(
-                            insert(_users).values(
-                                platform=actor.platform,
-                                platform_user_id=actor.id,
-                                display_name=storable(actor.display_name),
-                                is_bot=actor.is_bot,
-                                created_at=now,
-                                last_seen_at=now,
-                            )
-                        )
-                    )
-            except IntegrityError:  # another process inserted the same user just now
-                user_id = int(conn.execute(select(_users.c.id).where(where)).scalar_one())
-        else:
-            user_id = int(row.id)
+        # One upsert: the row is created, or its name and last sight brought up to
+        # date, and its id returned; another process inserting the same person at
+        # the same moment is waited for by the database, not caught as an error.
+        user_id = int(
             conn.execute(
-                update(_users)
-                .where(_users.c.id == user_id)
-                .values(display_name=storable(actor.display_name), last_seen_at=now)
-            )
+                _UPSERT_USER[conn.dialect.name],
+                {
+                    "platform": actor.platform,
+                    "platform_user_id": actor.id,
+                    "display_name": storable(actor.display_name),
+                    "is_bot": actor.is_bot,
+                    "created_at": now,
+                    "last_seen_at": now,
+                },
+            ).scalar_one()
+        )
         pending.append(lambda: self._user_ids.put(key, (user_id, actor.display_name)))
         return user_id
 
@@ -132,31 +153,24 @@ class _Identities:
         cached = self._conversation_ids.get(key)
         if cached is not None:
             return int(cached)
-        found: int | None = conn.execute(
-            select(_conversations.c.id).where(_conversations.c.key == key)
-        ).scalar()
+        row = {
+            "key": key,
+            "platform": scope.platform,
+            "space": scope.space,
+            "channel": scope.channel,
+            "thread": scope.thread,
+            "persona_id": scope.persona,
+            "is_direct": scope.is_direct,
+            "created_at": now,
+            "last_message_at": now,
+        }
+        # A new conversation costs one statement; one stored before (after a restart,
+        # or by another worker) two. Not DO UPDATE, which would write the row anew.
+        found: int | None = conn.execute(_CREATE_CONVERSATION[conn.dialect.name], row).scalar()
         if found is None:
-            try:
-                with conn.begin_nested():
-                    found = _new_id(
-                        conn.execute(
-                            insert(_conversations).values(
-                                key=key,
-                                platform=scope.platform,
-                                space=scope.space,
-                                channel=scope.channel,
-                                thread=scope.thread,
-                                persona_id=scope.persona,
-                                is_direct=scope.is_direct,
-                                created_at=now,
-                                last_message_at=now,
-                            )
-                        )
-                    )
-            except IntegrityError:
-                found = conn.execute(
-                    select(_conversations.c.id).where(_conversations.c.key == key)
-                ).scalar_one()
+            found = conn.execute(
+                select(_conversations.c.id).where(_conversations.c.key == key)
+            ).scalar_one()
         conversation_id = int(found)
         pending.append(lambda: self._conversation_ids.put(key, conversation_id))
         return conversation_id
