@@ -194,6 +194,8 @@ class DiscordInteractions:
             # Replayed: the command ran, its reply is stored; it is not run again.
             if answer.status in WAITING:
                 await self._deliver(interaction, answer, event)
+            elif answer.status != "delivered":  # still not answered, and why
+                raise InteractionExpired(f"answer {answer.status} before: {answer.reason}")
             return
         deferred = answer is not None and answer.deferred
         created = self._created(interaction, event)
