@@ -1,8 +1,8 @@
 """This process as one worker of several on one PostgreSQL database.
 
-A `ClusterNode` owns one connection of its own (not from the pool, autocommit, on a
-thread of its own so that calls on it are serialised), and everything that says
-who does what lives on that connection as a *session-level advisory lock*:
+A `ClusterNode` owns one connection of its own (not from the pool, autocommit once
+joined, on a thread of its own so that calls on it are serialised), and everything
+that says who does what lives on that connection as a *session-level advisory lock*:
 
 - the worker lock `(NS_WORKER, id)`, taken in the same transaction that inserts the
   worker's `cluster_workers` row, so no other worker ever sees the row unlocked
@@ -113,7 +113,9 @@ class ClusterNode:
             raise StorageError(f"cluster connection lost: {self.failure}") from exc
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        # One transaction per call, committed here (session locks outlive it).
+        # Autocommit once joined: each call is one statement (what must be atomic is
+        # one statement, as `adopt` is), so a lock costs one round trip, not a BEGIN,
+        # the statement and a COMMIT. The commit here is then a no-op.
         conn = self._conn
         assert conn is not None, "join() first"
         try:
@@ -165,6 +167,7 @@ class ClusterNode:
             )
             pid = conn.execute(text("select pg_backend_pid()")).scalar_one()
             conn.commit()
+            conn.execution_options(isolation_level="AUTOCOMMIT")
             return int(worker_id), int(pid)
 
         loop = asyncio.get_running_loop()
@@ -250,24 +253,19 @@ class ClusterNode:
         """Take over a dead worker: True for exactly one of those who ask. Its
         unordered events' claims are released for anyone to take."""
 
-        def work(conn: Connection) -> bool:  # one transaction (see _run)
-            won = conn.execute(
-                text(
-                    "update cluster_workers set stopped_at = :now, adopted_by = :me "
-                    "where id = :dead and stopped_at is null"
-                ),
-                {"now": datetime.now(UTC), "me": self.id, "dead": dead},
-            ).rowcount
-            if won != 1:
-                return False
-            conn.execute(
-                text(
-                    "update inbox_events set claimed_by = null where claimed_by = :dead "
-                    "and status = 'pending' and chat is null"
-                ),
-                {"dead": dead},
-            )
-            return True
+        # One statement, so atomic on the autocommit connection: the claims of a dead
+        # worker are released by whoever wins it, in the same transaction.
+        sql = text(
+            "with won as (update cluster_workers set stopped_at = :now, adopted_by = :me "
+            "where id = :dead and stopped_at is null returning id), "
+            "released as (update inbox_events set claimed_by = null where claimed_by = :dead "
+            "and status = 'pending' and chat is null and exists (select 1 from won)) "
+            "select count(*) from won"
+        )
+
+        def work(conn: Connection) -> bool:
+            won = conn.execute(sql, {"now": datetime.now(UTC), "me": self.id, "dead": dead})
+            return int(won.scalar_one()) == 1
 
         return await self._call(work)
 

@@ -182,3 +182,37 @@ def test_a_second_process_on_a_sqlite_file_is_refused(tmp_path: Path) -> None:
     first.release()
     second.acquire()  # free again once the first is gone
     second.release()
+
+
+async def test_adoption_frees_a_dead_workers_loose_events_and_locks_cost_no_transaction(
+    postgres_url: str, db: Database
+) -> None:
+    # The lock connection runs in autocommit (each call one round trip, no BEGIN and
+    # COMMIT around it); adoption is the one call that writes two tables, so it is
+    # one statement: whoever wins the dead worker frees its claims, nobody else does.
+    inbox = Inbox(db)
+    now = datetime.now(UTC)
+    await inbox.accept(
+        "telegram",
+        [RawEvent(key=f"l{i}", payload="{}", chat=None, received_at=now) for i in range(3)],
+    )
+    a, b, c = await _nodes(postgres_url, 3)
+    for node in (a, b, c):
+        assert node._conn is not None
+        assert node._conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+    assert len(await cluster_claims.claim_unordered(db, "telegram", me=a.id, limit=5)) == 3
+    for node in (b, c):  # no adoption by the heartbeat: this test adopts by hand
+        assert node._task is not None
+        node._task.cancel()
+    _kill(a)
+    deadline = asyncio.get_running_loop().time() + 5
+    while a.id not in await b.dead_workers():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    won = await asyncio.gather(b.adopt(a.id), c.adopt(a.id))
+    assert sorted(won) == [False, True]
+    assert not await b.adopt(a.id)  # once only
+    freed = await cluster_claims.claim_unordered(db, "telegram", me=c.id, limit=5)
+    assert sorted(e.key for e in freed) == ["l0", "l1", "l2"]
+    for node in (a, b, c):
+        await node.leave()
