@@ -124,7 +124,8 @@ class InteractionAnswers:
         reason: str | None = None,
     ) -> bool:
         """Store the reply and mark the inbox event done, in ONE transaction. False
-        (nothing changed) when a reply was stored already: the caller delivers that one."""
+        (nothing changed) when a reply was stored already: the caller delivers that one.
+        A reply stored as never to be sent (`status` not `generated`) keeps no text."""
 
         def work(conn: Connection) -> bool:
             row = conn.execute(
@@ -132,7 +133,7 @@ class InteractionAnswers:
             ).first()
             values = {
                 "status": status,
-                "text": storable(text),
+                "text": storable(text) if status == "generated" else "",
                 "reason": None if reason is None else storable(reason)[:_MAX_REASON],
                 "updated_at": now,
             }
@@ -172,13 +173,12 @@ class InteractionAnswers:
     async def settle(
         self, event_id: int, status: str, *, now: datetime, reason: str | None = None
     ) -> None:
-        """`delivered` (the text is let go: it may list what a person had forgotten),
-        `undeliverable` or `expired`, with `reason`."""
-        values: dict[str, object] = {"status": status}
+        """`delivered`, `undeliverable` or `expired`, with `reason`: settled for good,
+        so the text is let go (no token would take it later, and it may list what a
+        person has since had forgotten: `/memory` before `/forget`)."""
+        values: dict[str, object] = {"status": status, "text": ""}
         if reason is not None:
             values["reason"] = storable(reason)[:_MAX_REASON]
-        if status == "delivered":
-            values["text"] = ""
         await self._set(event_id, now, **values)
 
     async def waiting(self) -> list[Answer]:

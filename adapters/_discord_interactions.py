@@ -37,7 +37,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import discord
@@ -253,7 +253,7 @@ class DiscordInteractions:
         if answer is not None and answer.status in WAITING:
             await self._deliver(interaction, answer, event)
 
-    async def _expired(self, event_id: int, answer: Answer | None, reason: str) -> None:
+    async def _expired(self, event_id: int, answer: Answer | None, reason: str) -> NoReturn:
         """Raise `InteractionExpired` (the inbox fails the event with `reason`), the
         answer row, if the interaction was deferred, `expired` with it."""
         if answer is not None:

@@ -76,8 +76,14 @@ async def test_a_reply_without_a_defer_and_an_expired_one(
         late, "x", created_at=NOW, ephemeral=True, now=NOW, status="undeliverable", reason="r"
     )
     assert [a.event_id for a in await answers.waiting()] == [quick]
+    never = await answers.get(late)
+    assert never is not None and (never.status, never.text, never.reason) == (
+        "undeliverable",
+        "",
+        "r",
+    )
     await answers.settle(quick, "expired", now=NOW, reason="not sent: " + "y" * 5000)
     expired = await answers.get(quick)
-    assert expired is not None and expired.status == "expired" and expired.text == "hi"
+    assert expired is not None and expired.status == "expired" and expired.text == ""
     assert expired.reason is not None and len(expired.reason) == 2000
     assert await answers.get(await _event(inbox, "interaction:4")) is None
