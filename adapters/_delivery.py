@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING, Generic, TypeVar, final
 
 import structlog
 
 from adapters._pacing import Pacer, PacingPolicy
 from adapters._split import split_message
+from bot.aio import wait_for
 from bot.errors import BotError
 from bot.inbox.worker import in_lane
 from bot.messages import Outgoing, Scope
@@ -122,21 +123,29 @@ class _Delivery:
             yield
             return
 
+        # The loop ends on `done` as well as on cancel: a platform call that swallows
+        # a cancellation (Python 3.11's `asyncio.wait_for` does, when the call ends as
+        # the cancel arrives; bot/aio.py) must not keep the indicator going for good.
+        done = asyncio.Event()
+
         async def keep_typing() -> None:
             if self.typing_delay_s > 0:
-                await asyncio.sleep(self.typing_delay_s)
-            while True:
+                with suppress(TimeoutError):
+                    await wait_for(done.wait(), self.typing_delay_s)
+            while not done.is_set():
                 if self._typing_allowed():
                     try:
                         await self._send_typing(scope)
                     except Exception as exc:  # typing is cosmetic; never fail a turn for it
                         log.debug("typing.failed", error=str(exc))
-                await asyncio.sleep(self.typing_interval_s)
+                with suppress(TimeoutError):
+                    await wait_for(done.wait(), self.typing_interval_s)
 
         task = asyncio.create_task(keep_typing(), name=f"typing-{self.platform}")
         try:
             yield
         finally:
+            done.set()
             task.cancel()
             # Waited for briefly, never for good: a platform library that does not
             # end a request promptly on cancel must not hold up the turn (and its

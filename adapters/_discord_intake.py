@@ -39,6 +39,7 @@ import aiohttp
 import discord
 import structlog
 
+from bot.aio import wait_for
 from bot.errors import AdapterError
 from bot.inbox import Inbox, InboxStatus, RawEvent
 
@@ -334,7 +335,7 @@ class DiscordIntake:
         report = CatchUpReport()
         self.catch_ups.append(report)
         try:
-            await asyncio.wait_for(self._session_ready.wait(), _READY_WAIT_S)
+            await wait_for(self._session_ready.wait(), _READY_WAIT_S)
         except TimeoutError:
             log.warning("discord.catch_up_without_guilds")
         shard = ready.get("shard")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from adapters._delivery import _Delivery
+from bot.aio import wait_for
 from bot.errors import AdapterError
 from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 
@@ -115,4 +116,4 @@ class _Intake(_Delivery):
                 self.pacer.policy = dataclasses.replace(base, global_per_second=rate)
                 log.info("pacing.shared", platform=self.platform, workers=workers, per_s=rate)
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await wait_for(stop.wait(), timeout=1.0)

@@ -33,6 +33,7 @@ from telegram import Bot
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.aio import wait_for
 from bot.errors import AdapterError
 from bot.inbox import RawEvent
 
@@ -341,9 +342,7 @@ class UpdatePoller:
         if self.offset is None:
             return
         try:
-            await asyncio.wait_for(
-                self.bot.get_raw_updates(self.offset, timeout_s=0, limit=1), timeout=5
-            )
+            await wait_for(self.bot.get_raw_updates(self.offset, timeout_s=0, limit=1), timeout=5)
         except (TelegramError, TimeoutError) as exc:
             log.debug("telegram.confirm_failed", error=str(exc))
 
@@ -369,7 +368,7 @@ class UpdatePoller:
 async def _sleep(seconds: float, stop: asyncio.Event) -> None:
     """Sleep, cut short by `stop`."""
     with suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        await wait_for(stop.wait(), timeout=seconds)
 
 
 def webhook_events(body: bytes, *, now: datetime | None = None) -> list[RawEvent]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from bot.aio import wait_for
 from bot.commands import Commands, StoreMemoryControl
 from bot.config import LLMSettings, MemorySettings, Settings
 from bot.db import Database
@@ -200,7 +201,7 @@ async def open_app(
             async def stop_watching() -> None:
                 stop.set()
                 with suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=5)
+                    await wait_for(task, timeout=5)
 
             stack.push_async_callback(stop_watching)
         stack.push_async_callback(engine.drain)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import structlog
 
+from bot.aio import wait_for
 from bot.engine_generate import Generation
 from bot.engine_inflight import InFlight
 from bot.engine_prompt import PromptAssembly
@@ -153,7 +154,7 @@ class Answering(PromptAssembly, Generation, InFlight):
             on_delta = self._first_token_timer(on_delta, started, scope.platform)
         try:
             async with self._slots:
-                reply, completion, moderated = await asyncio.wait_for(
+                reply, completion, moderated = await wait_for(
                     self.safety.moderate(
                         checked, lambda d: self._generate(backend, request, names, d), on_delta
                     ),

@@ -10,6 +10,7 @@ import asyncio
 
 import structlog
 
+from bot.aio import wait_for
 from bot.engine_types import MemorySource, TurnObserver, TurnRecord
 from bot.memory.ledger import Ledger
 from bot.metrics import Metrics
@@ -34,7 +35,7 @@ class InFlight:
         all finished."""
         self._accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+            await wait_for(self._idle.wait(), timeout=grace_s)
         except TimeoutError:
             log.warning("engine.drain_timeout", turns_in_flight=self._active)
             return False

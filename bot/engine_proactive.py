@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from bot.aio import wait_for
 from bot.engine_generate import Generation
 from bot.engine_inflight import InFlight
 from bot.engine_prompt import PromptAssembly
@@ -172,7 +173,7 @@ class PersonaInitiated(PromptAssembly, Generation, InFlight):
         names = (persona.name, persona.id)
         try:
             async with self._slots:
-                text, completion, _ = await asyncio.wait_for(
+                text, completion, _ = await wait_for(
                     self.safety.moderate(
                         checked, lambda d: self._generate(backend, request, names, d)
                     ),

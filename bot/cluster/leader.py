@@ -18,6 +18,7 @@ from contextlib import suppress
 
 import structlog
 
+from bot.aio import wait_for
 from bot.cluster.node import ClusterNode
 
 __all__ = ["Leadership"]
@@ -62,7 +63,7 @@ class Leadership:
             except Exception as exc:  # the node is failing: `bot run` stops
                 log.warning("cluster.campaign_failed", error=str(exc)[:300])
             with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+                await wait_for(stop.wait(), timeout=self.poll_s)
         else:
             return
         self.elected.set()

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from bot.aio import wait_for
 from bot.inbox.claims import ChatClaims, Pull
 from bot.inbox.store import Inbox, InboxEvent
 from bot.safety.coalesce import waiting_probe
@@ -241,7 +242,7 @@ class InboxWorker:
         """Wait up to `timeout_s` for everything in hand; cancel the rest (it stays
         pending). True if all finished."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+            await wait_for(self._idle.wait(), timeout=timeout_s)
         except TimeoutError:
             log.warning("inbox.drain_timeout", platform=self.platform, in_hand=self.backlog)
             for task in list(self._tasks.values()):
@@ -360,7 +361,7 @@ class InboxWorker:
                     ),
                     waiting_probe(probe),
                 ):
-                    await asyncio.wait_for(self.handler(event), timeout=self.event_timeout_s)
+                    await wait_for(self.handler(event), timeout=self.event_timeout_s)
             finally:
                 _EVENT.reset(token)
         except asyncio.CancelledError:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import Connection
 
+from bot.aio import wait_for
 from bot.db import Database
 from bot.memory import rows
 from bot.memory.backend import SearchBackend
@@ -98,7 +99,7 @@ class Indexer:
                 # Let a batch gather: one model call for many turns is far cheaper.
                 self._batch_ready.clear()
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_ready.wait(), self.delay_s)
+                    await wait_for(self._batch_ready.wait(), self.delay_s)
             batch = self._pending[: self.batch]
             del self._pending[: self.batch]
             try:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bot.aio import wait_for
 from bot.metrics._delivery import DeliveryCollector, DeliverySource
 from bot.metrics._queues import QueueCollector, QueueSnapshot, read_queues
 
@@ -248,7 +249,7 @@ class Metrics:
                 db.read(lambda conn: read_queues(conn, at))
             )
         try:
-            fresh = await asyncio.wait_for(asyncio.shield(reading), self.read_timeout_s)
+            fresh = await wait_for(asyncio.shield(reading), self.read_timeout_s)
         except Exception as exc:  # the scrape still answers; readyz says why
             if isinstance(exc, TimeoutError):
                 error = f"no answer from the database within {self.read_timeout_s:g} s"

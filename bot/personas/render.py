@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.aio import wait_for
 from bot.errors import PersonaError
 from bot.personas._budget import RenderLimits
 from bot.personas._templates import (
@@ -263,7 +264,7 @@ async def _off_loop(
     loop = asyncio.get_running_loop()
     job = loop.run_in_executor(_render_threads(), _render, persona, field, source, ctx, limits)
     try:
-        return await asyncio.wait_for(job, timeout=limits.max_wall_seconds + _GRACE_S)
+        return await wait_for(job, timeout=limits.max_wall_seconds + _GRACE_S)
     except TimeoutError:
         raise TemplateLimitError(
             persona.id,

@@ -13,7 +13,6 @@ is recorded as an event of its own.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Literal
 
 import structlog
 
+from bot.aio import wait_for
 from bot.safety.classifier import CrisisClassifier
 from bot.safety.crisis_patterns import PATTERNS
 from bot.safety.normalize import fold, fold_pattern, variants, window
@@ -125,7 +125,7 @@ class CrisisCheck:
         )
         if ask and self.classifier is not None:
             try:
-                result = await asyncio.wait_for(
+                result = await wait_for(
                     self.classifier.classify(ctx.text), timeout=self.classifier_timeout_s
                 )
             except TimeoutError:

@@ -27,6 +27,7 @@ from typing import Literal
 import httpx
 import structlog
 
+from bot.aio import wait_for
 from bot.config import Settings
 from bot.export.scrub import Scrubber
 from bot.llm.base import ChatMessage, ChatRequest, LLMBackend, Sampling
@@ -529,7 +530,6 @@ class GuardModelCheck:
             await self.backend.aclose()
 
     async def check(self, ctx: OutputContext, text: str) -> str | None:
-        import asyncio
 
         key = f"{ctx.incoming_text or ''}\0{text}"
         seen, verdict = self._verdicts.get(key)
@@ -547,7 +547,7 @@ class GuardModelCheck:
             model=self.model,
         )
         try:
-            completion = await asyncio.wait_for(self.backend.complete(request), self.timeout_s)
+            completion = await wait_for(self.backend.complete(request), self.timeout_s)
             verdict = self.read(completion.text)
         except Exception as exc:  # a server error, a timeout or an unreadable answer
             self.failures += 1

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from bot.aio import wait_for
 from bot.db import Database
 from bot.engine import PersonaEngine
 from bot.errors import UsageError
@@ -73,7 +74,7 @@ class AdapterKeeper:
             except Exception as exc:  # vLLM down, database busy: next time
                 log.warning("adapters.check_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.settings.adapter_check_s)
+                await wait_for(self._stop.wait(), self.settings.adapter_check_s)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="adapter-keeper")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bot.aio import wait_for
 from bot.logs import redact_text
 
 if TYPE_CHECKING:
@@ -85,12 +86,10 @@ class Readiness:
             self._probe_started = time.monotonic()
         probe = self._probe
         try:
-            revision = await asyncio.wait_for(asyncio.shield(probe), self.timeout_s)
+            revision = await wait_for(asyncio.shield(probe), self.timeout_s)
         except TimeoutError:
             waited = time.monotonic() - self._probe_started
-            return Check(
-                "database", False, f"no answer from the database for {waited:.1f} s"
-            )
+            return Check("database", False, f"no answer from the database for {waited:.1f} s")
         except Exception as exc:
             reason = redact_text(str(exc).split("\n")[0]) or type(exc).__name__
             return Check("database", False, f"unreachable: {reason}")

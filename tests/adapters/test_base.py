@@ -8,6 +8,7 @@ import itertools
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +420,27 @@ async def test_no_typing_while_the_inbox_has_a_backlog(app: App) -> None:
     async with platform.typing(incoming().scope):
         await asyncio.sleep(0.12)
     assert platform.typing_calls >= 2
+
+
+async def test_typing_stops_with_its_turn_even_when_the_platform_call_swallows_the_cancel(
+    app: App,
+) -> None:
+    # Python 3.11's asyncio.wait_for returns normally when the cancel arrives as the
+    # request ends (bot/aio.py): a typing loop that relied on the cancel alone went on
+    # for good, and a turn waiting for it to end held its chat's lane.
+    class Swallowing(ScriptedPlatform):
+        async def _send_typing(self, scope: Scope) -> None:
+            self.typing_calls += 1
+            with suppress(asyncio.CancelledError):  # what the lost cancel looks like
+                await asyncio.sleep(0.02)
+
+    platform = Swallowing(app.services, [])
+    started = time.monotonic()
+    async with platform.typing(incoming().scope):
+        while platform.typing_calls == 0:
+            await asyncio.sleep(0.005)
+    assert time.monotonic() - started < 5  # the turn was not held
+    calls = platform.typing_calls
+    await asyncio.sleep(0.3)  # six typing intervals
+    assert platform.typing_calls == calls  # and the indicator stopped with it
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "typing-test"]
