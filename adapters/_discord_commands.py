@@ -57,8 +57,11 @@ def slash_call(data: Any) -> SlashCall:
     if not isinstance(name, str) or not 0 < len(name) <= 32:
         raise ValueError(f"not a command name: {str(name)[:40]!r}")
     raw_options = data.get("options") or []
-    if not isinstance(raw_options, list):
-        raise TypeError("options is not a list")
+    resolved = data.get("resolved") or {}
+    if not isinstance(raw_options, list) or not isinstance(resolved, dict):
+        raise TypeError("options is not a list, or resolved not an object")
+    if not all(isinstance(o, dict) for o in raw_options):
+        raise TypeError("an option is not an object")
     options = {str(o["name"])[:32]: o.get("value") for o in raw_options[:25]}
 
     def text(key: str) -> str:
@@ -79,7 +82,8 @@ def slash_call(data: Any) -> SlashCall:
     if name == "persona":
         upload = options.get("upload")
         if upload is not None:
-            found = ((data.get("resolved") or {}).get("attachments") or {}).get(str(upload))
+            attachments = resolved.get("attachments") or {}
+            found = attachments.get(str(upload)) if isinstance(attachments, dict) else None
             if not isinstance(found, dict):
                 raise ValueError("the upload is not among the resolved attachments")
             return SlashCall("persona", "upload", upload=found)
