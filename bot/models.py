@@ -236,6 +236,8 @@ class InboxRow(SQLModel, table=True):
         UniqueConstraint("platform", "event_key"),
         Index("ix_inbox_events_status_platform_id", "status", "platform", "id"),
         Index("ix_inbox_events_platform_chat_status_id", "platform", "chat", "status", "id"),
+        # The burst question (Inbox.newer_from): one author's events of a chat in order.
+        Index("ix_inbox_events_platform_chat_author_id", "platform", "chat", "author", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine, event
 
 from bot.db import Database
 from bot.inbox import MAX_PAYLOAD_BYTES, Inbox, InboxStatus, RawEvent
@@ -147,6 +149,48 @@ def _repaired(text: str) -> str:
     return (
         text.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     )
+
+
+async def test_the_burst_question_is_a_seek_not_a_sort_of_the_chat(inbox: Inbox) -> None:
+    # Asked on every turn of a DM: its cost must not grow with the chat's stored events.
+    t0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    await inbox.accept(
+        "telegram",
+        [
+            RawEvent(str(i), "{}", chat="c1", author=("ann", "bob")[i % 2], received_at=t0)
+            for i in range(300)
+        ],
+    )
+    events = await inbox.pending("telegram", limit=300)
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "inbox_events" in statement:
+            statements.append((statement, params))
+
+    # Every engine: reads may go through the database's own reader engine.
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        assert await inbox.newer_from(events[150])
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    engine = inbox.db.engine
+    assert len(statements) == 2
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        raw_conn: Any = conn.connection.driver_connection
+        cursor = raw_conn.cursor()
+        if postgres:  # a tiny table is scanned anyway: ask what the index can serve
+            cursor.execute("SET enable_seqscan = off")
+        for statement, params in statements:
+            cursor.execute(("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + statement, params)
+            plan = " ".join(str(row[-1]) for row in cursor.fetchall())
+            # Neither reads the whole chat: no table scan, no sort of its rows ...
+            assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan
+            assert "Seq Scan" not in plan and "SCAN inbox_events" not in plan, plan
+            if "ORDER BY" in statement:  # ... and the author's last one is a seek
+                assert "ix_inbox_events_platform_chat_author_id" in plan, plan
+        cursor.close()
 
 
 async def test_a_message_that_waited_with_a_later_one_behind_it_is_in_a_burst(
