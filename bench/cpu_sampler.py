@@ -199,8 +199,14 @@ def _count_calls(calls: Counter[str], statements: Counter[str], dbs: list[Any]) 
 
     current = threading.local()
 
-    def on_statement(*_: Any) -> None:
-        statements[getattr(current, "name", "(outside a work)")] += 1
+    def on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        name = getattr(current, "name", None)
+        if name is None:
+            # Not through `Database`: the cluster's lock connection, the scheduler's
+            # store. Named by thread and the statement's first words, to tell apart.
+            thread = threading.current_thread().name.rsplit("_", 1)[0]
+            name = f"(outside a work) {thread}: {' '.join(statement.split()[:4])[:60]}"
+        statements[name] += 1
 
     event.listen(Engine, "before_cursor_execute", on_statement)
     for method in ("run", "read"):
@@ -219,7 +225,7 @@ def _count_calls(calls: Counter[str], statements: Counter[str], dbs: list[Any]) 
                 try:
                     return work(conn)
                 finally:
-                    current.name = "(outside a work)"
+                    current.name = None
 
             named.__wrapped__ = work  # type: ignore[attr-defined]  # what db_group keys on
             return _o(self, named, *args, **kw)
