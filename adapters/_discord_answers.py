@@ -17,11 +17,24 @@ from sqlmodel import SQLModel
 from bot.db import Database, storable
 from bot.models import InboxRow, InboxStatus, InteractionAnswer
 
-__all__ = ["WAITING", "Answer", "InteractionAnswers"]
+__all__ = [
+    "INITIAL_WINDOW_S",
+    "INTERACTION_KEY",
+    "TOKEN_LIFETIME_S",
+    "WAITING",
+    "Answer",
+    "InteractionAnswers",
+]
 
 _answers: Table = SQLModel.metadata.tables[InteractionAnswer.__tablename__]
 _inbox: Table = SQLModel.metadata.tables[InboxRow.__tablename__]
 
+#: The inbox key prefix of an interaction event.
+INTERACTION_KEY = "interaction:"
+#: Discord takes an interaction's first answer within this long of it only.
+INITIAL_WINDOW_S = 3.0
+#: An interaction's token answers (follow-ups, `@original`) this long after it.
+TOKEN_LIFETIME_S = 15 * 60.0
 #: Answer states whose reply is stored and not yet delivered: a restart sends them.
 WAITING = ("generated", "sending")
 _MAX_REASON = 2000
@@ -205,7 +218,7 @@ class InteractionAnswers:
                 .where(
                     _inbox.c.platform == self.platform,
                     _inbox.c.status == InboxStatus.PENDING.value,
-                    _inbox.c.event_key.startswith("interaction:", autoescape=True),
+                    _inbox.c.event_key.startswith(INTERACTION_KEY, autoescape=True),
                     _inbox.c.received_at > since,
                     ~answered.exists(),
                 )

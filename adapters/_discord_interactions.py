@@ -35,20 +35,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 import discord
 import structlog
 
-from adapters._discord_answers import WAITING, Answer, InteractionAnswers
+from adapters._discord_answers import (
+    INITIAL_WINDOW_S,
+    INTERACTION_KEY,
+    TOKEN_LIFETIME_S,
+    WAITING,
+    Answer,
+    InteractionAnswers,
+)
 from adapters._discord_commands import SlashCall, slash_call
+from adapters._discord_restarts import _Restarts
 from adapters._split import split_message
 from bot.aio import wait_for
 from bot.errors import AdapterError
-from bot.inbox import InboxEvent, InboxWorker, RawEvent
+from bot.inbox import InboxEvent, RawEvent
 
 if TYPE_CHECKING:
     from adapters.discord import DiscordAdapter
@@ -62,17 +71,13 @@ __all__ = [
 
 log = structlog.get_logger("adapters.discord")
 
-#: The inbox key prefix of an interaction event.
-INTERACTION_KEY = "interaction:"
 #: A command still running this long after its interaction arrived is deferred.
 ANSWER_WITHIN_S = 2.0
-#: Discord takes an interaction's first answer within this long of it only.
-INITIAL_WINDOW_S = 3.0
-#: An interaction's token answers (follow-ups, `@original`) this long after it.
-TOKEN_LIFETIME_S = 15 * 60.0
 #: Waiting for the gateway's guilds (moderator roles) before a command runs after a
 #: restart, at most.
 _READY_WAIT_S = 10.0
+#: How long a delivery waits for another worker's hold on the interaction, at most.
+_LOCK_WAIT_S = 30.0
 #: How long a commit that failed (the database busy) is retried before the answer
 #: could no longer be in time.
 _ACCEPT_RETRY_S = 1.5
@@ -99,13 +104,15 @@ def _key(data: dict[str, Any], payload: str) -> str:
     return f"{INTERACTION_KEY}sha256:{digest}"
 
 
-class DiscordInteractions:
+class DiscordInteractions(_Restarts):
     """The interactions of one `DiscordAdapter`: taken, answered, recovered."""
 
     def __init__(self, adapter: DiscordAdapter, *, now: Callable[[], datetime] = _utcnow) -> None:
         self.adapter = adapter
         self._now = now
         self._accepting: set[asyncio.Task[None]] = set()
+        #: Events whose reply this process is sending now.
+        self._delivering: set[int] = set()
 
     @property
     def queued(self) -> int:
@@ -193,7 +200,7 @@ class DiscordInteractions:
         if answer is not None and answer.stored:
             # Replayed: the command ran, its reply is stored; it is not run again.
             if answer.status in WAITING:
-                await self._deliver(interaction, answer, event)
+                await self._deliver(interaction, event)
             elif answer.status != "delivered":  # still not answered, and why
                 raise InteractionExpired(f"answer {answer.status} before: {answer.reason}")
             return
@@ -249,9 +256,7 @@ class DiscordInteractions:
         )
         if not stored:
             log.info("discord.interaction_answered_elsewhere", event_id=event.id)
-        answer = await answers.get(event.id)
-        if answer is not None and answer.status in WAITING:
-            await self._deliver(interaction, answer, event)
+        await self._deliver(interaction, event)
 
     async def _expired(self, event_id: int, answer: Answer | None, reason: str) -> NoReturn:
         """Raise `InteractionExpired` (the inbox fails the event with `reason`), the
@@ -278,7 +283,37 @@ class DiscordInteractions:
             return f"Discord refused the defer: {type(exc).__name__}: {exc}"[:500]
         return None
 
-    async def _deliver(
+    async def _deliver(self, interaction: discord.Interaction, event: InboxEvent) -> None:
+        """Send the event's stored reply, if it still waits, as its one sender: in this
+        process (a recovery queued meanwhile, as at a dead worker's adoption, leaves it
+        alone) and, with several workers (`bot.cluster`), under the interaction's lock,
+        the one a recovery job's lane takes; the row is read again under both."""
+        if event.id in self._delivering:
+            return
+        self._delivering.add(event.id)
+        worker = self.adapter.worker
+        claims = worker.claims if worker is not None else None
+        key = f"{INTERACTION_KEY}{event.id}"
+        try:
+            if claims is not None:
+                delay, deadline = 0.05, time.monotonic() + _LOCK_WAIT_S
+                while not await claims.acquire(key):
+                    if time.monotonic() > deadline:  # another worker has it in hand
+                        log.warning("discord.interaction_held_elsewhere", event_id=event.id)
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            try:
+                answer = await self.answers.get(event.id)
+                if answer is not None and answer.status in WAITING:
+                    await self._send_parts(interaction, answer, event)
+            finally:
+                if claims is not None:
+                    await claims.release(key)
+        finally:
+            self._delivering.discard(event.id)
+
+    async def _send_parts(
         self, interaction: discord.Interaction, answer: Answer, event: InboxEvent
     ) -> None:
         """Send a stored reply from its first unconfirmed part, recording each step;
@@ -325,66 +360,3 @@ class DiscordInteractions:
                 await answers.settle(answer.event_id, "undeliverable", now=now, reason=reason)
                 return
         await answers.settle(answer.event_id, "delivered", now=self._now())
-
-    async def defer_for_next_start(self) -> int:
-        """Stopping, after the worker stopped: defer the interactions it no longer
-        took, so that the next start (within 15 minutes) answers them instead of
-        finding them past 3 s. Returns how many were deferred."""
-        if self._accepting:  # what is still being committed
-            await asyncio.wait(set(self._accepting), timeout=_ACCEPT_RETRY_S)
-        inbox = self.adapter.inbox
-        if inbox is None:
-            return 0
-        since = self._now() - timedelta(seconds=INITIAL_WINDOW_S)
-        deferred = 0
-        for event_id in await self.answers.undeferred(since):
-            event = await inbox.get(event_id)
-            if event is None:
-                continue
-            try:
-                interaction, call = self._parse(event)
-            except UnparsableInteraction:
-                continue  # failed by the next start's worker, with its reason
-            if await self._defer(event, interaction, call, self._created(interaction, event)):
-                continue  # refused (logged; the next start finds it past 3 s)
-            deferred += 1
-        if deferred:
-            log.info("discord.interactions_deferred_for_restart", deferred=deferred)
-        return deferred
-
-    # -- recovery --------------------------------------------------------------------------
-
-    async def recover(self, worker: InboxWorker) -> int:
-        """Queue the delivery of every stored, undelivered reply (each in a lane of its
-        own, looked at again when it runs); returns how many. Pending interaction
-        events need nothing here: the worker takes them like any other."""
-        waiting = await self.answers.waiting()
-        for answer in waiting:
-            event_id = answer.event_id
-
-            async def job(event_id: int = event_id) -> None:
-                await self._redeliver(event_id)
-
-            worker.submit(f"{INTERACTION_KEY}{event_id}", job, name=f"interaction-{event_id}")
-        if waiting:
-            log.info("discord.interactions_recovered", replies=len(waiting))
-        return len(waiting)
-
-    async def _redeliver(self, event_id: int) -> None:
-        answers = self.answers
-        answer = await answers.get(event_id)
-        if answer is None or answer.status not in WAITING:
-            return  # delivered meanwhile
-        inbox = self.adapter.inbox
-        event = None if inbox is None else await inbox.get(event_id)
-        if event is None or not event.payload:
-            await answers.settle(
-                event_id, "expired", now=self._now(), reason="not sent: its payload is gone"
-            )
-            return
-        try:
-            interaction, _ = self._parse(event)
-        except UnparsableInteraction as exc:
-            await answers.settle(event_id, "undeliverable", now=self._now(), reason=str(exc))
-            return
-        await self._deliver(interaction, answer, event)

@@ -182,6 +182,35 @@ async def test_hostile_interactions_cost_one_failure_row_each_and_block_nothing(
             assert fake.interaction_calls(data) == []
 
 
+async def test_a_recovery_queued_while_a_reply_is_sent_leaves_it_alone(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapters._discord_interactions
+
+    monkeypatch.setattr(adapters._discord_interactions, "ANSWER_WITHIN_S", 0.05)
+    fake = discord_fake
+    bot = await discord_bot(voiced, **CONFIG)
+    original = bot.adapter.command
+
+    async def slow(name: str, args: str, ctx: Any) -> str:
+        await asyncio.sleep(0.3)
+        return str(await original(name, args, ctx))
+
+    bot.adapter.command = slow
+    fake.webhooks_held = True
+    payload = fake.interaction("help", ANN, GENERAL)
+    await fake.dispatch("INTERACTION_CREATE", payload)
+    await until(lambda: fake.held == 1)  # the edit of @original is on its way
+    # Another worker died meanwhile: its adoption queues recovery in this process too.
+    assert await bot.adapter.interactions.recover(bot.adapter.worker) == 1
+    await asyncio.sleep(0.3)
+    assert fake.held == 1
+    fake.release_held(answer=True)
+    await until(lambda: fake.interaction_answers(payload))
+    await settle(bot)
+    assert [c.method for c in fake.interaction_calls(payload)] == ["POST", "PATCH"]
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=50),
     lambda inner: (
