@@ -14,11 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from adapters._discord_commands import MAX_OPTION_CHARS, slash_call
-from bot.db import storable
 from bot.inbox import RawEvent
 from tests.adapters.conftest import DiscordBot, DiscordBotFactory
 from tests.adapters.test_discord import CONFIG, settle, until, until_rows, voiced
@@ -209,39 +205,6 @@ async def test_a_recovery_queued_while_a_reply_is_sent_leaves_it_alone(
     await until(lambda: fake.interaction_answers(payload))
     await settle(bot)
     assert [c.method for c in fake.interaction_calls(payload)] == ["POST", "PATCH"]
-
-
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=50),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-_names = st.sampled_from(["persona", "forget", "timezone", "ban", "mute", "audit", "help", "x"])
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    name=_names | _json,
-    options=st.lists(
-        st.fixed_dictionaries({"name": st.sampled_from(["what", "zone", "user", "upload", "switch",
-                                                        "reason", "duration", "everywhere"]),
-                               "value": _json | st.text(min_size=3000, max_size=3000)}),
-        max_size=6,
-    ) | _json,
-    resolved=_json,
-)  # fmt: skip
-def test_any_command_data_is_read_bounded_or_refused_as_malformed(
-    name: Any, options: Any, resolved: Any
-) -> None:
-    data = {"name": name, "options": options, "resolved": resolved}
-    try:
-        call = slash_call(data)
-    except (ValueError, TypeError, KeyError):
-        return  # one failure row for the event, nothing sent
-    assert len(call.args) <= 2 * MAX_OPTION_CHARS + 64  # at most two texts and a mention
-    assert storable(call.args) == call.args and call.name == str(name).lower()
 
 
 class _Behind:
