@@ -30,6 +30,7 @@ import structlog
 from bot.commands_memory import MemoryControl, MemoryItem, StoreMemoryControl
 from bot.engine import PersonaEngine
 from bot.errors import PersonaError, PersonaNotFound
+from bot.inbox.worker import current_event
 from bot.messages import Actor, Outgoing, Scope
 from bot.people import People, place_key
 from bot.personas import PersonaFileError, PersonaRegistry, parse_persona
@@ -299,6 +300,7 @@ class Commands:
             return parsed
         target, persona, duration, reason = parsed
         until = datetime.now(UTC) + duration if duration is not None else None
+        event = current_event()
         before, after = await self.limits.apply(
             action,
             platform=ctx.scope.platform,
@@ -307,11 +309,12 @@ class Commands:
             moderator=ctx.actor.id,
             reason=reason,
             until=until,
+            event_id=event.id if event is not None else None,
         )
         where = "every persona" if persona == "*" else persona
         done = f"{action}: {target} for {where}"
-        if until is not None:
-            done += f" until {until:%Y-%m-%d %H:%M} UTC"
+        if until is not None:  # as stored: a rerun after a crash keeps the first end
+            done += f" until {after.muted_until or until:%Y-%m-%d %H:%M} UTC"
         changed = "" if before != after else " (no change)"
         return f"Done, {done}{changed}. Audited."
 

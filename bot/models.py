@@ -454,7 +454,12 @@ class ModerationAction(SQLModel, table=True):
     person's standing before and after (JSON)."""
 
     __tablename__ = "moderation_actions"
-    __table_args__ = (Index("ix_moderation_actions_target", "platform", "target_user_id"),)
+    __table_args__ = (
+        Index("ix_moderation_actions_target", "platform", "target_user_id"),
+        # One action per inbox event: a command run again after a crash (its reply was
+        # not stored yet) finds its first run here instead of acting twice.
+        Index("ux_moderation_actions_event", "event_id", unique=True),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(sa_column=_ts(index=True))
@@ -466,6 +471,8 @@ class ModerationAction(SQLModel, table=True):
     before: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     after: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     reason: str | None = Field(default=None, max_length=512)
+    #: The inbox event (`inbox_events.id`) whose command did this; None from elsewhere.
+    event_id: int | None = Field(default=None)
 
 
 class LoreTimerRow(SQLModel, table=True):

@@ -113,6 +113,19 @@ class AuditEntry:
     reason: str | None
 
 
+def _json_standing(text: str) -> Standing:
+    """A standing as `Standing.as_json` audited it."""
+    data = json.loads(text)
+    until = data.get("muted_until")
+    return Standing(
+        muted=bool(data.get("muted")),
+        muted_until=_aware(datetime.fromisoformat(until)) if until else None,
+        banned=bool(data.get("banned")),
+        exempt=bool(data.get("exempt")),
+        reason=data.get("reason"),
+    )
+
+
 def _row_standing(row: Any) -> Standing:
     return Standing(
         muted=bool(row.muted),
@@ -158,11 +171,17 @@ class LimitStore:
         reason: str | None = None,
         until: datetime | None = None,
         now: datetime | None = None,
+        event_id: int | None = None,
     ) -> tuple[Standing, Standing]:
         """Do a moderator's `action` (see `ACTIONS`) and audit it, in one transaction.
 
         `persona` is a persona id or "*" for all. Returns the standing (of that
         row) before and after. `until` ends a mute by itself.
+
+        `event_id` is the inbox event whose command asks (`current_event()`): an
+        action already done for it is not done again, and its audited standings are
+        returned. So a command that runs again after a crash (its reply not stored
+        yet) neither audits twice nor moves a timed mute's end by the downtime.
         """
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
@@ -179,6 +198,14 @@ class LimitStore:
         )
 
         def work(conn: Connection) -> tuple[Standing, Standing]:
+            if event_id is not None:
+                done = conn.execute(
+                    select(_actions.c.before, _actions.c.after).where(
+                        _actions.c.event_id == event_id
+                    )
+                ).first()
+                if done is not None:
+                    return _json_standing(done.before), _json_standing(done.after)
             row = conn.execute(select(_limits).where(*key)).first()
             before = _row_standing(row) if row is not None else Standing()
             stamp = {"updated_at": at, "updated_by": moderator[:256]}
@@ -204,6 +231,7 @@ class LimitStore:
                     before=before.as_json(),
                     after=after.as_json(),
                     reason=(reason or None) and reason[:512],
+                    event_id=event_id,
                 )
             )
             return before, after

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bot.commands import CommandContext, parse_moderation
+from bot.inbox import Inbox, InboxEvent, InboxWorker, RawEvent
 from bot.llm.base import ChatRequest
 from bot.llm.mock import MockBackend
 from bot.messages import Actor, Incoming, Scope
@@ -165,6 +166,46 @@ async def test_ban_and_unban_through_the_command_with_an_audit(
     store = LimitStore(app.db)
     [latest, first] = await store.audit("test", "101")
     assert (latest.action, first.action) == ("unban", "ban") and first.after["banned"] is True
+
+
+async def test_a_command_run_again_for_its_event_after_a_crash_acts_and_audits_once(
+    make_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The reply of a command is stored with its event's done mark; a process that dies
+    # between the command's own commit and that one runs the command again on restart
+    # (here: the first handling fails after the command, and the event is replayed).
+    app = await make_app(MockBackend(), disclose_first_contact=False)
+    inbox = Inbox(app.db)
+    answers: list[str] = []
+
+    async def handle(event: InboxEvent) -> None:
+        answers.append(await app.commands.run("mute", "101 30m flooding", moderator()))
+        if len(answers) == 1:
+            raise RuntimeError("the process died before the reply was stored")
+
+    worker = InboxWorker(inbox, "test", handle, poll_s=0.01)
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await inbox.accept("test", [RawEvent("cmd-1", "{}", chat="modchat")])
+        worker.wake()
+        while len(answers) < 1 or (await inbox.counts("test")).get("failed", 0) < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.1)  # a later minute on the clock would move a new mute's end
+        assert await inbox.replay(failed=True, platform="test")
+        worker.wake()
+        while (await inbox.counts("test")).get("done", 0) < 1:
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+    assert len(answers) == 2 and answers[0] == answers[1], answers  # the same end
+    assert rows(tmp_path, "select action, target_user_id from moderation_actions") == [
+        ("mute", "101")
+    ]
+    # Another event is another action, audited as such.
+    assert (await app.commands.run("mute", "101 30m", moderator())).startswith("Done, mute")
+    assert len(rows(tmp_path, "select id from moderation_actions")) == 2
 
 
 async def test_a_mute_for_one_persona_or_for_all(make_app: Callable[..., Any]) -> None:
