@@ -413,16 +413,6 @@ def _bot_replies(fake: FakeDiscord) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known, not yet understood (issue #15): in about one run in five, one or two DM "
-        "chats stop after the restart; the head event of each is a message the killed "
-        "process had answered but not marked done, and its handler never returns, so "
-        "the chat's later events wait (a global 429 closing discord.py's gate is fixed "
-        "and was one cause; this is another)"
-    ),
-)
 async def test_kill_9_in_the_middle_of_a_load_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, seed: int
 ) -> None:
