@@ -568,8 +568,9 @@ class InteractionAnswer(SQLModel, table=True):
     A row appears when the interaction is deferred ("thinking…", `status` `deferred`,
     no text yet) or when its reply is stored with the event's done mark (`generated`);
     then `sending` (`parts_sent` of its split parts confirmed) → `delivered` |
-    `undeliverable` | `expired` (settled: the text cleared), each with its `reason`. `created_at` is the
-    interaction's own time (Discord's clock): its token lives 15 minutes from then.
+    `undeliverable` | `expired` (settled: the text cleared), each with its `reason`.
+    `created_at` is the interaction's own time (Discord's clock): its token lives 15
+    minutes from then.
     """
 
     __tablename__ = "interaction_answers"
