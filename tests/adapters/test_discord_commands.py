@@ -9,8 +9,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters._discord_client import reset_webhook_routes, use_routes_for_webhooks
 from adapters._discord_commands import MAX_OPTION_CHARS, SlashCall, slash_call
 from bot.db import storable
+from bot.inbox.worker import _EVENT
+from tests.adapters.conftest import DiscordBotFactory
+from tests.adapters.test_discord import CONFIG, interact, settle, voiced
+from tests.fakes.discord_api import ANN, BOB, GENERAL, FakeDiscord
+
+MANAGE_GUILD = 1 << 5
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=50),
@@ -64,3 +71,38 @@ def test_the_commands_read_as_the_tree_declares_them() -> None:
     assert slash_call(data("ban", user="42", duration="2h")) == SlashCall("ban", "<@42>")
     assert slash_call(data("audit")) == SlashCall("audit", "")
     assert slash_call(data("HELP")) == SlashCall("help", "")
+
+
+async def test_a_moderator_command_is_done_once_for_its_interaction(
+    discord_bot: DiscordBotFactory, discord_fake: FakeDiscord
+) -> None:
+    bot = await discord_bot(voiced, **CONFIG)
+    payload = discord_fake.interaction(
+        "ban", ANN, GENERAL, {"user": BOB, "reason": "spam"}, permissions=MANAGE_GUILD
+    )
+    assert "Done, ban" in (await interact(discord_fake, payload))["content"]
+    await settle(bot)
+    rows = await bot.rows(
+        "select e.id, e.event_key from moderation_actions m join inbox_events e "
+        "on e.id = m.event_id"
+    )
+    assert [key for _, key in rows] == [f"interaction:{payload['id']}"]
+    # Its command run again for the same interaction (a crash before its reply was
+    # stored): the ban is not done, or audited, twice.
+    event = await bot.adapter.inbox.get(rows[0][0])
+    await bot.app.db.run(lambda c: c.exec_driver_sql("delete from interaction_answers"))
+    bot.adapter.interactions._now = lambda: event.received_at  # still within its 3 s
+    # As the worker hands it over: in its event's context, answers routed to the fake.
+    handing = _EVENT.set(event)
+    routes = use_routes_for_webhooks(bot.adapter._routes)
+    try:
+        await bot.adapter.interactions.handle(event)
+    finally:
+        _EVENT.reset(handing)
+        if routes is not None:
+            reset_webhook_routes(routes)
+    # Its reply was stored and sent, and Discord, answered already, refused it: recorded.
+    assert await bot.rows("select status, reason like '%40060%' from interaction_answers") == [
+        ("undeliverable", 1)
+    ]
+    assert await bot.rows("select count(*) from moderation_actions") == [(1,)]
