@@ -25,9 +25,10 @@ reply after a defer, more parts) for 15 minutes, with the interaction's token. S
 
 A reply is sent once, except a part in flight at a crash: its follow-up may repeat
 (an `@original` edit repeats harmlessly). A command whose reply was stored never
-runs twice; one cut short by a crash before that runs again (its effects are
-idempotent or audited, as on Telegram). A payload that cannot be read costs one
-failure row and blocks nothing: interactions have no lane of their own to block.
+runs twice; one cut short by a crash before that runs again (what it does is
+idempotent, a moderator action done once per event, as on Telegram). A payload
+that cannot be read costs one failure row and blocks nothing: interactions have no
+lane of their own to block.
 """
 
 from __future__ import annotations
