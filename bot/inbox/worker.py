@@ -25,7 +25,6 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -69,6 +68,9 @@ def in_lane() -> bool:
 
 
 log = structlog.get_logger("bot.inbox")
+
+#: How long a drain past its time waits for the lanes it cancelled to end.
+_CANCEL_WAIT_S = 5.0
 
 #: What handles one event: the adapter's `handle_event`.
 EventHandler = Callable[[InboxEvent], Awaitable[None]]
@@ -134,6 +136,8 @@ class InboxWorker:
         #: Chats with a pull queued or running (with `claims`).
         self._pulling: set[str] = set()
         self._stopping = False
+        #: Set by a drain past its time: lanes take no further item.
+        self._abandoned = False
 
     # -- feeding ------------------------------------------------------------------------
 
@@ -245,11 +249,17 @@ class InboxWorker:
             await wait_for(self._idle.wait(), timeout=timeout_s)
         except TimeoutError:
             log.warning("inbox.drain_timeout", platform=self.platform, in_hand=self.backlog)
-            for task in list(self._tasks.values()):
+            # A lane whose cancel is lost (a library that swallows it) must not go on
+            # to its next event, nor hold the stop for good: it is told to abandon,
+            # and waited for a bounded time.
+            self._abandoned = True
+            tasks = list(self._tasks.values())
+            for task in tasks:
                 task.cancel()
-            for task in list(self._tasks.values()):
-                with suppress(asyncio.CancelledError):
-                    await task
+            if tasks:
+                _, stuck = await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
+                if stuck:
+                    log.error("inbox.lanes_not_stopped", platform=self.platform, lanes=len(stuck))
             return False
         return True
 
@@ -274,12 +284,12 @@ class InboxWorker:
         lane = self._lanes[key]
         ordered = self.claims is not None and not key.startswith("\0")
         try:
-            while lane:
+            while lane and not self._abandoned:
                 if ordered and not await self._acquire(key, lane):
                     lane.clear()  # only pulls were queued: the holder handles them
                     self._pulling.discard(key)
                     break
-                while lane:
+                while lane and not self._abandoned:
                     item = lane[0]
                     if item.pull:
                         await self._pull(key)

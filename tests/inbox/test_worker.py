@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
+import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bot.inbox.worker as worker_module
 from bot.db import Database
 from bot.inbox import Inbox, InboxEvent, InboxStatus, InboxWorker, RawEvent
 from bot.llm.base import ChatRequest
@@ -236,6 +240,54 @@ async def test_an_event_that_hangs_is_failed_after_its_timeout(tmp_path: Path) -
         (failed,) = await Inbox(db).list(status=InboxStatus.FAILED)
         assert failed.key == "1" and "not handled within 0.2 s" in (failed.reason or "")
     finally:
+        await db.aclose()
+
+
+async def test_a_drain_past_its_time_stops_lanes_whose_cancel_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A library that swallows a cancel (Python 3.11's asyncio.wait_for does, as the
+    # awaited call ends: bot/aio.py) must not let a cancelled lane go on to its next
+    # event, nor hold the stop for good.
+    monkeypatch.setattr(worker_module, "_CANCEL_WAIT_S", 0.3)
+    db = Database.open(f"sqlite:///{tmp_path}/w.db")
+    inbox = Inbox(db)
+    started: list[str] = []
+    entered = asyncio.Event()
+    released = asyncio.Event()
+
+    async def handler(event: InboxEvent) -> None:
+        started.append(event.key)
+        entered.set()
+        if event.key == "1":  # loses the drain's cancel, and returns
+            with suppress(asyncio.CancelledError):
+                await asyncio.sleep(30)
+        elif event.key == "x":  # loses every cancel, until the test ends
+            while not released.is_set():
+                with suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.05)
+
+    try:
+        for keys in (("1", "2", "3"), ("x", "y")):
+            started.clear()
+            entered.clear()
+            worker = InboxWorker(inbox, keys[0], handler, poll_s=0.01)
+            stop = asyncio.Event()
+            running = asyncio.create_task(worker.run(stop))
+            await inbox.accept(keys[0], [RawEvent(k, "{}", chat="c") for k in keys])
+            worker.wake()
+            await entered.wait()
+            stop.set()
+            await running
+            began = time.monotonic()
+            assert not await worker.drain(0.1)
+            assert time.monotonic() - began < 10  # bounded, whatever the lane does
+            assert started == [keys[0]]  # the lane took no further event
+            pending = [e.key for e in await inbox.pending(keys[0], limit=10)]
+            assert pending == list(keys[1:]) or pending == list(keys)  # kept, not lost
+    finally:
+        released.set()
+        await asyncio.sleep(0.1)
         await db.aclose()
 
 
