@@ -12,12 +12,9 @@ calls its method with `now`. Those methods are what tests call, with a frozen
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any
 from weakref import WeakValueDictionary
 
 import structlog
@@ -26,41 +23,23 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from sqlalchemy import Connection, Engine, Table, delete, select, update
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 
 from bot.config import SchedulerSettings
-from bot.db import Database, PoolOptions, create_db_engine, sqlite_path
+from bot.db import Database, PoolOptions, create_db_engine
 from bot.engine import PersonaEngine
-from bot.errors import ConfigError, UsageError
-from bot.messages import Outgoing, TurnKind
-from bot.models import Failure, Feedback, FollowUp, Message
 from bot.personas import PersonaRegistry
-from bot.personas.schedule import Schedule
-from bot.scheduler.policy import decide
-from bot.scheduler.targets import Target, load_target, load_targets
+from bot.scheduler.proactive import Proactive, ProactiveSender
+from bot.scheduler.upkeep import Upkeep
 
 __all__ = ["ProactiveSender", "Scheduler", "habit_trigger", "job_ids"]
 
 log = structlog.get_logger("bot.scheduler")
 
-_t = SQLModel.metadata.tables
-_followups: Table = _t[FollowUp.__tablename__]
-_messages: Table = _t[Message.__tablename__]
-_feedback: Table = _t[Feedback.__tablename__]
-_failures: Table = _t[Failure.__tablename__]
 
 # The running schedulers by name, for job functions (APScheduler stores a textual
 # reference to a function, not an object). Weak: a closed scheduler disappears.
 _RUNNING: WeakValueDictionary[str, Scheduler] = WeakValueDictionary()
-
-
-class ProactiveSender(Protocol):
-    """Delivers a proactive message on one platform (an adapter's `send`)."""
-
-    async def send(self, outgoing: Outgoing) -> list[str | None]:
-        """Deliver it; raise `DeliveryError` (recorded by the adapter) on failure."""
-        ...
 
 
 def habit_trigger(cron: str, zone: str, jitter_minutes: int = 0) -> CronTrigger:
@@ -75,7 +54,7 @@ def job_ids(persona: str, habit: str, conversation_id: int) -> str:
     return f"habit:{persona}:{habit}:{conversation_id}"
 
 
-class Scheduler:
+class Scheduler(Proactive, Upkeep):
     """Owns the APScheduler instance and the jobs' logic."""
 
     def __init__(
@@ -208,49 +187,6 @@ class Scheduler:
             changed += 1
         return changed
 
-    async def fire_habit(
-        self, persona: str, habit: str, conversation_id: int, now: datetime
-    ) -> bool:
-        """A habit's time has come for one person: send it if the policy allows."""
-        loaded = self.personas.get(persona)
-        schedule = loaded.persona.schedule
-        if schedule is None:
-            return False
-        found = next((h for h in schedule.habits if h.name == habit), None)
-        if found is None:
-            return False
-        target = await self._target(persona, conversation_id, now, schedule)
-        if target is None:
-            return False
-        return await self._speak(target, schedule, found.prompt, now, f"habit {habit}")
-
-    # -- check-ins and follow-ups -----------------------------------------------------
-
-    async def sweep(self, now: datetime) -> int:
-        """Check-ins for people who went quiet, and habit jobs kept in sync; returns
-        how many check-ins were sent."""
-        sent = 0
-        for loaded in self.personas.personas():
-            schedule = loaded.persona.schedule
-            if schedule is None or not schedule.checkins:
-                continue
-            for target in await self._targets(loaded.persona.id, now, schedule):
-                if target.last_incoming_at is None:
-                    continue
-                silence = now - target.last_incoming_at
-                due = [c for c in schedule.checkins if silence >= timedelta(hours=c.after_hours)]
-                # Once per silence: only if nothing proactive went out since they last wrote.
-                if not due or (
-                    target.last_proactive_at is not None
-                    and target.last_proactive_at > target.last_incoming_at
-                ):
-                    continue
-                checkin = max(due, key=lambda c: c.after_hours)
-                if await self._speak(target, schedule, checkin.prompt, now, "check-in"):
-                    sent += 1
-        await self.sync(now)
-        return sent
-
     def schedule_followup(self, followup_id: int, due_at: datetime) -> None:
         """Add the job that fires a stored follow-up at its time."""
         self.aps.add_job(
@@ -260,151 +196,6 @@ class Scheduler:
             id=f"followup:{followup_id}",
             replace_existing=True,
         )
-
-    async def fire_followup(self, followup_id: int, now: datetime) -> str:
-        """Ask about a follow-up; returns its new status (sent, skipped, failed)."""
-        row = await self.db.run(
-            lambda c: c.execute(select(_followups).where(_followups.c.id == followup_id)).first()
-        )
-        if row is None or row.status != "pending":
-            return "missing" if row is None else str(row.status)
-        loaded = self.personas.get(row.persona_id)
-        schedule = loaded.persona.schedule or Schedule()
-        target = await self._target(row.persona_id, row.conversation_id, now, schedule)
-        status, reason = "skipped", "not a direct conversation any more"
-        if target is not None:
-            decision = decide(target.state, schedule, now)
-            reason = decision.reason
-            if not decision.allowed:
-                self.engine.metrics.proactive_skipped(reason)
-            else:
-                instruction = (
-                    f"Earlier you meant to follow up on this: {row.text} Ask about it now."
-                )
-                sent = await self._deliver(target, instruction, now)
-                status, reason = ("sent", "ok") if sent else ("failed", "not delivered")
-
-        def mark(conn: Connection) -> None:
-            conn.execute(
-                update(_followups)
-                .where(_followups.c.id == followup_id)
-                .values(status=status, reason=reason[:256], fired_at=now)
-            )
-
-        await self.db.run(mark)
-        log.info("followup.fired", followup=followup_id, status=status, reason=reason)
-        return status
-
-    # -- upkeep ---------------------------------------------------------------------------
-
-    async def run_upkeep(self, name: str, now: datetime) -> Any:
-        """Run one upkeep job now: nightly (retention + optimize), backup, or an
-        extra one given at construction (memory consolidation, export)."""
-        if name == "nightly":
-            deleted = await self.retention(now)
-            if self.db.engine.dialect.name == "sqlite":
-                # SQLite has no autovacuum daemon to refresh its planner statistics;
-                # PostgreSQL's autovacuum analyzes tables as they change.
-                await self.db.run(lambda c: c.exec_driver_sql("PRAGMA optimize"))
-            return deleted
-        if name == "backup":
-            return await self.backup(now)
-        job = self.upkeep.get(name)
-        if job is None:
-            known = ", ".join(f"upkeep:{n}" for n in ("nightly", "backup", *self.upkeep))
-            raise UsageError(f"no upkeep job {name!r}; there are: {known}")
-        return await job(now)
-
-    async def retention(self, now: datetime) -> int:
-        """Delete messages older than `retention_days` (summaries and exports stay)."""
-        days = self.settings.retention_days
-        if days is None:
-            return 0
-        cutoff = now - timedelta(days=days)
-
-        def work(conn: Connection) -> int:
-            old = select(_messages.c.id).where(_messages.c.created_at < cutoff)
-            conn.execute(delete(_feedback).where(_feedback.c.message_id.in_(old)))
-            conn.execute(
-                update(_failures).where(_failures.c.message_id.in_(old)).values(message_id=None)
-            )
-            conn.execute(
-                update(_followups)
-                .where(_followups.c.source_message_id.in_(old))
-                .values(source_message_id=None)
-            )
-            conn.execute(
-                update(_messages).where(_messages.c.reply_to_id.in_(old)).values(reply_to_id=None)
-            )
-            result = conn.execute(delete(_messages).where(_messages.c.created_at < cutoff))
-            return int(result.rowcount or 0)
-
-        deleted = await self.db.run(work)
-        log.info("upkeep.retention", deleted=deleted, cutoff=cutoff.isoformat())
-        return deleted
-
-    async def backup(self, now: datetime) -> Path:
-        """A consistent copy of the SQLite file (online backup API), keeping the newest
-        `backup_keep` copies. Raises `ConfigError` when there is nothing to do it with:
-        no `scheduler.backup_dir`, or a database that is not a SQLite file."""
-        target_dir = self.settings.backup_dir
-        if target_dir is None:
-            raise ConfigError("scheduler.backup_dir is not set: there is nowhere to back up to")
-        source = sqlite_path(self.db.engine.url.render_as_string(hide_password=False))
-        if source is None:
-            raise ConfigError(
-                "database.url is not a SQLite file: back it up with the database's own tools"
-            )
-        return await asyncio.to_thread(_backup, source, target_dir, now, self.settings.backup_keep)
-
-    # -- helpers ------------------------------------------------------------------------
-
-    async def _targets(self, persona: str, now: datetime, schedule: Schedule) -> list[Target]:
-        zone = schedule.timezone or self.default_zone
-        return await self.db.run(lambda c: load_targets(c, persona, now=now, default_zone=zone))
-
-    async def _target(
-        self, persona: str, conversation_id: int, now: datetime, schedule: Schedule
-    ) -> Target | None:
-        zone = schedule.timezone or self.default_zone
-        return await self.db.run(
-            lambda c: load_target(c, persona, conversation_id, now=now, default_zone=zone)
-        )
-
-    async def _speak(
-        self, target: Target, schedule: Schedule, instruction: str, now: datetime, why: str
-    ) -> bool:
-        decision = decide(target.state, schedule, now)
-        if not decision.allowed:
-            log.info("proactive.skipped", why=why, reason=decision.reason, user=target.scope.user)
-            self.engine.metrics.proactive_skipped(decision.reason)
-            return False
-        return await self._deliver(target, instruction, now)
-
-    async def _deliver(self, target: Target, instruction: str, now: datetime) -> bool:
-        sender = self.senders.get(target.scope.platform)
-        if sender is None:
-            log.info("proactive.no_sender", platform=target.scope.platform)
-            self.engine.metrics.proactive_skipped("no sender")
-            return False
-        outgoing = await self.engine.proactive(
-            target.scope,
-            instruction=instruction,
-            display_name=target.display_name,
-            kind=TurnKind.PROACTIVE,
-            now=now,
-        )
-        if outgoing is None:
-            self.engine.metrics.proactive_failed("generation")
-            return False
-        try:
-            await sender.send(outgoing)
-        except Exception as exc:  # recorded by the adapter; never retried in a loop
-            log.warning("proactive.undelivered", error=str(exc), user=target.scope.user)
-            self.engine.metrics.proactive_failed("delivery")
-            return False
-        self.engine.metrics.proactive_sent()
-        return True
 
 
 def _job_store_engine(db: Database) -> Engine:
@@ -418,20 +209,6 @@ def _job_store_engine(db: Database) -> Engine:
         db.engine.url.render_as_string(hide_password=False),
         pool=PoolOptions(size=1, max_overflow=1, timeout_s=30),
     )
-
-
-def _backup(source: Path, target_dir: Path, now: datetime, keep: int) -> Path:
-    target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{source.stem}-{now:%Y%m%d-%H%M%S}.db"
-    partial = target.with_suffix(".partial")
-    with sqlite3.connect(source) as src, sqlite3.connect(partial) as dst:
-        src.backup(dst)
-    partial.replace(target)  # a backup that exists is a complete one
-    copies = sorted(target_dir.glob(f"{source.stem}-*.db"))
-    for old in copies[:-keep]:
-        old.unlink(missing_ok=True)
-    log.info("upkeep.backup", path=str(target), kept=min(len(copies), keep))
-    return target
 
 
 def _same_trigger(stored: Any, wanted: Any) -> bool:
