@@ -173,9 +173,7 @@ class Adapter(_Intake, abc.ABC):
         raises, so the event is recorded as failed (and can be replayed) rather
         than marked done.
         """
-        expire_before = datetime.now(UTC) - timedelta(
-            seconds=self.engine.settings.stale_after_s
-        )
+        expire_before = datetime.now(UTC) - timedelta(seconds=self.engine.settings.stale_after_s)
         try:
             async with self.typing(incoming.scope, enabled=incoming.addressed_to_bot):
                 replies = await self.engine.handle(incoming, expire_before=expire_before)
