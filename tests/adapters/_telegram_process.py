@@ -10,22 +10,17 @@ sent to the bot, whether it was answered, recorded as failed or expired, or lost
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import sqlite3
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.fakes.bot_process import REPO, BotChild
 from tests.fakes.telegram_api import FakeTelegramAPI
 
-__all__ = ["Accounting", "BotProcess", "account", "in_flight", "write_config"]
+__all__ = ["REPO", "Accounting", "BotProcess", "account", "in_flight", "write_config"]
 
-REPO = Path(__file__).resolve().parents[2]
 PERSONA = """\
 version: 1
 id: tester
@@ -87,83 +82,35 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-@dataclass
-class BotProcess:
-    """One `bot run` child at a time; `start` again after `kill` restarts it."""
+class BotProcess(BotChild):
+    """One `bot run` child at a time against the fake Bot API (TELEGRAM_TOKEN its
+    token, DISCORD_TOKEN unset); `start` again after `kill` restarts it. Logs:
+    bot-<n>.log beside the config."""
 
-    config: Path
-    api: FakeTelegramAPI
-    env: dict[str, str] = field(default_factory=dict)
-    process: asyncio.subprocess.Process | None = None
-    starts: int = 0
+    def __init__(
+        self, config: Path, api: FakeTelegramAPI, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(config, env=env, unset=("DISCORD_TOKEN",))
+        self.api = api
+
+    def credentials(self) -> dict[str, str]:
+        return {"TELEGRAM_TOKEN": self.api.token}
 
     async def start(self, *, timeout: float = 30.0, wait: bool = True) -> None:
         """Start `bot run`; with `wait`, return once it takes updates (it polls, or
         its webhook is registered)."""
-        log = (self.config.parent / f"bot-{self.starts}.log").open("wb")
-        env = {
-            **os.environ,
-            "TELEGRAM_TOKEN": self.api.token,
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(REPO),
-            **self.env,
-        }
-        env.pop("DISCORD_TOKEN", None)
         polls = self.api.counts["getUpdates"]
         webhooks = self.api.counts["setWebhook"]
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from bot.cli import main; main()",
-            "run",
-            "--config",
-            str(self.config),
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=self.config.parent,
-        )
-        log.close()
-        self.starts += 1
+        await self.spawn()
         if not wait:
             return
-        deadline = time.monotonic() + timeout
-        while (
-            self.api.counts["getUpdates"] == polls and self.api.counts["setWebhook"] == webhooks
-        ):
-            if self.process.returncode is not None:
-                raise AssertionError(f"bot run exited with {self.process.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bot run did not start in {timeout} s: {self.log()}")
-            await asyncio.sleep(0.02)
-
-    def log(self, tail: int = 3000) -> str:
-        """The end of the latest run's output."""
-        path = self.config.parent / f"bot-{self.starts - 1}.log"
-        return path.read_text(encoding="utf-8", errors="replace")[-tail:] if path.exists() else ""
-
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, no goodbye."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self, timeout: float = 90.0) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
-        # Generous: a clean stop finishes the replies in hand first, which on a
-        # loaded machine takes a while.
-        if self.process is None:
-            return 0
-        if self.process.returncode is not None:
-            return self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(f"bot run did not stop in {timeout} s: {self.log()}") from None
+        await self.wait_until(
+            lambda: (
+                self.api.counts["getUpdates"] != polls or self.api.counts["setWebhook"] != webhooks
+            ),
+            timeout=timeout,
+            what="did not start",
+        )
 
 
 @dataclass

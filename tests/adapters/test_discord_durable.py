@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
 import sqlite3
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +20,7 @@ from hypothesis import strategies as st
 from bot.llm.base import ChatRequest
 from tests.adapters.conftest import DiscordBot, DiscordBotFactory
 from tests.adapters.test_discord import CONFIG, MENTION, settle, until, until_rows, voiced
+from tests.fakes.bot_process import BotChild
 from tests.fakes.discord_api import (
     ALWAYS_ON,
     ANN,
@@ -275,7 +273,6 @@ async def test_guild_history_messages_keep_their_guild(
 
 # -- kill -9 --------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
 KILL_PERSONA = """\
 version: 1
 id: tester
@@ -318,65 +315,26 @@ def write_run_config(tmp: Path, *, llm_url: str, fake: FakeDiscord) -> Path:
     return path
 
 
-class BotRun:
-    """`bot run` as a child process on a SQLite file that outlives it."""
+class BotRun(BotChild):
+    """`bot run` as a child process on a SQLite file that outlives it, against the
+    fake Discord (DISCORD_TOKEN its token, TELEGRAM_TOKEN unset). Logs: bot-<n>.log."""
 
     def __init__(self, config: Path, fake: FakeDiscord) -> None:
-        self.config = config
+        super().__init__(config, unset=("TELEGRAM_TOKEN",), entry=("-m", "bot.cli"))
         self.fake = fake
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
+
+    def credentials(self) -> dict[str, str]:
+        return {"DISCORD_TOKEN": TOKEN}
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start it; return once its gateway session is up (READY sent)."""
-        env = {
-            **os.environ,
-            "DISCORD_TOKEN": TOKEN,
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(REPO),
-        }
-        env.pop("TELEGRAM_TOKEN", None)
         sessions = len(self.fake.session_starts)
-        with (self.config.parent / f"bot-{self.starts}.log").open("wb") as out:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.cli", "run", "--config", str(self.config),
-                stdout=out, stderr=out, env=env, cwd=self.config.parent,
-            )  # fmt: skip
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while self.fake.session_starts[sessions:].count("identify") == 0:
-            if self.process.returncode is not None:
-                raise AssertionError(f"bot run exited with {self.process.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"bot run did not connect in {timeout} s: {self.log()}")
-            await asyncio.sleep(0.02)
-
-    def log(self, tail: int = 3000) -> str:
-        path = self.config.parent / f"bot-{self.starts - 1}.log"
-        return path.read_text(encoding="utf-8", errors="replace")[-tail:] if path.exists() else ""
-
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self, timeout: float = 90.0) -> int:
-        """SIGTERM and a clean exit; returns the exit code."""
-        # More than the bot's own bound on finishing the replies in hand (Discord's
-        # drain is 30 s): on a loaded machine a clean stop may take all of it.
-        if self.process is None:
-            return 0
-        if self.process.returncode is not None:
-            return self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(f"bot run did not stop in {timeout} s: {self.log()}") from None
+        await self.spawn()
+        await self.wait_until(
+            lambda: self.fake.session_starts[sessions:].count("identify") > 0,
+            timeout=timeout,
+            what="did not connect",
+        )
 
 
 def _sending(db: Path) -> int:

@@ -14,7 +14,8 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,22 @@ def _config(tmp_path: Path, llm: FakeOpenAIServer, api: FakeTelegramAPI) -> Path
     return config
 
 
+@asynccontextmanager
+async def _running(
+    tmp_path: Path, llm: FakeOpenAIServer
+) -> AsyncIterator[tuple[FakeTelegramAPI, BotProcess]]:
+    """The fake Bot API (calls not recorded) and `bot run` on it, started: the set-up
+    every test here shares. A test that fails midway leaves no bot running."""
+    async with FakeTelegramAPI() as api:
+        api.record_calls = False
+        bot = BotProcess(_config(tmp_path, llm, api), api)
+        await bot.start()
+        try:
+            yield api, bot
+        finally:
+            await bot.kill()  # a no-op after the test's own clean stop
+
+
 def _rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as con:
         return [tuple(r) for r in con.execute(sql, params)]
@@ -73,10 +90,7 @@ async def test_a_kill_between_a_commands_commit_and_its_send_delivers_it_once_wi
     tmp_path: Path, llm: FakeOpenAIServer
 ) -> None:
     db = tmp_path / "bot.db"
-    async with FakeTelegramAPI() as api:
-        api.record_calls = False
-        bot = BotProcess(_config(tmp_path, llm, api), api)
-        await bot.start()
+    async with _running(tmp_path, llm) as (api, bot):
         # The first send to each chat is held off by a long 429: the command has
         # run and its reply is committed, but nothing has left when the kill comes.
         api.fail_next(status=429, retry_after=30, chat_id=8001)
@@ -115,10 +129,7 @@ async def test_a_greeting_delivered_before_a_kill_is_not_sent_again(
     tmp_path: Path, llm: FakeOpenAIServer
 ) -> None:
     db = tmp_path / "bot.db"
-    async with FakeTelegramAPI() as api:
-        api.record_calls = False
-        bot = BotProcess(_config(tmp_path, llm, api), api)
-        await bot.start()
+    async with _running(tmp_path, llm) as (api, bot):
         api.private_message(8101, "/start")
         await api.wait_for(lambda: len(api.sent_to(8101)) == 2, timeout=20)
         await _until(lambda: _waiting(db) == 0, 20, "the greeting recorded delivered")
@@ -155,10 +166,7 @@ async def test_commands_and_turns_in_one_chat_leave_in_order_across_a_kill(
     db = tmp_path / "bot.db"
     script = ["/start", "one", "/help", "two", "/mute 555 10m", "three", "/help", "four"]
     expected = ["greeting", "start", "turn", "help", "turn", "mute", "turn", "help", "turn"]
-    async with FakeTelegramAPI() as api:
-        api.record_calls = False
-        bot = BotProcess(_config(tmp_path, llm, api), api)
-        await bot.start()
+    async with _running(tmp_path, llm) as (api, bot):
         for text in script:
             api.private_message(MODERATOR, text)
         # Killed at a random moment once some of the answers have left.

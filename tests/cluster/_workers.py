@@ -2,20 +2,17 @@
 
 The config is tests/adapters/_telegram_process.py's (the fakes' URLs, one persona,
 no memory) with the database replaced by the caller's URL. Each `Worker` is one
-child process with its own log; `account` reads the database through SQLAlchemy
-(either dialect) and the fake's record, and says for every message sent to the
-bot whether it was answered, recorded as failed, or lost, and what was sent twice.
+child process (tests/fakes/bot_process.py) with its own log; `account` reads the
+database through SQLAlchemy (either dialect) and the fake's record, and says for
+every message sent to the bot whether it was answered, recorded as failed, or lost,
+and what was sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
-from tests.adapters._telegram_process import REPO, Accounting, write_config
+from tests.adapters._telegram_process import Accounting, write_config
+from tests.fakes.bot_process import BotChild
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 __all__ = [
@@ -79,90 +77,50 @@ def live_workers(url: str) -> int:
     return int(rows[0][0])
 
 
-@dataclass
-class Worker:
-    """One `bot run` child; `start` again after `kill` starts a fresh one."""
+class Worker(BotChild):
+    """One `bot run` child named `name` (BOT_WORKER_ID); `start` again after `kill`
+    starts a fresh one. Logs: <name>-<n>.log beside the config."""
 
-    name: str
-    config: Path
-    api: FakeTelegramAPI | None
-    env: dict[str, str] = field(default_factory=dict)
-    #: The platform's token variable (None: TELEGRAM_TOKEN of `api`); the other is unset.
-    token_env: tuple[str, str] | None = None
-    process: asyncio.subprocess.Process | None = None
-    starts: int = 0
+    def __init__(
+        self,
+        name: str,
+        config: Path,
+        api: FakeTelegramAPI | None,
+        env: dict[str, str] | None = None,
+        token_env: tuple[str, str] | None = None,
+    ) -> None:
+        # Neither platform's token is inherited: a worker gets exactly one.
+        super().__init__(
+            config,
+            env=env,
+            unset=("TELEGRAM_TOKEN", "DISCORD_TOKEN"),
+            label=name,
+            log_prefix=name,
+        )
+        self.name = name
+        self.api = api
+        #: The platform's token variable (None: TELEGRAM_TOKEN of `api`); the other is unset.
+        self.token_env = token_env
 
-    def _log_path(self, start: int) -> Path:
-        return self.config.parent / f"{self.name}-{start}.log"
-
-    async def start(self) -> None:
-        """Start `bot run` (return at once; see `wait_joined`)."""
-        log = self._log_path(self.starts).open("wb")
+    def credentials(self) -> dict[str, str]:
         if self.token_env is None:
             assert self.api is not None
             token = ("TELEGRAM_TOKEN", self.api.token)
         else:
             token = self.token_env
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("TELEGRAM_TOKEN", "DISCORD_TOKEN")},
-            token[0]: token[1],
-            "NO_PROXY": "127.0.0.1,localhost",
-            "no_proxy": "127.0.0.1,localhost",
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(REPO),
-            "BOT_WORKER_ID": self.name,
-            **self.env,
-        }
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "from bot.cli import main; main()",
-            "run",
-            "--config",
-            str(self.config),
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=self.config.parent,
-        )
-        log.close()
-        self.starts += 1
+        return {token[0]: token[1], "BOT_WORKER_ID": self.name}
+
+    async def start(self) -> None:
+        """Start `bot run` (return at once; see `wait_joined`)."""
+        await self.spawn()
 
     async def wait_joined(self, url: str, *, workers: int, timeout: float = 60.0) -> None:
         """Wait until `workers` workers are registered on `url` (this one among them)."""
-        deadline = time.monotonic() + timeout
-        while await asyncio.to_thread(live_workers, url) < workers:
-            if self.process is not None and self.process.returncode is not None:
-                raise AssertionError(
-                    f"{self.name} exited with {self.process.returncode}: {self.log()}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not join in {timeout} s: {self.log()}")
-            await asyncio.sleep(0.05)
 
-    def log(self, tail: int = 3000) -> str:
-        """The end of the latest run's output."""
-        path = self._log_path(self.starts - 1)
-        return path.read_text(encoding="utf-8", errors="replace")[-tail:] if path.exists() else ""
+        async def joined() -> bool:
+            return await asyncio.to_thread(live_workers, url) >= workers
 
-    async def kill(self) -> None:
-        """SIGKILL: no shutdown, no flush, no goodbye."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def stop(self, timeout: float = 90.0) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
-        if self.process is None:
-            return 0
-        if self.process.returncode is not None:
-            return self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(f"{self.name} did not stop in {timeout} s: {self.log()}") from None
+        await self.wait_until(joined, timeout=timeout, what="did not join", poll=0.05)
 
 
 def sending(url: str) -> int:
