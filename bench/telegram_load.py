@@ -286,7 +286,12 @@ async def run_kill(
                     all_in.set()
 
             api.on_sent = on_sent
-            bot = BotProcess(write_config(tmp, llm_url=llm.base_url, api=api), api)
+            # One reply per message, as in the burst run: a coalesced burst would be
+            # one reply for several (counted by `account` as coalesced, not lost).
+            config = write_config(
+                tmp, llm_url=llm.base_url, api=api, engine={"coalesce_bursts": False}
+            )
+            bot = BotProcess(config, api)
             await bot.start()
             started = time.monotonic()
             injected = []
@@ -333,6 +338,7 @@ async def run_kill(
         "requests_at_the_fake_at_kill": at_the_fake,
         "rate_limited_429": limited,
         "answered": result.answered,
+        "coalesced": result.coalesced,
         "failed": result.failed,
         "lost": len(result.lost),
         "duplicated": result.duplicates,

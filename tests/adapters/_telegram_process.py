@@ -122,6 +122,9 @@ class Accounting:
     failed: int = 0  # a recorded failure: failed or expired message, undeliverable reply
     lost: list[str] = field(default_factory=list)  # why each lost one is counted lost
     duplicates: int = 0  # sendMessage accepted by the fake that no ledger row claims
+    #: Answered by a later message of the same chat (a burst coalesced into one turn,
+    #: bot/safety/coalesce.py): `ignored`, with a later message of the chat answered.
+    coalesced: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
 
 
@@ -138,8 +141,10 @@ def account(db: Path, api: FakeTelegramAPI, injected: list[dict[str, Any]]) -> A
     """Match every injected update to its fate in the ledger and at the fake.
 
     Answered: the incoming message's reply is `delivered` with a platform id the fake
-    has. Failed: the message is `failed`/`expired`, its reply `undeliverable` with a
-    failure row, or its inbox event `failed` with a reason. Anything else is lost.
+    has. Coalesced: `ignored` (answered with a burst), and a later message of the
+    same chat was answered. Failed: the message is `failed`/`expired`, its reply
+    `undeliverable` with a failure row, or its inbox event `failed` with a reason.
+    Anything else is lost.
     Duplicates are messages the fake accepted that no delivered ledger row names.
     """
     result = Accounting(sent=len(injected))
@@ -172,6 +177,11 @@ def account(db: Path, api: FakeTelegramAPI, injected: list[dict[str, Any]]) -> A
     finally:
         con.close()
     delivered_ids = {str(m.message_id) for m in api.sent}
+    # Per chat, the newest incoming message whose reply reached the fake.
+    newest_answered: dict[str, int] = {}
+    for (chat, _), (mid, _) in incoming.items():
+        if any(st == "delivered" and p in delivered_ids for st, p in replies.get(mid, [])):
+            newest_answered[chat] = max(mid, newest_answered.get(chat, 0))
     for update in injected:
         message = update["message"]
         key = (str(message["chat"]["id"]), str(message["message_id"]))
@@ -186,6 +196,9 @@ def account(db: Path, api: FakeTelegramAPI, injected: list[dict[str, Any]]) -> A
         result.statuses[status] += 1
         if status in ("failed", "expired"):
             result.failed += 1
+            continue
+        if status == "ignored" and newest_answered.get(key[0], 0) > mid:
+            result.coalesced += 1
             continue
         outs = replies.get(mid, [])
         if any(s == "delivered" and p in delivered_ids for s, p in outs):
