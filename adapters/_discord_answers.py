@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, insert, select, update
 from sqlmodel import SQLModel
 
 from bot.db import Database, storable
+from bot.inbox.store import settle_event
 from bot.models import InboxRow, InboxStatus, InteractionAnswer
 
 __all__ = [
@@ -165,16 +166,7 @@ class InteractionAnswers:
                 )
             else:
                 conn.execute(update(_answers).where(_answers.c.event_id == event_id).values(values))
-            conn.execute(
-                update(_inbox)
-                .where(_inbox.c.id == event_id, _inbox.c.status != InboxStatus.DONE.value)
-                .values(
-                    status=InboxStatus.DONE.value,
-                    reason=None,
-                    attempts=_inbox.c.attempts + 1,
-                    processed_at=now,
-                )
-            )
+            settle_event(conn, event_id, InboxStatus.DONE, None, now)
             return True
 
         return await self.db.run(work)

@@ -31,6 +31,7 @@ from sqlmodel import SQLModel
 
 from bot.db import storable
 from bot.errors import BotError
+from bot.inbox.store import settle_event
 from bot.inbox.worker import current_event
 from bot.messages import Actor, Outgoing, Scope, TurnKind
 from bot.models import Direction, InboxRow, InboxStatus, MessageStatus
@@ -111,16 +112,7 @@ async def store_replies(
         if event_id is not None:
             # The reply and the event's end commit together: after this the command
             # never runs again, and its reply is the outbox's to deliver.
-            conn.execute(
-                update(_inbox)
-                .where(_inbox.c.id == event_id, _inbox.c.status != InboxStatus.DONE.value)
-                .values(
-                    status=InboxStatus.DONE.value,
-                    reason=None,
-                    attempts=_inbox.c.attempts + 1,
-                    processed_at=now,
-                )
-            )
+            settle_event(conn, event_id, InboxStatus.DONE, None, now)
         return ids
 
     ids = await ledger.db.run(work)

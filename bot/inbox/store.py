@@ -121,6 +121,25 @@ def _row(row: Any) -> InboxEvent:
     )
 
 
+def settle_event(
+    conn: Connection, event_id: int, status: InboxStatus, reason: str | None, at: datetime
+) -> None:
+    """Mark inbox event `event_id` `status` (with `reason`) in the caller's transaction,
+    unless it is done already. A command's reply commits the done mark with itself
+    (bot/inbox/outbox.py, Discord's interaction answers), and a later failure of
+    the handler (a send) must not make `replay` run the command again."""
+    conn.execute(
+        update(_inbox)
+        .where(_inbox.c.id == event_id, _inbox.c.status != InboxStatus.DONE.value)
+        .values(
+            status=status.value,
+            reason=reason,
+            attempts=_inbox.c.attempts + 1,
+            processed_at=at,
+        )
+    )
+
+
 class Inbox:
     """The `inbox_events` table: accept, hand out, settle, list and replay events."""
 
@@ -257,19 +276,7 @@ class Inbox:
         at = now or _utcnow()
 
         def work(conn: Connection) -> None:
-            # An event already done stays done: a command's reply committed that mark
-            # with itself (bot/inbox/outbox.py), and a later failure of the handler
-            # (a send) must not make `replay` run the command again.
-            conn.execute(
-                update(_inbox)
-                .where(_inbox.c.id == event_id, _inbox.c.status != InboxStatus.DONE.value)
-                .values(
-                    status=status.value,
-                    reason=reason,
-                    attempts=_inbox.c.attempts + 1,
-                    processed_at=at,
-                )
-            )
+            settle_event(conn, event_id, status, reason, at)
 
         await self.db.run(work)
 
