@@ -24,7 +24,7 @@ from sqlmodel import SQLModel
 from bot.db import Database, storable
 from bot.models import InboxRow, InboxStatus
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Inbox", "InboxEvent", "RawEvent"]
+__all__ = ["MAX_PAYLOAD_BYTES", "Inbox", "InboxEvent", "RawEvent", "settle_event"]
 
 #: The most bytes of a raw payload stored; a bigger event is stored cut and failed.
 MAX_PAYLOAD_BYTES = 64 * 1024
