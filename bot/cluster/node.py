@@ -307,21 +307,11 @@ class ClusterNode:
 
     async def release_chat(self, platform: str, chat: str) -> None:
         """Let `chat` go (its events may now be taken by any worker)."""
-        if (platform, chat) not in self._chats:
-            return
-        self._chats.discard((platform, chat))
-        sql = text(
-            "select pg_advisory_unlock(:ns, "
-            + CHAT_KEY_SQL.format(platform=":platform", chat=":chat")
-            + ")"
-        )
-        # Two chats may share a key (a hash): each lock taken is released once.
-        await self._call(
-            lambda c: c.execute(sql, {"ns": NS_CHAT, "platform": platform, "chat": chat})
-        )
+        await self.release_chats(platform, [chat])
 
     async def release_chats(self, platform: str, chats: list[str]) -> None:
-        """Let several chats go in one round trip (see `release_chat`)."""
+        """Let several chats go in one round trip. Two chats may share a key (a
+        hash): each lock taken is released once, as each held chat is one unlock."""
         held = [chat for chat in dict.fromkeys(chats) if (platform, chat) in self._chats]
         if not held:
             return

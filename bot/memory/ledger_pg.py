@@ -36,10 +36,10 @@ from bot.memory.ledger_records import HistoryTurn
 from bot.memory.ledger_sql import (
     _HISTORY_COLUMNS,
     _SPOKEN_KINDS,
-    _aware,
     _conversations,
     _messages,
     _users,
+    history_turn,
 )
 from bot.models import Direction, MessageStatus
 
@@ -159,13 +159,13 @@ def record_incoming_once(
         assert first.dup_id is not None, "no new row means a stored one matched"
         return Recorded(None, int(first.dup_id), [])
     history = [
-        HistoryTurn(
-            message_id=row.h_id,
-            role="user" if row.h_direction == _IN else "assistant",
-            text=row.h_text,
-            display_name=row.h_display_name or "",
-            user_platform_id=row.h_platform_user_id,
-            created_at=_aware(row.h_created_at),
+        history_turn(
+            row.h_id,
+            row.h_direction,
+            row.h_text,
+            row.h_display_name,
+            row.h_platform_user_id,
+            row.h_created_at,
         )
         for row in reversed(rows)
         if row.h_id is not None

@@ -104,16 +104,31 @@ def _read_history(
         params["before_id"] = before_id
     rows = conn.execute(statement, params).all()
     return [
-        HistoryTurn(
-            message_id=row.id,
-            role="user" if row.direction == _IN else "assistant",
-            text=row.text,
-            display_name=row.display_name or "",
-            user_platform_id=row.platform_user_id,
-            created_at=_aware(row.created_at),
+        history_turn(
+            row.id, row.direction, row.text, row.display_name, row.platform_user_id, row.created_at
         )
         for row in reversed(rows)
     ]
+
+
+def history_turn(
+    message_id: int,
+    direction: str,
+    text: str,
+    display_name: str | None,
+    user_platform_id: str | None,
+    created_at: datetime,
+) -> HistoryTurn:
+    """One history row as a turn: what every history read (here and the
+    one-statement record on PostgreSQL, bot/memory/ledger_pg.py) makes of it."""
+    return HistoryTurn(
+        message_id=message_id,
+        role="user" if direction == _IN else "assistant",
+        text=text,
+        display_name=display_name or "",
+        user_platform_id=user_platform_id,
+        created_at=_aware(created_at),
+    )
 
 
 _IN = Direction.IN.value
