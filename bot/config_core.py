@@ -48,7 +48,7 @@ class DatabaseSettings(_Section):
         default=5, ge=1, le=1000, description="Connections kept open per process (PostgreSQL)."
     )
     max_overflow: int = Field(
-        default=5, ge=0, le=1000, description="Extra connections opened under load, then closed."
+        default=5, ge=0, le=1000, description="Extra connections opened under load, then kept."
     )
     pool_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, description="How long a caller waits for a free connection."

@@ -31,8 +31,16 @@ def server_options(parsed: URL, pool: PoolOptions) -> dict[str, Any]:
     """`create_engine` keyword arguments for a server database at `parsed`."""
     psycopg = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
     options: dict[str, Any] = {
-        "pool_size": pool.size,
-        "max_overflow": pool.max_overflow,
+        # Every connection the bound allows is kept once opened, the most recently
+        # returned handed out first: SQLAlchemy closes an overflow connection at its
+        # return, so under sustained load each burst opened new ones (216 server
+        # backends for 750 messages in bench/platform_load.py), and each new backend
+        # is a fork, a cold catalog cache and its prepared statements lost. With
+        # LIFO the connections a quiet hour leaves unused stay at the bottom, and
+        # `pool_recycle` replaces one that sat too long when it is next taken.
+        "pool_size": pool.most,
+        "max_overflow": 0,
+        "pool_use_lifo": True,
         "pool_timeout": pool.timeout_s,
         # psycopg's connections are checked locally at checkout (watch_checkouts).
         "pool_pre_ping": not psycopg,

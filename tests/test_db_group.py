@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 from sqlalchemy import Connection, text
 
 from bot.db import Database, PoolOptions, create_db_engine
@@ -200,3 +201,36 @@ async def test_queued_reads_share_a_snapshot_and_a_writing_read_fails_alone(
             assert result == 1
     assert await _ids(db) == [1]  # no read wrote
     await db.aclose()
+
+
+def test_writers_default_to_half_the_threads_and_no_more_than_half_the_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    import bot.db as db_module
+
+    for cpus, threads, expected in [(2, 10, 1), (1, 10, 1), (4, 10, 2), (16, 10, 5), (16, 1, 1)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert db_module.default_writers(threads) == expected, (cpus, threads)
+
+
+async def test_the_default_pool_runs_its_writes_on_as_many_writers_as_the_cpus_allow(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    db = Database(create_db_engine(postgres_url, pool=PoolOptions(size=5, max_overflow=5)))
+    try:
+        assert db.group_stats is not None
+        assert db._group is not None and db._group.writers == 1
+        assert db._group_reads is not None and db._group_reads.writers == 9
+        await _table(db)
+        # 40 writes queued at once still commit, each with its own result, grouped.
+        results = await asyncio.gather(*(db.run(_insert(i)) for i in range(40)))  # type: ignore[arg-type,var-annotated]
+        assert results == [i * 10 for i in range(40)]
+        assert await _ids(db) == list(range(40))
+        assert db.group_stats.transactions < 40
+    finally:
+        await db.aclose()

@@ -145,6 +145,32 @@ async def test_the_pool_bounds_connections_to_the_server(
     assert await asyncio.to_thread(_connections, postgres_server.admin_url, database) == 0
 
 
+async def test_connections_beyond_pool_size_are_kept_not_reopened_per_call(
+    postgres_url: str,
+) -> None:
+    # SQLAlchemy closes an overflow connection at its return: under sustained load
+    # each wave of calls opened new server backends (a fork, a cold catalog cache,
+    # its prepared statements lost). Every connection the bound allows is kept now.
+    pool = PoolOptions(size=1, max_overflow=3, timeout_s=10)
+    db = Database.open(postgres_url, pool=pool)
+    backends: set[int] = set()
+
+    def work(conn: Connection) -> None:
+        backends.add(int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()))
+        conn.execute(text("SELECT pg_sleep(0.005)"))
+
+    def read(conn: Connection) -> None:
+        backends.add(int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one()))
+
+    for _ in range(8):  # waves of calls that need every connection at once
+        await asyncio.gather(
+            *(db.run(work, alone=True) for _ in range(6)),
+            *(db.read(read, alone=True) for _ in range(6)),
+        )
+    await db.aclose()
+    assert len(backends) <= pool.most, sorted(backends)
+
+
 async def test_a_full_pool_is_a_clear_error_after_its_timeout(postgres_url: str) -> None:
     engine = create_db_engine(postgres_url, pool=PoolOptions(size=1, max_overflow=0, timeout_s=0.2))
     # More threads (and writers) than connections, on purpose.
@@ -370,7 +396,8 @@ async def test_a_deadlock_victim_is_run_again_and_both_commit(postgres_url: str)
     # Two transactions take two rows in opposite orders: PostgreSQL aborts one as the
     # deadlock victim; Database runs it again, so both callers see success. Each runs
     # alone: grouped into one transaction they would wait for each other's event.
-    db = Database.open(postgres_url)
+    # Two writers: on a small machine the default is one, and one cannot deadlock.
+    db = Database(create_db_engine(postgres_url), writers=2)
     await db.run(lambda c: c.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)")))
     await db.run(lambda c: c.execute(text("INSERT INTO t VALUES (1, 0), (2, 0)")))
     holding = [threading.Event(), threading.Event()]
