@@ -33,9 +33,9 @@ def server_options(parsed: URL, pool: PoolOptions) -> dict[str, Any]:
     options: dict[str, Any] = {
         # Every connection the bound allows is kept once opened, the most recently
         # returned handed out first: SQLAlchemy closes an overflow connection at its
-        # return, so under sustained load each burst opened new ones (216 server
-        # backends for 750 messages in bench/platform_load.py), and each new backend
-        # is a fork, a cold catalog cache and its prepared statements lost. With
+        # return, so under sustained load each wave of calls opened new ones, and
+        # each new backend is a fork, a cold catalog cache and its prepared
+        # statements lost (tests/test_db_postgres.py shows it). With
         # LIFO the connections a quiet hour leaves unused stay at the bottom, and
         # `pool_recycle` replaces one that sat too long when it is next taken.
         "pool_size": pool.most,
