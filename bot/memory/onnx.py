@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Sequence
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,15 @@ from bot.memory.embeddings import (
     embeddable,
     resolve_model,
 )
+from bot.memory.onnx_export import RECIPE, UNEXPORTABLE
 
 __all__ = ["OnnxEmbedder", "default_cache_dir", "onnx_available"]
 
-#: Bump when the export recipe changes, so old caches are not reused.
-_RECIPE = 1
-_POOLING = ("mean", "cls")
+#: Exports in this process, one at a time: a second embedder of the same model waits
+#: for the first's export and then finds it in the cache.
+_EXPORTS = threading.Lock()
+#: An export that has not finished by then never will (it takes ~35 s on 2 cores).
+_EXPORT_TIMEOUT_S = 900.0
 
 
 def onnx_available() -> bool:
@@ -164,17 +166,20 @@ class OnnxEmbedder:
         folder = self.cache_dir / _cache_key(self.name, source)
         if (folder / "settings.json").exists():
             return folder
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=self.cache_dir))
-        try:
-            _export(source, staging)
+        with _EXPORTS:
+            if (folder / "settings.json").exists():  # exported while this one waited
+                return folder
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".export-", dir=self.cache_dir))
             try:
-                staging.rename(folder)
-            except OSError:  # another process exported it meanwhile: use theirs
-                if not (folder / "settings.json").exists():
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+                _export(source, staging)
+                try:
+                    staging.rename(folder)
+                except OSError:  # another process exported it meanwhile: use theirs
+                    if not (folder / "settings.json").exists():
+                        raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return folder
 
     def _open(self, folder: Path) -> None:
@@ -215,7 +220,7 @@ class OnnxEmbedder:
 def _cache_key(name: str, source: str) -> str:
     """A folder name for the export of model `name` (files at `source`): readable,
     and different whenever the model's files change."""
-    digest = hashlib.sha256(f"{_RECIPE}|{source}".encode())
+    digest = hashlib.sha256(f"{RECIPE}|{source}".encode())
     path = Path(source)
     if path.is_dir():
         for item in sorted(path.rglob("*")):
@@ -229,80 +234,48 @@ def _cache_key(name: str, source: str) -> str:
 
 
 def _export(source: str, folder: Path) -> None:
-    """Export `source` (a sentence-transformers model) into `folder`: model.onnx,
-    tokenizer.json and settings.json (pooling, normalisation, lengths)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+    """Export `source` (a sentence-transformers model) into `folder`, in a child
+    process (`bot.memory.onnx_export`).
 
-    model = SentenceTransformer(source, device="cpu", local_files_only=True)
-    modules: list[Any] = list(model)
-    kinds = [type(m).__name__ for m in modules]
-    if (
-        len(modules) < 2
-        or kinds[1] != "Pooling"
-        or any(k not in ("Pooling", "Normalize") for k in kinds[2:])
-    ):
-        raise EmbeddingUnavailable(f"cannot export {source!r}: modules {kinds}")
-    pooling = str(modules[1].get_config_dict().get("pooling_mode", ""))
-    if pooling not in _POOLING:
-        raise EmbeddingUnavailable(f"cannot export {source!r}: pooling {pooling!r}")
-    tokenizer = model.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise EmbeddingUnavailable(f"cannot export {source!r}: no fast tokenizer")
-    encoder = modules[0].auto_model.eval()
-
-    class Hidden(torch.nn.Module):
-        """The encoder's last hidden state for ids and mask (token types default)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            return self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask
-            ).last_hidden_state
-
-    sample = tokenizer(
-        ["an example", "a longer example sentence"], padding=True, return_tensors="pt"
-    )
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    # The exporter prints its progress and warns about optional operator sets; a
-    # library must not write to stdout, and the export's own errors still raise.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with (
-            Path(os.devnull).open("w") as sink,
-            redirect_stdout(sink),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                Hidden(),
-                (sample["input_ids"], sample["attention_mask"]),
-                str(folder / "model.onnx"),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["hidden"],
-                dynamic_shapes={
-                    "input_ids": {0: batch, 1: length},
-                    "attention_mask": {0: batch, 1: length},
-                },
-                dynamo=True,
-                external_data=False,
-                verbose=False,
+    A child, because the export is not the process's to disturb: torch.export keeps
+    global tracing state (two exports in two threads break each other), and the
+    exporter prints to stdout, which a thread can only silence by swapping
+    `sys.stdout` for every thread at once. The child's stdout goes nowhere and its
+    stderr to a file, of which the end is quoted when it fails.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "export.log"
+    env = dict(os.environ)
+    # The child imports this package from wherever this process did.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "bot.memory.onnx_export", source, str(folder)]
+    with log_path.open("wb") as log_file:
+        try:
+            done = subprocess.run(  # noqa: S603 - our own interpreter and module; args are a path
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                env=env,
+                timeout=_EXPORT_TIMEOUT_S,
+                check=False,
             )
-    finally:
-        quiet.setLevel(level)
-    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
-    settings = {
-        "source": source,
-        "pooling": pooling,
-        "normalize": "Normalize" in kinds,
-        "max_seq_length": int(model.max_seq_length or 256),
-        "pad_id": int(tokenizer.pad_token_id or 0),
-        "pad_token": str(tokenizer.pad_token or "[PAD]"),
-        "dimension": int(model.get_embedding_dimension() or 0),
-    }
-    (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        except subprocess.TimeoutExpired as exc:
+            raise EmbeddingUnavailable(
+                f"exporting {source!r} took over {_EXPORT_TIMEOUT_S:g} s"
+            ) from exc
+    tail = _tail(log_path)
+    log_path.unlink(missing_ok=True)
+    if done.returncode == UNEXPORTABLE:
+        raise EmbeddingUnavailable(tail.splitlines()[-1] if tail else f"cannot export {source!r}")
+    if done.returncode != 0:
+        raise RuntimeError(f"the export exited with {done.returncode}: {tail}")
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    """The last `limit` bytes of the file at `path`, as text (bounded, however much
+    the child wrote)."""
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - limit))
+        return file.read().decode("utf-8", "replace").strip()

@@ -3,7 +3,11 @@ cached, and falling back to torch when it cannot run."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +44,80 @@ TEXTS = [
 ]
 
 
+@dataclass
+class Export:
+    """What the module's one export left, and what this thread saw meanwhile."""
+
+    folder: Path
+    vectors: list[np.ndarray] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    stdouts: set[int] = field(default_factory=set)  # ids of every sys.stdout seen
+
+
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One export for the module (it takes several seconds)."""
-    folder = tmp_path_factory.mktemp("onnx-cache")
-    OnnxEmbedder(MODEL, cache_dir=folder).embed(["warm up"])
-    return folder
+def export(tmp_path_factory: pytest.TempPathFactory) -> Export:
+    """One export for the module (it takes half a minute on 2 cores), asked for by two
+    embedders at once in two threads while this thread keeps looking at sys.stdout;
+    `test_an_export_is_shared_and_leaves_stdout_alone` checks what was seen."""
+    seen = Export(tmp_path_factory.mktemp("onnx-cache"))
+
+    def load() -> None:
+        try:
+            seen.vectors.append(OnnxEmbedder(MODEL, cache_dir=seen.folder).embed(["warm up"]))
+        except BaseException as exc:
+            seen.errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        seen.stdouts.add(id(sys.stdout))
+        threads[0].join(0.005)
+    for thread in threads:
+        thread.join()
+    seen.stdouts.add(id(sys.stdout))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def cache(export: Export) -> Path:
+    return export.folder
+
+
+def test_an_export_is_shared_and_leaves_stdout_alone(export: Export) -> None:
+    """The export runs in a child process: this process's stdout is never swapped
+    (a thread that swaps it swaps it for all, and two such threads can leave a
+    closed file behind), and two embedders of one model export it once."""
+    assert export.errors == []
+    assert len(export.stdouts) == 1
+    assert not sys.stdout.closed
+    [folder] = export.folder.iterdir()  # one export, no staging left
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.onnx",
+        "settings.json",
+        "tokenizer.json",
+    ]
+    first, second = export.vectors
+    assert first.shape == (1, 384) and np.allclose(first, second)
+
+
+def test_a_model_the_recipe_cannot_export_says_why(tmp_path: Path) -> None:
+    """A max-pooling copy of the model: the child exits with the reason, which is
+    the error, and nothing is cached."""
+    source = Path(resolve_model(MODEL))
+    model = tmp_path / "max-pooled"
+    model.mkdir()
+    for item in source.iterdir():
+        if item.is_file():
+            (model / item.name).symlink_to(item)
+    (model / "1_Pooling").mkdir()
+    pooling = json.loads((source / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_mean_tokens=False, pooling_mode_max_tokens=True)
+    (model / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    embedder = OnnxEmbedder(str(model), cache_dir=tmp_path / "cache")
+    with pytest.raises(EmbeddingUnavailable, match=r"cannot export .*: pooling 'max'"):
+        embedder.embed(["x"])
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 @pytest.fixture(scope="module")
