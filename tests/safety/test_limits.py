@@ -109,17 +109,22 @@ async def test_tokens_per_day_from_the_stored_replies(
 ) -> None:
     backend = MockBackend(lambda request: "word " * 40)
     app = await make_app(backend, disclose_first_contact=False, limits={"tokens_per_day": 100})
-    assert len(await answered(app, msg("hello", T0))) == 1
+    # A reply is stamped with the wall clock when it is stored, so the turns here are
+    # at the wall clock's time too (a fixed date would put the reply on another day
+    # than its turn), and the next day is counted from when the reply was spent.
+    start = datetime.now(UTC)
+    assert len(await answered(app, msg("hello", start))) == 1
+    spent_by = datetime.now(UTC)
     used = rows(
         tmp_path, "select prompt_tokens + completion_tokens from messages where direction='out'"
     )
     assert used[0][0] >= 100  # one turn spends the day's budget
-    [notice] = await answered(app, msg("more", T0 + timedelta(hours=1)))
+    [notice] = await answered(app, msg("more", start))
     assert notice == app.settings.safety.limits.message
-    assert await answered(app, msg("more", T0 + timedelta(hours=2))) == []
+    assert await answered(app, msg("and more", start)) == []
     assert len(backend.requests) == 1
     # The next UTC day starts a new budget.
-    [reply] = await answered(app, msg("morning", T0 + timedelta(days=1)))
+    [reply] = await answered(app, msg("morning", spent_by + timedelta(days=1)))
     assert reply.startswith("word")
     events = rows(tmp_path, "select reason, details from safety_events")
     assert events[0][0] == "over tokens per day" and '"used"' in events[0][1]
