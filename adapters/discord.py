@@ -34,31 +34,28 @@ from adapters._discord_client import (
     use_routes_for_webhooks,
 )
 from adapters._discord_commands import SlashCommands
+from adapters._discord_feedback import DiscordFeedback
 from adapters._discord_intake import DiscordIntake
 from adapters._discord_interactions import INTERACTION_KEY, DiscordInteractions
 from adapters._discord_parse import is_addressed, message_attachments, message_text
+from adapters._discord_post import post
 from adapters.base import (
     Adapter,
     AdapterServices,
     DeliveryError,
     PacingPolicy,
-    RateLimited,
-    Unreachable,
 )
 from bot.aio import wait_for
 from bot.config import DiscordSettings
 from bot.errors import AdapterError, BotError, ConfigError
 from bot.inbox import InboxEvent, InboxWorker
-from bot.messages import Actor, Incoming, Outgoing, Reaction, Scope
+from bot.messages import Actor, Incoming, Outgoing, Scope
 from bot.people import place_key
 
 __all__ = ["DiscordAdapter", "UnparsableMessage"]
 
 log = structlog.get_logger("adapters.discord")
 
-#: Discord answers these when a DM cannot reach the person: DMs closed or blocked
-#: (50007), no server in common any more (50278).
-_UNREACHABLE_CODES = frozenset({50007, 50278})
 #: A typing indicator not through by then is given up (it is cosmetic).
 _TYPING_TIMEOUT_S = 2.0
 
@@ -145,6 +142,7 @@ class DiscordAdapter(Adapter):
         self.slash = SlashCommands(self)
         #: Slash commands through the inbox (adapters/_discord_interactions.py).
         self.interactions = DiscordInteractions(self)
+        self._feedback = DiscordFeedback(self)
         #: Set once the gateway session is ready (guilds received).
         self.ready = asyncio.Event()
 
@@ -261,11 +259,11 @@ class DiscordAdapter(Adapter):
         client = make_client(self._routes, sharded=self.settings.shard_count is not None, **options)
         handlers: dict[str, Callable[..., Awaitable[None]]] = {
             "on_ready": self._on_ready,
-            "on_raw_reaction_add": self._on_raw_reaction,
-            "on_raw_reaction_remove": self._on_raw_reaction,
-            "on_raw_message_edit": self._on_raw_edit,
-            "on_raw_message_delete": self._on_raw_delete,
-            "on_raw_bulk_message_delete": self._on_raw_bulk_delete,
+            "on_raw_reaction_add": self._feedback.on_raw_reaction,
+            "on_raw_reaction_remove": self._feedback.on_raw_reaction,
+            "on_raw_message_edit": self._feedback.on_raw_edit,
+            "on_raw_message_delete": self._feedback.on_raw_delete,
+            "on_raw_bulk_message_delete": self._feedback.on_raw_bulk_delete,
         }
         for name, handler in handlers.items():
             setattr(client, name, handler)  # what Client.event does, without the decorator
@@ -517,55 +515,7 @@ class DiscordAdapter(Adapter):
     async def _post(
         self, outgoing: Outgoing, text: str, *, first: bool, nonce: str | None
     ) -> str | None:
-        client = self._require_client()
-        scope = outgoing.scope
-        target = client.get_partial_messageable(int(scope.thread or scope.channel))
-        reference: discord.MessageReference | None = None
-        # In a busy channel a reply says whom it answers; only its first part needs to.
-        if not scope.is_direct and outgoing.reply_to_platform_id and first:
-            reference = discord.MessageReference(
-                message_id=int(outgoing.reply_to_platform_id),
-                channel_id=target.id,
-                fail_if_not_exists=False,
-            )
-        mentions = discord.AllowedMentions(
-            everyone=False,
-            roles=False,
-            # Only a person is pinged: an answer to another persona (bot/groups) is
-            # addressed to "persona:ID", nobody Discord knows.
-            users=[discord.Object(int(scope.user))]
-            if reference is not None and scope.user.isdigit()
-            else False,
-            replied_user=reference is not None,
-        )
-        options: dict[str, Any] = {"allowed_mentions": mentions}
-        if reference is not None:
-            options["reference"] = reference
-        if nonce is not None:  # discord.py sends enforce_nonce with it
-            options["nonce"] = nonce
-        try:
-            sent = await target.send(text, **options)
-        except discord.RateLimited as exc:  # longer than discord.py is willing to wait
-            raise RateLimited(exc.retry_after, "(Discord)") from exc
-        except discord.Forbidden as exc:
-            if exc.code in _UNREACHABLE_CODES:
-                raise Unreachable(f"Discord {exc.code}: {exc.text}") from exc
-            raise DeliveryError(
-                f"Discord refused the message (403, code {exc.code}): {exc.text}"
-            ) from exc
-        except discord.HTTPException as exc:
-            if exc.status == 429:  # a 429 discord.py would not retry (no Via: Cloudflare)
-                raise RateLimited(
-                    _retry_after(exc),
-                    "(Discord, not retried by discord.py)",
-                    everything=_is_global(exc),
-                ) from exc
-            raise DeliveryError(
-                f"Discord refused the message ({exc.status}, code {exc.code}): {exc.text}"
-            ) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DeliveryError(f"cannot reach Discord: {type(exc).__name__}: {exc}") from exc
-        return str(sent.id)
+        return await post(self._require_client(), outgoing, text, first=first, nonce=nonce)
 
     async def _send_typing(self, scope: Scope) -> None:
         # Best effort (the base asks the pacer first): never left waiting out a 429
@@ -573,94 +523,6 @@ class DiscordAdapter(Adapter):
         client = self._require_client()
         target = client.get_partial_messageable(int(scope.thread or scope.channel))
         await wait_for(target.typing(), timeout=_TYPING_TIMEOUT_S)
-
-    # -- reactions, edits, deletions ----------------------------------------------------
-
-    async def _on_raw_reaction(self, payload: discord.RawReactionActionEvent) -> None:
-        async with self._in_hand() as taking:
-            if not taking:
-                return
-            try:
-                me = self._me()
-                if payload.user_id == me:
-                    return
-                if payload.message_author_id is not None and payload.message_author_id != me:
-                    return  # only reactions on the persona's messages are feedback
-                member = payload.member
-                if member is not None and member.bot and self.settings.ignore_bots:
-                    return
-                scope = await self._scope(payload.guild_id, payload.channel_id, payload.user_id)
-                actor = (
-                    self._actor(member)
-                    if member is not None
-                    else Actor(platform=self.platform, id=str(payload.user_id))
-                )
-                stored = await self.on_reaction(
-                    Reaction(
-                        scope=scope,
-                        actor=actor,
-                        platform_message_id=str(payload.message_id),
-                        emoji=str(payload.emoji),
-                        added=payload.event_type == "REACTION_ADD",
-                    )
-                )
-                log.debug("discord.reaction", stored=stored, message_id=payload.message_id)
-            except Exception:
-                log.exception("discord.reaction_failed", message_id=payload.message_id)
-
-    async def _on_raw_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
-        async with self._in_hand() as taking:
-            if not taking:
-                return
-            try:
-                message = payload.message
-                me = self._me()
-                # Link previews arrive as updates too; only a person's edit has a timestamp.
-                if message.edited_at is None or "content" not in payload.data:
-                    return
-                if message.author.id == me or (message.author.bot and self.settings.ignore_bots):
-                    return
-                scope = await self._scope(payload.guild_id, payload.channel_id, message.author.id)
-                await self.on_edit(
-                    scope, str(payload.message_id), message_text(message, me, self._bot_name())
-                )
-            except Exception:
-                log.exception("discord.edit_failed", message_id=payload.message_id)
-
-    async def _on_raw_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        await self._deleted(payload.guild_id, payload.channel_id, [payload.message_id])
-
-    async def _on_raw_bulk_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
-        await self._deleted(payload.guild_id, payload.channel_id, sorted(payload.message_ids))
-
-    async def _deleted(self, guild: int | None, channel: int, ids: list[int]) -> None:
-        async with self._in_hand() as taking:
-            if not taking:
-                return
-            try:
-                # Who wrote it is unknown for uncached messages and not needed: the
-                # lookup is by conversation and message id, persons' messages only.
-                scope = await self._scope(guild, channel, 0)
-                for message_id in ids:
-                    await self.on_delete(scope, str(message_id))
-            except Exception:
-                log.exception("discord.delete_failed", channel=channel)
-
-
-def _is_global(exc: discord.HTTPException) -> bool:
-    """A 429 of the bot's overall limit (every chat waits), not of one route."""
-    headers = exc.response.headers if exc.response is not None else {}
-    return headers.get("X-RateLimit-Global", "").lower() == "true" or (
-        headers.get("X-RateLimit-Scope") == "global"
-    )
-
-
-def _retry_after(exc: discord.HTTPException) -> float:
-    header = exc.response.headers.get("Retry-After") if exc.response is not None else None
-    try:
-        return float(header) if header is not None else 5.0
-    except ValueError:
-        return 5.0
 
 
 def _age_restricted(channel: Any, guild: int | None) -> bool:
