@@ -1,5 +1,9 @@
 """The database tables (SQLModel). Migrations in `bot/migrations/` create them.
 
+The inbox's tables are in models_inbox.py, safety and moderation's in
+models_safety.py, the dashboard's in models_dashboard.py; every table is importable
+from here, and importing this module registers them all on `SQLModel.metadata`.
+
 Every time is stored in UTC. Every message row knows its conversation (and so its
 scope) and, for replies, the persona version, backend, model, latency and token
 counts that produced it, so that exports and audits can say where a line came from.
@@ -7,12 +11,11 @@ counts that produced it, so that exports and audits can say where a line came fr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
     Column,
-    DateTime,
     Float,
     Index,
     LargeBinary,
@@ -20,9 +23,18 @@ from sqlalchemy import (
     Unicode,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from bot.model_types import UTCDateTime
+from bot.model_types import ts as _ts
+from bot.models_dashboard import (
+    DashboardAudit,
+    DashboardLoginFailure,
+    DashboardModerator,
+    DashboardSession,
+)
+from bot.models_inbox import ClusterWorkerRow, InboxRow, InboxStatus, InteractionAnswer
+from bot.models_safety import ModerationAction, PersonLimit, SafetyRecord
 
 __all__ = [
     "ClusterWorkerRow",
@@ -53,41 +65,6 @@ __all__ = [
 ]
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """A point in time, stored as UTC on every database, read back aware.
-
-    Aware values are converted to UTC before they are written: SQLite's DATETIME
-    would keep the wall-clock digits and drop the offset (12:00+05:00 read back as
-    12:00 UTC), while PostgreSQL's timestamptz converts. Naive values are taken as
-    UTC. Reads come back aware in UTC on both (SQLite hands back naive ones). The
-    same conversion applies to values compared with the column in a query.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
-
-
-_ZERO = timedelta(0)
-
-
-def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
-    return Column(UTCDateTime(), nullable=nullable, index=index)
-
-
 class Direction(StrEnum):
     """Who wrote a message: a person (`in`) or the persona (`out`)."""
 
@@ -115,14 +92,6 @@ class MessageStatus(StrEnum):
     SENDING = "sending"
     DELIVERED = "delivered"
     UNDELIVERABLE = "undeliverable"
-
-
-class InboxStatus(StrEnum):
-    """An inbox event: `pending` (committed, not yet handled) → `done` | `failed`."""
-
-    PENDING = "pending"
-    DONE = "done"
-    FAILED = "failed"
 
 
 class User(SQLModel, table=True):
@@ -222,65 +191,6 @@ class Failure(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts(index=True))
 
 
-class InboxRow(SQLModel, table=True):
-    """A platform event as received, committed before the platform is told it arrived.
-
-    `event_key` is the platform's own id (Telegram `update_id`, Discord message id):
-    a redelivery of a key already stored is ignored. The raw payload is kept until
-    the event is handled (and cleared after a retention window once `done`), so a
-    `failed` one can be replayed after a fix.
-    """
-
-    __tablename__ = "inbox_events"
-    __table_args__ = (
-        UniqueConstraint("platform", "event_key"),
-        Index("ix_inbox_events_status_platform_id", "status", "platform", "id"),
-        Index("ix_inbox_events_platform_chat_status_id", "platform", "chat", "status", "id"),
-        # The burst question (Inbox.newer_from): one author's events of a chat in order.
-        Index("ix_inbox_events_platform_chat_author_id", "platform", "chat", "author", "id"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    platform: str = Field(max_length=32)
-    event_key: str = Field(max_length=256)
-    #: The ordering key (chat or channel) when the adapter knew it without parsing.
-    chat: str | None = Field(default=None, max_length=256)
-    #: Who wrote it, for a plain message in a private chat (read without parsing):
-    #: how a turn sees that its author has a later message waiting (a burst).
-    author: str | None = Field(default=None, max_length=256)
-    status: str = Field(default="pending", max_length=16)
-    payload: str = Field(sa_column=Column(Text, nullable=False))
-    #: The payload was longer than the limit and is stored cut.
-    truncated: bool = False
-    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    attempts: int = 0
-    received_at: datetime = Field(sa_column=_ts(index=True))
-    processed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    #: The worker (`cluster_workers.id`) that took the event; None: nobody yet, or one
-    #: process on SQLite (bot/cluster).
-    claimed_by: int | None = None
-
-
-class ClusterWorkerRow(SQLModel, table=True):
-    """One `bot run` process that joined a PostgreSQL database (bot/cluster).
-
-    Whether it is alive is not stored: it holds an advisory lock keyed by `id` for
-    as long as its connection lives. `adopted_by` names the survivor that took over
-    its unfinished work after it died; `stopped_at` is set by a clean stop too.
-    """
-
-    __tablename__ = "cluster_workers"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=200)
-    host: str = Field(max_length=200)
-    pid: int
-    started_at: datetime = Field(sa_column=_ts())
-    seen_at: datetime = Field(sa_column=_ts())
-    stopped_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
-    adopted_by: int | None = None
-
-
 class PersonaVersion(SQLModel, table=True):
     """Every persona file version that was ever served, by content hash."""
 
@@ -360,42 +270,6 @@ class SchedulerJob(SQLModel, table=True):
     job_state: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
-class SafetyRecord(SQLModel, table=True):
-    """A safety hit or block (bot/safety): a crisis, a disclosure, a blocked reply.
-
-    Crisis rows are also the moderators' queue (unreviewed, newest first) and hold the
-    alert's delivery state and the proactive pause for the person."""
-
-    __tablename__ = "safety_events"
-    __table_args__ = (
-        Index("ix_safety_events_queue", "check_name", "reviewed_at", "id"),
-        Index("ix_safety_events_person", "user_id", "persona_id", "check_name"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = Field(sa_column=_ts(index=True))
-    platform: str = Field(max_length=32)
-    platform_user_id: str = Field(max_length=256)
-    persona_id: str = Field(max_length=64)
-    # Plain ids, no foreign keys: retention and forget delete messages, and the
-    # record of a crisis outlives them (its excerpt is cut to a short phrase).
-    conversation_id: int | None = None
-    message_id: int | None = None
-    user_id: int | None = None
-    check_name: str = Field(max_length=32)
-    verdict: str = Field(max_length=32)
-    reason: str = Field(sa_column=Column(Text, nullable=False))
-    #: JSON: language, detection layer, matched phrase, ...
-    details: str = Field(default="{}", sa_column=Column(Text, nullable=False))
-    #: Proactive messages to this person and persona wait until then (crisis).
-    pause_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    #: none | pending | sent | failed | queued (no channel configured: the queue only)
-    alert_status: str = Field(default="none", max_length=16)
-    alert_reason: str | None = Field(default=None, max_length=512)
-    reviewed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    reviewed_by: str | None = Field(default=None, max_length=256)
-
-
 class LoraAdapterRow(SQLModel, table=True):
     """A LoRA adapter registered for serving (bot/train/registry.py, `bot adapters`).
 
@@ -427,54 +301,6 @@ class LoraAdapterRow(SQLModel, table=True):
     retired_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
-class PersonLimit(SQLModel, table=True):
-    """A moderator's standing decision about one person (bot/safety/limits.py):
-    muted (until a time, or for good), banned, or exempt from the rate limits, for
-    one persona or for all (`persona_id` "*")."""
-
-    __tablename__ = "person_limits"
-    __table_args__ = (UniqueConstraint("platform", "platform_user_id", "persona_id"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    platform: str = Field(max_length=32)
-    platform_user_id: str = Field(max_length=256)
-    persona_id: str = Field(max_length=64)
-    muted: bool = False
-    #: A mute ends by itself then (None: until unmuted).
-    muted_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    banned: bool = False
-    exempt: bool = Field(default=False, description="No rate or token limits.")
-    reason: str | None = Field(default=None, max_length=512)
-    updated_at: datetime = Field(sa_column=_ts())
-    updated_by: str = Field(max_length=256)
-
-
-class ModerationAction(SQLModel, table=True):
-    """The audit of every moderator action: who did what to whom, when, and the
-    person's standing before and after (JSON)."""
-
-    __tablename__ = "moderation_actions"
-    __table_args__ = (
-        Index("ix_moderation_actions_target", "platform", "target_user_id"),
-        # One action per inbox event: a command run again after a crash (its reply was
-        # not stored yet) finds its first run here instead of acting twice.
-        Index("ux_moderation_actions_event", "event_id", unique=True),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    created_at: datetime = Field(sa_column=_ts(index=True))
-    platform: str = Field(max_length=32)
-    moderator_id: str = Field(max_length=256)
-    action: str = Field(max_length=16)
-    target_user_id: str = Field(max_length=256)
-    persona_id: str = Field(max_length=64)
-    before: str = Field(default="{}", sa_column=Column(Text, nullable=False))
-    after: str = Field(default="{}", sa_column=Column(Text, nullable=False))
-    reason: str | None = Field(default=None, max_length=512)
-    #: The inbox event (`inbox_events.id`) whose command did this; None from elsewhere.
-    event_id: int | None = Field(default=None)
-
-
 class LoreTimerRow(SQLModel, table=True):
     """A lore entry's timed effects in one conversation (bot/personas/lorebook/timers.py):
     conversation lengths, in messages, until which it stays and cannot fire again."""
@@ -502,90 +328,3 @@ class GroupChannelRow(SQLModel, table=True):
     replies: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     unprompted: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     updated_at: float = Field(sa_column=Column(Float(53), nullable=False, index=True))
-
-
-class DashboardModerator(SQLModel, table=True):
-    """An account of the moderators' dashboard (bot/web/dashboard): a role, and for a
-    moderator the personas it may change (JSON list; NULL: every persona). Password
-    accounts hold an argon2 hash; Discord sign-ins hold the Discord user id."""
-
-    __tablename__ = "dashboard_moderators"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=64, unique=True)
-    role: str = Field(max_length=16)
-    personas: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    password_hash: str | None = Field(default=None, max_length=255)
-    discord_id: str | None = Field(default=None, max_length=32, unique=True)
-    created_at: datetime = Field(sa_column=_ts())
-
-
-class DashboardSession(SQLModel, table=True):
-    """A signed-in browser: the SHA-256 of its cookie (never the cookie itself), its
-    CSRF token, and when it expires."""
-
-    __tablename__ = "dashboard_sessions"
-
-    token_hash: str = Field(max_length=64, primary_key=True)
-    moderator_id: int = Field(
-        foreign_key="dashboard_moderators.id", index=True, ondelete="CASCADE"
-    )
-    csrf: str = Field(max_length=64)
-    created_at: datetime = Field(sa_column=_ts())
-    expires_at: datetime = Field(sa_column=_ts(index=True))
-
-
-class DashboardLoginFailure(SQLModel, table=True):
-    """A failed sign-in, under one key per limit (`name:NAME`, `ip:ADDRESS`), so every
-    worker counts the same failures."""
-
-    __tablename__ = "dashboard_login_failures"
-    __table_args__ = (Index("ix_dashboard_login_failures_key_at", "key", "at"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(max_length=128)
-    at: datetime = Field(sa_column=_ts())
-
-
-class DashboardAudit(SQLModel, table=True):
-    """Every change made through the dashboard: who, what, to what, when, and the
-    thing before and after (JSON)."""
-
-    __tablename__ = "dashboard_audit"
-
-    id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(sa_column=_ts(index=True))
-    actor: str = Field(max_length=64, index=True)
-    action: str = Field(max_length=64)
-    target: str = Field(max_length=255, index=True)
-    before: str = Field(default="null", sa_column=Column(Text, nullable=False))
-    after: str = Field(default="null", sa_column=Column(Text, nullable=False))
-
-
-class InteractionAnswer(SQLModel, table=True):
-    """The answer to one interaction (a Discord slash command), beside its inbox event.
-
-    A row appears when the interaction is deferred ("thinking…", `status` `deferred`,
-    no text yet) or when its reply is stored with the event's done mark (`generated`);
-    then `sending` (`parts_sent` of its split parts confirmed) → `delivered` |
-    `undeliverable` | `expired` (settled: the text cleared), each with its `reason`.
-    `created_at` is the interaction's own time (Discord's clock): its token lives 15
-    minutes from then.
-    """
-
-    __tablename__ = "interaction_answers"
-    __table_args__ = (Index("ix_interaction_answers_platform_status", "platform", "status"),)
-
-    #: The event's id, never one of its own (no sequence on PostgreSQL).
-    event_id: int = Field(
-        primary_key=True, foreign_key="inbox_events.id", sa_column_kwargs={"autoincrement": False}
-    )
-    platform: str = Field(max_length=32)
-    status: str = Field(max_length=16)
-    text: str = Field(default="", sa_column=Column(Text, nullable=False))
-    parts_sent: int = 0
-    ephemeral: bool = True
-    deferred_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
-    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    created_at: datetime = Field(sa_column=_ts())
-    updated_at: datetime = Field(sa_column=_ts())
