@@ -1,19 +1,10 @@
-"""Database engine creation and migrations, for SQLite files and PostgreSQL.
+"""The database as the rest of the code sees it: `Database`, an engine plus the
+threads its blocking work runs on, so callers can `await` it.
 
-`create_db_engine` accepts any SQLAlchemy URL; for SQLite it turns on WAL, a busy
-timeout and foreign keys on every connection, and refuses a read-only file, a
-directory or a file that is not a SQLite database with a clear `StorageError`
-before anything is written; with `must_exist` (commands that only read) a missing
-file is refused instead of created (`check_database` is that check alone).
-A server database (PostgreSQL) gets a bounded pool (`PoolOptions`: at most
-`size + max_overflow` connections per process, a checkout waits `timeout_s`), a
-check at checkout (a connection the server dropped is replaced, not handed out:
-`bot.db_pool`), a connect timeout and UTC as the session time zone; a server that
-cannot be reached is a `StorageError` naming the URL with its credentials masked.
-`upgrade` applies the Alembic migrations shipped in `bot/migrations/` (the same
-thing `bot db upgrade` runs); on PostgreSQL under an advisory lock, so workers that
-start together migrate one after another. SQLite's file checks and pragmas live in
-`bot.db_sqlite`, error wording and retry rules in `bot.db_errors`.
+Engines (SQLite's pragmas, PostgreSQL's bounded pool, the checks before use) are
+made in `bot.db_engine`, migrations applied by `bot.db_migrate`; both are exported
+from here too. SQLite's file checks and pragmas live in `bot.db_sqlite`, error
+wording and retry rules in `bot.db_errors`, the grouped commits in `bot.db_group`.
 """
 
 from __future__ import annotations
@@ -25,33 +16,21 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.db_errors import reason as _reason
+from bot.db_engine import PoolOptions, check_database, create_db_engine, ping, shown_url
 from bot.db_errors import storable
 from bot.db_errors import storage_error as _storage_error
-from bot.db_errors import unreachable as _unreachable
 from bot.db_group import GroupCommit, GroupStats, Job, hand_back
-from bot.db_pool import server_options, watch_checkouts
+from bot.db_migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
 from bot.db_sqlite import SQLITE_HEADER, sqlite_path
-from bot.db_sqlite import check_sqlite_file as _check_sqlite_file
-from bot.db_sqlite import sqlite_begin as _sqlite_begin
-from bot.db_sqlite import sqlite_begin_read as _sqlite_begin_read
-from bot.db_sqlite import sqlite_pragmas as _sqlite_pragmas
-from bot.errors import ConfigError, StorageError
-from bot.logs import redact_text
+from bot.errors import StorageError
 
 __all__ = [
+    "MIGRATIONS_DIR",
     "SQLITE_HEADER",
     "Database",
     "GroupStats",
@@ -60,190 +39,14 @@ __all__ = [
     "create_db_engine",
     "current_revision",
     "head_revision",
+    "ping",
+    "shown_url",
     "sqlite_path",
     "storable",
     "upgrade",
 ]
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
 T = TypeVar("T")
-
-#: Key of the advisory lock `upgrade` holds on PostgreSQL ("bot-migr" in ASCII).
-MIGRATION_LOCK_KEY = 0x626F742D6D696772
-
-
-@dataclass(frozen=True, slots=True)
-class PoolOptions:
-    """Connections one process may hold to a server database (ignored for SQLite).
-
-    At most `size + max_overflow` connections are open at once; a caller that finds
-    them all busy waits `timeout_s`, then gets a `StorageError`. The server's own
-    limit (PostgreSQL's `max_connections`, 100 by default) must cover every worker's
-    `size + max_overflow`.
-    """
-
-    size: int = 5
-    max_overflow: int = 5
-    timeout_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    #: Connections older than this are replaced (servers and proxies drop idle ones).
-    recycle_s: int = 1800
-
-    @property
-    def most(self) -> int:
-        """The most connections open at once."""
-        return self.size + self.max_overflow
-
-
-def check_database(url: str, *, connect_timeout_s: float = 5.0) -> None:
-    """Raise `StorageError` unless `url` names an existing SQLite database file or a
-    server database that answers (one connection, opened and closed), and
-    `ConfigError` if it is not a database URL."""
-    try:
-        path = sqlite_path(url)
-        backend = make_url(url).get_backend_name()
-    except (SQLAlchemyError, ValueError):
-        raise ConfigError(
-            f"database.url = {redact_text(repr(url))}: not a database URL, "
-            "e.g. sqlite:///data/bot.db"
-        ) from None
-    if path is not None:
-        _check_sqlite_file(path, must_exist=True)
-    elif backend != "sqlite":
-        engine = create_db_engine(
-            url, pool=PoolOptions(size=1, max_overflow=0, connect_timeout_s=connect_timeout_s)
-        )
-        try:
-            ping(engine)
-        finally:
-            engine.dispose()
-
-
-def ping(engine: Engine) -> None:
-    """One round trip to the database; `StorageError` ("cannot reach ...") if it fails."""
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-    except SQLAlchemyError as exc:
-        where = shown_url(engine)
-        raise StorageError(f"cannot reach the database {where}: {_reason(exc)}") from None
-
-
-def shown_url(engine: Engine) -> str:
-    """The engine's URL as it may be shown to people: password and tokens masked."""
-    return redact_text(engine.url.render_as_string(hide_password=True))
-
-
-def create_db_engine(
-    url: str,
-    *,
-    busy_timeout_ms: int = 5000,
-    echo: bool = False,
-    read_only: bool = False,
-    must_exist: bool = False,
-    pool: PoolOptions | None = None,
-) -> Engine:
-    """An engine for `url`; SQLite files get WAL mode and sane pragmas on every connection,
-    server databases the bounded, checked pool of `pool` (see the module doc).
-
-    `read_only` engines refuse writes (SQLite: PRAGMA query_only; PostgreSQL:
-    read-only transactions) and SQLite's begin deferred transactions, for readers
-    beside the single writer (`Database.read`, the export). `must_exist` refuses a
-    SQLite file that is not there (commands that only read must not leave an empty
-    database behind a mistyped path). A bad URL is a `ConfigError` whose message
-    masks the URL's credentials.
-    """
-    shown = redact_text(repr(url))
-    try:
-        parsed = make_url(url)
-    except (SQLAlchemyError, ValueError):
-        raise ConfigError(
-            f"database.url = {shown}: not a database URL, e.g. sqlite:///data/bot.db"
-        ) from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        # The driver we ship (psycopg 3): SQLAlchemy's default for a bare postgresql://
-        # is psycopg2, and postgres:// (as many hosts hand it out) it does not know.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-        url = parsed.render_as_string(hide_password=False)
-    path = sqlite_path(url)
-    if path is not None:
-        _check_sqlite_file(path, must_exist=must_exist)
-    kwargs: dict[str, Any] = {"echo": echo}
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
-    else:
-        kwargs.update(server_options(parsed, pool or PoolOptions()))
-    try:
-        engine = create_engine(url, **kwargs)
-    except ImportError as exc:
-        raise StorageError(
-            f"database.url = {shown}: its driver is not installed ({redact_text(str(exc))})"
-        ) from None
-    except (SQLAlchemyError, TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"database.url = {shown}: cannot create an engine ({redact_text(str(exc))})"
-        ) from None
-    watch_checkouts(engine)  # psycopg: a dropped connection is never handed out
-    if backend == "postgresql" and read_only:
-        # Every transaction on it begins READ ONLY (psycopg sends it with BEGIN; no
-        # extra round trip), so a stray write is refused as on SQLite's reader.
-        engine = engine.execution_options(postgresql_readonly=True)
-    if backend == "sqlite":
-        in_memory = parsed.database in (None, "", ":memory:")
-        event.listen(
-            engine,
-            "connect",
-            _sqlite_pragmas(
-                busy_timeout_ms, wal=not in_memory and not read_only, query_only=read_only
-            ),
-        )
-        # pysqlite's own transaction handling breaks SAVEPOINT and begins lazily, so a
-        # read-then-write transaction can fail with SQLITE_BUSY without waiting; we
-        # begin ourselves, IMMEDIATE, so writers queue on the busy timeout instead.
-        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
-    return engine
-
-
-def _alembic_config() -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return cfg
-
-
-def head_revision() -> str:
-    """The newest migration shipped with this version of the code."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None
-    return head
-
-
-def current_revision(engine: Engine) -> str | None:
-    """The migration the database is at (None for an empty database)."""
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    except SQLAlchemyError as exc:
-        raise _storage_error(exc) from exc
-
-
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to `revision`; raise `StorageError` with the reason on failure."""
-    cfg = _alembic_config()
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Workers starting together: the first migrates, the others wait here
-                # and then find the database at head (released at commit).
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    except SQLAlchemyError as exc:  # locked, read-only, "file is not a database", ...
-        what = "reach" if _unreachable(exc) else "migrate"
-        raise StorageError(
-            f"cannot {what} the database {shown_url(engine)}: {_reason(exc)}"
-        ) from exc
 
 
 class Database:

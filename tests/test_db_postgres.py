@@ -80,11 +80,11 @@ def test_every_migration_goes_down_to_the_base_and_up_again(database_url: str) -
     from alembic import command
     from sqlalchemy import inspect
 
-    from bot.db import _alembic_config
+    from bot.db_migrate import alembic_config
 
     engine = create_db_engine(database_url)
     upgrade(engine)
-    cfg = _alembic_config()
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "base")

@@ -16,7 +16,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from bot.db import _alembic_config, create_db_engine, current_revision, head_revision, sqlite_path
+from bot.db import create_db_engine, current_revision, head_revision, sqlite_path
+from bot.db_migrate import alembic_config
 from bot.errors import StorageError, UsageError
 from bot.logs import redact_text
 
@@ -167,7 +168,7 @@ def check_target_revision(target: Endpoint) -> None:
 
 
 def _known(revision: str) -> bool:
-    script = ScriptDirectory.from_config(_alembic_config())
+    script = ScriptDirectory.from_config(alembic_config())
     try:
         return script.get_revision(revision) is not None
     except Exception:  # alembic's ResolutionError / CommandError: not ours

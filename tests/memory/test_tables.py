@@ -7,7 +7,8 @@ from pathlib import Path
 from alembic import command
 from sqlalchemy import inspect
 
-from bot.db import _alembic_config, create_db_engine, upgrade
+from bot.db import create_db_engine, upgrade
+from bot.db_migrate import alembic_config
 from bot.memory.ledger import Ledger
 from bot.messages import Actor, Incoming, Scope
 
@@ -44,7 +45,7 @@ async def test_fts_rows_follow_inserts_updates_and_deletes(tmp_path: Path) -> No
 def test_downgrade_to_0001_removes_the_memory_tables(tmp_path: Path) -> None:
     engine = create_db_engine(f"sqlite:///{tmp_path}/d.db")
     upgrade(engine)
-    cfg = _alembic_config()
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
