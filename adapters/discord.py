@@ -38,6 +38,7 @@ from adapters._discord_feedback import DiscordFeedback
 from adapters._discord_intake import DiscordIntake
 from adapters._discord_interactions import INTERACTION_KEY, DiscordInteractions
 from adapters._discord_parse import is_addressed, message_attachments, message_text
+from adapters._discord_places import DiscordPlaces
 from adapters._discord_post import post
 from adapters.base import (
     Adapter,
@@ -50,7 +51,6 @@ from bot.config import DiscordSettings
 from bot.errors import AdapterError, BotError, ConfigError
 from bot.inbox import InboxEvent, InboxWorker
 from bot.messages import Actor, Incoming, Outgoing, Scope
-from bot.people import place_key
 
 __all__ = ["DiscordAdapter", "UnparsableMessage"]
 
@@ -134,7 +134,6 @@ class DiscordAdapter(Adapter):
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._threads: dict[int, int | None] = {}  # channel id -> parent id (None: not a thread)
         #: Set once a gateway session's guilds are known (cleared by each READY).
         self._session_ready = asyncio.Event()
         #: Live and caught-up messages into the inbox (while running).
@@ -143,6 +142,8 @@ class DiscordAdapter(Adapter):
         #: Slash commands through the inbox (adapters/_discord_interactions.py).
         self.interactions = DiscordInteractions(self)
         self._feedback = DiscordFeedback(self)
+        #: Which persona speaks where, and which channel a thread is in.
+        self.places = DiscordPlaces(self)
         #: Set once the gateway session is ready (guilds received).
         self.ready = asyncio.Event()
 
@@ -167,11 +168,11 @@ class DiscordAdapter(Adapter):
             inbox,
             platform=self.platform,
             accept=self.accept,
-            chat_for=self._chat_for_channel,
+            chat_for=self.places.chat_for_channel,
             session_ready=self._session_ready,
             max_messages=self.settings.catch_up_messages,
             max_age_s=self.settings.catch_up_max_age_s,
-            bound_channels=self._bound_channels(),
+            bound_channels=self.places.bound_channels(),
         )
         intake.install()
         self.interactions.install(client)
@@ -302,14 +303,6 @@ class DiscordAdapter(Adapter):
             if self._busy == 0:
                 self._idle.set()
 
-    def _bound_channels(self) -> frozenset[int]:
-        """Channels config names: always-on ones and "GUILD/CHANNEL" persona places."""
-        places = [
-            *self.settings.always_on,
-            *(k.split("/")[-1] for k in self.settings.personas if "/" in k),
-        ]
-        return frozenset(int(p) for p in places if p.isdigit() and len(p) <= 20)
-
     def _warn_unknown_personas(self) -> None:
         personas = self.services.commands.personas
         for place, persona in self.settings.personas.items():
@@ -348,53 +341,8 @@ class DiscordAdapter(Adapter):
 
     # -- where things happen --------------------------------------------------------------
 
-    async def _persona_for(self, guild: int | None, channel: int) -> str:
-        bound = await self.services.people.bound_persona(
-            place_key(self.platform, None if guild is None else str(guild), str(channel))
-        )
-        if bound is not None:
-            return bound
-        configured = self.settings.personas
-        if guild is None:
-            return configured.get("dm", self.default_persona)
-        return (
-            configured.get(f"{guild}/{channel}")
-            or configured.get(str(guild))
-            or self.default_persona
-        )
-
-    async def _locate(self, channel_id: int, guild: int | None) -> tuple[int, int | None]:
-        """(channel, thread) for a channel id: a thread is located in its parent."""
-        if guild is None:
-            return channel_id, None
-        if channel_id not in self._threads:
-            client = self._require_client()
-            found: Any = client.get_channel(channel_id)
-            if found is None:
-                # A raw event about a thread we never saw: ask once, then remember.
-                try:
-                    found = await client.fetch_channel(channel_id)
-                except (discord.HTTPException, aiohttp.ClientError) as exc:
-                    # Taken as a channel this once; not remembered, so it is asked again.
-                    log.info("discord.channel_unknown", channel=channel_id, error=str(exc))
-                    return channel_id, None
-            parent = found.parent_id if isinstance(found, discord.Thread) else None
-            if len(self._threads) > 50_000:
-                self._threads.clear()
-            self._threads[channel_id] = parent
-        parent = self._threads[channel_id]
-        return (parent, channel_id) if parent is not None else (channel_id, None)
-
     async def _scope(self, guild: int | None, channel_id: int, user: int) -> Scope:
-        channel, thread = await self._locate(channel_id, guild)
-        return Scope(
-            platform=self.platform,
-            space=None if guild is None else str(guild),
-            channel=str(channel),
-            thread=None if thread is None else str(thread),
-            user=str(user),
-            persona=await self._persona_for(guild, channel),
-        )
+        return await self.places.scope(guild, channel_id, user)
 
     def _actor(self, user: discord.abc.User) -> Actor:
         return Actor(
@@ -442,19 +390,6 @@ class DiscordAdapter(Adapter):
         state: Any = self._require_client()._connection
         channel, _ = state._get_guild_channel(data)
         return discord.Message(state=state, channel=channel, data=data)  # type: ignore[arg-type]
-
-    def _chat_for_channel(self, channel_id: int, guild: int | None) -> str:
-        """`chat_key` of a message's scope from the channel cache alone (the intake
-        must not wait on REST): a thread's lane is "parent/thread"."""
-        if guild is None:
-            return str(channel_id)
-        parent = self._threads.get(channel_id)
-        if channel_id not in self._threads:
-            found: Any = self._require_client().get_channel(channel_id)
-            if found is None:
-                return str(channel_id)
-            parent = found.parent_id if isinstance(found, discord.Thread) else None
-        return f"{parent}/{channel_id}" if parent is not None else str(channel_id)
 
     async def _incoming(
         self, message: discord.Message, *, guild: int | None, received_at: datetime
