@@ -24,12 +24,13 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from bot.personas._sampling import ValidatedAs
 from bot.personas._yaml import Loc, field_path, locate, parse_yaml, problem_at_mark
 from bot.personas.lorebook.schema import World
 from bot.personas.lorebook.worlds import WORLDS_DIR, check_world, load_worlds
 from bot.personas.problems import ROOT_FIELD, PersonaFileError, Problem
 from bot.personas.render import TrialFailure, trial_render
-from bot.personas.schema import TEMPLATE_ERROR, Persona, ValidatedAs
+from bot.personas.schema import TEMPLATE_ERROR, Persona
 
 __all__ = [
     "MAX_FILE_BYTES",
