@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,13 @@ from bot.memory.embeddings import (
     embeddable,
     resolve_model,
 )
-from bot.memory.onnx_export import RECIPE, UNEXPORTABLE
+from bot.memory.onnx_export import EXPORT_LIMIT_S, RECIPE, UNEXPORTABLE
 
 __all__ = ["OnnxEmbedder", "default_cache_dir", "onnx_available"]
 
 #: Exports in this process, one at a time: a second embedder of the same model waits
 #: for the first's export and then finds it in the cache.
 _EXPORTS = threading.Lock()
-#: An export that has not finished by then never will (it takes ~35 s on 2 cores).
-_EXPORT_TIMEOUT_S = 900.0
 
 
 def onnx_available() -> bool:
@@ -170,6 +169,7 @@ class OnnxEmbedder:
             if (folder / "settings.json").exists():  # exported while this one waited
                 return folder
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            _sweep_staging(self.cache_dir)
             staging = Path(tempfile.mkdtemp(prefix=".export-", dir=self.cache_dir))
             try:
                 _export(source, staging)
@@ -249,7 +249,8 @@ def _export(source: str, folder: Path) -> None:
     # The child imports this package from wherever this process did.
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "bot.memory.onnx_export", source, str(folder)]
+    module = "bot.memory.onnx_export"
+    command = [sys.executable, "-m", module, source, str(folder), str(EXPORT_LIMIT_S)]
     with log_path.open("wb") as log_file:
         try:
             done = subprocess.run(  # noqa: S603 - our own interpreter and module; args are a path
@@ -258,12 +259,12 @@ def _export(source: str, folder: Path) -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
                 env=env,
-                timeout=_EXPORT_TIMEOUT_S,
+                timeout=EXPORT_LIMIT_S,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise EmbeddingUnavailable(
-                f"exporting {source!r} took over {_EXPORT_TIMEOUT_S:g} s"
+                f"exporting {source!r} took over {EXPORT_LIMIT_S} s"
             ) from exc
     tail = _tail(log_path)
     log_path.unlink(missing_ok=True)
@@ -271,6 +272,18 @@ def _export(source: str, folder: Path) -> None:
         raise EmbeddingUnavailable(tail.splitlines()[-1] if tail else f"cannot export {source!r}")
     if done.returncode != 0:
         raise RuntimeError(f"the export exited with {done.returncode}: {tail}")
+
+
+def _sweep_staging(cache_dir: Path) -> None:
+    """Remove the staging folders of exports that were killed (kill -9 of this or
+    another process): older than an export may run, so no live one is among them."""
+    cutoff = time.time() - 2 * EXPORT_LIMIT_S
+    for staging in cache_dir.glob(".export-*"):
+        try:
+            if staging.is_dir() and staging.stat().st_mtime < cutoff:
+                shutil.rmtree(staging, ignore_errors=True)
+        except OSError:  # gone meanwhile
+            continue
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

@@ -1,7 +1,9 @@
 """The ONNX export of a sentence-transformers encoder, run as its own process.
 
-`python -m bot.memory.onnx_export SOURCE FOLDER` writes model.onnx, tokenizer.json
-and settings.json (pooling, normalisation, lengths) into FOLDER, and exits 0.
+`python -m bot.memory.onnx_export SOURCE FOLDER [LIMIT_S]` writes model.onnx,
+tokenizer.json and settings.json (pooling, normalisation, lengths) into FOLDER, and
+exits 0. It ends itself (SIGALRM) after LIMIT_S seconds (default `EXPORT_LIMIT_S`),
+so a child whose parent was killed never outlives that either.
 A model this recipe cannot export (other modules than Pooling and Normalize, a
 pooling other than mean or cls, no fast tokenizer) exits `UNEXPORTABLE`, with the
 reason as the last line of stderr; any other failure exits 1 with its traceback.
@@ -16,17 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import signal
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RECIPE", "UNEXPORTABLE", "Unexportable", "export", "main"]
+__all__ = ["EXPORT_LIMIT_S", "RECIPE", "UNEXPORTABLE", "Unexportable", "export", "main"]
 
 #: Bump when the export recipe changes, so old caches are not reused.
 RECIPE = 1
 #: The exit status for a model this recipe does not export.
 UNEXPORTABLE = 3
+#: An export that has not finished by then never will (it takes ~35 s on 2 cores).
+EXPORT_LIMIT_S = 900
 _POOLING = ("mean", "cls")
 
 
@@ -107,9 +113,14 @@ def export(source: str, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one export from the command line; the exit status says how it went."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m bot.memory.onnx_export SOURCE FOLDER", file=sys.stderr)
+    try:
+        limit = float(args[2]) if len(args) == 3 else float(EXPORT_LIMIT_S)
+    except ValueError:
+        limit = math.nan
+    if len(args) not in (2, 3) or not 0 < limit <= 86_400:
+        print("usage: python -m bot.memory.onnx_export SOURCE FOLDER [LIMIT_S]", file=sys.stderr)
         return 2
+    signal.alarm(math.ceil(limit))  # SIGALRM's default action ends the process
     try:
         export(args[0], Path(args[1]))
     except Unexportable as exc:

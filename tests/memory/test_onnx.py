@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from bot.memory.embeddings import (
 )
 from bot.memory.ledger import Ledger
 from bot.memory.onnx import OnnxEmbedder
+from bot.memory.onnx_export import EXPORT_LIMIT_S
 from bot.memory.store import SQLiteMemory
 from tests.memory.conftest import BrokenEmbedder, say, scope_for
 
@@ -148,6 +152,46 @@ def test_a_cached_export_is_reused_without_exporting(
     assert embedder.embed(["hello"]).shape == (1, 384)
     entries = list(cache.iterdir())
     assert len(entries) == 1 and (entries[0] / "settings.json").exists()  # no staging left
+
+
+def test_a_killed_exports_staging_is_swept_and_a_live_ones_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 during an export leaves its staging folder (90 MB of model): the next
+    export removes those older than an export may run, never a younger one (another
+    process may be exporting into it)."""
+    cache_dir = tmp_path / "cache"
+    killed, live = cache_dir / ".export-killed", cache_dir / ".export-live"
+    for folder in (killed, live):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"half an export")
+    old = time.time() - 3 * EXPORT_LIMIT_S
+    os.utime(killed, (old, old))
+
+    def refused(source: str, folder: Path) -> None:
+        raise EmbeddingUnavailable("not this time")
+
+    monkeypatch.setattr(onnx, "_export", refused)
+    with pytest.raises(EmbeddingUnavailable, match="not this time"):
+        OnnxEmbedder(MODEL, cache_dir=cache_dir).embed(["x"])
+    assert sorted(p.name for p in cache_dir.iterdir()) == [".export-live"]
+
+
+def test_the_export_child_ends_itself_at_its_limit(tmp_path: Path) -> None:
+    """The child bounds its own time (a parent killed by -9 cannot stop it), and
+    refuses arguments it does not understand."""
+    child = [sys.executable, "-m", "bot.memory.onnx_export"]
+    source = resolve_model(MODEL)
+    done = subprocess.run(
+        [*child, source, str(tmp_path), "1"], capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == -signal.SIGALRM
+    assert not (tmp_path / "settings.json").exists()
+    for bad in ([], [source], [source, str(tmp_path), "soon"], [source, str(tmp_path), "-1"]):
+        refused = subprocess.run(
+            [*child, *bad], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert refused.returncode == 2 and "usage:" in refused.stderr
 
 
 def test_a_broken_cache_or_model_is_unavailable_once(cache: Path, tmp_path: Path) -> None:
