@@ -25,21 +25,22 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+        return _in_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+        return _in_utc(value)
 
 
 _ZERO = timedelta(0)
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """`value` as an aware UTC time (naive is taken as UTC); None stays None."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.utcoffset() == _ZERO else value.astimezone(UTC)
 
 
 def ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
