@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.db_engine import PoolOptions, check_database, create_db_engine, ping, shown_url
+from bot.db_engine import PoolOptions, check_database, create_db_engine, ping
 from bot.db_errors import storable
 from bot.db_errors import storage_error as _storage_error
 from bot.db_group import GroupCommit, GroupStats, Job, hand_back
@@ -39,8 +39,6 @@ __all__ = [
     "create_db_engine",
     "current_revision",
     "head_revision",
-    "ping",
-    "shown_url",
     "sqlite_path",
     "storable",
     "upgrade",
