@@ -13,7 +13,8 @@ What it promises:
   embedding model is available, cosine similarity (SQLite: numpy over vectors kept
   in the database; PostgreSQL: pgvector's HNSW index), fused with reciprocal rank
   fusion; then recency decay, importance and a boost for items inside a time range
-  the query names ("last week", "上周"). See `ranking.py`, written once.
+  the query names ("last week", "上周"). See `hybrid.py` (one search) and
+  `ranking.py` (the scoring, written once).
 - **Graceful degradation.** Without numpy/sentence-transformers, or when the model
   fails, search is full-text + recency (logged once).
 - **No blocking in the loop.** SQL runs through `Database.run`/`read`; embedding and
@@ -30,8 +31,8 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import Connection
@@ -39,14 +40,13 @@ from sqlalchemy import Connection
 from bot.db import Database
 from bot.llm.base import LLMBackend
 from bot.memory import learning, rows
-from bot.memory.backend import QueryVector, SearchBackend, search_backend_for
-from bot.memory.embeddings import Embedder, EmbeddingInputError
+from bot.memory.backend import SearchBackend, search_backend_for
+from bot.memory.embeddings import Embedder
 from bot.memory.extract import Extraction
 from bot.memory.forget import ForgetRefused, Forgotten, forget_rows, parse_target
+from bot.memory.hybrid import HybridSearch
 from bot.memory.indexer import Indexer
-from bot.memory.query import words
-from bot.memory.ranking import both, fuse, pack_memories, score
-from bot.memory.timeparse import parse_time_range
+from bot.memory.ranking import pack_memories
 from bot.memory.types import (
     Kind,
     MemoryHit,
@@ -57,7 +57,6 @@ from bot.memory.types import (
     db_time,
     parse_dt,
 )
-from bot.text import clean_text
 
 if TYPE_CHECKING:
     from bot.engine import RecallRequest, TurnRecord
@@ -108,7 +107,6 @@ class Memory:
         self.extract_facts = extract_facts
         self.summary_window = summary_window
         self.quiet_after = quiet_after
-        self.weights = weights or SearchWeights()
         self.extract_max_tokens = extract_max_tokens
         self._dense_off_logged = False
         # One thread for the model and the numpy scans: torch uses its own threads
@@ -130,6 +128,19 @@ class Memory:
             context_turns=context_turns,
             on_unavailable=self._dense_unavailable,
         )
+        self.searcher = HybridSearch(
+            db,
+            self.search_backend,
+            embedder=embedder,
+            thread=self._thread,
+            weights=weights or SearchWeights(),
+            on_unavailable=self._dense_unavailable,
+        )
+
+    @property
+    def weights(self) -> SearchWeights:
+        """The search's weights (`memory.search` in the config)."""
+        return self.searcher.weights
 
     # -- the engine's seam ------------------------------------------------------------
 
@@ -192,86 +203,11 @@ class Memory:
         Never raises for odd text: an empty, huge, punctuation- or emoji-only query
         or one full of search syntax simply finds what its words find (maybe nothing).
         """
+        run = self.searcher.search
         if self.metrics is None:
-            return await self._search(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
+            return await run(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
         with self.metrics.timed_search(self.db.engine.dialect.name):
-            return await self._search(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
-
-    async def _search(
-        self,
-        scope: MemoryScope,
-        query: str,
-        *,
-        k: int,
-        now: datetime | None,
-        exclude: Iterable[int],
-        kinds: Sequence[Kind],
-    ) -> list[MemoryHit]:
-        now = aware(now or datetime.now(UTC))
-        # Lone surrogates (undecodable bytes) cannot reach the database or a tokenizer.
-        query = clean_text(query[:4000])
-        period = parse_time_range(query, now)
-        weights = self.weights
-        n = max(weights.candidates, k)
-        lexical = self.search_backend.lexical(scope, kinds, query, n)
-        # Full-text ranking on a reader while the query is embedded and the vectors
-        # compared: the lists are independent until they are fused. Alone: beside the
-        # vector query, never queued into one shared read with it (bot.db_group).
-        ranked, dense = await both(
-            self.db.read(lexical, alone=True), self._dense_ranked(scope, query, kinds, n)
-        )
-        lists: list[tuple[Sequence[tuple[str, int]], float]] = [
-            (lst, weights.bm25) for lst in ranked
-        ]
-        if dense is not None:
-            lists.append((dense, weights.dense))
-        fused = fuse(lists, weights.rrf_k)
-        if not fused:
-            return []
-        details = await self.db.read(lambda conn: rows.details(conn, scope, list(fused)))
-        return score(
-            fused,
-            details,
-            weights,
-            now=now,
-            period=period,
-            named=set(words(query, keep_stopwords=True)),
-            excluded=set(exclude),
-            k=k,
-        )
-
-    async def _dense_ranked(
-        self, scope: MemoryScope, query: str, kinds: Sequence[Kind], n: int
-    ) -> list[tuple[str, int]] | None:
-        """The scope's nearest vectors to the query, best first; None when there is no
-        dense list (no embedder, an empty query, nothing embedded, or the model off)."""
-        if self.embedder is None or not query.strip():
-            return None
-        vector = QueryVector(
-            lambda: self._query_vector(query), eager=getattr(self.embedder, "loaded", True)
-        )
-        try:
-            scored = await self.search_backend.dense(scope, vector, n)
-        finally:
-            vector.cancel()
-        if scored is None:
-            return None
-        floor = self.weights.min_similarity
-        return [(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor]
-
-    async def _query_vector(self, query: str) -> Any:
-        embedder = self.embedder
-        assert embedder is not None
-        loop = asyncio.get_running_loop()
-        try:
-            vectors = await loop.run_in_executor(self._thread, embedder.embed, [query])
-        except EmbeddingInputError as exc:  # this query only: full-text answers it
-            log.info("memory.query_not_embedded", reason=str(exc))
-            return None
-        except Exception as exc:
-            self._dense_unavailable(exc)
-            return None
-        return vectors[0]
+            return await run(scope, query, k=k, now=now, exclude=exclude, kinds=kinds)
 
     # -- facts and summaries -------------------------------------------------------------
 
