@@ -32,13 +32,21 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 import discord
 import structlog
 
+from adapters._discord_history import (
+    from_ms,
+    guild_of,
+    on_this_shard,
+    read_after,
+    snowflake_id,
+    written_at,
+)
 from bot.aio import wait_for
 from bot.errors import AdapterError
 from bot.inbox import Inbox, InboxStatus, RawEvent
@@ -49,8 +57,6 @@ log = structlog.get_logger("adapters.discord")
 
 #: Events committed in one transaction at most.
 _BATCH = 256
-#: History pages are Discord's largest.
-_PAGE = 100
 #: Chats read back after a fresh session at most, the most recently active first
 #: (their starting points are recorded in one inbox row, under its 64 KiB bound).
 MAX_CATCH_UP_CHATS = 500
@@ -90,22 +96,14 @@ def _dm_author(data: Any) -> str | None:
     author = data.get("author")
     if not isinstance(author, dict) or author.get("bot") is True:
         return None
-    user = _snowflake(author.get("id"))
+    user = snowflake_id(author.get("id"))
     return None if user is None else str(user)
-
-
-def _snowflake(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
-        return int(value)
-    return None
 
 
 def event_key(data: Any, payload: str) -> str:
     """The inbox key of a message: its id; a payload without one is keyed by its hash
     (stored, and failed when handled, rather than dropped)."""
-    snowflake = _snowflake(data.get("id")) if isinstance(data, dict) else None
+    snowflake = snowflake_id(data.get("id")) if isinstance(data, dict) else None
     if snowflake is not None:
         return str(snowflake)
     return "noid:" + hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -254,11 +252,11 @@ class DiscordIntake:
         )
 
     def _lane(self, data: dict[str, Any]) -> str | None:
-        channel = _snowflake(data.get("channel_id"))
+        channel = snowflake_id(data.get("channel_id"))
         if channel is None:
             return None
         try:
-            return self._chat_for(channel, _snowflake(data.get("guild_id")))
+            return self._chat_for(channel, snowflake_id(data.get("guild_id")))
         except Exception:  # the lane is only order; the event is still stored
             return str(channel)
 
@@ -284,7 +282,7 @@ class DiscordIntake:
         recorded (one inbox row) before it is returned, with the rows to settle."""
         anchors: dict[str, int] = {}
         for chat, key in (await self.inbox.last_keys(self.platform)).items():
-            if (snowflake := _snowflake(key)) is not None:
+            if (snowflake := snowflake_id(key)) is not None:
                 anchors[chat] = snowflake
         unsettled = await self.inbox.list(
             status=InboxStatus.PENDING, platform=CATCH_UP_PLATFORM, limit=20
@@ -296,7 +294,7 @@ class DiscordIntake:
                 continue
             if isinstance(earlier, dict):
                 for chat, key in earlier.items():
-                    if (snowflake := _snowflake(key)) is not None:
+                    if (snowflake := snowflake_id(key)) is not None:
                         anchors[chat] = min(anchors.get(chat, snowflake), snowflake)
         if anchors:  # not the very first start: the bot was away from these too
             for channel in self.bound_channels:
@@ -340,26 +338,30 @@ class DiscordIntake:
             log.warning("discord.catch_up_without_guilds")
         shard = ready.get("shard")
         floor_ms = int(((time.time() if now is None else now) - self.max_age_s) * 1000)
-        floor = max(discord.utils.time_snowflake(_from_ms(floor_ms)), 0)
+        floor = max(discord.utils.time_snowflake(from_ms(floor_ms)), 0)
         for chat, anchor in sorted(anchors.items(), key=lambda item: -item[1]):
-            channel_id = _snowflake(chat.rsplit("/", 1)[-1])
+            channel_id = snowflake_id(chat.rsplit("/", 1)[-1])
             if channel_id is None:
                 continue
             cached: Any = self.client.get_channel(channel_id)
-            last = _snowflake(getattr(cached, "last_message_id", None))
+            last = snowflake_id(getattr(cached, "last_message_id", None))
             if cached is not None and last is not None and last <= anchor:
                 continue  # the guild said what is newest there: nothing new
             try:
                 # A cached channel knows its guild; an uncached one (a DM, after a
                 # restart) is asked only when it has something to store.
-                guild = await self._guild_of(channel_id, cached) if cached is not None else None
-                if cached is not None and not self._on_this_shard(guild, shard):
+                guild = (
+                    await guild_of(self.client, channel_id, cached) if cached is not None else None
+                )
+                if cached is not None and not on_this_shard(guild, shard):
                     continue
                 report.chats += 1
-                found, over = await self._read_after(channel_id, max(anchor, floor))
+                found, over = await read_after(
+                    self.client, channel_id, max(anchor, floor), self.max_messages
+                )
                 if found and cached is None:
-                    guild = await self._guild_of(channel_id, None)
-                    if not self._on_this_shard(guild, shard):
+                    guild = await guild_of(self.client, channel_id, None)
+                    if not on_this_shard(guild, shard):
                         continue
             except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
                 # Deleted, or no longer visible to the bot: nothing to answer there.
@@ -379,7 +381,7 @@ class DiscordIntake:
             for data in sorted(found, key=lambda m: int(m["id"])):
                 if guild is not None:
                     data.setdefault("guild_id", str(guild))  # REST messages leave it out
-                events.append(self._raw(data, _written_at(int(data["id"])), chat))
+                events.append(self._raw(data, written_at(int(data["id"])), chat))
             report.read += len(events)
             for start in range(0, len(events), _BATCH):
                 report.new += await self._accept(events[start : start + _BATCH])
@@ -392,59 +394,3 @@ class DiscordIntake:
             unreadable=len(report.failed_chats),
         )
         return report
-
-    async def _guild_of(self, channel_id: int, cached: Any) -> int | None:
-        """The channel's guild (None: a DM), from the cache or else asked once: a
-        server message taken for a DM would be answered as if addressed."""
-        if cached is not None:
-            guild = getattr(cached, "guild", None)
-            return getattr(guild, "id", None) if guild is not None else None
-        data: Any = await self.client.http.get_channel(channel_id)
-        return _snowflake(data.get("guild_id")) if isinstance(data, dict) else None
-
-    def _on_this_shard(self, guild: int | None, shard: Any) -> bool:
-        if not isinstance(shard, list) or len(shard) != 2:
-            return True
-        shard_id, count = shard
-        if not isinstance(count, int) or count <= 1:
-            return True
-        # DMs arrive on shard 0; a guild's on (guild >> 22) % count.
-        return bool((0 if guild is None else (guild >> 22) % count) == shard_id)
-
-    async def _read_after(self, channel_id: int, after: int) -> tuple[list[dict[str, Any]], int]:
-        """The newest `max_messages` messages after `after`, and how many more there
-        were (at least) past that bound. Pages backwards from the newest, so the
-        bound keeps the messages people are waiting on, not the oldest."""
-        found: list[dict[str, Any]] = []
-        before: int | None = None
-        while True:
-            page: Any = await self.client.http.logs_from(channel_id, _PAGE, before=before)
-            if not isinstance(page, list) or not page:
-                return found, 0
-            ids = [
-                (sid, m)
-                for m in page
-                if isinstance(m, dict) and (sid := _snowflake(m.get("id"))) is not None
-            ]
-            ids.sort(key=lambda item: item[0], reverse=True)
-            for sid, message in ids:
-                if sid <= after:
-                    return found, 0
-                if len(found) >= self.max_messages:
-                    return found, 1 + sum(1 for s, _ in ids if after < s < sid)
-                found.append(message)
-            if len(page) < _PAGE or not ids:
-                return found, 0
-            before = ids[-1][0]
-
-
-def _written_at(snowflake: int) -> datetime:
-    """When a message was written, from its id (now, for an id past datetime's range)."""
-    try:
-        return discord.utils.snowflake_time(snowflake)
-    except (OverflowError, ValueError, OSError):
-        return datetime.now(UTC)
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=max(ms, 0))
