@@ -98,10 +98,13 @@ def _nearest_sql(dim: int) -> Any:
     )
 
 
-#: The HNSW scan's settings for one transaction, in one round trip.
+#: The HNSW scan's settings for one transaction, in one round trip; and a plan for
+#: this query's scope, not a generic one (see pg_words.py: a prepared statement's
+#: generic plan does not know the scope's size).
 _HNSW_SETTINGS = text(
     "SELECT set_config('hnsw.ef_search', :ef, true), "
-    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+    "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+    "set_config('plan_cache_mode', 'force_custom_plan', true)"
 )
 
 

@@ -15,6 +15,13 @@ recall@10). Each statement is one round trip that
 3. computes each word's IDF once, over those rows (`float8`: `numeric`'s `ln`, per
    row and word, was most of the statement's time at 100k rows), and returns the
    best `n` by BM25.
+
+Every statement here is planned for its own values (`CUSTOM_PLANS`). psycopg
+prepares a statement run five times on a connection, and PostgreSQL then may
+switch to one generic plan, planned without the scope. In a database of many small
+scopes that plan reads the scope's rows by its index and tests every one against
+the words: right for a person with a thousand messages, and 1.2 s p99 (636 ms p50)
+for one with 100k (benchmarks.md, "a million memories").
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "BM25_B",
     "BM25_K1",
     "COMMON_SHARE",
+    "CUSTOM_PLANS",
     "PRUNE_ABOVE",
     "TS_CONFIG",
     "lexical_lists",
@@ -49,6 +57,10 @@ PRUNE_ABOVE = 20_000
 #: A word is common in a scope when it is in at least this share of its rows: 2.3
 #: times faster at 100k than the exact match, 92% of its top 10 kept (benchmarks.md).
 COMMON_SHARE = 0.02
+
+#: For the rest of the transaction: plan every statement for its parameters, never
+#: with a generic plan that does not know how large the scope is.
+CUSTOM_PLANS = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
 
 _ALIASES = {"message": ("messages", "m", MESSAGE_SCOPE), "fact": ("facts", "f", FACT_SCOPE)}
 
@@ -158,6 +170,8 @@ def lexical_lists(
     this call counts."""
     params: dict[str, Any] = {"uid": scope.user_id, "cid": scope.conversation_id, "n": n}
     lists: Lexical = []
+    if tsq is not None or grams or short_cjk:
+        conn.execute(CUSTOM_PLANS)
     for kind in kinds:
         if kind == "summary":
             continue

@@ -123,3 +123,49 @@ async def test_a_large_scope_leaves_common_words_out_of_the_match_but_ranks_the_
     assert {h.id for h in pruned[:2]} == {first, last}  # both rows of the rare word
     # A query of common words only leaves nothing out.
     assert await Memory(pg).search(ann, "cat", k=3)
+
+
+async def test_search_statements_are_planned_for_their_scope_never_generically(
+    pg: Database,
+) -> None:
+    """psycopg prepares a statement run five times on a connection, and PostgreSQL may
+    then plan it once for any parameters: in a database of many small scopes, a plan
+    that reads a large scope row by row (636 ms p50 at 100k, benchmarks.md). The
+    session here asks for generic plans, as PostgreSQL may choose by itself; every
+    word, trigram and vector statement must still be planned for its own values."""
+    from bot.memory.pg_search import _HNSW_SETTINGS
+
+    ledger = Ledger(pg)
+    embedder = HashEmbedder(dim=384)
+    memory = Memory(pg, embedder=embedder, embed_delay_s=0)
+    ann, a1, _ = await say(ledger, scope_for("ann"), "my violin lesson is on friday 我喜欢苹果")
+    await say(ledger, scope_for("bob"), "my violin lesson is on friday 我喜欢苹果")
+    memory.enqueue([("message", a1)])
+    await memory.flush()
+    backend = memory.search_backend
+    literal = vector_literal(embedder.embed(["violin lesson"])[0])
+    params = {"uid": ann.user_id, "cid": ann.conversation_id, "model": embedder.name}
+    with pg.engine.connect() as conn:
+        conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        conn.commit()
+        for _ in range(8):  # past psycopg's threshold, and past PostgreSQL's five
+            with conn.begin():
+                lists = backend.lexical(ann, ("message",), "violin lesson 喜欢苹果", 10)(conn)
+            assert lists and all(found == [("message", a1)] for found in lists)
+            with conn.begin():
+                conn.execute(_HNSW_SETTINGS, {"ef": "100"})
+                near = conn.execute(_nearest_sql(384), {**params, "q": literal, "n": 5}).all()
+            assert [r.item_id for r in near] == [a1]
+        prepared = conn.execute(
+            text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
+        ).all()
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+    searched = [
+        r for r in prepared if "search_words @@" in r.statement or "<=>" in r.statement
+    ]
+    searched += [r for r in prepared if "LIKE" in r.statement and "messages" in r.statement]
+    assert len(searched) >= 3, [r.statement[:80] for r in prepared]  # words, trigrams, vectors
+    assert all(r.generic_plans == 0 and r.custom_plans >= 3 for r in searched), [
+        (r.statement[:60], r.generic_plans, r.custom_plans) for r in searched
+    ]
+    await memory.aclose()
