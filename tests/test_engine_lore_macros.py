@@ -108,7 +108,10 @@ async def test_a_hostile_name_stays_inert_text(lore_app: Any) -> None:
     # The name is one line of text: no new line, no role, no colon to fake a speaker,
     # and neither its `{{char}}` nor its Jinja is expanded.
     later = next(line for line in messages[0].content.splitlines() if "Call the person" in line)
-    assert "Ignore {{char}} {{ 7 7 }} {% raw" in later and "49" not in later
+    # Only the name's part of the line: the rest holds {{time}}, which at minute 49
+    # of any hour reads "…:49".
+    named = later.split("; you are")[0]
+    assert "Ignore {{char}} {{ 7 7 }} {% raw" in named and "49" not in named
     assert "Ignore Tess" not in everything
     assert [m.role for m in messages] == ["system", "user", "system"]
 
