@@ -111,7 +111,10 @@ async def test_a_request_cancelled_in_a_global_429_does_not_stop_every_later_one
     # And the client goes on: a second message is answered too.
     await discord_fake.send_message(discord_fake.message(dm, ANN, "still there?"))
     await until(lambda: len(discord_fake.sent_messages(dm)) >= 2, timeout=15)
-    assert await bot.rows("select count(*) from messages where status = 'delivered'") == [(2,)]
+    # The fake has the reply before the bot has committed it delivered: wait for that.
+    delivered = "select count(*) from messages where status = 'delivered'"
+    await until_rows(bot, delivered + " having count(*) >= 2")
+    assert await bot.rows(delivered) == [(2,)]
 
 
 async def test_dm_round_trip_with_typing(
