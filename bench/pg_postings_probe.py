@@ -42,8 +42,9 @@ from sqlalchemy import create_engine, text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench.memory_scale import percentile, questions, vocabulary  # noqa: E402
-from bot.memory.pg_words import TS_CONFIG, lexical_lists  # noqa: E402
+from bot.memory.pg_words import BM25_B, BM25_K1, TS_CONFIG, lexical_lists  # noqa: E402
 from bot.memory.query import tsquery_expression  # noqa: E402
+from bot.memory.rows import SPOKEN  # noqa: E402
 from bot.memory.types import MemoryScope  # noqa: E402
 
 TABLE = "probe_message_terms"
@@ -52,7 +53,7 @@ BUILD = [
     f"CREATE TABLE {TABLE} AS SELECT m.user_id, m.conversation_id, l.lexeme, "
     "m.id AS message_id, length(m.search_words)::smallint AS len "
     "FROM messages m, unnest(m.search_words) AS l "
-    "WHERE m.deleted_at IS NULL AND m.kind IN ('message', 'proactive', 'greeting')",
+    f"WHERE m.deleted_at IS NULL AND m.kind IN {SPOKEN}",
     f"CREATE INDEX {TABLE}_scope ON {TABLE} (user_id, conversation_id, lexeme) "
     "INCLUDE (message_id, len)",
 ]
@@ -65,7 +66,7 @@ POSTINGS_BM25 = text(
     f"AND t.lexeme = ANY (tsvector_to_array(to_tsvector('{TS_CONFIG}', :q)))) "
     "SELECT message_id FROM p GROUP BY message_id, len ORDER BY "
     "sum(ln(1::float8 + (CAST(:docs AS float8) - df + 0.5::float8) / (df + 0.5::float8))) "
-    "/ (1::float8 + 1.2::float8 * (0.25::float8 + 0.75::float8 * len "
+    f"/ (1 + {BM25_K1}::float8 * ({1 - BM25_B}::float8 + {BM25_B}::float8 * len "
     "/ CAST(:mean_len AS float8))) DESC, message_id DESC LIMIT :n"
 )
 
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/pg_postings_probe.json")
     args = parser.parse_args()
+    if args.queries < 1:
+        parser.error("--queries must be at least 1")
     rng = random.Random(7)  # memory_scale.py's seed: the same questions
     words, _ = vocabulary(rng)
     qs = questions(rng, args.queries, words)
@@ -87,15 +90,16 @@ def main() -> None:
                 "GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 1"
             )
         ).one()
-        started = time.perf_counter()
-        for statement in BUILD:
-            conn.execute(text(statement))
-        conn.commit()
-        built_s = time.perf_counter() - started
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f"VACUUM ANALYZE {TABLE}"))  # index-only scans need the map
-    result: dict[str, Any] = {"scope_rows": int(docs), "build_s": round(built_s, 2)}
-    try:
+    result: dict[str, Any] = {"scope_rows": int(docs)}
+    try:  # the table goes again whatever fails, the build included
+        with engine.connect() as conn:
+            started = time.perf_counter()
+            for statement in BUILD:
+                conn.execute(text(statement))
+            conn.commit()
+            result["build_s"] = round(time.perf_counter() - started, 2)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f"VACUUM ANALYZE {TABLE}"))  # index-only scans need the map
         with engine.connect() as conn:
             result |= _compare(conn, MemoryScope(uid, cid), qs)
             size = conn.execute(text(f"SELECT pg_total_relation_size('{TABLE}')")).scalar()
