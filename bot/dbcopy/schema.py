@@ -4,8 +4,9 @@ that pairs them.
 A table is copied when it holds the bot's data: every table the migrations create,
 except Alembic's own `alembic_version` (the target is migrated by itself), SQLite's
 internal tables, the FTS5 indexes over messages and facts and their shadow tables
-(derived: the triggers of migration 0002 fill them as rows are inserted), and the
-copy's own progress table. Columns are paired by name. A column is *derived* when a
+(derived: the triggers of migration 0002 fill them as rows are inserted), the
+postings tables of PostgreSQL's word search (derived the same way, migration
+0021), and the copy's own progress table. Columns are paired by name. A column is *derived* when a
 database computes it from others (a generated column) or it is a PostgreSQL-only
 index of data the row already holds (`vector`, `halfvec`, `tsvector`): derived
 columns are neither copied nor compared; `backfill_vectors` fills the vectors after
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from bot.errors import StorageError
-from bot.memory.tables import FTS_TABLES, PG_ONLY_COLUMNS
+from bot.memory.tables import FTS_TABLES, PG_ONLY_COLUMNS, PG_POSTINGS
 
 with contextlib.suppress(ImportError):  # reflect pgvector's columns as VECTOR, not NullType
     import pgvector.sqlalchemy  # noqa: F401
@@ -93,6 +94,7 @@ def skipped_table(name: str) -> bool:
     """Tables `bot db copy` leaves alone (see the module docstring)."""
     return (
         name in _SKIPPED
+        or name in PG_POSTINGS.values()
         or name.startswith("sqlite_")
         or any(name == fts or name.startswith(f"{fts}_") for fts in FTS_TABLES)
     )

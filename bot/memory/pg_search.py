@@ -1,11 +1,12 @@
 """`PostgresSearch`: the PostgreSQL backend of the memory (migration 0011).
 
 - Words: a generated `tsvector` column on messages and facts (`search_words`,
-  text search configuration `english`, GIN index), ranked by BM25 in SQL
-  (pg_words.py). `english` because SQLite's index is `porter unicode61` for every
-  language: the same stemmer family over the same Unicode word splitting, so both
-  backends find the same words (non-English words pass the English stemmer mostly
-  unchanged, as they pass porter). A deployment for one other language can change
+  text search configuration `english`, GIN index), cut into postings tables kept
+  by triggers (migration 0021), ranked by exact BM25 in SQL (pg_words.py).
+  `english` because SQLite's index is `porter unicode61` for every language: the
+  same stemmer family over the same Unicode word splitting, so both backends find
+  the same words (non-English words pass the English stemmer mostly unchanged, as
+  they pass porter). A deployment for one other language can change
   the configuration in the migration; `simple` would lose stemming for English.
 - Chinese and Japanese, which have no word breaks: pg_trgm (a GIN `gin_trgm_ops`
   index on `text`); a query's CJK runs are cut into trigrams, a row matches any,
@@ -19,8 +20,9 @@
   so that a scope's filter still fills the page. Nothing is cached in the process,
   so a forget in another process needs no tombstone.
 - After a forget: `VACUUM (FULL, ANALYZE)` of every table that lost or rewrote
-  rows: a plain DELETE (and a plain VACUUM) leaves the old tuple bytes in heap
-  pages and the words in GIN entry pages; VACUUM FULL writes new files without
+  rows, and of the postings of messages and facts, which held their words: a
+  plain DELETE (and a plain VACUUM) leaves the old tuple bytes in heap pages and
+  the words in GIN entry pages; VACUUM FULL writes new files without
   them. Then, where the role may (superuser or pg_checkpoint), a CHECKPOINT and WAL
   switches so that WAL segments holding the text are recycled. See
   docs/memory.md ("Forget on PostgreSQL") for what stays outside the database.
@@ -42,6 +44,7 @@ from bot.errors import StorageError
 from bot.memory.backend import Lexical, QueryVector
 from bot.memory.pg_words import TS_CONFIG, lexical_lists
 from bot.memory.query import cjk_runs, trigrams, tsquery_expression
+from bot.memory.tables import PG_POSTINGS
 from bot.memory.types import Kind, MemoryScope
 
 __all__ = ["HNSW_DIMENSIONS", "TS_CONFIG", "PostgresSearch", "backfill_vectors", "vector_literal"]
@@ -193,8 +196,10 @@ class PostgresSearch:
     async def scrub(self, tables: Sequence[str]) -> None:
         if not tables:
             return
+        # A source table's postings held its words: they are rewritten with it.
+        postings = [PG_POSTINGS[t] for t in tables if t in PG_POSTINGS]
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, scrub_tables, self.db, list(tables))
+        await loop.run_in_executor(None, scrub_tables, self.db, [*tables, *postings])
 
 
 def scrub_tables(db: Database, tables: Sequence[str]) -> dict[str, float]:

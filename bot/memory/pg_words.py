@@ -1,25 +1,31 @@
-"""The word lists of PostgreSQL's memory search: BM25 over the `search_words` GIN
-index, trigrams for CJK runs, a substring scan for short ones (see pg_search.py).
+"""The word lists of PostgreSQL's memory search: BM25 over the postings tables,
+trigrams for CJK runs, a substring scan for short ones (see pg_search.py).
 
 BM25 is computed in SQL, as SQLite's FTS5 ranks (`ts_rank` has no inverse document
 frequency, so a common word would count as much as a rare one: 4 points of LoCoMo
-recall@10). Each statement is one round trip that
+recall@10). It reads `message_terms` / `fact_terms` (migration 0021): one row per
+(scope, lexeme, item) of the searchable items, kept by triggers, whose primary key
+makes a word's rows in a scope one index-only range scan, as FTS5 walks a doclist.
+One statement, one round trip:
 
-1. in a scope of `PRUNE_ABOVE` rows or more, counts each query word's rows up to a
-   cap (`COMMON_SHARE` of the scope; the `LIMIT` stops a common word's count early)
-   and leaves the common ones out of the match: their rows are still scored for
-   them, with their frequency floored at the cap. A word in many of a large scope's
-   rows would otherwise have every one of them fetched, where FTS5 walks its
-   doclists. When every word is common, nothing is left out;
-2. fetches the rows that match any other word, with one flag per word;
-3. computes each word's IDF once, over those rows (`float8`: `numeric`'s `ln`, per
-   row and word, was most of the statement's time at 100k rows), and returns the
-   best `n` by BM25.
+1. the query's words are cut into lexemes by the same configuration that built the
+   index (`to_tsvector`, so a word PostgreSQL splits counts as its parts, and a
+   stopword as nothing);
+2. each of their postings in the scope is read from the index with its word's
+   document frequency (a window count over the index order: no sort), which is
+   exact: no word is left out and no frequency estimated;
+3. the postings are summed per item, weighted by each word's IDF (`float8`) and the
+   item's length against the scope's mean, and the best `n` are returned.
+
+The heap of `messages` is not read. It was (the `search_words @@` statement before
+0021): at 100k rows in one scope, 5,646 matching rows at 2.3 µs each for a
+six-word question, and common words had to be left out of the match to stay near
+10 ms, at the cost of 9% of the exact top 10 (benchmarks.md).
 
 Every statement here is planned for its own values (`CUSTOM_PLANS`). psycopg
 prepares a statement run five times on a connection, and PostgreSQL then may
 switch to one generic plan, planned without the scope. In a database of many small
-scopes that plan reads the scope's rows by its index and tests every one against
+scopes that plan read the scope's rows by its index and tested every one against
 the words: right for a person with a thousand messages, and 1.2 s p99 (636 ms p50)
 for one with 100k (benchmarks.md, "a million memories").
 """
@@ -34,14 +40,14 @@ from sqlalchemy import Connection, text
 
 from bot.memory.backend import Lexical
 from bot.memory.rows import FACT_SCOPE, MESSAGE_SCOPE
+from bot.memory.tables import PG_POSTINGS
 from bot.memory.types import Kind, MemoryScope
 
 __all__ = [
     "BM25_B",
     "BM25_K1",
-    "COMMON_SHARE",
     "CUSTOM_PLANS",
-    "PRUNE_ABOVE",
+    "POSTINGS",
     "TS_CONFIG",
     "lexical_lists",
     "words_sql",
@@ -52,11 +58,8 @@ TS_CONFIG = "english"
 #: BM25's constants, as FTS5's bm25() has them.
 BM25_K1 = 1.2
 BM25_B = 0.75
-#: From this many rows in a scope, common words are left out of the match.
-PRUNE_ABOVE = 20_000
-#: A word is common in a scope when it is in at least this share of its rows: 2.3
-#: times faster at 100k than the exact match, 92% of its top 10 kept (benchmarks.md).
-COMMON_SHARE = 0.02
+#: The postings table of each kind (migration 0021).
+POSTINGS = {"message": PG_POSTINGS["messages"], "fact": PG_POSTINGS["facts"]}
 
 #: For the rest of the transaction: plan every statement for its parameters, never
 #: with a generic plan that does not know how large the scope is.
@@ -65,63 +68,29 @@ CUSTOM_PLANS = text("SELECT set_config('plan_cache_mode', 'force_custom_plan', t
 _ALIASES = {"message": ("messages", "m", MESSAGE_SCOPE), "fact": ("facts", "f", FACT_SCOPE)}
 
 
-@lru_cache(maxsize=512)
-def words_sql(kind: str, terms: int, prune: bool) -> Any:
-    """The BM25 statement for `terms` query words (`:t0`..), their OR `:q`, the
-    scope's row count `:docs` and mean lexeme count `:mean_len`, `:n` rows; with
-    `prune`, words in `:cap` rows or more are left out of the match."""
-    table, a, scope = _ALIASES[kind]
-    r = range(terms)
-
-    def tsq(i: int) -> str:
-        return f"to_tsquery('{TS_CONFIG}', :t{i})"
-
-    if prune:
-        # Each word's rows, up to the cap (a common word's list stops there): counted,
-        # and, for the rare words, the rows matched, read from the table once.
-        lists = ", ".join(
-            f"p{i} AS MATERIALIZED (SELECT {a}.id, {a}.search_words AS sw FROM {table} {a} "
-            f"WHERE {a}.search_words @@ {tsq(i)} AND {scope} LIMIT :cap)"
-            for i in r
-        )
-        counts = ", ".join(f"(SELECT count(*) FROM p{i}) AS c{i}" for i in r)
-        every = " AND ".join(f"c{i} >= :cap" for i in r)
-        rare = " UNION ALL ".join(
-            f"SELECT id, sw FROM p{i} WHERE (SELECT c{i} FROM counts) < :cap" for i in r
-        )
-        # When every word is common, none is left out: the one full match of them all
-        # (skipped by its one-time filter otherwise).
-        rows = (
-            f"SELECT DISTINCT ON (id) id, sw FROM ({rare} UNION ALL SELECT {a}.id, "
-            f"{a}.search_words FROM {table} {a} WHERE (SELECT {every} FROM counts) AND "
-            f"{a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) AND {scope}) AS u ORDER BY id"
-        )
-        head = f"WITH {lists}, counts AS MATERIALIZED (SELECT {counts}), "
-        # A rare word's capped count is its exact frequency; a common one's the cap.
-        floors = [f"(SELECT c{i} FROM counts)" for i in r]
-    else:
-        rows = (
-            f"SELECT {a}.id, {a}.search_words AS sw FROM {table} {a} "
-            f"WHERE {a}.search_words @@ to_tsquery('{TS_CONFIG}', :q) AND {scope}"
-        )
-        head = "WITH "
-        floors = ["0" for _ in r]
-    # The words' queries once (InitPlans), not once per row.
-    flags = ", ".join(f"(sw @@ (SELECT {tsq(i)}))::int AS h{i}" for i in r)
+@lru_cache(maxsize=4)
+def words_sql(kind: str) -> Any:
+    """The BM25 statement of `kind` for the query words `:terms` (a list), the scope's
+    row count `:docs` and mean lexeme count `:mean_len`: the best `:n` item ids."""
+    table = POSTINGS[kind]
     # Term frequency is taken as 1: chat messages rarely repeat a word.
-    df = [f"greatest(sum(h{i}), {floors[i]})::float8" for i in r]
-    idf = ", ".join(f"ln(1 + (:docs - {d} + 0.5) / ({d} + 0.5)) AS w{i}" for i, d in enumerate(df))
-    weight = " + ".join(f"h{i} * w{i}" for i in r)
+    idf = "ln(1 + (CAST(:docs AS float8) - p.df + 0.5) / (p.df + 0.5))"
     # FTS5 weighs a row's length against the index's mean, so against the scope's here.
     norm = (
-        f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * len "
+        f"({BM25_K1 + 1} / (1 + {BM25_K1} * ({1 - BM25_B} + {BM25_B} * p.len "
         "/ CAST(:mean_len AS float8))))"
     )
     return text(
-        f"{head}hits AS MATERIALIZED (SELECT id, length(sw) AS len, {flags} FROM ({rows}) AS d), "
-        f"idf AS (SELECT {idf} FROM hits) "
-        f"SELECT hits.id FROM hits, idf ORDER BY ({weight}) * {norm} DESC, hits.id DESC "
-        "LIMIT :n"
+        # The lexemes once (an InitPlan), matched against the index's "C" collation.
+        "WITH q AS MATERIALIZED (SELECT coalesce(array_agg(DISTINCT l.lexeme "
+        'COLLATE "C"), ARRAY[]::text[]) AS lexemes FROM unnest(CAST(:terms AS text[])) '
+        f"AS w(word), unnest(tsvector_to_array(to_tsvector('{TS_CONFIG}', w.word))) "
+        "AS l(lexeme)), "
+        "p AS MATERIALIZED (SELECT t.item_id, t.len, count(*) OVER (PARTITION BY t.lexeme) "
+        f"AS df FROM {table} t WHERE t.user_id = :uid AND t.conversation_id = :cid "
+        "AND t.lexeme = ANY (CAST((SELECT q.lexemes FROM q) AS text[]))) "
+        f"SELECT p.item_id FROM p GROUP BY p.item_id, p.len ORDER BY sum({idf}) * {norm} "
+        "DESC, p.item_id DESC LIMIT :n"
     )
 
 
@@ -182,14 +151,10 @@ def lexical_lists(
                 count, mean = conn.execute(_SCOPE_SIZE[kind], params).one()
                 stats = sizes[kind] = (int(count), max(float(mean), 1.0))
             docs, mean_len = stats
-            prune = docs >= PRUNE_ABOVE and len(terms) > 1
-            words = {f"t{i}": t for i, t in enumerate(terms)}
-            cap = max(1, int(docs * COMMON_SHARE))
             rows = conn.execute(
-                words_sql(kind, len(terms), prune),
-                {**params, **words, "q": tsq, "cap": cap, "docs": max(docs, 1),
-                 "mean_len": mean_len},
-            ).scalars()  # fmt: skip
+                words_sql(kind),
+                {**params, "terms": terms, "docs": max(docs, 1), "mean_len": mean_len},
+            ).scalars()
             _keep(lists, kind, rows)
         if grams:
             gram_params = {f"p{i}": f"%{g}%" for i, g in enumerate(grams)}

@@ -17,7 +17,15 @@ from sqlmodel import Field, SQLModel
 
 from bot.models import UTCDateTime
 
-__all__ = ["FTS_TABLES", "PG_ONLY_COLUMNS", "Embedding", "Fact", "Summary", "include_object"]
+__all__ = [
+    "FTS_TABLES",
+    "PG_ONLY_COLUMNS",
+    "PG_POSTINGS",
+    "Embedding",
+    "Fact",
+    "Summary",
+    "include_object",
+]
 
 #: The FTS5 virtual tables migration 0002 creates (their shadow tables share the prefix).
 FTS_TABLES = ("messages_fts", "messages_fts_tri", "facts_fts", "facts_fts_tri")
@@ -26,6 +34,10 @@ FTS_TABLES = ("messages_fts", "messages_fts_tri", "facts_fts", "facts_fts_tri")
 #: not modelled, not copied by `bot db copy` (it fills them: `backfill_vectors`).
 PG_ONLY_COLUMNS = {"messages": ("search_words",), "facts": ("search_words",),
                    "embeddings": ("embedding",)}  # fmt: skip
+#: The postings tables migration 0021 creates on PostgreSQL only, by source table:
+#: derived from it by triggers, not modelled, not copied (the target's triggers
+#: fill them as the source rows are inserted).
+PG_POSTINGS = {"messages": "message_terms", "facts": "fact_terms"}
 #: Indexes migration 0011 creates on PostgreSQL only (over those columns).
 _PG_ONLY_INDEX_PREFIXES = (
     "ix_messages_search_words",
@@ -113,11 +125,11 @@ def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
     """Alembic hook: leave the FTS5 virtual tables (and their shadow tables) and
-    PostgreSQL's derived search columns and their indexes alone."""
+    PostgreSQL's derived search columns, postings tables and indexes alone."""
     if name is None:
         return True
     if type_ == "table":
-        return not name.startswith(FTS_TABLES)
+        return not name.startswith(FTS_TABLES) and name not in PG_POSTINGS.values()
     if type_ == "column":
         table = getattr(getattr(obj, "table", None), "name", None)
         return name not in PG_ONLY_COLUMNS.get(str(table), ())

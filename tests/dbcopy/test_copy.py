@@ -87,8 +87,22 @@ def test_sqlite_to_postgres_and_back_keeps_every_row(
         conn.close()
 
 
+def _postings_in_step(url: str) -> None:
+    """The word search's postings (not copied: the target's triggers fill them as the
+    rows arrive) are exactly what the copied messages and facts say."""
+    from tests.memory.test_pg_postings import _in_step
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert _in_step(conn) > 0
+    finally:
+        engine.dispose()
+
+
 async def test_the_stores_keep_working_on_the_copy(filled_sqlite: str, postgres_url: str) -> None:
     copy_database(filled_sqlite, postgres_url)
+    _postings_in_step(postgres_url)
     before = _counts(postgres_url)["messages"]
     db = Database.open(postgres_url)
     try:
@@ -116,6 +130,7 @@ def test_postgres_to_postgres(filled_sqlite: str, postgres_url: str, postgres_se
         result = copy_database(postgres_url, other, batch_size=13)
         assert result.ok
         assert _counts(other) == _counts(filled_sqlite)
+        _postings_in_step(other)
     finally:
         postgres_server.drop_database(other)
 

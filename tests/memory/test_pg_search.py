@@ -105,24 +105,26 @@ async def test_cjk_and_words_stay_in_scope(pg: Database) -> None:
     await memory.aclose()
 
 
-async def test_a_large_scope_leaves_common_words_out_of_the_match_but_ranks_the_same(
-    pg: Database, monkeypatch: pytest.MonkeyPatch
+async def test_a_rare_word_outranks_a_common_one_which_still_finds_its_rows(
+    pg: Database,
 ) -> None:
-    import bot.memory.pg_words as pg_words
+    from bot.memory.pg_words import lexical_lists
 
     ledger = Ledger(pg)
     ann, first, _ = await say(ledger, scope_for("ann"), "the zebra crossed with a cat")
-    for i in range(30):
-        await say(ledger, scope_for("ann"), f"a cat slept on mat {i}")
+    cats = [(await say(ledger, scope_for("ann"), f"a cat slept on mat {i}"))[1] for i in range(30)]
     _, last, _ = await say(ledger, scope_for("ann"), "a zebra again")
-    exact = await Memory(pg).search(ann, "zebra cat", k=5)
-    monkeypatch.setattr(pg_words, "PRUNE_ABOVE", 10)
-    monkeypatch.setattr(pg_words, "COMMON_SHARE", 0.5)  # "cat" is in most rows: common
-    pruned = await Memory(pg).search(ann, "zebra cat", k=5)
-    assert pruned[0].id == exact[0].id == last  # newest of the rare word's rows
-    assert {h.id for h in pruned[:2]} == {first, last}  # both rows of the rare word
-    # A query of common words only leaves nothing out.
-    assert await Memory(pg).search(ann, "cat", k=3)
+
+    async def ranked(tsq: str) -> list[int]:
+        lists = await pg.read(
+            lambda conn: lexical_lists(conn, ann, ("message",), tsq, [], [], 40, {})
+        )
+        return [i for _, i in lists[0]]
+
+    # Both rows of the rare word first (the shorter one above), then the cat rows,
+    # newest first among equals: "cat" is in 31 of 32 rows and still counted.
+    assert await ranked("zebra | cat") == [last, first, *reversed(cats)]
+    assert set(await ranked("cat")) == {first, *cats}
 
 
 async def test_search_statements_are_planned_for_their_scope_never_generically(
@@ -160,9 +162,7 @@ async def test_search_statements_are_planned_for_their_scope_never_generically(
             text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
         ).all()
         assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
-    searched = [
-        r for r in prepared if "search_words @@" in r.statement or "<=>" in r.statement
-    ]
+    searched = [r for r in prepared if "_terms t" in r.statement or "<=>" in r.statement]
     searched += [r for r in prepared if "LIKE" in r.statement and "messages" in r.statement]
     assert len(searched) >= 3, [r.statement[:80] for r in prepared]  # words, trigrams, vectors
     assert all(r.generic_plans == 0 and r.custom_plans >= 3 for r in searched), [
