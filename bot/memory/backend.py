@@ -26,10 +26,14 @@ from sqlalchemy import Connection
 from bot.db import Database
 from bot.memory.types import Kind, MemoryScope
 
-__all__ = ["Lexical", "QueryVector", "SearchBackend", "search_backend_for"]
+__all__ = ["DenseRows", "Lexical", "QueryVector", "SearchBackend", "search_backend_for"]
 
 #: Ranked (kind, id) lists, best first, one per index that found something.
 Lexical = list[list[tuple[str, int]]]
+#: Work a backend may run inside the transaction of its dense read, on what it found
+#: as (kind, id, cosine): the search reads the candidates' rows there, not in a
+#: round trip of its own after fusion.
+DenseRows = Callable[[Connection, Sequence[tuple[str, int, float]]], None]
 
 
 class QueryVector:
@@ -75,10 +79,13 @@ class SearchBackend(Protocol):
         ...
 
     async def dense(
-        self, scope: MemoryScope, query: QueryVector, n: int
+        self, scope: MemoryScope, query: QueryVector, n: int, *, rows: DenseRows | None = None
     ) -> list[tuple[str, int, float]] | None:
         """The scope's `n` nearest vectors as (kind, id, cosine), best first; None when
-        there is nothing to compare (no vectors in scope, or no query vector)."""
+        there is nothing to compare (no vectors in scope, or no query vector). A
+        backend whose vectors are read in a transaction may call `rows` in it with
+        what it found (on a retried transaction, again); one that does not, need not:
+        the caller reads what `rows` was not called for."""
         ...
 
     def store_vectors(self, conn: Connection, values: Sequence[dict[str, Any]]) -> None:

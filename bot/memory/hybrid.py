@@ -5,7 +5,10 @@ What it promises (the scoring itself is `ranking.py`'s):
 - Every list it fuses comes from the `SearchBackend`, which filters by the scope;
   the candidates' details are read back through the scope filter again.
 - The word lists and the dense list run side by side: the query is embedded (in
-  the memory's worker thread) while the database ranks its words.
+  the memory's worker thread) while the database ranks its words. Each leg reads
+  its candidates' details in its own transaction (the dense one where the backend
+  reads its vectors in one: `DenseRows`), so that after fusion there is nothing
+  left to read but what a leg could not: one round trip fewer on the path.
 - Odd text is never an error: the query is cut to 4,000 characters and cleaned of
   lone surrogates; a query the model cannot embed is answered by its words alone,
   and a model that fails turns dense search off for the process (`on_unavailable`).
@@ -20,10 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection
 
 from bot.db import Database
 from bot.memory import rows
-from bot.memory.backend import QueryVector, SearchBackend
+from bot.memory.backend import Lexical, QueryVector, SearchBackend
 from bot.memory.embeddings import Embedder, EmbeddingInputError
 from bot.memory.query import words
 from bot.memory.ranking import both, fuse, score
@@ -77,11 +81,29 @@ class HybridSearch:
         weights = self.weights
         n = max(weights.candidates, k)
         lexical = self.backend.lexical(scope, kinds, query, n)
+        # The details read so far, and every key asked for (found or not: a row out of
+        # scope is absent from `known` and is not asked for again). Each leg adds to
+        # them from its own database thread; the other only tests membership.
+        known: dict[tuple[str, int], dict[str, Any]] = {}
+        asked: set[tuple[str, int]] = set()
+
+        def read_rows(conn: Connection, keys: Iterable[tuple[str, int]]) -> None:
+            wanted = [key for key in dict.fromkeys(keys) if key not in asked]
+            if wanted:
+                known.update(rows.details(conn, scope, wanted))
+                asked.update(wanted)
+
+        def ranked_words(conn: Connection) -> Lexical:
+            lists = lexical(conn)
+            read_rows(conn, (key for found in lists for key in found))
+            return lists
+
         # Full-text ranking on a reader while the query is embedded and the vectors
         # compared: the lists are independent until they are fused. Alone: beside the
         # vector query, never queued into one shared read with it (bot.db_group).
         ranked, dense = await both(
-            self.db.read(lexical, alone=True), self._dense_ranked(scope, query, kinds, n)
+            self.db.read(ranked_words, alone=True),
+            self._dense_ranked(scope, query, kinds, n, read_rows),
         )
         lists: list[tuple[Sequence[tuple[str, int]], float]] = [
             (lst, weights.bm25) for lst in ranked
@@ -91,10 +113,11 @@ class HybridSearch:
         fused = fuse(lists, weights.rrf_k)
         if not fused:
             return []
-        details = await self.db.read(lambda conn: rows.details(conn, scope, list(fused)))
+        if any(key not in asked for key in fused):
+            await self.db.read(lambda conn: read_rows(conn, fused))
         return score(
             fused,
-            details,
+            known,
             weights,
             now=now,
             period=period,
@@ -104,23 +127,36 @@ class HybridSearch:
         )
 
     async def _dense_ranked(
-        self, scope: MemoryScope, query: str, kinds: Sequence[Kind], n: int
+        self,
+        scope: MemoryScope,
+        query: str,
+        kinds: Sequence[Kind],
+        n: int,
+        read_rows: Callable[[Connection, Iterable[tuple[str, int]]], None],
     ) -> list[tuple[str, int]] | None:
         """The scope's nearest vectors to the query, best first; None when there is no
-        dense list (no embedder, an empty query, nothing embedded, or the model off)."""
+        dense list (no embedder, an empty query, nothing embedded, or the model off).
+        `read_rows` reads the details of the ones kept, where the backend lets it."""
         if self.embedder is None or not query.strip():
             return None
         vector = QueryVector(
             lambda: self._query_vector(query), eager=getattr(self.embedder, "loaded", True)
         )
+        floor = self.weights.min_similarity
+
+        def kept(scored: Iterable[tuple[str, int, float]]) -> list[tuple[str, int]]:
+            return [(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor]
+
+        def dense_rows(conn: Connection, scored: Sequence[tuple[str, int, float]]) -> None:
+            read_rows(conn, kept(scored))
+
         try:
-            scored = await self.backend.dense(scope, vector, n)
+            scored = await self.backend.dense(scope, vector, n, rows=dense_rows)
         finally:
             vector.cancel()
         if scored is None:
             return None
-        floor = self.weights.min_similarity
-        return [(kd, i) for kd, i, sim in scored if kd in kinds and sim >= floor]
+        return kept(scored)
 
     async def _query_vector(self, query: str) -> Any:
         embedder = self.embedder

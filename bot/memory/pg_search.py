@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.db import Database
 from bot.errors import StorageError
-from bot.memory.backend import Lexical, QueryVector
+from bot.memory.backend import DenseRows, Lexical, QueryVector
 from bot.memory.pg_words import TS_CONFIG, lexical_lists
 from bot.memory.query import cjk_runs, trigrams, tsquery_expression
 from bot.memory.tables import PG_POSTINGS
@@ -154,7 +154,7 @@ class PostgresSearch:
         return work
 
     async def dense(
-        self, scope: MemoryScope, query: QueryVector, n: int
+        self, scope: MemoryScope, query: QueryVector, n: int, *, rows: DenseRows | None = None
     ) -> list[tuple[str, int, float]] | None:
         if self.model is None:
             return None
@@ -172,10 +172,13 @@ class PostgresSearch:
 
         def nearest(conn: Connection) -> list[tuple[str, int, float]]:
             conn.execute(_HNSW_SETTINGS, {"ef": str(max(EF_SEARCH, n))})
-            rows = conn.execute(_nearest_sql(dim), {**params, "q": literal, "n": n}).all()
+            near = conn.execute(_nearest_sql(dim), {**params, "q": literal, "n": n}).all()
             # relaxed_order: the index may return a few out of order; the scores decide.
-            found = [(str(r.kind), int(r.item_id), float(r.similarity)) for r in rows]
-            return sorted(found, key=lambda f: -f[2])
+            found = [(str(r.kind), int(r.item_id), float(r.similarity)) for r in near]
+            found.sort(key=lambda f: -f[2])
+            if rows is not None:  # their details in this transaction: no round trip after
+                rows(conn, found)
+            return found
 
         # Alone: it sets transaction-scoped settings (bot.db_group would stop it in a
         # shared read and run it again alone), and it runs beside the word lists.

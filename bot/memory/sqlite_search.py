@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from bot.db import Database
-from bot.memory.backend import Lexical, QueryVector
+from bot.memory.backend import DenseRows, Lexical, QueryVector
 from bot.memory.forget import TOMBSTONE
 from bot.memory.query import cjk_runs, match_expression, trigram_expression
 from bot.memory.rows import FACT_SCOPE, MESSAGE_SCOPE
@@ -80,8 +80,10 @@ class FTS5Search:
     # -- vectors ----------------------------------------------------------------------
 
     async def dense(
-        self, scope: MemoryScope, query: QueryVector, n: int
+        self, scope: MemoryScope, query: QueryVector, n: int, *, rows: DenseRows | None = None
     ) -> list[tuple[str, int, float]] | None:
+        # `rows` is not called: the scan runs in this process, on no transaction, and
+        # SQLite's read after it is local and cheap.
         if self.model is None:
             return None
         key = (scope.user_id, scope.conversation_id)

@@ -169,3 +169,37 @@ async def test_search_statements_are_planned_for_their_scope_never_generically(
         (r.statement[:60], r.generic_plans, r.custom_plans) for r in searched
     ]
     await memory.aclose()
+
+
+async def test_each_leg_reads_its_own_candidates_so_fusion_reads_nothing_more(
+    pg: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The word leg reads its candidates' rows in its transaction and the dense leg in
+    the vector query's: a search is two reads, and a row only the vectors found (no
+    shared word) still comes back with its text, in scope, as before."""
+    ledger = Ledger(pg)
+    embedder = HashEmbedder(dim=384)
+    memory = Memory(pg, embedder=embedder, embed_delay_s=0)
+    ann, by_words, _ = await say(ledger, scope_for("ann"), "the violin lesson moved")
+    # Stopwords only: no lexeme for the word leg, a vector close to the query's "the".
+    _, by_vector, _ = await say(ledger, scope_for("ann"), "the the the")
+    _, other, _ = await say(ledger, scope_for("bob"), "the the the")
+    memory.enqueue([("message", by_words), ("message", by_vector), ("message", other)])
+    await memory.flush()
+    await memory.search(ann, "warm the model")
+    reads: list[bool] = []
+    real = pg.read
+
+    async def counted(work, *, alone: bool = False):  # type: ignore[no-untyped-def]
+        reads.append(alone)
+        return await real(work, alone=alone)
+
+    monkeypatch.setattr(pg, "read", counted)
+    hits = await memory.search(ann, "violin the")
+    assert {h.id: h.text for h in hits} == {
+        by_words: "the violin lesson moved",
+        by_vector: "the the the",
+    }
+    assert other not in {h.id for h in hits}
+    assert reads == [True, True]  # the word leg and the vector leg, nothing after fusion
+    await memory.aclose()
