@@ -59,18 +59,13 @@ from bot.messages import Actor, Incoming, Scope
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # bench.memory_db lives beside the package
+from bench._platform_common import percentile  # noqa: E402
 from bench.memory_db import dialect_of, fresh_url, postgres_for  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DIM = 384
 IN_SCOPE_MAX = 100_000
 LOCOMO = REPO.parent / "shared" / "benchmarks" / "locomo" / "locomo10.json"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100) by nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def vocabulary(rng: random.Random, size: int = 8000) -> tuple[list[str], list[float]]:
